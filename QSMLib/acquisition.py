@@ -1,0 +1,217 @@
+"""The multi-echo gradient-echo acquisition that every pipeline starts from."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import QSMInputError, QSMWarning
+from .inversion.kernel import unit_vector
+
+
+def b0_direction_from_affine(affine: np.ndarray) -> np.ndarray:
+    """B0 direction in array-axis coordinates from a voxel-to-world affine.
+
+    ``affine`` maps (array index along axis 0, 1, 2, 1) to world mm (RAS or
+    LPS; both share the bore axis z). With ``M`` the direction matrix (unit
+    columns), the bore axis seen from the array is ``b = M^T z``.
+    """
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(matrix, axis=0)
+    if np.any(norms < 1e-9):
+        raise QSMInputError("The image affine has a zero-length axis: the file's geometry is broken.")
+    return unit_vector((matrix / norms).T @ np.array([0.0, 0.0, 1.0]))
+
+
+def voxel_size_from_affine(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm per array axis from a voxel-to-world affine."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def affine_from_geometry(voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """Axis-aligned affine for arrays that come without one (origin at 0)."""
+    return np.diag([*map(float, voxel_size_mm), 1.0])
+
+
+@dataclass
+class MultiEchoGRE:
+    """A multi-echo GRE acquisition: magnitude, phase in radians and geometry.
+
+    Parameters
+    ----------
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
+        Magnitude images (any positive scale); stored as float32.
+    phase : numpy.ndarray, shape (echo, n0, n1, n2)
+        Phase in radians (wrapped or not); stored as float32. Use
+        :func:`QSMLib.phase.scaling.phase_to_radians` for raw scanner ranges.
+    echo_times_s : sequence of float
+        Echo times in seconds, positive and strictly increasing, one per echo.
+    b0_tesla : float
+        Main field strength in tesla (prefer the imaging frequency / gamma).
+    affine : numpy.ndarray, shape (4, 4), optional
+        Maps (array index along axes 0, 1, 2, 1) to world mm. When given,
+        ``voxel_size_mm`` and ``b0_direction`` default to what it implies.
+    voxel_size_mm : sequence of 3 float, optional
+        Voxel size in mm per array axis.
+    b0_direction : sequence of 3 float, optional
+        Unit vector of B0 in array-axis coordinates (default from the
+        affine, else (0, 0, 1)).
+    phase_sign : {+1, -1}
+        Handedness of the phase: -1 for left-handed (e.g. some GE) data.
+    bipolar : bool
+        True when even echoes were read out with reversed gradients.
+
+    Attributes
+    ----------
+    invalid_voxels : numpy.ndarray of bool, shape (n0, n1, n2)
+        Voxels where any echo of either image was not finite. Their values
+        are set to 0 and they are excluded from every mask.
+    """
+
+    magnitude: np.ndarray
+    phase: np.ndarray
+    echo_times_s: Sequence[float]
+    b0_tesla: float
+    affine: Optional[np.ndarray] = None
+    voxel_size_mm: Optional[Sequence[float]] = None
+    b0_direction: Optional[Sequence[float]] = None
+    phase_sign: int = 1
+    bipolar: bool = False
+    invalid_voxels: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.magnitude = _as_echo_array(self.magnitude, "magnitude")
+        self.phase = _as_echo_array(self.phase, "phase")
+        if self.magnitude.shape != self.phase.shape:
+            raise QSMInputError(
+                f"Magnitude has shape {self.magnitude.shape} but phase has shape {self.phase.shape}: "
+                "they must match (echo, x, y, z). Check that both files come from the same series."
+            )
+        n_echoes = self.phase.shape[0]
+        echo_times = np.asarray(self.echo_times_s, dtype=np.float64).reshape(-1)
+        if echo_times.size != n_echoes:
+            raise QSMInputError(
+                f"{echo_times.size} echo time(s) given for {n_echoes} echo(es): give exactly one echo "
+                "time per echo (seconds), e.g. --te 0.004,0.008,0.012."
+            )
+        if not np.all(np.isfinite(echo_times)) or np.any(echo_times <= 0):
+            raise QSMInputError(f"Echo times must be positive seconds, got {echo_times.tolist()}.")
+        if np.any(np.diff(echo_times) <= 0):
+            raise QSMInputError(
+                f"Echo times must be strictly increasing, got {echo_times.tolist()}: "
+                "list the echoes in acquisition order."
+            )
+        if np.max(echo_times) > 1.0:
+            raise QSMInputError(
+                f"Echo times {echo_times.tolist()} look like milliseconds: give them in seconds."
+            )
+        self.echo_times_s = tuple(float(t) for t in echo_times)
+
+        if not np.isfinite(self.b0_tesla) or not 0.05 <= float(self.b0_tesla) <= 20.0:
+            raise QSMInputError(
+                f"Field strength {self.b0_tesla!r} T is not plausible: give B0 in tesla (e.g. 3)."
+            )
+        self.b0_tesla = float(self.b0_tesla)
+        if self.phase_sign not in (1, -1):
+            raise QSMInputError(f"phase_sign must be +1 or -1, got {self.phase_sign!r}.")
+
+        self._set_geometry()
+        self._handle_non_finite()
+        self._check_phase_varies()
+
+    @property
+    def n_echoes(self) -> int:
+        """Number of echoes."""
+        return int(self.phase.shape[0])
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """Shape of one echo volume (array-axis order)."""
+        return tuple(int(n) for n in self.phase.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def complex_signal(self) -> np.ndarray:
+        """``magnitude * exp(i * phase_sign * phase)`` as complex64, (echo, n0, n1, n2)."""
+        return (self.magnitude * np.exp(1j * self.phase_sign * self.phase)).astype(np.complex64)
+
+    def _set_geometry(self) -> None:
+        if self.affine is not None:
+            affine = np.asarray(self.affine, dtype=np.float64)
+            if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+                raise QSMInputError(f"The affine must be a finite 4x4 matrix, got shape {affine.shape}.")
+            self.affine = affine
+            implied_voxel = voxel_size_from_affine(affine)
+            if self.voxel_size_mm is None:
+                self.voxel_size_mm = implied_voxel
+            if self.b0_direction is None:
+                self.b0_direction = b0_direction_from_affine(affine)
+        if self.voxel_size_mm is None:
+            raise QSMInputError("Voxel size unknown: give an affine or voxel_size_mm (mm per array axis).")
+        voxel = np.asarray(self.voxel_size_mm, dtype=np.float64).reshape(-1)
+        if voxel.shape != (3,) or not np.all(np.isfinite(voxel)) or np.any(voxel <= 0):
+            raise QSMInputError(f"Voxel size must be three positive numbers in mm, got {self.voxel_size_mm!r}.")
+        self.voxel_size_mm = tuple(float(v) for v in voxel)
+        if self.affine is None:
+            self.affine = affine_from_geometry(self.voxel_size_mm)
+        self.b0_direction = tuple(
+            float(v) for v in unit_vector(self.b0_direction if self.b0_direction is not None else (0, 0, 1))
+        )
+
+    def _handle_non_finite(self) -> None:
+        bad = ~np.isfinite(self.magnitude) | ~np.isfinite(self.phase)
+        invalid = np.any(bad, axis=0)
+        n_invalid = int(invalid.sum())
+        if n_invalid == invalid.size:
+            raise QSMInputError(
+                "Every voxel has a non-finite (NaN or infinite) value in magnitude or phase: "
+                "the files hold no usable data."
+            )
+        if n_invalid:
+            warnings.warn(
+                f"{n_invalid} voxel(s) ({100.0 * n_invalid / invalid.size:.2f} %) have NaN or infinite "
+                "magnitude/phase; they are set to 0 and excluded from the mask.",
+                QSMWarning,
+                stacklevel=3,
+            )
+            self.magnitude[bad] = 0.0
+            self.phase[bad] = 0.0
+        self.invalid_voxels = invalid
+
+    def _check_phase_varies(self) -> None:
+        valid = ~self.invalid_voxels
+        for echo in range(self.n_echoes):
+            values = self.phase[echo][valid]
+            if float(values.max() - values.min()) <= 1e-6 * max(1.0, float(np.abs(values).max())):
+                raise QSMInputError(
+                    f"Phase of echo {echo + 1} is constant ({float(values[0]):g}): this is not phase data. "
+                    "Check that the phase and magnitude files are not swapped or blank."
+                )
+        if np.all(self.magnitude[:, valid] <= 0):
+            raise QSMInputError("Magnitude is zero everywhere: check the magnitude file.")
+
+
+def _as_echo_array(values: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if np.iscomplexobj(array):
+        raise QSMInputError(
+            f"{name} is complex: pass magnitude = abs(signal) and phase = angle(signal) separately."
+        )
+    if array.ndim == 3:
+        array = array[np.newaxis]
+    if array.ndim != 4:
+        hint = (
+            " A 5D array may be uncombined coil data: combine the coils first (e.g. root-sum-of-squares "
+            "magnitude with MCPC-3D-S phase) or pass the echoes of one combined image."
+            if array.ndim == 5
+            else ""
+        )
+        raise QSMInputError(
+            f"{name} must be 3D (one echo) or 4D (echo, x, y, z); got {array.ndim}D with shape "
+            f"{array.shape}.{hint}"
+        )
+    if min(array.shape[1:]) < 2:
+        raise QSMInputError(f"{name} has shape {array.shape}: each spatial axis needs at least 2 voxels.")
+    return np.array(array, dtype=np.float32, copy=True)

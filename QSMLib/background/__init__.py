@@ -1,0 +1,13 @@
+"""Background field removal methods, by registry name.
+
+Every method: ``method(total_field_hz, mask, voxel_size_mm, *, progress=None,
+cancel=None, **params)`` returning ``(local_field_hz, valid_mask)``. It may
+also accept ``b0_direction``, ``b0_tesla``, ``field_weight`` (echo-fit
+reliability in [0, 1]) or ``magnitude``; the pipeline passes those it names.
+"""
+
+from .vsharp import vsharp
+
+METHODS = {"vsharp": vsharp}
+
+__all__ = ["METHODS", "vsharp"]

@@ -1,0 +1,16 @@
+"""Dipole inversion methods, by registry name.
+
+Every method: ``method(local_field_hz, mask, voxel_size_mm, *, b0_direction,
+b0_tesla, progress=None, cancel=None, **params)`` returning susceptibility
+in ppm (zero outside ``mask``, not yet referenced). It may also accept
+``field_weight`` (echo-fit reliability) or ``magnitude`` (echo, n0, n1, n2).
+"""
+
+from .kernel import dipole_kernel, forward_field
+from .l2 import l2
+from .tkd import tkd
+from .tv import tv
+
+METHODS = {"tkd": tkd, "l2": l2, "tv": tv}
+
+__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "tkd", "tv"]

@@ -1,0 +1,126 @@
+"""Phase scaling: raw scanner ranges to radians.
+
+Phase arrives as radians, degrees, integers (e.g. [-4096, 4095] or
+[0, 4095] from DICOM) or arbitrarily scaled floats (e.g. +-0.00367). The
+range is mapped linearly onto [-pi, pi); no values are inserted or clipped.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from ..errors import QSMInputError
+
+PhaseScale = Literal["auto", "radians", "degrees", "integer", "range"]
+
+#: Relative tolerance when comparing a data range with a known convention.
+_RANGE_TOLERANCE = 0.05
+
+
+def detect_phase_scale(phase: np.ndarray) -> str:
+    """Name the convention that ``phase`` is stored in.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        Raw phase values, any shape; non-finite values are ignored.
+
+    Returns
+    -------
+    str
+        ``"radians"`` (range within about [-pi, pi] or [0, 2 pi]),
+        ``"degrees"`` (about [-180, 180] or [0, 360]), ``"integer"``
+        (integer values over a power-of-two-like range such as
+        [-4096, 4095] or [0, 4095]), or ``"range"`` (any other range whose
+        extremes are nearly symmetric about 0 or start at 0: linear map of
+        the observed span onto 2 pi).
+
+    Raises
+    ------
+    QSMInputError
+        When the range fits no convention (e.g. values from 0.2 to 7.1, or
+        +-4.7, which could be radians beyond +-pi or a scaled range), so
+        the scaling would be a guess. Pass an explicit scale instead.
+    """
+    values = np.asarray(phase)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise QSMInputError("Phase contains no finite values.")
+    low, high = float(finite.min()), float(finite.max())
+    span = high - low
+    if span <= 0:
+        raise QSMInputError(f"Phase is constant ({low:g}): this is not phase data.")
+    is_integer = bool(np.all(finite == np.round(finite))) and span >= 255
+    if is_integer:
+        return "integer"
+    two_pi = 2.0 * np.pi
+    if _close(span, two_pi) and (low >= -np.pi * (1 + _RANGE_TOLERANCE) and high <= two_pi * 1.001):
+        return "radians"
+    if _close(span, 360.0) and low >= -181.0 and high <= 361.0:
+        return "degrees"
+    half_span = max(abs(low), abs(high))
+    # Between radians and degrees a range is ambiguous: radians with values
+    # outside +-pi (e.g. already partly unwrapped) or a scaled range?
+    plausible_range = half_span < np.pi * (1 - _RANGE_TOLERANCE) or half_span > 360.0 * (1 + _RANGE_TOLERANCE)
+    symmetric = abs(high + low) <= 0.05 * span
+    if plausible_range and (symmetric or abs(low) <= 0.01 * span):
+        return "range"
+    raise QSMInputError(
+        f"Cannot tell how this phase is scaled: values run from {low:g} to {high:g}, which is neither "
+        "radians, degrees, an integer range nor a range centred on 0. Give the scaling explicitly "
+        "(--phase-scale radians|degrees|integer|range, or phase_to_radians(..., scale=...))."
+    )
+
+
+def _close(value: float, target: float) -> bool:
+    return abs(value - target) <= _RANGE_TOLERANCE * target
+
+
+def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.ndarray, str]:
+    """Convert raw phase to radians in [-pi, pi).
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        Raw phase (any shape). Non-finite values stay non-finite.
+    scale : {"auto", "radians", "degrees", "integer", "range"}
+        ``"auto"`` detects the convention with :func:`detect_phase_scale`.
+        ``"integer"`` and ``"range"`` map the observed [min, max] linearly
+        onto [-pi, pi) (an integer range [a, b] maps with period b - a + 1).
+
+    Returns
+    -------
+    radians : numpy.ndarray of float32
+        Phase wrapped to [-pi, pi).
+    scale : str
+        The convention that was applied (useful for provenance).
+    """
+    values = np.asarray(phase, dtype=np.float64)
+    applied = detect_phase_scale(values) if scale == "auto" else scale
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise QSMInputError("Phase contains no finite values.")
+    low, high = float(finite.min()), float(finite.max())
+    if applied == "radians":
+        radians = values
+    elif applied == "degrees":
+        radians = np.deg2rad(values)
+    elif applied == "integer":
+        period = high - low + 1.0
+        radians = (values - low) * (2.0 * np.pi / period) - np.pi
+    elif applied == "range":
+        half_span = max(abs(low), abs(high))
+        radians = values * (np.pi / half_span) if low < 0 else (values - low) * (2.0 * np.pi / (high - low))
+    else:
+        raise QSMInputError(
+            f"Unknown phase scale {scale!r}: use auto, radians, degrees, integer or range."
+        )
+    wrapped = np.mod(radians + np.pi, 2.0 * np.pi) - np.pi
+    return wrapped.astype(np.float32), applied
+
+
+def wrap(phase: np.ndarray) -> np.ndarray:
+    """Wrap phase (radians) to [-pi, pi), keeping the dtype."""
+    return (np.mod(phase + np.pi, 2.0 * np.pi) - np.pi).astype(np.asarray(phase).dtype, copy=False)
