@@ -1,0 +1,163 @@
+"""Pipeline mechanics: configuration, registries, progress, cancel, per-echo mode, ROI statistics."""
+
+import threading
+
+import numpy as np
+import pytest
+from synthetic import ECHO_TIMES_S, toy_head
+
+from QSMLib.acquisition import MultiEchoGRE
+from QSMLib.errors import QSMCancelled, QSMInputError
+from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, load_config, run_pipeline
+from QSMLib.referencing import label, whole_brain
+from QSMLib.roi import format_tsv, read_label_names, roi_statistics
+
+
+@pytest.fixture(scope="module")
+def toy():
+    magnitude, phase, brain, _ = toy_head()
+    acquisition = MultiEchoGRE(magnitude, phase, ECHO_TIMES_S, 3.0, voxel_size_mm=(4.0, 4.0, 4.0))
+    return acquisition, brain
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_json(name):
+    config = load_config(name)
+    assert PipelineConfig.from_json(config.to_json()) == config
+
+
+def test_partial_config_inherits_defaults():
+    config = PipelineConfig.from_dict({"inversion": {"method": "tkd", "params": {"threshold": 0.15}},
+                                       "per_echo": True})
+    assert config.inversion.method == "tkd" and config.inversion.params == {"threshold": 0.15}
+    assert config.background == PipelineConfig().background and config.per_echo
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"inversoin": {"method": "tv"}}, "Unknown configuration key"),
+        ({"inversion": {"method": "magic"}}, "Unknown inversion method 'magic'; available:"),
+        ({"inversion": {"method": "tkd", "params": {"treshold": 0.2}}}, "has no parameter"),
+        ({"background": {"params": {}}}, "needs"),
+    ],
+)
+def test_bad_config_is_explained(data, message):
+    with pytest.raises(QSMInputError, match=message):
+        PipelineConfig.from_dict(data)
+
+
+def test_pipeline_inputs_are_not_user_parameters():
+    # b0_tesla is supplied by the pipeline; a config cannot override it.
+    with pytest.raises(QSMInputError, match="has no parameter"):
+        PipelineConfig.from_dict({"inversion": {"method": "tv", "params": {"b0_tesla": 7}}})
+
+
+def test_every_registered_method_is_callable_by_name():
+    for stage, methods in REGISTRY.items():
+        for name in methods:
+            PipelineConfig.from_dict({stage: {"method": name}})
+
+
+def test_progress_is_monotonic_and_complete(toy):
+    acquisition, brain = toy
+    reports = []
+    result = run_pipeline(acquisition, load_config("fast"), mask=brain, progress=lambda f, m: reports.append((f, m)))
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    stages = {m.split(":")[0] for _, m in reports}
+    assert {"unwrap", "echo_fit", "background", "inversion"} <= stages
+    assert set(result.timings_s) >= {"unwrap", "echo_fit", "background", "inversion", "reference"}
+
+
+def test_result_keeps_intermediates_and_references(toy):
+    acquisition, brain = toy
+    result = run_pipeline(acquisition, load_config("fast"), mask=brain)
+    shape = acquisition.spatial_shape
+    for volume in (result.chi_ppm, result.total_field_hz, result.local_field_hz):
+        assert volume.shape == shape and volume.dtype == np.float32
+    assert result.unwrapped_phase.shape == acquisition.phase.shape
+    assert result.mask.dtype == bool and np.array_equal(result.mask, brain)
+    assert not result.local_mask[~brain].any()
+    assert abs(result.chi_ppm[result.local_mask].mean()) < 1e-6
+    assert result.reference["reference"] == "whole_brain"
+    assert np.all(result.chi_ppm[~result.local_mask] == 0)
+    assert set(result.maps) >= {"fit_residual_rad", "field_weight"}
+
+
+@pytest.mark.parametrize("cancel_kind", ["event", "callable"])
+def test_cancel_stops_the_run(toy, cancel_kind):
+    acquisition, brain = toy
+    event = threading.Event()
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if message.startswith("background"):
+            event.set()
+
+    token = event if cancel_kind == "event" else event.is_set
+    with pytest.raises(QSMCancelled):
+        run_pipeline(acquisition, load_config("consensus"), mask=brain, progress=progress, cancel=token)
+    assert not any(m.startswith("inversion") for m in seen[:-1])
+
+
+def test_per_echo_inversion_is_close_to_echo_combination(toy):
+    acquisition, brain = toy
+    combined = run_pipeline(acquisition, load_config("fast"), mask=brain)
+    config = load_config("fast")
+    config.per_echo = True
+    per_echo = run_pipeline(acquisition, config, mask=brain)
+    common = combined.local_mask & per_echo.local_mask
+    correlation = np.corrcoef(combined.chi_ppm[common], per_echo.chi_ppm[common])[0, 1]
+    assert correlation > 0.85
+    assert per_echo.timings_s["inversion"] > 0
+
+
+def test_user_mask_must_match_and_not_be_empty(toy):
+    acquisition, brain = toy
+    with pytest.raises(QSMInputError, match="empty"):
+        run_pipeline(acquisition, mask=np.zeros_like(brain))
+    with pytest.raises(QSMInputError, match="shape"):
+        run_pipeline(acquisition, mask=brain[:-1])
+
+
+def test_roi_statistics_match_numpy():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((10, 11, 12)).astype(np.float32)
+    labels = rng.integers(0, 4, (10, 11, 12))
+    mask = rng.random((10, 11, 12)) > 0.2
+    rows = roi_statistics(values, labels, (1.0, 1.5, 2.0), label_names={1: "a", 2: "b", 3: "c", 9: "absent"},
+                          mask=mask)
+    assert [r["name"] for r in rows] == ["a", "b", "c", "absent"]
+    for row in rows[:3]:
+        region = values[(labels == row["label"]) & mask].astype(np.float64)
+        assert row["mean_ppm"] == pytest.approx(region.mean(), abs=1e-9)
+        assert row["median_ppm"] == pytest.approx(np.median(region), abs=1e-9)
+        assert row["sd_ppm"] == pytest.approx(region.std(ddof=1), abs=1e-9)
+        assert row["voxels"] == region.size and row["volume_ml"] == pytest.approx(region.size * 3.0 / 1000)
+    assert rows[3]["voxels"] == 0 and np.isnan(rows[3]["mean_ppm"])
+    text = format_tsv(rows)
+    assert text.splitlines()[0].startswith("label\tname\tmean_ppm") and len(text.splitlines()) == 5
+
+
+def test_label_names_from_tsv_and_json(tmp_path):
+    (tmp_path / "dseg.tsv").write_text("index\tname\n1\tcaudate\n7\tdentate\n")
+    (tmp_path / "names.json").write_text('{"1": "caudate", "7": "dentate"}')
+    assert read_label_names(tmp_path / "dseg.tsv") == {1: "caudate", 7: "dentate"}
+    assert read_label_names(tmp_path / "names.json") == {1: "caudate", 7: "dentate"}
+    (tmp_path / "bad.tsv").write_text("id\tlabel\n1\tx\n")
+    with pytest.raises(QSMInputError, match="index"):
+        read_label_names(tmp_path / "bad.tsv")
+
+
+def test_referencing_whole_brain_and_label():
+    chi = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    mask = chi > 2
+    referenced, info = whole_brain(chi, mask)
+    assert referenced[mask].mean() == pytest.approx(0, abs=1e-5) and info["offset_ppm"] == pytest.approx(13.0)
+    labels = np.where(chi > 20, 5, 0)
+    referenced, info = label(chi, mask, labels=labels, label_names={5: "csf"}, reference_label="csf")
+    assert referenced[labels == 5].mean() == pytest.approx(0, abs=1e-5) and info["voxels"] == 3
+    with pytest.raises(QSMInputError, match="not in the label table"):
+        label(chi, mask, labels=labels, label_names={5: "csf"}, reference_label="putamen")
