@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._progress import CancelToken, ProgressCallback, check_cancel
+from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import QSMInputError
 
 
@@ -51,35 +51,42 @@ def weighted_linear(
     """
     del progress
     check_cancel(cancel)
-    times = np.asarray(echo_times_s, dtype=np.float32).reshape(-1, 1, 1, 1)
-    if times.shape[0] != unwrapped_phase.shape[0]:
+    times = [float(t) for t in np.asarray(echo_times_s, dtype=np.float64).reshape(-1)]
+    if len(times) != unwrapped_phase.shape[0]:
         raise QSMInputError(
-            f"{times.shape[0]} echo times for {unwrapped_phase.shape[0]} echoes in the phase."
+            f"{len(times)} echo times for {unwrapped_phase.shape[0]} echoes in the phase."
         )
-    weights = magnitude.astype(np.float32) ** 2
-    two_pi = np.float32(2.0 * np.pi)
-    if intercept and unwrapped_phase.shape[0] >= 2:
-        s0 = weights.sum(axis=0)
-        s1 = (weights * times).sum(axis=0)
-        s2 = (weights * times * times).sum(axis=0)
-        y0 = (weights * unwrapped_phase).sum(axis=0)
-        y1 = (weights * times * unwrapped_phase).sum(axis=0)
+    fit_intercept = intercept and len(times) >= 2
+    # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
+    shape = unwrapped_phase.shape[1:]
+    s0, s1, s2, y0, y1 = (np.zeros(shape, dtype=np.float32) for _ in range(5))
+    for echo, te in enumerate(times):
+        weight = np.square(magnitude[echo], dtype=np.float32)
+        phase = unwrapped_phase[echo]
+        s0 += weight
+        s1 += weight * np.float32(te)
+        s2 += weight * np.float32(te * te)
+        y0 += weight * phase
+        y1 += weight * np.float32(te) * phase
+    if fit_intercept:
         determinant = s0 * s2 - s1 * s1
-        safe = determinant > 0
+        safe = determinant > 1e-12 * np.maximum(s0 * s2, 1e-30)
         determinant = np.where(safe, determinant, 1.0)
-        slope = np.where(safe, (s0 * y1 - s1 * y0) / determinant, 0.0)
-        offset = np.where(safe, (s2 * y0 - s1 * y1) / determinant, 0.0)
+        slope = np.where(safe, (s0 * y1 - s1 * y0) / determinant, 0.0).astype(np.float32)
+        offset = np.where(safe, (s2 * y0 - s1 * y1) / determinant, 0.0).astype(np.float32)
         # Var(slope) = s0 / det for unit noise per weight: information = det / s0.
         information = np.where(safe, determinant / np.maximum(s0, 1e-30), 0.0)
     else:
-        weights_t2 = weights * times * times
-        information = weights_t2.sum(axis=0)
-        safe = information > 0
-        slope = np.where(safe, (weights * times * unwrapped_phase).sum(axis=0) / np.where(safe, information, 1), 0)
+        safe = s2 > 0
+        slope = np.where(safe, y1 / np.where(safe, s2, 1.0), 0.0).astype(np.float32)
         offset = np.zeros_like(slope)
-    residual = unwrapped_phase - (offset + slope * times)
-    residual_rms = np.sqrt((weights * residual * residual).sum(axis=0) / np.maximum(weights.sum(axis=0), 1e-30))
-    return (slope / two_pi).astype(np.float32), {
+        information = s2
+    residual_sum = np.zeros(shape, dtype=np.float32)
+    for echo, te in enumerate(times):
+        residual = unwrapped_phase[echo] - offset - slope * np.float32(te)
+        residual_sum += np.square(magnitude[echo], dtype=np.float32) * residual * residual
+    residual_rms = np.sqrt(residual_sum / np.maximum(s0, 1e-30))
+    return (slope / np.float32(2.0 * np.pi)).astype(np.float32), {
         "fit_residual_rad": residual_rms.astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information), mask),
     }
@@ -91,6 +98,109 @@ def _normalised_weight(inverse_sd: np.ndarray, mask: np.ndarray | None) -> np.nd
     return np.clip(inverse_sd / max(scale, 1e-30), 0.0, 1.0).astype(np.float32)
 
 
+def nonlinear_complex(
+    unwrapped_phase: np.ndarray,
+    magnitude: np.ndarray,
+    echo_times_s: Sequence[float],
+    *,
+    intercept: bool = True,
+    max_iterations: int = 20,
+    tolerance_hz: float = 1e-3,
+    mask: np.ndarray | None = None,
+    progress: ProgressCallback = None,
+    cancel: CancelToken = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Nonlinear fit of the complex signal: ``S_n = |S_n| exp(i (phi_0 + 2 pi f TE_n))``.
+
+    Minimises ``sum_n |S_n - |S_n| exp(i (phi_0 + 2 pi f TE_n))|^2`` per voxel
+    by Gauss-Newton, started from :func:`weighted_linear` on the unwrapped
+    phase (so it stays on the unwrapped branch). Each step is a
+    ``|S_n|^2``-weighted least-squares fit of ``sin(r_n)``, ``r_n`` the phase
+    residual: unlike the linear fit, an echo whose noise wrapped the phase
+    (``|r_n|`` near pi) pulls little, which makes the fit robust in low-signal
+    echoes (Liu et al., MEDI toolbox ``Fit_ppm_complex``; Kressler et al.,
+    IEEE TMI 2010).
+
+    Parameters
+    ----------
+    unwrapped_phase : numpy.ndarray, shape (echo, n0, n1, n2)
+        Unwrapped phase in radians.
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
+        Magnitude (any scale).
+    echo_times_s : sequence of float
+        Echo times in seconds.
+    intercept : bool
+        Fit the phase offset ``phi_0`` too (needs 2+ echoes); without, the
+        fit goes through the origin (valid after offset removal).
+    max_iterations : int
+        Gauss-Newton iterations at most.
+    tolerance_hz : float
+        A voxel stops iterating once its field changes by less than this, Hz.
+    mask : numpy.ndarray of bool, optional
+        Region whose 99th percentile scales ``field_weight``.
+
+    Returns
+    -------
+    field_hz : numpy.ndarray of float32, shape (n0, n1, n2)
+        Frequency offset in Hz.
+    extras : dict
+        ``fit_residual_rad``: RMS of the ``|S|^2``-weighted wrapped phase
+        residual (radians): high where the single-frequency model fails
+        (noise, flow, fat, unwrapping errors); ``field_weight``: relative
+        reliability in [0, 1] (inverse standard deviation of the fitted field
+        for unit phase noise per ``1/|S|``, 1 at the 99th percentile).
+    """
+    field_hz, _ = weighted_linear(unwrapped_phase, magnitude, echo_times_s, intercept=intercept, cancel=cancel)
+    times = np.asarray(echo_times_s, dtype=np.float32).reshape(-1)
+    with_offset = intercept and times.size >= 2
+    two_pi = np.float32(2.0 * np.pi)
+    shape = unwrapped_phase.shape[1:]
+    phase = unwrapped_phase.reshape(times.size, -1).astype(np.float32, copy=False)
+    weights = np.square(magnitude.reshape(times.size, -1), dtype=np.float32)
+    slope = (field_hz.ravel() * two_pi).astype(np.float32)
+    s0 = weights.sum(axis=0)
+    s1 = times @ weights
+    s2 = (times * times) @ weights
+    if with_offset:
+        determinant = s0 * s2 - s1 * s1
+        solvable = determinant > np.float32(1e-12) * np.maximum(s0 * s2, np.float32(1e-30))
+        offset = np.where(solvable, (weights * (phase - slope * times[:, None])).sum(axis=0) / np.maximum(s0, 1e-30), 0)
+        information = np.where(solvable, determinant / np.maximum(s0, 1e-30), 0.0)
+    else:
+        solvable = s2 > 0
+        offset = np.zeros_like(slope)
+        information = s2
+    offset = offset.astype(np.float32)
+    active = np.flatnonzero(solvable)
+    tolerance = np.float32(tolerance_hz) * two_pi
+    for iteration in range(int(max_iterations)):
+        if active.size == 0:
+            break
+        check_cancel(cancel)
+        report(progress, iteration / max_iterations, f"Nonlinear field fit, iteration {iteration + 1}")
+        w = weights[:, active]
+        residual = np.sin(phase[:, active] - offset[active] - slope[active] * times[:, None])
+        g0 = (w * residual).sum(axis=0)
+        g1 = times @ (w * residual)
+        if with_offset:
+            a0, a1, a2 = s0[active], s1[active], s2[active]
+            det = a0 * a2 - a1 * a1
+            step_slope = (a0 * g1 - a1 * g0) / det
+            offset[active] += (a2 * g0 - a1 * g1) / det
+        else:
+            step_slope = g1 / s2[active]
+        slope[active] += step_slope
+        active = active[np.abs(step_slope) > tolerance]
+    report(progress, 1.0, "Nonlinear field fit done")
+    wrapped = phase - offset - slope * times[:, None]
+    wrapped = (wrapped + np.float32(np.pi)) % two_pi - np.float32(np.pi)
+    residual_rms = np.sqrt((weights * wrapped * wrapped).sum(axis=0) / np.maximum(s0, 1e-30))
+    return (slope / two_pi).reshape(shape).astype(np.float32), {
+        "fit_residual_rad": residual_rms.reshape(shape).astype(np.float32),
+        "field_weight": _normalised_weight(np.sqrt(information).reshape(shape), mask),
+    }
+
+
 def per_echo_fields(unwrapped_phase: np.ndarray, echo_times_s: Sequence[float]) -> np.ndarray:
     """Field in Hz of each echo on its own, ``phi_n / (2 pi TE_n)``, shape (echo, n0, n1, n2)."""
     times = np.asarray(echo_times_s, dtype=np.float32).reshape(-1, 1, 1, 1)
@@ -100,4 +210,4 @@ def per_echo_fields(unwrapped_phase: np.ndarray, echo_times_s: Sequence[float]) 
 #: Echo-combination methods by registry name: ``method(unwrapped_phase,
 #: magnitude, echo_times_s, *, progress=None, cancel=None, **params)`` ->
 #: ``(field_hz, dict of maps)`` with at least ``field_weight``.
-METHODS = {"weighted_linear": weighted_linear}
+METHODS = {"weighted_linear": weighted_linear, "nonlinear": nonlinear_complex}
