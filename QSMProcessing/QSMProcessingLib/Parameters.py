@@ -1,0 +1,86 @@
+"""Presets, stage methods and the custom configuration built from the Advanced section.
+
+A custom configuration is a partial QSMLib ``PipelineConfig`` dictionary:
+stages not named keep the ``consensus`` defaults, and a method's parameters
+not named keep the defaults of its QSMLib function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Named QSMLib presets the module offers (``custom`` is built from the Advanced section).
+PRESETS = ("consensus", "fast")
+CUSTOM_PRESET = "custom"
+
+#: Methods offered per stage in the Advanced section (QSMLib registry names).
+UNWRAP_METHODS = ("laplacian",)
+BACKGROUND_METHODS = ("vsharp",)
+INVERSION_METHODS = ("tv", "l2", "tkd")
+REFERENCE_METHODS = ("whole_brain",)
+
+#: The one main parameter per method the Advanced section exposes: (keyword, QSMLib default).
+BACKGROUND_MAIN_PARAMETER = {"vsharp": ("max_radius_mm", 12.0)}
+INVERSION_MAIN_PARAMETER = {
+    "tv": ("regularization", 4e-4),
+    "l2": ("regularization", 0.03),
+    "tkd": ("threshold", 0.19),
+}
+
+
+def customConfig(
+    unwrapMethod: str,
+    backgroundMethod: str,
+    backgroundRadiusMm: float,
+    inversionMethod: str,
+    inversionParameter: float,
+    referenceMethod: str,
+) -> dict[str, Any]:
+    """Pipeline configuration dictionary from the Advanced section's choices.
+
+    Parameters
+    ----------
+    unwrapMethod, backgroundMethod, inversionMethod, referenceMethod : str
+        QSMLib method names (see the ``*_METHODS`` tuples).
+    backgroundRadiusMm : float
+        Largest spherical kernel radius (mm) for V-SHARP; ignored by methods without one.
+    inversionParameter : float
+        The inversion method's main parameter (see :data:`INVERSION_MAIN_PARAMETER`).
+
+    Raises
+    ------
+    ValueError
+        For a method this module does not offer, or a non-positive parameter.
+    """
+    choices = {
+        "unwrap": (unwrapMethod, UNWRAP_METHODS),
+        "background": (backgroundMethod, BACKGROUND_METHODS),
+        "inversion": (inversionMethod, INVERSION_METHODS),
+        "reference": (referenceMethod, REFERENCE_METHODS),
+    }
+    for stage, (method, offered) in choices.items():
+        if method not in offered:
+            raise ValueError(f"Unknown {stage} method {method!r}; choose one of {', '.join(offered)}.")
+    if backgroundRadiusMm <= 0 or inversionParameter <= 0:
+        raise ValueError("The background radius and the inversion parameter must be positive.")
+    config: dict[str, Any] = {stage: {"method": method, "params": {}} for stage, (method, _) in choices.items()}
+    if backgroundMethod in BACKGROUND_MAIN_PARAMETER:
+        config["background"]["params"][BACKGROUND_MAIN_PARAMETER[backgroundMethod][0]] = float(backgroundRadiusMm)
+    config["inversion"]["params"][INVERSION_MAIN_PARAMETER[inversionMethod][0]] = float(inversionParameter)
+    return config
+
+
+def parseEchoTimesMs(text: str) -> list[float]:
+    """Echo times typed in milliseconds (``"4, 8, 12"``) -> seconds.
+
+    Raises
+    ------
+    ValueError
+        When a value is not a number.
+    """
+    try:
+        return [float(value) / 1000.0 for value in text.replace(";", ",").split(",") if value.strip()]
+    except ValueError:
+        raise ValueError(
+            f"Echo times {text!r} must be numbers in ms separated by commas, e.g. 4.0, 8.0, 12.0."
+        ) from None

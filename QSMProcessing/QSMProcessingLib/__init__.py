@@ -1,0 +1,1 @@
+"""Qt-free parts of the QSM Processing module: logic, MRML conversion, processes, sample data."""

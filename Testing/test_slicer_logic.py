@@ -1,0 +1,346 @@
+"""QSM Processing logic against a real MRML scene (slicer-core wheel) and the real ``qsm`` CLI.
+
+The wheel has MRML, volume/segmentation/table nodes and ``slicer.util``, but no
+Qt, ``slicer.app`` or scripted-module base classes: the logic is Qt-free and is
+tested here directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "QSMProcessing"))
+
+from QSMProcessingLib import Nodes  # noqa: E402
+from QSMProcessingLib.Logic import CHI_WINDOW_PPM, QSMProcessingLogic  # noqa: E402
+from QSMProcessingLib.SampleData import loadHeadPhantom  # noqa: E402
+
+from QSMLib.phantom import deep_grey_matter_labels, simulate_head  # noqa: E402
+
+ECHO_TIMES_S = (0.004, 0.008, 0.012)
+_converterRules = []
+
+
+@pytest.fixture
+def slicer_scene():
+    """A fresh scene as ``slicer.mrmlScene``, with the segmentation converters Slicer registers at startup."""
+    if not _converterRules:
+        factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+        _converterRules.append(True)
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(True)
+
+
+@pytest.fixture
+def slicer_phantom(slicer_scene):
+    """The sample data (QSM head phantom) at 4 mm with three echoes."""
+    return loadHeadPhantom(slicer_scene, voxelSizeMm=4.0, echoTimesSeconds=ECHO_TIMES_S)
+
+
+def _matrix(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def _writeNifti(path: Path, axesArray: np.ndarray, affine: np.ndarray) -> None:
+    """NIfTI from an array indexed (i, j, k) and its index -> RAS affine, written by SimpleITK directly."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(axesArray, (2, 1, 0))))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps[:3, :3] / spacing).reshape(-1).tolist())
+    image.SetOrigin(lps[:3, 3].tolist())
+    sitk.WriteImage(image, str(path))
+
+
+def _loadVolume(scene, path: Path):
+    """Load a file with Slicer's own ITK-based reader (as File > Add Data would)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name.split(".")[0])
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    return node
+
+
+def test_oblique_nifti_volumes_give_chi_on_the_input_grid_equal_to_the_cli(slicer_scene, tmp_path):
+    phantom = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=ECHO_TIMES_S, oblique_deg=20.0)
+    acquisition = phantom.acquisition
+    files = {"magnitude": [], "phase": []}
+    for echo in range(len(ECHO_TIMES_S)):
+        for role, data in (("magnitude", acquisition.magnitude), ("phase", acquisition.phase)):
+            path = tmp_path / f"{role}_{echo + 1}.nii.gz"
+            _writeNifti(path, data[echo], acquisition.affine)
+            files[role].append(path)
+    magnitudeNodes = [_loadVolume(slicer_scene, p) for p in files["magnitude"]]
+    phaseNodes = [_loadVolume(slicer_scene, p) for p in files["phase"]]
+    np.testing.assert_allclose(_matrix(phaseNodes[0]), acquisition.affine, atol=1e-5)
+
+    result = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
+        magnitudeNodes, phaseNodes, list(ECHO_TIMES_S), fieldStrengthTesla=3.0, config="fast")
+
+    np.testing.assert_array_equal(_matrix(result.chiVolume), _matrix(phaseNodes[0]))
+    out = tmp_path / "cli"
+    completed = subprocess.run(
+        [sys.executable, "-m", "QSMLib.cli", "run", "--mag", *map(str, files["magnitude"]),
+         "--phase", *map(str, files["phase"]), "--te", ",".join(map(str, ECHO_TIMES_S)), "--b0", "3",
+         "--config", "fast", "--out", str(out)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "chi.nii.gz")))
+    chi = slicer.util.arrayFromVolume(result.chiVolume)
+    assert chi.shape == expected.shape
+    np.testing.assert_allclose(chi, expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(chi).max() > 0.05
+    display = result.chiVolume.GetDisplayNode()
+    assert display.GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx(CHI_WINDOW_PPM)
+    assert not any(tmp_path.glob("QSMProcessing-*"))
+
+
+def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom, slicer_scene, tmp_path):
+    result = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
+        slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
+        roiSegmentation=slicer_phantom.segmentation, config="fast", outputs=("chi", "local_field", "mask"))
+
+    truth = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=ECHO_TIMES_S)
+    names = deep_grey_matter_labels(truth)
+    chi = slicer.util.arrayFromVolume(result.chiVolume).astype(np.float64)
+    labels = np.transpose(truth.labels, (2, 1, 0))  # phantom axes (i, j, k) -> Slicer (k, j, i)
+    table = result.statisticsTable
+    segmentation = slicer_phantom.segmentation.GetSegmentation()
+    assert table.GetNumberOfRows() == segmentation.GetNumberOfSegments() == len(names)
+    column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+    for row, label in enumerate(sorted(names)):
+        assert table.GetCellText(row, column["Segment"]) == segmentation.GetNthSegment(row).GetName() == names[label]
+        region = labels == label
+        assert int(table.GetCellText(row, column["Voxels"])) == int(region.sum())
+        assert float(table.GetCellText(row, column["Mean"])) == pytest.approx(chi[region].mean(), abs=2e-6)
+        assert float(table.GetCellText(row, column["Median"])) == pytest.approx(np.median(chi[region]), abs=2e-6)
+    assert table.GetColumnUnitLabel("Mean") == "ppm"
+
+    for node in (result.localFieldVolume, result.maskVolume):
+        np.testing.assert_array_equal(_matrix(node), _matrix(slicer_phantom.phaseVolumes[0]))
+    assert result.maskVolume.IsA("vtkMRMLLabelMapVolumeNode")
+    assert result.chiVolume.GetName() == "QSM head phantom chi"
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer_scene)
+    study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(slicer_phantom.phaseVolumes[0]))
+    for node in result.nodes():
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+
+    csvPath = tmp_path / "stats.csv"
+    QSMProcessingLogic.exportStatisticsCsv(table, str(csvPath))
+    rows = list(csv.reader(csvPath.open()))
+    assert rows[0][:3] == ["Segment", "Mean (ppm)", "Median (ppm)"]
+    assert [r[0] for r in rows[1:]] == [names[label] for label in sorted(names)]
+
+
+def _volume(scene, name, attributes=None, value=1.0, shape=(6, 7, 8)):
+    node = slicer.util.addVolumeFromArray(np.full(shape, value, np.float32), np.diag([2.0, 2.0, 3.0, 1.0]), name)
+    for key, text in (attributes or {}).items():
+        node.SetAttribute(key, text)
+    return node
+
+
+class FakeDicomDatabase:
+    """Stands in for ``slicer.dicomDatabase``: one file per instance UID."""
+
+    def __init__(self, values):
+        self.values = values  # uid -> {tag: value}
+
+    def fileForInstance(self, uid):
+        return f"/dicom/{uid}.dcm" if uid in self.values else ""
+
+    def fileValue(self, fileName, tag):
+        return self.values[Path(fileName).stem].get(tag, "")
+
+
+def test_echo_times_are_read_where_slicer_importers_store_them(slicer_scene):
+    logic = QSMProcessingLogic(dicomDatabase=FakeDicomDatabase({
+        "1.2.1": {"0018,0081": "4.0", "0018,0084": "123.2"}, "1.2.2": {"0018,0081": "8.5"}}))
+    ours = [_volume(slicer_scene, f"e{n}", {"QSM.EchoTime": str(t)}) for n, t in enumerate(ECHO_TIMES_S)]
+    assert logic.readEchoTimes(ours) == pytest.approx(list(ECHO_TIMES_S))
+
+    dicom = [_volume(slicer_scene, "d1", {"DICOM.instanceUIDs": "1.2.1 1.2.9"}),
+             _volume(slicer_scene, "d2", {"DICOM.instanceUIDs": "1.2.2"}),
+             _volume(slicer_scene, "d3", {"DICOM.instanceUIDs": "9.9.9"})]
+    assert logic.readEchoTimes(dicom) == [pytest.approx(0.004), pytest.approx(0.0085), None]
+    assert logic.readFieldStrength(dicom) == pytest.approx(123.2 / 42.577478)
+
+    multiVolume = slicer_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "mv")
+    slicer.util.updateVolumeFromArray(multiVolume, np.random.default_rng(0).random((6, 7, 8, 3)).astype(np.float32))
+    for key, text in {"MultiVolume.FrameLabels": "4.0,8.0,12.0", "MultiVolume.NumberOfFrames": "3",
+                      "MultiVolume.FrameIdentifyingDICOMTagName": "EchoTime",
+                      "MultiVolume.FrameIdentifyingDICOMTagUnits": "ms"}.items():
+        multiVolume.SetAttribute(key, text)
+    frames = Nodes.echoFramesFromNodes([multiVolume])
+    assert [f.echoTimeSeconds for f in frames] == pytest.approx(list(ECHO_TIMES_S))
+    np.testing.assert_array_equal(frames[1].voxels(), slicer.util.arrayFromVolume(multiVolume)[..., 1])
+
+    indexed = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "seq")
+    indexed.SetIndexName("EchoTime")
+    indexed.SetIndexUnit("ms")
+    copied = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "seq from MultiVolumeImporter")
+    for key in ("MultiVolume.FrameLabels", "MultiVolume.FrameIdentifyingDICOMTagName",
+                "MultiVolume.FrameIdentifyingDICOMTagUnits"):
+        copied.SetAttribute(key, multiVolume.GetAttribute(key))
+    for n, milliseconds in enumerate(("4", "8", "12")):
+        indexed.SetDataNodeAtValue(ours[n], milliseconds)
+        copied.SetDataNodeAtValue(ours[n], str(n))
+    assert logic.readEchoTimes([indexed]) == pytest.approx(list(ECHO_TIMES_S))
+    assert logic.readEchoTimes([copied]) == pytest.approx(list(ECHO_TIMES_S))
+
+
+def test_missing_echo_times_are_a_clear_error_before_any_node(slicer_scene, tmp_path):
+    magnitude = [_volume(slicer_scene, f"m{n}", value=n + 1.0) for n in range(3)]
+    phase = [_volume(slicer_scene, f"p{n}", {"QSM.EchoTime": "0.004"} if n == 0 else None) for n in range(3)]
+    count = slicer_scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match=r"Echo times are unknown for echo 2 \('p1'\), echo 3 \('p2'\).*ms"):
+        QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(magnitude, phase, None, fieldStrengthTesla=3.0)
+    assert slicer_scene.GetNumberOfNodes() == count and not any(tmp_path.iterdir())
+
+
+def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slicer_scene, tmp_path):
+    logic = QSMProcessingLogic(temporaryDirectory=str(tmp_path))
+    magnitude, phase = slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes
+    small = _volume(slicer_scene, "small", shape=(4, 4, 4))
+    moved = _volume(slicer_scene, "moved", shape=slicer.util.arrayFromVolume(phase[0]).shape)
+    overlapping = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "overlap")
+    overlapping.SetReferenceImageGeometryParameterFromVolumeNode(magnitude[0])
+    for name in ("left", "right"):  # one labelmap layer each, same voxels
+        labelmap = slicer.vtkOrientedImageData()
+        labelmap.SetExtent(10, 20, 10, 20, 10, 20)
+        labelmap.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(_matrix(magnitude[0])))
+        labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        labelmap.GetPointData().GetScalars().Fill(1)
+        segment = slicer.vtkSegment()
+        segment.SetName(name)
+        segment.AddRepresentation("Binary labelmap", labelmap)
+        overlapping.GetSegmentation().AddSegment(segment)
+    cases = {
+        "2 magnitude echo": dict(magnitudeNodes=magnitude[:2]),
+        "increasing": dict(echoTimesSeconds=[0.008, 0.004, 0.012]),
+        "milliseconds": dict(echoTimesSeconds=[4, 8, 12]),
+        "one per echo": dict(echoTimesSeconds=[0.004, 0.008]),
+        "share one voxel grid": dict(phaseNodes=[*phase[:2], small]),
+        "'moved' is not on the same voxel grid": dict(magnitudeNodes=[moved, *magnitude[1:]]),
+        "not plausible": dict(fieldStrengthTesla=300.0),
+        "overlap": dict(roiSegmentation=overlapping),
+        "Unknown output": dict(outputs=("chi", "swi")),
+        "neither a preset": dict(config="best"),
+        "Unknown inversion method": dict(config={"inversion": {"method": "magic"}}),
+        "is a vtkMRMLSegmentationNode": dict(phaseNodes=[overlapping]),
+    }
+    count = slicer_scene.GetNumberOfNodes()
+    for message, change in cases.items():
+        arguments = dict(magnitudeNodes=magnitude, phaseNodes=phase, echoTimesSeconds=list(ECHO_TIMES_S))
+        arguments.update(change)
+        with pytest.raises(ValueError, match=message):
+            logic.process(**arguments)
+        assert slicer_scene.GetNumberOfNodes() == count, message
+    assert not any(tmp_path.iterdir())
+
+
+def test_cancel_leaves_the_scene_unchanged_and_no_temporary_folder(slicer_scene, tmp_path):
+    phantom = loadHeadPhantom(slicer_scene, voxelSizeMm=2.0, echoTimesSeconds=ECHO_TIMES_S)
+    count = slicer_scene.GetNumberOfNodes()
+    messages = []
+    run = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
+        phantom.magnitudeVolumes, phantom.phaseVolumes, None, config="consensus", wait=False,
+        progressCallback=lambda fraction, message: messages.append((fraction, message)))
+    deadline = time.monotonic() + 60
+    while not messages and time.monotonic() < deadline:
+        assert not run.poll()
+        time.sleep(0.02)
+    assert messages and 0.0 <= messages[0][0] < 1.0
+    run.cancel()
+    assert run.finished and run.cancelled and run.result is None
+    assert slicer_scene.GetNumberOfNodes() == count
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run.wait()
+
+
+def test_a_failed_run_reports_the_cli_message_and_changes_nothing(slicer_scene, tmp_path):
+    magnitude = [_volume(slicer_scene, f"m{n}", value=5.0, shape=(12, 12, 12)) for n in range(3)]
+    phase = [_volume(slicer_scene, f"p{n}", value=0.3, shape=(12, 12, 12)) for n in range(3)]
+    count = slicer_scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="constant"):
+        QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
+            magnitude, phase, list(ECHO_TIMES_S), fieldStrengthTesla=3.0, config="fast")
+    assert slicer_scene.GetNumberOfNodes() == count and not any(tmp_path.iterdir())
+
+
+class FakeProcess:
+    """A RunningProcess that replays JSON lines, for what the real CLI cannot be made to do on demand."""
+
+    def __init__(self, lines, code):
+        self.lines, self.code = list(lines), code
+
+    def readLines(self):
+        lines, self.lines = self.lines, []
+        return lines
+
+    def returnCode(self):
+        return self.code
+
+    def errorOutput(self):
+        return ""
+
+    def kill(self):
+        self.code = -15
+
+
+class FakeRunner:
+    def __init__(self, process):
+        self.process, self.arguments = process, None
+
+    def start(self, arguments, environment=None):
+        self.arguments = list(arguments)
+        assert str(Path(__file__).resolve().parents[1]) in environment["PYTHONPATH"].split(os.pathsep)
+        return self.process
+
+
+def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_phantom, slicer_scene, tmp_path):
+    lines = [json.dumps({"event": "progress", "fraction": 0.5, "stage": "unwrap", "message": "unwrap: half"}),
+             "not json", json.dumps({"event": "done", "outputs": {}})]
+    runner = FakeRunner(FakeProcess(lines, 0))
+    config = {"inversion": {"method": "tv", "params": {"regularization": 1e-3}}}
+    count = slicer_scene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError, match="failed"):
+        QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
+            slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
+            maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"))
+    arguments = runner.arguments
+    assert arguments[1:4] == ["-m", "QSMLib.cli", "run"]
+    assert len(arguments[arguments.index("--mag") + 1:arguments.index("--phase")]) == 3
+    assert arguments[arguments.index("--te") + 1] == "0.004,0.008,0.012"
+    assert arguments[arguments.index("--b0") + 1] == "3.0"
+    assert arguments[arguments.index("--outputs") + 1] == "chi,total_field"
+    assert arguments[arguments.index("--config") + 1].endswith("config.json")
+    assert "--mask" in arguments and "--labels" not in arguments
+    assert slicer_scene.GetNumberOfNodes() == count and not any(tmp_path.iterdir())
+
+
+def test_parameter_node_is_one_singleton_per_scene(slicer_scene):
+    logic = QSMProcessingLogic()
+    node = logic.getParameterNode()
+    assert node.IsA("vtkMRMLScriptedModuleNode") and node.GetModuleName() == "QSMProcessing"
+    assert logic.getParameterNode() is node
+    assert slicer_scene.GetSingletonNode("QSMProcessing", "vtkMRMLScriptedModuleNode") is node
