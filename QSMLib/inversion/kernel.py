@@ -56,12 +56,24 @@ def dipole_kernel(
         The kernel, with ``D(0) = 0`` (susceptibility is then relative to
         its mean, which referencing fixes).
     """
-    b0, b1, b2 = unit_vector(b0_direction).astype(np.float32)
-    k0, k1, k2 = _fft.frequency_grids(shape, voxel_size_mm, real=real)
-    k_dot_b = k0 * b0 + k1 * b1 + k2 * b2
+    direction = unit_vector(b0_direction).astype(np.float32)
+    grids = _fft.frequency_grids(shape, voxel_size_mm, real=real)
+    # On an even-length axis the Nyquist sample stands for both +N/2 and -N/2;
+    # averaging (k.b)^2 over both signs drops its cross terms. Without this an
+    # oblique kernel is not symmetric and chi would depend on the array's
+    # orientation (flipping an axis would change the result).
+    regular_part = np.float32(0.0)
+    nyquist_part = np.float32(0.0)
+    for k, n, b in zip(grids, shape, direction):
+        is_nyquist = np.zeros(k.shape, dtype=bool)
+        if int(n) % 2 == 0:
+            is_nyquist = np.abs(k) == np.abs(k).max()
+        regular_part = regular_part + np.where(is_nyquist, 0.0, k * b).astype(np.float32)
+        nyquist_part = nyquist_part + np.where(is_nyquist, (k * b) ** 2, 0.0).astype(np.float32)
+    k0, k1, k2 = grids
     k_squared = k0 * k0 + k1 * k1 + k2 * k2
     k_squared[0, 0, 0] = 1.0
-    kernel = np.float32(1.0 / 3.0) - (k_dot_b * k_dot_b) / k_squared
+    kernel = np.float32(1.0 / 3.0) - (regular_part * regular_part + nyquist_part) / k_squared
     kernel[0, 0, 0] = 0.0
     return kernel.astype(np.float32, copy=False)
 
