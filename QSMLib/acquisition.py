@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._progress import CancelToken, ProgressCallback
 from .errors import QSMInputError, QSMWarning
 from .inversion.kernel import unit_vector
 
@@ -122,6 +123,76 @@ class MultiEchoGRE:
         self._handle_non_finite()
         self._check_phase_varies()
 
+    @classmethod
+    def from_coils(
+        cls,
+        magnitude: np.ndarray,
+        phase: np.ndarray,
+        echo_times_s: Sequence[float],
+        b0_tesla: float,
+        *,
+        affine: Optional[np.ndarray] = None,
+        voxel_size_mm: Optional[Sequence[float]] = None,
+        b0_direction: Optional[Sequence[float]] = None,
+        phase_sign: int = 1,
+        bipolar: bool = False,
+        offset_echoes: Sequence[int] = (0, 1),
+        sigma_mm: float = 5.0,
+        estimation_voxel_mm: float = 2.0,
+        progress: ProgressCallback = None,
+        cancel: CancelToken = None,
+    ) -> MultiEchoGRE:
+        """Combine uncombined receive channels (MCPC-3D-S), then build the acquisition.
+
+        Parameters
+        ----------
+        magnitude, phase : numpy.ndarray, shape (echo, coil, n0, n1, n2)
+            Per-channel magnitude and phase (radians).
+        echo_times_s, b0_tesla, affine, voxel_size_mm, b0_direction, phase_sign, bipolar
+            As for the constructor; the voxel size (given or from the affine)
+            is needed for the combination.
+        offset_echoes, sigma_mm, estimation_voxel_mm
+            See :func:`QSMLib.phase.coils.combine_coils_mcpc3ds`.
+        progress, cancel
+            Progress callback and cancel token for the combination.
+
+        Returns
+        -------
+        MultiEchoGRE
+            Combined magnitude (root-sum-of-squares) and offset-free phase.
+            Voxels non-finite in any channel or echo are combined as 0 and
+            marked in ``invalid_voxels``.
+        """
+        from .phase.coils import combine_coils_mcpc3ds
+
+        magnitude = np.array(magnitude, dtype=np.float32, copy=True)
+        phase = np.array(phase, dtype=np.float32, copy=True)
+        if magnitude.ndim != 5 or magnitude.shape != phase.shape:
+            raise QSMInputError(
+                f"Coil data must be 5D (echo, coil, x, y, z) with matching magnitude and phase; got shapes "
+                f"{magnitude.shape} and {phase.shape}."
+            )
+        if voxel_size_mm is None:
+            if affine is None:
+                raise QSMInputError("Voxel size unknown: give an affine or voxel_size_mm (mm per array axis).")
+            voxel_size_mm = voxel_size_from_affine(np.asarray(affine, dtype=np.float64))
+        bad = ~np.isfinite(magnitude) | ~np.isfinite(phase)
+        invalid = np.any(bad, axis=(0, 1))
+        if invalid.any():
+            magnitude[bad] = 0.0
+            phase[bad] = 0.0
+        combined_magnitude, combined_phase = combine_coils_mcpc3ds(
+            magnitude, phase, echo_times_s, voxel_size_mm, offset_echoes=offset_echoes, sigma_mm=sigma_mm,
+            estimation_voxel_mm=estimation_voxel_mm, progress=progress, cancel=cancel,
+        )
+        # NaN marks them for the constructor, which zeroes, excludes and reports them.
+        combined_magnitude[:, invalid] = np.nan
+        return cls(
+            magnitude=combined_magnitude, phase=combined_phase, echo_times_s=echo_times_s, b0_tesla=b0_tesla,
+            affine=affine, voxel_size_mm=voxel_size_mm, b0_direction=b0_direction, phase_sign=phase_sign,
+            bipolar=bipolar,
+        )
+
     @property
     def n_echoes(self) -> int:
         """Number of echoes."""
@@ -203,8 +274,8 @@ def _as_echo_array(values: np.ndarray, name: str) -> np.ndarray:
         array = array[np.newaxis]
     if array.ndim != 4:
         hint = (
-            " A 5D array may be uncombined coil data: combine the coils first (e.g. root-sum-of-squares "
-            "magnitude with MCPC-3D-S phase) or pass the echoes of one combined image."
+            " A 5D array may be uncombined coil data (echo, coil, x, y, z): combine the channels with "
+            "MultiEchoGRE.from_coils (MCPC-3D-S) or pass the echoes of one combined image."
             if array.ndim == 5
             else ""
         )

@@ -1,7 +1,8 @@
-"""The ``qsm`` command: ``qsm demo`` and ``qsm run``.
+"""The ``qsm`` command: ``qsm demo``, ``qsm run``, ``qsm bids`` and ``qsm dicom2bids``.
 
 Exit codes: 0 success, 2 bad input (one-paragraph message, no traceback),
-130 cancelled, 1 internal error.
+3 some acquisitions of a cohort (or DICOM series) failed and the others
+succeeded, 130 cancelled, 1 internal error.
 """
 
 from __future__ import annotations
@@ -19,14 +20,28 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import QSMCancelled, QSMInputError
+from .errors import QSMCancelled, QSMInputError, QSMWarning
 from .io.nifti import load_acquisition, read_map_like, read_volume
-from .io.results import MAP_FILES, check_output_folder, file_checksum, planned_files, write_outputs
+from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, check_output_folder, file_checksum, planned_files, write_outputs
 from .masking import validate_user_mask
-from .pipeline import PRESETS, QSMResult, load_config, run_pipeline, run_pipeline_from_field
+from .phase import bipolar_score, looks_bipolar
+from .pipeline import (
+    PRESETS,
+    PipelineConfig,
+    QSMResult,
+    StageConfig,
+    load_config,
+    run_pipeline,
+    run_pipeline_from_field,
+)
 from .roi import read_label_names
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+EXIT_SOME_FAILED = 3
+
+
+class SomeFailed(Exception):
+    """Some acquisitions (or DICOM series) failed; the others' outputs were written."""
 
 
 class ProgressPrinter:
@@ -112,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--outputs", default="", help=f"extra maps to write, comma-separated: {', '.join(MAP_FILES)}")
     run.add_argument("--out", required=True, help="output folder")
     _add_common(run)
+
+    bids = commands.add_parser("bids", help="process every multi-echo GRE run of a BIDS dataset on Dask")
+    bids.add_argument("bids_root", help="BIDS dataset root (sub-*/[ses-*/]anat/*_part-{mag,phase}_MEGRE.nii.gz)")
+    bids.add_argument("out_dir", help="BIDS derivatives folder (created; finished acquisitions are skipped)")
+    bids.add_argument("--participant-label", nargs="+", metavar="LABEL", help="only these subjects (01 or sub-01)")
+    bids.add_argument("--labels", metavar="DIR", help="derivatives folder of *_dseg.nii.gz label maps for ROI stats")
+    bids.add_argument("--outputs", default="", help="extra maps, comma-separated: local_mask, r2star, t2star")
+    bids.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
+    where = bids.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://node1:8786")
+    where.add_argument("--workers", type=int, help="local cluster workers (default: cores, limited by memory)")
+    _add_common(bids)
+
+    dicom = commands.add_parser("dicom2bids", help="convert multi-echo GRE DICOM to BIDS magnitude/phase + sidecars")
+    dicom.add_argument("dicom_dir", help="folder searched recursively for DICOM files")
+    dicom.add_argument("bids_dir", help="BIDS dataset folder to write into (created)")
+    dicom.add_argument("--subject", help="subject label (default: PatientID, letters and digits only)")
+    dicom.add_argument("--session", help="session label (default: none)")
+    dicom.add_argument("--progress", choices=("bar", "json", "none"), default=None,
+                       help="progress display (default: bar on a terminal, else none)")
+    dicom.add_argument("--overwrite", action="store_true", help="replace existing files in the BIDS folder")
     return parser
 
 
@@ -125,15 +161,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            handler: Callable[..., dict] = _demo if args.command == "demo" else _run
-            outputs = handler(args, printer, cancel, caught)
+            handlers: dict[str, Callable[..., dict]] = {
+                "demo": _demo, "run": _run, "bids": _bids, "dicom2bids": _dicom2bids}
+            outputs = handlers[args.command](args, printer, cancel, caught)
         printer.finish_line()
         printer.event("done", outputs={k: str(v) for k, v in outputs.items()})
         return EXIT_OK
     except QSMInputError as error:
         return _fail(printer, EXIT_INPUT, f"Error: {error}")
+    except SomeFailed as failed:
+        return _fail(printer, EXIT_SOME_FAILED, f"Error: {failed}")
     except (QSMCancelled, KeyboardInterrupt):
-        return _fail(printer, EXIT_CANCELLED, "Cancelled: no output was written.")
+        detail = ("acquisitions that finished before are complete; a rerun does the rest"
+                  if args.command == "bids" else "no output was written")
+        return _fail(printer, EXIT_CANCELLED, f"Cancelled: {detail}.")
     except MemoryError:
         return _fail(printer, EXIT_INTERNAL, "Out of memory: process a smaller volume or free memory.")
     finally:
@@ -181,17 +222,34 @@ def _requested_outputs(text: str) -> list[str]:
     return requested
 
 
+#: Output name -> key of ``QSMResult.maps`` for the maps that stages produce.
+_STAGE_MAP_OUTPUTS = {
+    "fit_residual": "fit_residual_rad", "field_weight": "field_weight", "romeo_quality": "romeo_quality",
+    "phase_offset": "phase_offset_rad", "r2star": "r2star", "t2star": "t2star",
+}
+
+
 def _result_maps(result: QSMResult, requested: Sequence[str]) -> dict[str, np.ndarray]:
     sources = {
         "chi": result.chi_ppm, "mask": result.mask, "local_field": result.local_field_hz,
         "total_field": result.total_field_hz, "local_mask": result.local_mask,
-        "fit_residual": result.maps.get("fit_residual_rad"), "field_weight": result.maps.get("field_weight"),
+        **{name: result.maps.get(key) for name, key in _STAGE_MAP_OUTPUTS.items()},
     }
     maps = {}
     for name in dict.fromkeys(["chi", "mask", "total_field", "local_field", *requested]):
         if sources.get(name) is not None:
             maps[name] = sources[name]
+        elif name in requested:
+            warnings.warn(f"Output {name!r} is not produced by this configuration (e.g. romeo_quality needs "
+                          "romeo unwrapping, phase_offset needs mcpc3ds); it was not written.", QSMWarning,
+                          stacklevel=2)
     return maps
+
+
+def _enable_requested_stages(config: PipelineConfig, requested: Sequence[str]) -> None:
+    """Asking for R2*/T2* maps turns on the relaxometry stage (log-linear fit) if the config has none."""
+    if any(o in RELAXOMETRY_OUTPUTS for o in requested) and config.relaxometry.method == "none":
+        config.relaxometry = StageConfig("loglinear")
 
 
 def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.Event, caught: list) -> dict:
@@ -204,6 +262,7 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
         raise QSMInputError("Give --mag and --phase (multi-echo GRE), or --total-field/--local-field with --mask.")
     config = load_config(args.config)
     requested = _requested_outputs(args.outputs)
+    _enable_requested_stages(config, requested)
     inputs: dict[str, Any] = {"command": " ".join(sys.argv), "config_source": args.config}
 
     if field_file:
@@ -215,6 +274,12 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
             phase_sign=args.phase_sign, bipolar=args.bipolar,
             b0_direction=_parse_floats(args.b0_direction, "--b0-direction") if args.b0_direction else None,
         )
+        if not args.bipolar and looks_bipolar(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s):
+            score = bipolar_score(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s)
+            warnings.warn(
+                f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
+                "--bipolar is not set: if the sequence used bipolar gradients, rerun with --bipolar.",
+                QSMWarning, stacklevel=2)
         _flush_warnings(caught, printer)
         affine = acquisition.affine
         mask = (validate_user_mask(read_map_like(args.mask, affine, acquisition.spatial_shape, "mask"),
@@ -316,6 +381,63 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
               "columns axial, coronal, sagittal)")
         print(f"  inputs for 'qsm run' in {inputs_dir.resolve()}")
     return outputs
+
+
+def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.Event, caught: list) -> dict:
+    from .batch import run_cohort
+
+    def on_record(record: dict) -> None:
+        printer.event("acquisition", **{k: record[k] for k in ("name", "status", "reason", "seconds", "outputs")})
+        if record["status"] == "failed" and printer.mode != "json":
+            printer.warn(f"{record['name']} failed: {record['reason']}")
+
+    summary = run_cohort(
+        args.bids_root, args.out_dir, participant_labels=args.participant_label, config=args.config,
+        outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
+        phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
+        progress=printer, on_record=on_record, cancel=cancel,
+    )
+    _flush_warnings(caught, printer)
+    printer.finish_line()
+    counts = {status: summary.count(status) for status in ("processed", "skipped", "failed")}
+    printer.event("summary", counts=counts, cluster=summary.cluster,
+                  files={key: str(path) for key, path in summary.files.items()})
+    if printer.mode != "json":
+        print(f"QSM cohort on {summary.cluster}: {counts['processed']} processed, {counts['skipped']} already "
+              f"complete, {counts['failed']} failed")
+        print(f"  report: {summary.files['index']}")
+    if counts["failed"]:
+        failed = [r["name"] for r in summary.records if r["status"] == "failed"]
+        raise SomeFailed(f"{len(failed)} of {len(summary.records)} acquisitions failed ({', '.join(failed)}); the "
+                         f"reasons are in {summary.files['summary']} and {summary.files['index']}. The others' "
+                         "outputs are complete; a rerun redoes only what is missing.")
+    return summary.files
+
+
+def _dicom2bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.Event, caught: list) -> dict:
+    from .io.dicom import dicom_to_bids
+
+    conversion = dicom_to_bids(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session,
+                               overwrite=args.overwrite, progress=printer, cancel=cancel)
+    _flush_warnings(caught, printer)
+    printer.finish_line()
+    for run in conversion.runs:
+        printer.event("converted", **run)
+        if printer.mode != "json":
+            print(f"{run['name']}: {run['n_echoes']} echoes, {run['manufacturer']}, phase {run['phase_scaling']}")
+            for note in run["notes"]:
+                print(f"  note: {note}")
+    for skipped in conversion.skipped:
+        printer.event("skipped", **skipped)
+        if printer.mode != "json":
+            print(f"skipped {skipped['series']}: {skipped['reason']}")
+    if not conversion.runs and not conversion.failed:
+        raise QSMInputError(f"No multi-echo GRE magnitude/phase series found in {args.dicom_dir} (the skipped "
+                            "series and why are listed above).")
+    if conversion.failed:
+        raise SomeFailed(f"{len(conversion.failed)} series could not be converted: "
+                         + "; ".join(f"{f['series']}: {f['reason']}" for f in conversion.failed))
+    return {run["name"]: Path(run["files"][0]).parent for run in conversion.runs}
 
 
 if __name__ == "__main__":

@@ -151,26 +151,31 @@ def nonlinear_complex(
         for unit phase noise per ``1/|S|``, 1 at the 99th percentile).
     """
     field_hz, _ = weighted_linear(unwrapped_phase, magnitude, echo_times_s, intercept=intercept, cancel=cancel)
-    times = np.asarray(echo_times_s, dtype=np.float32).reshape(-1)
-    with_offset = intercept and times.size >= 2
+    times = [float(t) for t in np.asarray(echo_times_s, dtype=np.float64).reshape(-1)]
+    with_offset = intercept and len(times) >= 2
     two_pi = np.float32(2.0 * np.pi)
     shape = unwrapped_phase.shape[1:]
-    phase = unwrapped_phase.reshape(times.size, -1).astype(np.float32, copy=False)
-    weights = np.square(magnitude.reshape(times.size, -1), dtype=np.float32)
-    slope = (field_hz.ravel() * two_pi).astype(np.float32)
-    s0 = weights.sum(axis=0)
-    s1 = times @ weights
-    s2 = (times * times) @ weights
+    phases = [np.asarray(unwrapped_phase[echo], dtype=np.float32).ravel() for echo in range(len(times))]
+    magnitudes = [np.asarray(magnitude[echo], dtype=np.float32).ravel() for echo in range(len(times))]
+    slope = field_hz.ravel() * two_pi
+    # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
+    s0, s1, s2, y0 = (np.zeros(slope.shape, dtype=np.float32) for _ in range(4))
+    for te, phase, amplitude in zip(times, phases, magnitudes):
+        weight = np.square(amplitude)
+        s0 += weight
+        s1 += weight * np.float32(te)
+        s2 += weight * np.float32(te * te)
+        y0 += weight * phase
     if with_offset:
         determinant = s0 * s2 - s1 * s1
         solvable = determinant > np.float32(1e-12) * np.maximum(s0 * s2, np.float32(1e-30))
-        offset = np.where(solvable, (weights * (phase - slope * times[:, None])).sum(axis=0) / np.maximum(s0, 1e-30), 0)
-        information = np.where(solvable, determinant / np.maximum(s0, 1e-30), 0.0)
+        offset = np.where(solvable, (y0 - s1 * slope) / np.maximum(s0, np.float32(1e-30)), 0.0).astype(np.float32)
+        information = np.where(solvable, determinant / np.maximum(s0, np.float32(1e-30)), 0.0)
     else:
         solvable = s2 > 0
         offset = np.zeros_like(slope)
         information = s2
-    offset = offset.astype(np.float32)
+    del y0
     active = np.flatnonzero(solvable)
     tolerance = np.float32(tolerance_hz) * two_pi
     for iteration in range(int(max_iterations)):
@@ -178,10 +183,14 @@ def nonlinear_complex(
             break
         check_cancel(cancel)
         report(progress, iteration / max_iterations, f"Nonlinear field fit, iteration {iteration + 1}")
-        w = weights[:, active]
-        residual = np.sin(phase[:, active] - offset[active] - slope[active] * times[:, None])
-        g0 = (w * residual).sum(axis=0)
-        g1 = times @ (w * residual)
+        g0 = np.zeros(active.size, dtype=np.float32)
+        g1 = np.zeros(active.size, dtype=np.float32)
+        offset_active, slope_active = offset[active], slope[active]
+        for te, phase, amplitude in zip(times, phases, magnitudes):
+            pull = np.sin(phase[active] - offset_active - slope_active * np.float32(te))
+            pull *= np.square(amplitude[active])
+            g0 += pull
+            g1 += pull * np.float32(te)
         if with_offset:
             a0, a1, a2 = s0[active], s1[active], s2[active]
             det = a0 * a2 - a1 * a1
@@ -192,9 +201,12 @@ def nonlinear_complex(
         slope[active] += step_slope
         active = active[np.abs(step_slope) > tolerance]
     report(progress, 1.0, "Nonlinear field fit done")
-    wrapped = phase - offset - slope * times[:, None]
-    wrapped = (wrapped + np.float32(np.pi)) % two_pi - np.float32(np.pi)
-    residual_rms = np.sqrt((weights * wrapped * wrapped).sum(axis=0) / np.maximum(s0, 1e-30))
+    residual_sum = np.zeros(slope.shape, dtype=np.float32)
+    for te, phase, amplitude in zip(times, phases, magnitudes):
+        residual = phase - offset - slope * np.float32(te)
+        residual = (residual + np.float32(np.pi)) % two_pi - np.float32(np.pi)
+        residual_sum += np.square(amplitude) * residual * residual
+    residual_rms = np.sqrt(residual_sum / np.maximum(s0, np.float32(1e-30)))
     return (slope / two_pi).reshape(shape).astype(np.float32), {
         "fit_residual_rad": residual_rms.reshape(shape).astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information).reshape(shape), mask),

@@ -80,11 +80,12 @@ class PipelineConfig:
         seed document's approach) instead of fitting one total field first.
     """
 
-    phase_offset: StageConfig = field(default_factory=lambda: StageConfig("none"))
-    bipolar: StageConfig = field(default_factory=lambda: StageConfig("none"))
-    unwrap: StageConfig = field(default_factory=lambda: StageConfig("laplacian"))
-    echo_fit: StageConfig = field(default_factory=lambda: StageConfig("weighted_linear"))
-    mask: StageConfig = field(default_factory=lambda: StageConfig("magnitude"))
+    phase_offset: StageConfig = field(default_factory=lambda: StageConfig("mcpc3ds"))
+    bipolar: StageConfig = field(default_factory=lambda: StageConfig("linear"))
+    unwrap: StageConfig = field(default_factory=lambda: StageConfig("romeo"))
+    # MCPC-3D-S removes the phase offset, so the fit goes through the origin (half the field noise).
+    echo_fit: StageConfig = field(default_factory=lambda: StageConfig("weighted_linear", {"intercept": False}))
+    mask: StageConfig = field(default_factory=lambda: StageConfig("phase_quality"))
     background: StageConfig = field(default_factory=lambda: StageConfig("vsharp"))
     inversion: StageConfig = field(default_factory=lambda: StageConfig("tv"))
     reference: StageConfig = field(default_factory=lambda: StageConfig("whole_brain"))
@@ -147,11 +148,16 @@ class PipelineConfig:
                 )
 
 
+#: Maps that stages produce and later stages may take by name (e.g. a phase-quality mask).
+PIPELINE_MAPS = {
+    "romeo_quality", "fit_residual_rad", "field_weight", "phase_offset_rad", "bipolar_error_rad",
+    "bipolar_offset_rad", "r2star", "t2star",
+}
 #: Inputs that the pipeline itself supplies; never user parameters.
 _PIPELINE_ARGUMENTS = {
     "progress", "cancel", "mask", "magnitude", "echo_times_s", "voxel_size_mm", "b0_direction",
-    "b0_tesla", "invalid", "labels", "label_names", "weight", "field_weight", "fit_residual_rad",
-}
+    "b0_tesla", "invalid", "labels", "label_names", "weight",
+} | PIPELINE_MAPS
 
 
 def _lookup(stage: str, method: str) -> Callable[..., Any]:
@@ -187,7 +193,11 @@ def _preset(**stages: Any) -> PipelineConfig:
 #: 2024 ISMRM QSM consensus as far as the registered methods allow.
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {
     "consensus": lambda: _preset(),
-    "fast": lambda: _preset(inversion={"method": "l2"}),
+    "fast": lambda: _preset(
+        phase_offset={"method": "none"}, unwrap={"method": "laplacian"},
+        echo_fit={"method": "weighted_linear", "params": {"intercept": True}}, mask={"method": "magnitude"},
+        inversion={"method": "l2"},
+    ),
 }
 DEFAULT_PRESET = "consensus"
 
@@ -459,6 +469,7 @@ def _finish(
     began = time.perf_counter()
     referenced, reference = _call_stage(
         "reference", config.reference, chi, local_mask, labels=labels, label_names=label_names,
+        voxel_size_mm=voxel_size_mm,
     )
     if config.reference.method != "whole_brain":
         brain_referenced = chi[local_mask] - chi[local_mask].mean()

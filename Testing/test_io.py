@@ -182,3 +182,11 @@ def test_nan_file_phase_range_is_ambiguous():
     with pytest.raises(QSMInputError, match="Cannot tell how this phase is scaled"):
         load_acquisition([DATA / "phase_with_nan_2echo.nii.gz"], [DATA / "phase_with_nan_2echo.nii.gz"],
                          echo_times_s=[0.004, 0.008], b0_tesla=3.0)
+
+
+def test_truncated_file_is_reported_as_corrupt(tmp_path):
+    path = write_volume(tmp_path / "v.nii.gz", np.ones((20, 20, 20), np.float32), np.eye(4))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(QSMInputError, match="corrupt or truncated|Cannot read"):
+        read_volume(path)

@@ -12,6 +12,7 @@ import gzip
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -60,12 +61,13 @@ def image_from_array(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 
 def read_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a 3D or 4D image.
+    """Read a 3D, 4D or 5D image.
 
     Returns
     -------
     array : numpy.ndarray
-        (k, j, i) for 3D, (t, k, j, i) for 4D, in the file's dtype. NaN
+        (k, j, i) for 3D, (t, k, j, i) for 4D, (u, t, k, j, i) for 5D (NIfTI
+        dims 5 and 4 first), in the file's dtype. NaN
         voxels of floating-point NIfTI files are NaN here too (SimpleITK
         alone silently reads them as 0).
     affine : numpy.ndarray, shape (4, 4)
@@ -76,15 +78,17 @@ def read_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise QSMInputError(f"File not found: {path}.")
     try:
         image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image)
+        nan_mask = _nifti_nan_mask(path, array.shape)
+    except (EOFError, OSError, struct.error, zlib.error):
+        raise QSMInputError(f"{path} is corrupt or truncated: check the file or export it again.") from None
     except RuntimeError as error:
         raise QSMInputError(f"Cannot read {path} as an image ({str(error).strip().splitlines()[-1]}).") from None
-    if image.GetDimension() > 4 or image.GetNumberOfComponentsPerPixel() != 1:
+    if image.GetDimension() > 5 or image.GetNumberOfComponentsPerPixel() != 1:
         raise QSMInputError(
             f"{path} has {image.GetDimension()} dimensions and {image.GetNumberOfComponentsPerPixel()} "
-            "component(s) per voxel; expected a 3D volume or a 4D (echo) series of scalars."
+            "component(s) per voxel; expected a 3D volume, a 4D (echo) series or 5D (echo, coil) data of scalars."
         )
-    array = sitk.GetArrayFromImage(image)
-    nan_mask = _nifti_nan_mask(path, array.shape)
     if nan_mask is not None:
         array = array.astype(np.result_type(array.dtype, np.float32), copy=False)
         array[nan_mask] = np.nan
@@ -143,12 +147,23 @@ def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, tolerance_mm: float = 
 
 
 def _read_echoes(paths: list[Path], role: str) -> tuple[np.ndarray, np.ndarray]:
-    """Stack one 4D file or several 3D files into (echo, k, j, i)."""
+    """Stack one 4D file or several 3D files into (echo, k, j, i).
+
+    One 5D file (NIfTI dim 4 = echo, dim 5 = receive coil, as MriResearchTools
+    writes uncombined data) gives (echo, coil, k, j, i).
+    """
     if not paths:
         raise QSMInputError(f"No {role} file given.")
     volumes, affines = [], []
     for path in paths:
         array, affine = read_volume(path)
+        if array.ndim == 5:
+            if len(paths) > 1:
+                raise QSMInputError(
+                    f"{path} is 5D (uncombined coils); give it as the only {role} file, with echoes in NIfTI "
+                    "dimension 4 and coils in dimension 5."
+                )
+            return np.moveaxis(array, 0, 1), affine
         if array.ndim == 2 or (array.ndim == 3 and min(array.shape) == 1):
             raise QSMInputError(f"{path} is 2D (shape {array.shape}); QSM needs 3D volumes.")
         volumes.append(array if array.ndim == 4 else array[np.newaxis])
@@ -180,7 +195,9 @@ def load_acquisition(
     ----------
     magnitude_paths, phase_paths : list of path
         One 4D file each (echo last in the file, first in the array) or one
-        3D file per echo in echo order.
+        3D file per echo in echo order; or one 5D file each of uncombined
+        coil data (NIfTI dim 4 = echo, dim 5 = coil), combined by
+        MCPC-3D-S (:meth:`MultiEchoGRE.from_coils`).
     echo_times_s : list of float, optional
         Echo times in seconds; when omitted they come from the ``EchoTime``
         entries of BIDS JSON sidecars next to the phase (or magnitude) files.
@@ -199,8 +216,8 @@ def load_acquisition(
     acquisition : MultiEchoGRE
         Arrays in (echo, k, j, i) order with the file's affine.
     info : dict
-        ``phase_scale`` applied, where echo times and B0 came from, and the
-        number of non-finite voxels.
+        ``phase_scale`` applied, where echo times and B0 came from, the
+        number of non-finite voxels and, for coil data, ``coils_combined``.
     """
     from ..acquisition import MultiEchoGRE
     from ..phase.scaling import phase_to_radians
@@ -243,6 +260,14 @@ def load_acquisition(
         info["b0_source"] = "argument"
 
     phase, info["phase_scale"] = phase_to_radians(phase_raw, phase_scale)
+    if phase.ndim == 5:
+        info["non_finite_voxels"] = int(np.any(~np.isfinite(phase_raw) | ~np.isfinite(magnitude), axis=(0, 1)).sum())
+        info["coils_combined"] = int(phase.shape[1])
+        acquisition = MultiEchoGRE.from_coils(
+            magnitude, phase, echo_times_s, b0_tesla, affine=magnitude_affine, phase_sign=phase_sign,
+            bipolar=bipolar, b0_direction=b0_direction,
+        )
+        return acquisition, info
     info["non_finite_voxels"] = int(np.any(~np.isfinite(phase_raw) | ~np.isfinite(magnitude), axis=0).sum())
     acquisition = MultiEchoGRE(
         magnitude=magnitude,

@@ -31,7 +31,13 @@ MAP_FILES = {
     "local_mask": "local_mask.nii.gz",
     "fit_residual": "fit_residual_rad.nii.gz",
     "field_weight": "field_weight.nii.gz",
+    "romeo_quality": "romeo_quality.nii.gz",
+    "phase_offset": "phase_offset_rad.nii.gz",
+    "r2star": "r2star.nii.gz",
+    "t2star": "t2star.nii.gz",
 }
+#: Outputs that need the relaxometry stage.
+RELAXOMETRY_OUTPUTS = ("r2star", "t2star")
 ALWAYS_WRITTEN = ("chi", "mask", "total_field", "local_field")
 ROI_FILE = "roi_stats.tsv"
 PROVENANCE_FILE = "provenance.json"

@@ -4,10 +4,17 @@ Every method: ``method(phase, magnitude, echo_times_s, voxel_size_mm, *,
 mask=None, progress=None, cancel=None, **params)`` with arrays shaped
 (echo, n0, n1, n2), returning the unwrapped phase (radians) or a tuple
 (unwrapped phase, dict of extra maps to keep, e.g. a quality map).
+
+- ``romeo``: quality-guided, path-based (exact) spatial unwrapping of one
+  echo plus temporal unwrapping of the others; keeps ``romeo_quality``.
+- ``laplacian``: FFT-based, robust and fast, but alters values near strong
+  gradients and leaves each echo up to a constant.
 """
 
 from .laplacian import laplacian
+from .romeo import romeo
+from .temporal import temporal_unwrap
 
-METHODS = {"laplacian": laplacian}
+METHODS = {"laplacian": laplacian, "romeo": romeo}
 
-__all__ = ["METHODS", "laplacian"]
+__all__ = ["METHODS", "laplacian", "romeo", "temporal_unwrap"]

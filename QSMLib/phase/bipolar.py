@@ -1,0 +1,298 @@
+"""Bipolar readout correction and detection.
+
+With a bipolar (fly-back-free) readout, even echoes are read with the
+gradient reversed, and gradient delays and eddy currents add a phase error
+``beta`` to them: mostly a linear ramp along the readout plus a constant
+(Li et al., "Correcting phase errors in bipolar multi-echo GRE", MRM 2015;
+Eckstein et al., MRM 2018). For three equally spaced echoes the
+combination ``phi_n + phi_{n+2} - 2 phi_{n+1}`` cancels the field and any
+echo-independent offset and leaves ``-2 beta`` (middle echo even) or
+``+2 beta`` (middle echo odd). All such triples are summed as complex
+products, a smooth model of ``beta`` (constant + linear in every axis,
+optionally polynomial along the readout) is fitted to the result without
+unwrapping, and ``beta`` is subtracted from the even echoes.
+
+``beta`` is known modulo pi from ``2 beta``; its constant part is taken in
+[-pi/2, pi/2). The other choice differs by a uniform frequency shift of
+``1 / (2 dTE)`` Hz, which background field removal takes out anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..errors import QSMInputError
+from ..unwrap.romeo import exclude_non_finite, wrap_in_place
+from .offsets import mcpc3ds, phase_slopes, signal_region
+
+#: Relative tolerance on equal echo spacing.
+_SPACING_TOLERANCE = 0.01
+
+
+def _check_bipolar_echoes(echo_times_s: Sequence[float], n_echoes: int) -> None:
+    times = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
+    if times.size != n_echoes:
+        raise QSMInputError(f"{times.size} echo time(s) for {n_echoes} echo(es): give one echo time per echo.")
+    if n_echoes < 3:
+        raise QSMInputError(
+            f"Bipolar correction needs at least 3 echoes to separate the readout error from the field, got "
+            f"{n_echoes}: use bipolar 'none' (or acquire with a monopolar readout)."
+        )
+    spacing = np.diff(times)
+    if np.any(np.abs(spacing - spacing.mean()) > _SPACING_TOLERANCE * spacing.mean()):
+        raise QSMInputError(
+            f"Bipolar correction needs equally spaced echoes, got spacings {np.round(spacing * 1e3, 3).tolist()} ms."
+        )
+
+
+def _even_echo_product(phase: np.ndarray, magnitude: np.ndarray, cancel: CancelToken) -> np.ndarray:
+    """Sum over echo triples of ``S_n S_{n+2} conj(S_{n+1})^2``, conjugated where the middle echo has no error.
+
+    Its phase is ``-2 beta`` (field and offsets cancel); its magnitude is
+    about ``|S|^4``.
+    """
+    total = np.zeros(phase.shape[1:], dtype=np.complex64)
+    for first in range(phase.shape[0] - 2):
+        check_cancel(cancel)
+        combined = phase[first] + phase[first + 2] - 2.0 * phase[first + 1]
+        if first % 2 == 1:
+            combined = -combined
+        weight = magnitude[first] * magnitude[first + 2] * magnitude[first + 1] ** 2
+        total.real += weight * np.cos(combined)
+        total.imag += weight * np.sin(combined)
+    return total
+
+
+def _coordinates(shape: Sequence[int]) -> list[np.ndarray]:
+    """Centred voxel index per axis, broadcastable to ``shape``."""
+    coordinates = []
+    for axis, size in enumerate(shape):
+        view = [1, 1, 1]
+        view[axis] = size
+        coordinates.append((np.arange(size, dtype=np.float32) - (size - 1) / 2.0).reshape(view))
+    return coordinates
+
+
+class _PhaseModel:
+    """``g(x) = c + sum_a s_a x_a + sum_{k>=2} p_k x_r^k`` (x in voxels from the centre)."""
+
+    def __init__(self, shape: Sequence[int], readout_axis: int, order: int):
+        self.shape = tuple(shape)
+        self.coordinates = _coordinates(shape)
+        self.readout_axis = readout_axis
+        self.order = order
+        self.coefficients = np.zeros(4 + max(order - 1, 0))
+
+    def terms(self) -> list[np.ndarray]:
+        readout = self.coordinates[self.readout_axis]
+        return [np.ones((1, 1, 1), np.float32), *self.coordinates] + [
+            readout**power for power in range(2, self.order + 1)
+        ]
+
+    def evaluate(self) -> np.ndarray:
+        value = np.zeros(self.shape, dtype=np.float32)
+        for coefficient, term in zip(self.coefficients, self.terms()):
+            value += np.float32(coefficient) * term
+        return value
+
+
+def _fit_even_echo_phase(
+    product: np.ndarray, readout_axis: Optional[int], order: int
+) -> tuple[_PhaseModel, np.ndarray]:
+    """Fit the smooth model to the phase of ``product`` (no unwrapping); returns the model and its region."""
+    weight = np.sqrt(np.abs(product)).astype(np.float32)
+    region = signal_region(weight)
+    if np.count_nonzero(region) < 10:
+        raise QSMInputError("Too little signal to estimate a bipolar phase error: check the magnitude images.")
+    slopes = phase_slopes(np.where(region, product, 0))
+    if readout_axis is None:
+        readout_axis = int(np.argmax([abs(s) * n for s, n in zip(slopes, product.shape)]))
+    model = _PhaseModel(product.shape, readout_axis, order)
+    model.coefficients[1:4] = slopes
+    demodulated = product * np.exp(-1j * model.evaluate())
+    model.coefficients[0] = float(np.angle(demodulated[region].sum()))
+    sample_weight = weight[region].astype(np.float64)
+    design = np.stack([np.broadcast_to(t, product.shape)[region] for t in model.terms()], axis=1).astype(np.float64)
+    weighted_design = design * sample_weight[:, None]
+    for _ in range(3):
+        residual = np.angle(product[region] * np.exp(-1j * model.evaluate()[region]))
+        update = np.linalg.lstsq(weighted_design, residual * sample_weight, rcond=None)[0]
+        model.coefficients += update
+    model.coefficients[0] = float(np.angle(np.exp(1j * model.coefficients[0])))
+    return model, region
+
+
+def estimate_bipolar_error(
+    phase: np.ndarray,
+    magnitude: np.ndarray,
+    echo_times_s: Sequence[float],
+    *,
+    readout_axis: Optional[int] = None,
+    polynomial_order: int = 1,
+    cancel: CancelToken = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth estimate of the even-echo phase error ``beta``.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray, shape (echo, n0, n1, n2)
+        Wrapped phase, radians (offsets need not be removed: they cancel).
+        Voxels non-finite in any echo are left out of the fit.
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
+        Magnitude.
+    echo_times_s : sequence of float
+        At least 3 equally spaced echo times, seconds.
+    readout_axis : int, optional
+        Array axis of the readout, for terms above linear; estimated as the
+        axis along which the fitted error changes most when omitted.
+    polynomial_order : int
+        1: constant plus linear in every axis (Li 2015); 2 or more adds
+        powers of the readout coordinate.
+    cancel : callable or threading.Event, optional
+
+    Returns
+    -------
+    beta : numpy.ndarray of float32, shape (n0, n1, n2)
+        Error of the even echoes (2nd, 4th, ...), radians.
+    region : numpy.ndarray of bool, shape (n0, n1, n2)
+        Voxels with signal, where the model was fitted.
+    """
+    if np.ndim(phase) != 4 or np.shape(magnitude) != np.shape(phase):
+        raise QSMInputError(
+            f"Bipolar correction needs phase and magnitude shaped (echo, n0, n1, n2), got {np.shape(phase)} and "
+            f"{np.shape(magnitude)}."
+        )
+    phase, magnitude, _ = exclude_non_finite(phase, magnitude)
+    _check_bipolar_echoes(echo_times_s, phase.shape[0])
+    if readout_axis is not None and readout_axis not in (0, 1, 2):
+        raise QSMInputError(f"readout_axis must be 0, 1 or 2 (an array axis), got {readout_axis!r}.")
+    if int(polynomial_order) != polynomial_order or polynomial_order < 1:
+        raise QSMInputError(f"polynomial_order must be a whole number >= 1, got {polynomial_order!r}.")
+    product = _even_echo_product(phase, magnitude, cancel)
+    model, region = _fit_even_echo_phase(product, readout_axis, int(polynomial_order))
+    beta = model.evaluate()
+    beta *= np.float32(-0.5)
+    return beta, region
+
+
+def linear_bipolar_correction(
+    phase: np.ndarray,
+    magnitude: np.ndarray,
+    echo_times_s: Sequence[float],
+    voxel_size_mm: Sequence[float],
+    *,
+    readout_axis: Optional[int] = None,
+    polynomial_order: int = 1,
+    remove_offset: bool = True,
+    progress: ProgressCallback = None,
+    cancel: CancelToken = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Remove the bipolar readout error from the even echoes.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray, shape (echo, n0, n1, n2)
+        Wrapped phase, radians; at least 3 equally spaced echoes.
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
+        Magnitude.
+    echo_times_s : sequence of float
+        Echo times, seconds.
+    voxel_size_mm : sequence of 3 float
+        Voxel size per array axis (for the offset re-estimation).
+    readout_axis, polynomial_order
+        See :func:`estimate_bipolar_error`.
+    remove_offset : bool
+        Afterwards estimate and remove the echo-independent offset again
+        with MCPC-3D-S (default parameters). Needed after MCPC-3D-S ran on
+        the uncorrected data: its estimate from echoes 1 and 2 absorbed
+        ``TE1 / (TE2 - TE1)`` times the even-echo error.
+    progress : callable(fraction, message), optional
+    cancel : callable or threading.Event, optional
+
+    Returns
+    -------
+    phase : numpy.ndarray of float32, shape (echo, n0, n1, n2)
+        Corrected phase, radians in [-pi, pi).
+    maps : dict
+        ``bipolar_error_rad``: the removed even-echo error, (n0, n1, n2).
+
+    References
+    ----------
+    Li J, Chang S, Liu T, et al. Phase-corrected bipolar gradients in
+    multi-echo gradient-echo sequences for quantitative susceptibility
+    mapping. MAGMA 2015;28:347-355.
+    Eckstein K, Dymerska B, Bachrata B, et al. MRM 2018;79:2996-3006.
+    """
+    report(progress, 0.0, "Bipolar correction: estimating the even-echo error")
+    beta, _ = estimate_bipolar_error(
+        phase, magnitude, echo_times_s, readout_axis=readout_axis, polynomial_order=polynomial_order, cancel=cancel
+    )
+    # NaN voxels stay NaN: NaN minus beta is NaN.
+    corrected = np.array(phase, dtype=np.float32, copy=True)
+    for echo in range(1, corrected.shape[0], 2):
+        corrected[echo] -= beta
+        wrap_in_place(corrected[echo])
+    maps = {"bipolar_error_rad": beta}
+    if remove_offset:
+        check_cancel(cancel)
+        report(progress, 0.5, "Bipolar correction: removing the remaining phase offset")
+        corrected, offset_maps = mcpc3ds(corrected, magnitude, echo_times_s, voxel_size_mm, cancel=cancel)
+        maps["bipolar_offset_rad"] = offset_maps["phase_offset_rad"]
+    report(progress, 1.0, "Bipolar correction done")
+    return corrected, maps
+
+
+def bipolar_score(phase: np.ndarray, magnitude: np.ndarray, echo_times_s: Sequence[float]) -> float:
+    """How large the even-echo phase error looks, in radians.
+
+    The root-mean-square over voxels with signal of the smooth even-echo
+    error that :func:`estimate_bipolar_error` fits (constant plus linear).
+    Monopolar data give about 0; a bipolar readout typically tenths of a
+    radian or more. Data with fewer than 3 echoes or uneven spacing, where
+    the error cannot be separated from the field, score 0.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray, shape (echo, n0, n1, n2)
+        Wrapped phase as acquired, radians.
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
+        Magnitude.
+    echo_times_s : sequence of float
+        Echo times, seconds.
+
+    Returns
+    -------
+    float
+        Weighted RMS of the fitted error, radians.
+    """
+    try:
+        beta, region = estimate_bipolar_error(phase, magnitude, echo_times_s)
+    except QSMInputError:
+        return 0.0
+    return float(np.sqrt(np.mean(np.square(beta[region], dtype=np.float64))))
+
+
+def looks_bipolar(
+    phase: np.ndarray,
+    magnitude: np.ndarray,
+    echo_times_s: Sequence[float],
+    *,
+    threshold_rad: float = 0.1,
+) -> bool:
+    """True when the data carry an even-echo phase error like a bipolar readout's.
+
+    Parameters
+    ----------
+    phase, magnitude, echo_times_s
+        See :func:`bipolar_score`.
+    threshold_rad : float
+        Score above which the data are called bipolar, radians.
+
+    Returns
+    -------
+    bool
+    """
+    return bipolar_score(phase, magnitude, echo_times_s) > threshold_rad

@@ -1,0 +1,92 @@
+"""Temporal unwrapping: multi-echo phase from one spatially unwrapped echo.
+
+Once the echo-independent phase offset is removed (MCPC-3D-S), the phase of
+echo n is ``2 pi f TE_n``: an unwrapped echo predicts the others, and each
+one only needs the whole number of turns that brings it closest to the
+prediction, ``phi_n - 2 pi round((phi_n - predicted_n) / 2 pi)`` (ROMEO's
+temporal unwrapping; Dymerska et al., MRM 2021). The prediction here is the
+weighted through-origin fit of all echoes unwrapped so far, so noise in a
+single echo is not amplified by ``TE_n / TE_ref``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .._progress import CancelToken, check_cancel
+from ..errors import QSMInputError
+
+_TWO_PI = np.float32(2.0 * np.pi)
+
+
+def temporal_unwrap(
+    phase: np.ndarray,
+    magnitude: np.ndarray,
+    echo_times_s: Sequence[float],
+    template: np.ndarray,
+    template_echo: int = 0,
+    *,
+    cancel: CancelToken = None,
+) -> np.ndarray:
+    """Unwrap every echo in time from one spatially unwrapped template echo.
+
+    Echoes after the template are done in increasing echo time, then those
+    before it in decreasing echo time. Echo n is predicted as ``TE_n * s``
+    where ``s = sum(w_k TE_k phi_k) / sum(w_k TE_k^2)`` runs over the echoes
+    already unwrapped, with weights ``w_k = |S_k|^2`` (inverse phase-noise
+    variance).
+
+    Parameters
+    ----------
+    phase : numpy.ndarray, shape (echo, n0, n1, n2)
+        Wrapped phase, radians, offset-free (``phi_n = 2 pi f TE_n``).
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
+        Magnitude (weights).
+    echo_times_s : sequence of float
+        Echo times, seconds.
+    template : numpy.ndarray, shape (n0, n1, n2)
+        The template echo, spatially unwrapped.
+    template_echo : int
+        Zero-based index of the template echo.
+    cancel : callable or threading.Event, optional
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (echo, n0, n1, n2)
+        Unwrapped phase; the template echo is ``template`` itself.
+    """
+    times = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
+    if phase.shape[0] != times.size or magnitude.shape != phase.shape or template.shape != phase.shape[1:]:
+        raise QSMInputError(
+            f"Temporal unwrapping needs phase and magnitude (echo, n0, n1, n2) with one echo time per echo "
+            f"and a template of one echo's shape; got {phase.shape}, {magnitude.shape}, {times.size} echo "
+            f"time(s) and {template.shape}."
+        )
+    unwrapped = np.empty(phase.shape, dtype=np.float32)
+    unwrapped[template_echo] = template
+    weight = np.square(magnitude[template_echo], dtype=np.float32)
+    # A floor keeps the ratio defined where the magnitude is 0 (outside the object).
+    floor = np.float32(1e-12) * max(float(weight.max()), 1e-30)
+    weight += floor
+    te = np.float32(times[template_echo])
+    numerator = weight * (te * template)
+    denominator = weight * (te * te)
+    order = list(range(template_echo + 1, times.size)) + list(range(template_echo - 1, -1, -1))
+    for echo in order:
+        check_cancel(cancel)
+        te = np.float32(times[echo])
+        predicted = numerator / denominator
+        predicted *= te
+        wrapped = np.asarray(phase[echo], dtype=np.float32)
+        turns = wrapped - predicted
+        turns /= _TWO_PI
+        np.rint(turns, out=turns)
+        volume = wrapped - _TWO_PI * turns
+        unwrapped[echo] = volume
+        weight = np.square(magnitude[echo], dtype=np.float32)
+        weight += floor
+        numerator += weight * (te * volume)
+        denominator += weight * (te * te)
+    return unwrapped

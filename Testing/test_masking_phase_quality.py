@@ -1,0 +1,76 @@
+"""Phase-quality masking: magnitude mask AND reliable phase, holes filled, largest component."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from QSMLib.errors import QSMInputError
+from QSMLib.fieldmap import weighted_linear
+from QSMLib.masking import METHODS, magnitude_mask, phase_quality_mask
+from QSMLib.phantom import simulate_head
+from QSMLib.phase import mcpc3ds
+from QSMLib.unwrap import romeo
+
+
+def _ball_magnitude(shape=(40, 40, 40), radius=14.0):
+    grid = np.indices(shape, dtype=np.float32) - (np.array(shape, np.float32)[:, None, None, None] - 1) / 2
+    inside = np.sqrt((grid**2).sum(axis=0)) < radius
+    rng = np.random.default_rng(0)
+    magnitude = np.where(inside, 1.0, 0.0) + 0.02 * rng.random(shape)
+    return magnitude[np.newaxis].astype(np.float32), inside
+
+
+def test_without_phase_maps_it_is_the_magnitude_mask():
+    magnitude, _ = _ball_magnitude()
+    np.testing.assert_array_equal(phase_quality_mask(magnitude, (1, 1, 1)), magnitude_mask(magnitude, (1, 1, 1)))
+    assert METHODS["phase_quality"] is phase_quality_mask
+
+
+def test_unreliable_rim_goes_enclosed_hole_stays():
+    magnitude, inside = _ball_magnitude()
+    quality = np.ones(inside.shape, np.float32)
+    quality[:, :, 30:] = 0.1  # unreliable phase at one side of the object
+    quality[18:22, 18:22, 18:22] = 0.1  # an enclosed unreliable spot (a vein, say)
+    residual = np.zeros(inside.shape, np.float32)
+    residual[:, :8, :] = 2.0  # a failed fit at another side
+    mask = phase_quality_mask(magnitude, (1, 1, 1), romeo_quality=quality, fit_residual_rad=residual)
+    assert not mask[:, :, 30:].any() and not mask[:, :8, :].any()
+    assert mask[18:22, 18:22, 18:22].all()
+    assert not (mask & ~magnitude_mask(magnitude, (1, 1, 1))).any()
+
+
+def test_only_the_largest_reliable_component_is_kept():
+    magnitude, inside = _ball_magnitude()
+    quality = np.ones(inside.shape, np.float32)
+    quality[:, 19:21, :] = 0.0  # a cut through the object: two halves
+    quality[:, :19, :] = np.where(np.indices(inside.shape)[0][:, :19, :] < 25, 1.0, 0.0)
+    mask = phase_quality_mask(magnitude, (1, 1, 1), romeo_quality=quality)
+    labels = np.unique(np.nonzero(mask)[1] >= 21)
+    assert labels.tolist() == [True]
+
+
+def test_thresholds_and_shape_are_checked():
+    magnitude, inside = _ball_magnitude()
+    with pytest.raises(QSMInputError, match="shape"):
+        phase_quality_mask(magnitude, (1, 1, 1), romeo_quality=np.ones((3, 3, 3)))
+    with pytest.raises(QSMInputError, match="quality_threshold"):
+        phase_quality_mask(magnitude, (1, 1, 1), romeo_quality=np.zeros(inside.shape))
+
+
+def test_phantom_brain_is_kept_and_bad_phase_is_dropped():
+    head = simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), echo_times_s=(0.004, 0.008, 0.012, 0.016), seed=7)
+    acq = head.acquisition
+    phase, _ = mcpc3ds(acq.phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm)
+    unwrapped, maps = romeo(phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm)
+    field, fit = weighted_linear(unwrapped, acq.magnitude, acq.echo_times_s, intercept=False)
+    mask = phase_quality_mask(acq.magnitude, acq.voxel_size_mm, romeo_quality=maps["romeo_quality"],
+                              fit_residual_rad=fit["fit_residual_rad"])
+    plain = magnitude_mask(acq.magnitude, acq.voxel_size_mm)
+    assert np.mean(mask[head.brain_mask]) > 0.999
+    dropped = plain & ~mask
+    assert dropped.sum() > 100 and not (mask & ~plain).any()
+    # What goes is mostly outside the brain (skull, scalp) and has a worse field.
+    assert np.mean(head.brain_mask[dropped]) < 0.01
+    error = np.abs(field - head.total_field_hz)
+    assert np.median(error[dropped]) > 1.5 * np.median(error[mask])

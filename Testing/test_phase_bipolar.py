@@ -1,0 +1,132 @@
+"""Bipolar readout correction and detection on a simulated 9-echo bipolar acquisition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic import SHARED_DATA
+
+from QSMLib.errors import QSMInputError
+from QSMLib.fieldmap import weighted_linear
+from QSMLib.io.nifti import load_acquisition
+from QSMLib.phantom import simulate_head
+from QSMLib.phase import (
+    BIPOLAR_METHODS,
+    bipolar_score,
+    estimate_bipolar_error,
+    linear_bipolar_correction,
+    looks_bipolar,
+    mcpc3ds,
+)
+from QSMLib.pipeline import PRESETS, run_pipeline
+from QSMLib.unwrap import romeo
+
+ECHO_TIMES_S = tuple(0.004 * (n + 1) for n in range(9))
+
+
+@pytest.fixture(scope="module")
+def monopolar():
+    return simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), echo_times_s=ECHO_TIMES_S, seed=4)
+
+
+@pytest.fixture(scope="module")
+def bipolar():
+    """Same head and noise as ``monopolar``; even echoes carry 0.3 rad + 1 rad across the FOV along axis 0."""
+    return simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), echo_times_s=ECHO_TIMES_S, seed=4, bipolar=True)
+
+
+def field_error_rms_hz(acquisition, truth, mask, correct: bool) -> float:
+    """Consensus phase stage (MCPC-3D-S, optional bipolar correction, ROMEO, fit through 0) vs the true field."""
+    phase, _ = mcpc3ds(acquisition.phase, acquisition.magnitude, ECHO_TIMES_S, acquisition.voxel_size_mm)
+    if correct:
+        phase, _ = linear_bipolar_correction(phase, acquisition.magnitude, ECHO_TIMES_S, acquisition.voxel_size_mm)
+    unwrapped, _ = romeo(phase, acquisition.magnitude, ECHO_TIMES_S, acquisition.voxel_size_mm)
+    field, _ = weighted_linear(unwrapped, acquisition.magnitude, ECHO_TIMES_S, intercept=False)
+    return float(np.sqrt(np.mean((field - truth)[mask] ** 2)))
+
+
+def test_even_echo_error_is_estimated(bipolar):
+    beta, region = estimate_bipolar_error(bipolar.acquisition.phase, bipolar.acquisition.magnitude, ECHO_TIMES_S)
+    assert beta.shape == region.shape == bipolar.brain_mask.shape and beta.dtype == np.float32
+    error = (beta - bipolar.bipolar_error_rad)[bipolar.brain_mask]
+    assert np.sqrt(np.mean(error**2)) < 0.01
+
+
+def test_corrected_field_is_within_noise_and_uncorrected_is_not(monopolar, bipolar):
+    truth, brain = monopolar.total_field_hz, monopolar.brain_mask
+    noise_floor = field_error_rms_hz(monopolar.acquisition, truth, brain, correct=False)
+    corrected = field_error_rms_hz(bipolar.acquisition, truth, brain, correct=True)
+    uncorrected = field_error_rms_hz(bipolar.acquisition, truth, brain, correct=False)
+    assert corrected < 1.05 * noise_floor
+    assert uncorrected > 5 * noise_floor
+
+
+def test_correction_returns_the_error_map(bipolar):
+    acq = bipolar.acquisition
+    corrected, maps = BIPOLAR_METHODS["linear"](acq.phase, acq.magnitude, ECHO_TIMES_S, acq.voxel_size_mm,
+                                                remove_offset=False)
+    assert set(maps) == {"bipolar_error_rad"}
+    assert corrected.dtype == np.float32 and np.all(np.abs(corrected) <= np.pi)
+    # Odd echoes are untouched, even ones lose beta.
+    np.testing.assert_array_equal(corrected[0], acq.phase[0])
+    change = np.angle(np.exp(1j * (acq.phase[1] - corrected[1])))
+    np.testing.assert_allclose(change, np.angle(np.exp(1j * maps["bipolar_error_rad"])), atol=1e-4)
+
+
+def test_readout_along_another_axis_and_quadratic_terms(bipolar):
+    # Readout along array axis 2 (transposed data) with a quadratic term added to the even echoes.
+    acq = bipolar.acquisition
+    phase = np.transpose(acq.phase, (0, 2, 3, 1)).copy()
+    magnitude = np.transpose(acq.magnitude, (0, 2, 3, 1))
+    readout = (np.arange(phase.shape[3], dtype=np.float32) - (phase.shape[3] - 1) / 2) / phase.shape[3]
+    extra = 3.0 * readout**2
+    phase[1::2] = np.angle(np.exp(1j * (phase[1::2] + extra)))
+    truth = np.transpose(bipolar.bipolar_error_rad, (1, 2, 0)) + extra
+    brain = np.transpose(bipolar.brain_mask, (1, 2, 0))
+    linear, _ = estimate_bipolar_error(phase, magnitude, ECHO_TIMES_S)
+    quadratic, _ = estimate_bipolar_error(phase, magnitude, ECHO_TIMES_S, polynomial_order=2)
+    explicit, _ = estimate_bipolar_error(phase, magnitude, ECHO_TIMES_S, polynomial_order=2, readout_axis=2)
+    assert np.sqrt(np.mean((quadratic - truth)[brain] ** 2)) < 0.01
+    assert np.sqrt(np.mean((linear - truth)[brain] ** 2)) > 0.03
+    np.testing.assert_allclose(explicit, quadratic, atol=1e-5)
+
+
+def test_detection(monopolar, bipolar):
+    assert looks_bipolar(bipolar.acquisition.phase, bipolar.acquisition.magnitude, ECHO_TIMES_S)
+    assert not looks_bipolar(monopolar.acquisition.phase, monopolar.acquisition.magnitude, ECHO_TIMES_S)
+    assert bipolar_score(bipolar.acquisition.phase, bipolar.acquisition.magnitude, ECHO_TIMES_S) > 0.2
+    assert bipolar_score(monopolar.acquisition.phase, monopolar.acquisition.magnitude, ECHO_TIMES_S) < 0.01
+    # Two echoes cannot tell: the score is 0, not an error.
+    assert bipolar_score(bipolar.acquisition.phase[:2], bipolar.acquisition.magnitude[:2], ECHO_TIMES_S[:2]) == 0.0
+
+
+def test_real_monopolar_data_are_not_called_bipolar():
+    folder = SHARED_DATA / "invivo_3echo_crop"
+    acq, _ = load_acquisition([folder / "mag.nii.gz"], [folder / "phase.nii.gz"],
+                              echo_times_s=[0.004, 0.008, 0.012], b0_tesla=3.0)
+    assert not looks_bipolar(acq.phase, acq.magnitude, acq.echo_times_s)
+
+
+def test_pipeline_corrects_bipolar_acquisitions(bipolar):
+    config = PRESETS["consensus"]()
+    config.inversion.method = "tkd"
+    result = run_pipeline(bipolar.acquisition, config)
+    assert {"bipolar_error_rad", "bipolar_offset_rad", "phase_offset_rad", "romeo_quality"} <= set(result.maps)
+    assert "bipolar" in result.timings_s
+    error = (result.total_field_hz - bipolar.total_field_hz)[result.mask & bipolar.brain_mask]
+    assert np.sqrt(np.mean(error**2)) < 1.0
+
+
+@pytest.mark.parametrize(
+    "times, change, message",
+    [
+        (ECHO_TIMES_S[:2], {}, "at least 3 echoes"),
+        ((0.004, 0.008, 0.013), {}, "equally spaced"),
+        (ECHO_TIMES_S[:3], {"readout_axis": 3}, "readout_axis"),
+        (ECHO_TIMES_S[:3], {"polynomial_order": 0}, "polynomial_order"),
+    ],
+)
+def test_bad_input_is_refused(times, change, message):
+    data = np.ones((len(times), 6, 6, 6), np.float32)
+    with pytest.raises(QSMInputError, match=message):
+        estimate_bipolar_error(data, data, times, **change)

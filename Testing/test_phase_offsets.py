@@ -1,0 +1,79 @@
+"""MCPC-3D-S phase-offset removal on coil-combined data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from QSMLib.errors import QSMInputError
+from QSMLib.phantom import simulate_head
+from QSMLib.phase import OFFSET_METHODS, mcpc3ds
+from QSMLib.phase.offsets import block_sum, upsample_linear
+
+
+def offset_residual(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(RMS after removing the mean, |mean|) of the wrapped difference inside ``mask``, radians."""
+    difference = np.angle(np.exp(1j * (estimate - truth)))[mask]
+    mean = float(np.angle(np.mean(np.exp(1j * difference))))
+    return float(np.sqrt(np.mean(np.angle(np.exp(1j * (difference - mean))) ** 2))), abs(mean)
+
+
+@pytest.mark.parametrize("echo_times_s", [(0.004, 0.008, 0.012), (0.0025, 0.0061, 0.0117)])
+def test_offset_is_removed(echo_times_s):
+    # Uneven spacing (second case) is fine: the estimate only needs TE1 / (TE2 - TE1).
+    head = simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), echo_times_s=echo_times_s, seed=2)
+    acq = head.acquisition
+    corrected, maps = mcpc3ds(acq.phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm)
+    assert OFFSET_METHODS["mcpc3ds"] is mcpc3ds
+    assert corrected.dtype == np.float32 and corrected.shape == acq.phase.shape
+    assert np.all(corrected >= -np.pi) and np.all(corrected < np.pi)
+    assert np.ptp(head.phase_offset_rad[head.brain_mask]) > 1.5
+    rms, mean = offset_residual(maps["phase_offset_rad"], head.phase_offset_rad, head.brain_mask)
+    assert rms < 0.03 and mean < 0.05
+    # What is left is 2 pi f TE.
+    times = np.asarray(echo_times_s, np.float32).reshape(-1, 1, 1, 1)
+    left = np.angle(np.exp(1j * (corrected - 2 * np.pi * head.total_field_hz * times)))[:, head.brain_mask]
+    assert np.median(np.abs(left)) < 0.05
+
+
+def test_block_grid_round_trip():
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(9, 10, 11)).astype(np.complex64)
+    assert block_sum(volume, (2, 3, 1)).shape == (5, 4, 11)
+    np.testing.assert_allclose(block_sum(volume, (2, 3, 1)).sum(), volume.sum(), rtol=1e-4)
+    ramp = np.add.outer(np.add.outer(np.arange(5.0), np.arange(4.0)), np.arange(11.0)).astype(np.float32)
+    fine = upsample_linear(ramp, (2, 3, 1), (9, 10, 11))
+    assert fine.shape == (9, 10, 11)
+    # A linear function is reproduced between block centres (coarse i at fine 2 i + 0.5).
+    assert np.isclose(fine[5, 4, 3], (5 - 0.5) / 2 + (4 - 1) / 3 + 3)
+
+
+def test_nan_voxels_are_left_out_and_stay_nan():
+    head = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=(0.004, 0.008), seed=3)
+    acq = head.acquisition
+    phase = acq.phase.copy()
+    phase[1, 10, 20, 15] = np.nan
+    corrected, maps = mcpc3ds(phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm)
+    assert np.all(np.isnan(corrected[:, 10, 20, 15]))
+    assert np.isfinite(corrected).sum() == corrected.size - 2
+    assert np.all(np.isfinite(maps["phase_offset_rad"]))
+
+
+@pytest.mark.parametrize(
+    "echoes, times, offset_echoes, message",
+    [
+        (1, (0.004,), (0, 1), "'none' for single-echo"),
+        (3, (0.004, 0.008, 0.012), (1, 1), "two different echoes"),
+        (2, (0.004, 0.008), (0, 2), "two different echoes"),
+        (3, (0.004, 0.008, 0.012), (0, 1, 2), "two different echoes"),
+    ],
+)
+def test_bad_echo_choice_is_refused(echoes, times, offset_echoes, message):
+    data = np.ones((echoes, 6, 6, 6), np.float32)
+    with pytest.raises(QSMInputError, match=message):
+        mcpc3ds(data, data, times, (1, 1, 1), offset_echoes=offset_echoes)
+
+
+def test_wrong_shapes_are_refused():
+    with pytest.raises(QSMInputError, match="shaped"):
+        mcpc3ds(np.ones((2, 6, 6, 6)), np.ones((2, 6, 6, 5)), (0.004, 0.008), (1, 1, 1))

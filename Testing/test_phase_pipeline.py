@@ -1,0 +1,74 @@
+"""The consensus phase stages inside the pipeline: presets, maps, NaN input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from synthetic import SHARED_DATA
+
+from QSMLib.acquisition import MultiEchoGRE
+from QSMLib.errors import QSMWarning
+from QSMLib.io.nifti import read_volume
+from QSMLib.phantom import simulate_head
+from QSMLib.phase.scaling import wrap
+from QSMLib.pipeline import DEFAULT_PRESET, PRESETS, PipelineConfig, run_pipeline
+
+
+def _methods(config):
+    return {stage: getattr(config, stage).method for stage in ("phase_offset", "bipolar", "unwrap", "echo_fit", "mask")}
+
+
+def test_consensus_is_the_default_and_uses_the_consensus_phase_methods():
+    assert DEFAULT_PRESET == "consensus"
+    consensus = PRESETS["consensus"]()
+    assert _methods(consensus) == {"phase_offset": "mcpc3ds", "bipolar": "linear", "unwrap": "romeo",
+                                   "echo_fit": "weighted_linear", "mask": "phase_quality"}
+    assert consensus.echo_fit.params == {"intercept": False}
+    assert PipelineConfig().to_dict() == consensus.to_dict()
+    assert PipelineConfig.from_json(consensus.to_json()).to_dict() == consensus.to_dict()
+
+
+def test_fast_keeps_laplacian():
+    fast = PRESETS["fast"]()
+    assert _methods(fast) == {"phase_offset": "none", "bipolar": "linear", "unwrap": "laplacian",
+                              "echo_fit": "weighted_linear", "mask": "magnitude"}
+    assert fast.echo_fit.params == {"intercept": True} and fast.inversion.method == "l2"
+
+
+@pytest.fixture(scope="module")
+def head():
+    return simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), echo_times_s=(0.004, 0.008, 0.012, 0.016, 0.020), seed=5)
+
+
+def _field_error(result, head):
+    region = result.mask & head.brain_mask
+    return float(np.std((result.total_field_hz - head.total_field_hz)[region]))
+
+
+def test_consensus_phase_stages_in_the_pipeline(head):
+    config = PRESETS["consensus"]()
+    config.inversion.method = "tkd"
+    result = run_pipeline(head.acquisition, config)
+    assert {"phase_offset_rad", "romeo_quality", "fit_residual_rad", "field_weight"} <= set(result.maps)
+    assert np.mean(result.mask[head.brain_mask]) > 0.999
+    assert _field_error(result, head) < 0.3
+    fast = run_pipeline(head.acquisition, PRESETS["fast"]())
+    assert _field_error(fast, head) > 10 * _field_error(result, head)
+
+
+def test_nan_voxels_of_real_data_are_excluded():
+    # The NaN test file: radians beyond +-pi (wrapped here, as --phase-scale radians does) and a NaN column.
+    raw, affine = read_volume(SHARED_DATA / "invivo_3echo_crop" / "phase_with_nan_2echo.nii.gz")
+    magnitude = np.ones(raw.shape, np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acquisition = MultiEchoGRE(magnitude, wrap(raw.astype(np.float32)), (0.004, 0.008), 3.0, affine=affine)
+    assert any(issubclass(w.category, QSMWarning) and "NaN" in str(w.message) for w in caught)
+    config = PRESETS["consensus"]()
+    config.inversion.method = "tkd"
+    result = run_pipeline(acquisition, config, mask=np.ones(acquisition.spatial_shape, bool))
+    invalid = np.isnan(raw).any(axis=0)
+    assert not result.mask[invalid].any()
+    assert np.all(np.isfinite(result.unwrapped_phase)) and np.all(np.isfinite(result.chi_ppm))
