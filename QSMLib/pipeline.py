@@ -385,7 +385,7 @@ def run_pipeline(
         ))
     return _finish(
         chi, local_mask, config, timer, labels, label_names, acquisition.voxel_size_mm, cancel,
-        mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=total_field_hz,
+        magnitude=magnitude, mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=total_field_hz,
         unwrapped_phase=unwrapped, maps=maps,
     )
 
@@ -462,14 +462,20 @@ def _finish(
     label_names: Optional[Mapping[int, str]],
     voxel_size_mm: Sequence[float],
     cancel: CancelToken,
+    *,
+    magnitude: Optional[np.ndarray] = None,
     **intermediates: Any,
 ) -> QSMResult:
-    """Reference chi, add the whole-brain reference the consensus asks for, compute ROI statistics."""
+    """Reference chi, add the whole-brain reference the consensus asks for, compute ROI statistics.
+
+    ``magnitude`` (echo, n0, n1, n2), when known, lets references such as CSF
+    find their region automatically.
+    """
     check_cancel(cancel)
     began = time.perf_counter()
     referenced, reference = _call_stage(
         "reference", config.reference, chi, local_mask, labels=labels, label_names=label_names,
-        voxel_size_mm=voxel_size_mm,
+        voxel_size_mm=voxel_size_mm, magnitude=magnitude,
     )
     if config.reference.method != "whole_brain":
         brain_referenced = chi[local_mask] - chi[local_mask].mean()

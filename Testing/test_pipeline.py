@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from synthetic import ECHO_TIMES_S, toy_head
 
+from QSMLib import metrics
 from QSMLib.acquisition import MultiEchoGRE
 from QSMLib.errors import QSMCancelled, QSMInputError
+from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, load_config, run_pipeline
 from QSMLib.referencing import label, whole_brain
 from QSMLib.roi import format_tsv, read_label_names, roi_statistics
@@ -102,16 +104,19 @@ def test_cancel_stops_the_run(toy, cancel_kind):
     assert not any(m.startswith("inversion") for m in seen[:-1])
 
 
-def test_per_echo_inversion_is_close_to_echo_combination(toy):
-    acquisition, brain = toy
-    combined = run_pipeline(acquisition, load_config("fast"), mask=brain)
-    config = load_config("fast")
-    config.per_echo = True
-    per_echo = run_pipeline(acquisition, config, mask=brain)
-    common = combined.local_mask & per_echo.local_mask
-    correlation = np.corrcoef(combined.chi_ppm[common], per_echo.chi_ppm[common])[0, 1]
-    assert correlation > 0.85
-    assert per_echo.timings_s["inversion"] > 0
+def test_per_echo_inversion_is_nearly_as_accurate_as_echo_combination():
+    # The seed's approach (invert each echo, average) against the consensus
+    # (combine echoes first), both scored against the phantom's truth.
+    phantom = simulate_head(voxel_size_mm=(3.0, 3.0, 3.0))
+    scores = {}
+    for per_echo in (False, True):
+        config = load_config("consensus")
+        config.per_echo = per_echo
+        result = run_pipeline(phantom.acquisition, config)
+        region = result.local_mask & phantom.brain_mask
+        scores[per_echo] = metrics.summary(result.chi_ppm, phantom.chi_ppm, region)
+    assert scores[True]["correlation"] > 0.75
+    assert scores[True]["nrmse"] < scores[False]["nrmse"] + 15
 
 
 def test_user_mask_must_match_and_not_be_empty(toy):

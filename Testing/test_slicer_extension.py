@@ -159,7 +159,7 @@ def test_advanced_section_offers_only_qsmlib_methods_with_their_real_defaults():
     keyword, default = Parameters.BACKGROUND_MAIN_PARAMETER["vsharp"]
     assert inspect.signature(vsharp).parameters[keyword].default == default
     for method in Parameters.INVERSION_METHODS:
-        config = Parameters.customConfig("laplacian", "vsharp", 9.0, method, 0.05, "whole_brain")
+        config = Parameters.customConfig("romeo", "vsharp", 9.0, method, 0.05, "whole_brain")
         parsed = PipelineConfig.from_dict(config)
         assert parsed.inversion.method == method and parsed.background.params == {"max_radius_mm": 9.0}
     with pytest.raises(ValueError, match="Unknown inversion method"):
@@ -171,3 +171,10 @@ def test_echo_times_typed_in_ms_become_seconds():
     assert Parameters.parseEchoTimesMs("") == []
     with pytest.raises(ValueError, match="numbers in ms"):
         Parameters.parseEchoTimesMs("4 ms, 8 ms")
+
+
+def test_automatic_l2_regularization_is_left_to_qsmlib():
+    config = Parameters.customConfig("romeo", "pdf", 12.0, "l2", 0.0, "csf")
+    assert config["inversion"] == {"method": "l2", "params": {}}
+    with pytest.raises(ValueError, match="positive"):
+        Parameters.customConfig("romeo", "pdf", 12.0, "tv", 0.0, "whole_brain")

@@ -8,9 +8,11 @@ in ppm (zero outside ``mask``, not yet referenced). It may also accept
 
 from .kernel import dipole_kernel, forward_field
 from .l2 import l2
+from .medi import medi
+from .rts import rts
 from .tkd import tkd
-from .tv import tv
+from .tv import nltv, tv
 
-METHODS = {"tkd": tkd, "l2": l2, "tv": tv}
+METHODS = {"tkd": tkd, "l2": l2, "tv": tv, "nltv": nltv, "rts": rts, "medi": medi}
 
-__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "tkd", "tv"]
+__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tkd", "tv"]

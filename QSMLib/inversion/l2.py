@@ -1,15 +1,76 @@
-"""Closed-form L2 (Tikhonov on gradients) dipole inversion (Bilgic et al., MRM 2014)."""
+"""Closed-form L2 (Tikhonov on gradients) dipole inversion (Bilgic et al., JMRI 2014;40:181).
+
+The regularisation can be chosen automatically at the corner of the L-curve
+(Hansen, SIAM Review 1992), as Bilgic et al. do: since the solution is
+closed form, every candidate costs only element-wise work on the spectrum.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
 from .. import _fft
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..errors import QSMInputError
 from ..units import hz_to_ppm
 from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
+
+#: Default ``lambda`` per squared voxel size: ``lambda = 0.003 h^2`` mm^2 (``h`` the geometric
+#: mean voxel size in mm) gave the lowest NRMSE on the numerical head phantom at 1 and 2 mm.
+DEFAULT_REGULARIZATION_PER_VOXEL = 0.003
+
+#: Candidates of the L-curve search, mm^2 (log spaced).
+L_CURVE_RANGE = (1e-4, 1.0)
+L_CURVE_POINTS = 41
+
+
+def default_regularization(voxel_size_mm: Sequence[float]) -> float:
+    """The default ``lambda`` (mm^2): ``0.003 h^2`` with ``h`` the geometric mean voxel size in mm."""
+    mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
+    return DEFAULT_REGULARIZATION_PER_VOXEL * mean_voxel**2
+
+
+def l_curve_corner(
+    field_spectrum: np.ndarray, kernel: np.ndarray, laplacian: np.ndarray, candidates: np.ndarray
+) -> float:
+    """The regularisation at the L-curve's point of maximum curvature.
+
+    For each ``lambda`` the closed-form solution ``X = D B / (D^2 + lambda L)``
+    gives the data residual ``||D X - B||`` and the gradient norm
+    ``||E X||`` (both by Parseval, in k-space); the corner is the maximum of
+    the signed curvature of ``(log residual, log gradient norm)`` as a
+    function of ``log lambda``.
+
+    Parameters
+    ----------
+    field_spectrum, kernel, laplacian : numpy.ndarray
+        rfft of the field, dipole kernel and ``sum |E_a|^2`` on the same grid.
+    candidates : numpy.ndarray
+        Increasing, log-spaced values of ``lambda``.
+
+    Returns
+    -------
+    float
+    """
+    power = (field_spectrum.real**2 + field_spectrum.imag**2).astype(np.float32)
+    d2 = kernel * kernel
+    residuals, regularities = [], []
+    for value in candidates:
+        denominator = d2 + np.float32(value) * laplacian
+        denominator[0, 0, 0] = 1.0
+        # D X - B = -lambda L B / (D^2 + lambda L);  E X ~ sqrt(L) D B / (D^2 + lambda L)
+        residuals.append(float(np.sum(power * (np.float32(value) * laplacian / denominator) ** 2)))
+        regularities.append(float(np.sum(power * laplacian * (kernel / denominator) ** 2)))
+    rho = 0.5 * np.log(np.maximum(residuals, 1e-300))
+    eta = 0.5 * np.log(np.maximum(regularities, 1e-300))
+    t = np.log(candidates)
+    d_rho, d_eta = np.gradient(rho, t), np.gradient(eta, t)
+    dd_rho, dd_eta = np.gradient(d_rho, t), np.gradient(d_eta, t)
+    curvature = (d_rho * dd_eta - dd_rho * d_eta) / np.maximum((d_rho**2 + d_eta**2) ** 1.5, 1e-300)
+    # the end points have one-sided derivatives: never pick them
+    return float(candidates[1 + int(np.argmax(curvature[1:-1]))])
 
 
 def l2(
@@ -19,7 +80,7 @@ def l2(
     *,
     b0_direction: Sequence[float],
     b0_tesla: float,
-    regularization: float = 0.03,
+    regularization: Union[float, str, None] = None,
     pad_factor: float = 1.5,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
@@ -32,23 +93,40 @@ def l2(
     ----------
     local_field_hz, mask, voxel_size_mm, b0_direction, b0_tesla, pad_factor
         As :func:`QSMLib.inversion.tkd.tkd`.
-    regularization : float
-        ``lambda`` in mm^2 (the gradient is per mm); larger is smoother.
+    regularization : float or "auto"
+        ``lambda`` in mm^2 (the gradient is per mm); larger is smoother. The
+        default 0.003 gave the lowest NRMSE on the numerical head phantom at
+        1 mm. ``"auto"`` picks the L-curve corner (:func:`l_curve_corner`,
+        41 values from 1e-4 to 1), which favours smoother maps.
 
     Returns
     -------
     numpy.ndarray of float32
         Susceptibility in ppm, zero outside ``mask``.
     """
+    if regularization is None:
+        regularization = default_regularization(voxel_size_mm)
+    automatic = isinstance(regularization, str)
+    if automatic and regularization != "auto":
+        raise QSMInputError(f"L2 regularization must be a positive number or 'auto', got {regularization!r}.")
+    if not automatic and not float(regularization) > 0:
+        raise QSMInputError(f"L2 regularization must be positive, got {regularization!r}.")
     check_cancel(cancel)
     report(progress, 0.0, "L2 inversion")
     box, shape = inversion_frame(mask, pad_factor)
     field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0)[box]
     kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
-    denominator = kernel * kernel + np.float32(regularization) * gradient_eigenvalues(shape, voxel_size_mm)
+    laplacian = gradient_eigenvalues(shape, voxel_size_mm)
+    spectrum = _fft.rfftn(_fft.pad(field_ppm, shape))
+    if automatic:
+        report(progress, 0.2, "L2: L-curve")
+        candidates = np.geomspace(*L_CURVE_RANGE, L_CURVE_POINTS)
+        regularization = l_curve_corner(spectrum, kernel, laplacian, candidates)
+        check_cancel(cancel)
+    denominator = kernel * kernel + np.float32(regularization) * laplacian
     denominator[0, 0, 0] = 1.0
-    spectrum = _fft.rfftn(_fft.pad(field_ppm, shape)) * (kernel / denominator)
+    spectrum *= kernel / denominator
     chi = np.zeros(mask.shape, dtype=np.float32)
     chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm.shape)
-    report(progress, 1.0, "L2 done")
+    report(progress, 1.0, f"L2 done (lambda {float(regularization):.2g})")
     return np.where(mask, chi, 0).astype(np.float32)

@@ -1,33 +1,154 @@
-"""Total-variation regularised dipole inversion by ADMM.
+"""Total-variation regularised dipole inversion by ADMM: linear and nonlinear data terms.
 
-Linear data term as in Bilgic et al., MRM 2014 and FANSI (Milovic et al.,
-MRM 2018): every sub-problem is diagonal in k-space or a pointwise shrinkage,
-so one iteration costs one forward and one inverse real FFT.
+Both follow FANSI (Milovic et al., "Fast nonlinear susceptibility inversion
+with variational regularization", MRM 2018;80:814) and Bilgic et al., MRM
+2014. Two variables are split off the susceptibility ``chi``: ``z = grad chi``
+(the TV term) and ``y = D chi`` (the data term), so that
+
+- the ``chi`` update is diagonal in k-space (one division by
+  ``mu D^2 + rho |E|^2``),
+- the ``z`` update is isotropic soft thresholding,
+- the ``y`` update is voxel-wise: a weighted average for the linear data
+  term, a few Newton steps for the nonlinear (complex exponential) one.
+
+Splitting ``y`` off lets the data term be weighted and confined to the mask
+(the field outside the mask is unknown, not zero), at two more FFTs per
+iteration than an unweighted solver.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from .. import _fft
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
-from ..units import hz_to_ppm
-from .kernel import (
-    dipole_kernel,
-    forward_gradient,
-    gradient_adjoint,
-    gradient_eigenvalues,
-    inversion_frame,
-)
+from ..errors import QSMInputError
+from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
+from ._operators import data_weight, from_frame, gradient, gradient_adjoint, to_frame
+from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
+
+#: Builds the voxel-wise data-term update from ``(field, weight_squared, mu)``: a
+#: function ``v -> y`` minimising ``f(y; field, weight) + mu/2 (y - v)^2``.
+_DataUpdate = Callable[[np.ndarray, np.ndarray, float], Callable[[np.ndarray], np.ndarray]]
 
 
-def shrink_isotropic(vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """Isotropic soft thresholding of a (3, ...) vector field: the prox of ``threshold * ||v||_2``."""
-    norm = np.sqrt((vectors * vectors).sum(axis=0))
-    scale = np.maximum(norm - np.float32(threshold), 0) / np.maximum(norm, np.float32(1e-12))
-    return (vectors * scale).astype(np.float32)
+def _shrink_in_place(vectors: np.ndarray, threshold: float, work: np.ndarray) -> None:
+    np.multiply(vectors[0], vectors[0], out=work)
+    work += vectors[1] * vectors[1]
+    work += vectors[2] * vectors[2]
+    np.sqrt(work, out=work)
+    np.maximum(work, np.float32(1e-12), out=work)
+    # scale = max(1 - t / |v|, 0)
+    np.divide(np.float32(threshold), work, out=work)
+    np.subtract(np.float32(1), work, out=work)
+    np.maximum(work, 0, out=work)
+    vectors *= work
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not (value > 0 and np.isfinite(value)):
+            raise QSMInputError(f"{name} must be a positive number, got {value!r}.")
+
+
+def _admm_tv(
+    field_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size_mm: Sequence[float],
+    b0_direction: Sequence[float],
+    field_weight: Optional[np.ndarray],
+    *,
+    regularization: float,
+    penalty: Optional[float],
+    data_penalty: float,
+    max_iterations: int,
+    tolerance: float,
+    pad_factor: float,
+    data_update: _DataUpdate,
+    label: str,
+    progress: ProgressCallback,
+    cancel: CancelToken,
+) -> np.ndarray:
+    """The shared ADMM loop; ``data_update`` is what differs between linear and nonlinear TV."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise QSMInputError(f"{label}: the mask is empty, so there is no field to invert. Check the mask.")
+    if penalty is not None:
+        _check_positive(penalty=penalty)
+    rho = float(300.0 * regularization if penalty is None else penalty)
+    mu = float(data_penalty)
+    box, shape = inversion_frame(mask, pad_factor)
+    field = to_frame(np.where(mask, field_ppm, 0), box, shape)
+    weight = to_frame(data_weight(mask, field_weight), box, shape)
+    weight_squared = weight * weight
+    del weight
+    update_data = data_update(field, weight_squared, mu)
+    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    denominator = np.float32(mu) * kernel * kernel + np.float32(rho) * gradient_eigenvalues(shape, voxel_size_mm)
+    denominator[0, 0, 0] = 1.0
+    inverse_denominator = (np.float32(1.0) / denominator).astype(np.float32)
+    del denominator
+    # pre-scale so the chi update is two multiplications per spectrum
+    data_factor = (np.float32(mu) * kernel * inverse_denominator).astype(np.float32)
+    gradient_factor = (np.float32(rho) * inverse_denominator).astype(np.float32)
+    del inverse_denominator
+
+    chi = np.zeros(shape, dtype=np.float32)
+    y = np.where(weight_squared > 0, field, 0).astype(np.float32)
+    del field, weight_squared
+    u = np.zeros(shape, dtype=np.float32)
+    z = np.zeros((3, *shape), dtype=np.float32)
+    w = np.zeros((3, *shape), dtype=np.float32)
+    grad = np.empty((3, *shape), dtype=np.float32)
+    work = np.empty(shape, dtype=np.float32)
+    threshold = regularization / rho
+
+    for iteration in range(max_iterations):
+        check_cancel(cancel)
+        np.subtract(z, w, out=grad)
+        spectrum = _fft.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
+        spectrum *= gradient_factor
+        np.subtract(y, u, out=work)
+        spectrum += _fft.rfftn(work) * data_factor
+        new_chi = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        spectrum *= kernel
+        field_of_chi = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        del spectrum
+        np.subtract(new_chi, chi, out=work)
+        change = float(np.linalg.norm(work)) / max(float(np.linalg.norm(new_chi)), 1e-12)
+        chi = new_chi
+
+        check_cancel(cancel)
+        gradient(chi, voxel_size_mm, out=grad)
+        w += grad
+        np.copyto(z, w)
+        _shrink_in_place(z, threshold, work)
+        w -= z
+
+        u += field_of_chi
+        y = update_data(u)
+        u -= y
+        report(progress, (iteration + 1) / max_iterations, f"{label} iteration {iteration + 1}, change {change:.1e}")
+        if change < tolerance:
+            break
+    return from_frame(chi, box, mask)
+
+
+def _linear_update(field: np.ndarray, weight_squared: np.ndarray, mu: float) -> Callable[[np.ndarray], np.ndarray]:
+    # argmin_y  W^2/2 (y - f)^2 + mu/2 (y - v)^2  =  (W^2 f + mu v) / (W^2 + mu)
+    weighted_field = weight_squared * field
+    inverse = (np.float32(1) / (weight_squared + np.float32(mu))).astype(np.float32)
+    mu32 = np.float32(mu)
+
+    def update(v: np.ndarray) -> np.ndarray:
+        y = v * mu32
+        y += weighted_field
+        y *= inverse
+        return y
+
+    return update
 
 
 def tv(
@@ -37,69 +158,176 @@ def tv(
     *,
     b0_direction: Sequence[float],
     b0_tesla: float,
-    regularization: float = 4e-4,
-    penalty: float | None = None,
-    max_iterations: int = 100,
-    tolerance: float = 1e-2,
+    field_weight: Optional[np.ndarray] = None,
+    regularization: float = 2e-4,
+    penalty: Optional[float] = None,
+    data_penalty: float = 0.1,
+    max_iterations: int = 50,
+    tolerance: float = 2e-2,
     pad_factor: float = 1.3,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> np.ndarray:
-    """Minimise ``1/2 ||D chi - delta||^2 + lambda ||grad chi||_1`` (isotropic TV) by ADMM.
+    """Linear TV: minimise ``1/2 ||W (D chi - delta)||^2 + lambda ||grad chi||_1`` by ADMM.
+
+    ``delta`` is the local field in ppm, ``W`` the data weight (the echo-fit
+    reliability scaled to mean 1 in the mask, 0 outside), ``||.||_1`` the
+    isotropic total variation. The weighted, masked data term is FANSI's
+    "weighted linear TV" (Milovic et al., MRM 2018; Bilgic et al., MRM 2014).
 
     Parameters
     ----------
     local_field_hz : numpy.ndarray, shape (n0, n1, n2)
-        Local field in Hz.
-    mask : numpy.ndarray of bool
-        Region of valid field.
-    voxel_size_mm, b0_direction
-        Geometry in array-axis order.
+        Local field in Hz (ignored outside ``mask``).
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        Where the local field is valid.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    b0_direction : sequence of 3 float
+        B0 direction in array-axis coordinates.
     b0_tesla : float
-        Field strength.
+        Field strength in tesla.
+    field_weight : numpy.ndarray, optional
+        Reliability of the field per voxel (any non-negative scale); the
+        mask alone when omitted.
     regularization : float
-        ``lambda`` (ppm mm); larger gives flatter maps.
+        ``lambda`` in ppm mm (the gradient is per mm); larger is flatter.
+        2e-4 gave the lowest NRMSE on the numerical head phantom with
+        realistic field noise (1-1.5 mm voxels).
     penalty : float, optional
-        ADMM penalty ``rho``; default ``100 * lambda`` (FANSI's choice).
+        ADMM penalty ``rho`` of the gradient split; default ``300 lambda``.
+    data_penalty : float
+        ADMM penalty ``mu`` of the data split. FANSI uses ``100 lambda`` and
+        1; with the weighted data term, ``300 lambda`` and 0.1 reached the
+        same accuracy in about a quarter of the iterations on the phantom.
     max_iterations : int
         Upper bound on ADMM iterations.
     tolerance : float
-        Stop when the relative change of chi between iterations falls below.
+        Stop when ``||chi_k - chi_(k-1)|| / ||chi_k||`` (over the solve
+        frame) falls below it; 2e-2 is reached after about 25 iterations at
+        1 mm, within 1 % NRMSE of the converged result.
     pad_factor : float
-        Zero padding of the solve frame around the mask.
+        Zero padding of the solve frame (the mask's bounding box) per axis.
 
     Returns
     -------
     numpy.ndarray of float32
-        Susceptibility in ppm, zero outside ``mask``.
+        Susceptibility in ppm, zero outside ``mask`` (not referenced).
     """
-    rho = np.float32(100.0 * regularization if penalty is None else penalty)
-    box, shape = inversion_frame(mask, pad_factor)
-    field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0)[box]
-    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
-    data_term = _fft.rfftn(_fft.pad(field_ppm, shape)) * kernel
-    denominator = kernel * kernel + rho * gradient_eigenvalues(shape, voxel_size_mm)
-    denominator[0, 0, 0] = 1.0
-    inverse_denominator = (1.0 / denominator).astype(np.float32)
-    del denominator
-
-    chi = np.zeros(shape, dtype=np.float32)
-    auxiliary = np.zeros((3, *shape), dtype=np.float32)
-    dual = np.zeros((3, *shape), dtype=np.float32)
-    for iteration in range(max_iterations):
-        check_cancel(cancel)
-        spectrum = data_term + rho * _fft.rfftn(gradient_adjoint(auxiliary - dual, voxel_size_mm))
-        spectrum *= inverse_denominator
-        new_chi = _fft.irfftn(spectrum, shape).astype(np.float32)
-        change = float(np.linalg.norm(new_chi - chi) / max(np.linalg.norm(new_chi), 1e-12))
-        chi = new_chi
-        gradient = forward_gradient(chi, voxel_size_mm)
-        auxiliary = shrink_isotropic(gradient + dual, float(regularization / rho))
-        dual += gradient - auxiliary
-        report(progress, (iteration + 1) / max_iterations, f"TV iteration {iteration + 1}, change {change:.2e}")
-        if change < tolerance:
-            break
-    result = np.zeros(mask.shape, dtype=np.float32)
-    result[box] = _fft.crop(chi, field_ppm.shape)
+    _check_positive(regularization=regularization, data_penalty=data_penalty, pad_factor=pad_factor)
+    report(progress, 0.0, "TV inversion")
+    chi = _admm_tv(
+        hz_to_ppm(local_field_hz, b0_tesla), mask, voxel_size_mm, b0_direction, field_weight,
+        regularization=regularization, penalty=penalty, data_penalty=data_penalty,
+        max_iterations=max_iterations, tolerance=tolerance, pad_factor=pad_factor,
+        data_update=_linear_update, label="TV", progress=progress, cancel=cancel,
+    )
     report(progress, 1.0, "TV done")
-    return np.where(mask, result, 0).astype(np.float32)
+    return chi
+
+
+def _nonlinear_update(scale: float, newton_iterations: int) -> _DataUpdate:
+    """Voxel-wise minimiser of ``W^2/s^2 (1 - cos(s (y - f))) + mu/2 (y - v)^2``.
+
+    That is ``|W (exp(i s y) - exp(i s f))|^2 / (2 s^2)``: the complex
+    exponential data term, scaled by ``1/s^2`` so that it equals the linear
+    one for small phase errors (and ``lambda`` means the same in both).
+    """
+    s = np.float32(scale)
+
+    def build(field: np.ndarray, weight_squared: np.ndarray, mu: float) -> Callable[[np.ndarray], np.ndarray]:
+        mu32 = np.float32(mu)
+        limit = np.float32((np.pi / 2) ** 2)
+
+        def update(v: np.ndarray) -> np.ndarray:
+            # Newton from v (the current D chi + u) finds the minimum nearest the model:
+            # a phase that is off by 2 pi then costs nothing (the linear solution would
+            # sit on the wrapped value instead).
+            y = v.copy()
+            for _ in range(newton_iterations):
+                angle = s * (y - field)
+                slope = weight_squared * np.sin(angle) / s + mu32 * (y - v)
+                # beyond pi/2 the cosine is negative and Newton would climb: there the
+                # curvature bound W^2 gives a majorise-minimise step instead
+                cosine = np.where(angle * angle < limit, np.cos(angle), np.float32(1))
+                y -= slope / (mu32 + weight_squared * cosine)
+            return y
+
+        return update
+
+    return build
+
+
+def nltv(
+    local_field_hz: np.ndarray,
+    mask: np.ndarray,
+    voxel_size_mm: Sequence[float],
+    *,
+    b0_direction: Sequence[float],
+    b0_tesla: float,
+    field_weight: Optional[np.ndarray] = None,
+    regularization: float = 2e-4,
+    echo_time_s: float = 0.02,
+    penalty: Optional[float] = None,
+    data_penalty: float = 0.1,
+    newton_iterations: int = 3,
+    max_iterations: int = 50,
+    tolerance: float = 2e-2,
+    pad_factor: float = 1.3,
+    progress: ProgressCallback = None,
+    cancel: CancelToken = None,
+) -> np.ndarray:
+    """Nonlinear TV: ``1/(2 s^2) ||W (exp(i s D chi) - exp(i s delta))||^2 + lambda ||grad chi||_1``.
+
+    The complex exponential data term (FANSI's nonlinear TV, Milovic et al.,
+    MRM 2018) compares phases, not fields: a voxel whose phase is off by
+    2 pi costs nothing and a large error costs at most ``4 W^2/s^2``, so
+    phase noise and unwrapping errors pull the solution less than in the
+    linear model. ``s = 2 pi gamma B0 TE`` converts ppm to radians at the
+    echo time ``TE``; dividing by ``s^2`` makes the term equal to the linear
+    one for small errors, so ``regularization`` means the same as in
+    :func:`tv`.
+
+    Parameters
+    ----------
+    local_field_hz, mask, voxel_size_mm, b0_direction, b0_tesla, field_weight
+        As :func:`tv`.
+    regularization : float
+        ``lambda`` in ppm mm.
+    echo_time_s : float
+        Echo time (s) at which the field is compared as phase. The default
+        20 ms is near the phase-SNR optimal TE (about T2* of grey matter at
+        3 T) and the effective TE of a typical multi-echo fit; use the
+        fitted echo's TE for single-echo data.
+    penalty : float, optional
+        ADMM penalty of the gradient split; default ``300 lambda``.
+    data_penalty : float
+        ADMM penalty of the data split (see :func:`tv`).
+    newton_iterations : int
+        Newton steps of the voxel-wise data update per ADMM iteration,
+        started from the current model so that the nearest phase minimum
+        (not a wrapped one) is found.
+    max_iterations, tolerance, pad_factor
+        As :func:`tv`.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Susceptibility in ppm, zero outside ``mask`` (not referenced).
+    """
+    _check_positive(
+        regularization=regularization, echo_time_s=echo_time_s, data_penalty=data_penalty, pad_factor=pad_factor
+    )
+    if newton_iterations < 1:
+        raise QSMInputError(f"newton_iterations must be at least 1, got {newton_iterations!r}.")
+    scale = 2.0 * np.pi * GAMMA_BAR_HZ_PER_T * float(b0_tesla) * 1e-6 * float(echo_time_s)
+    report(progress, 0.0, "Nonlinear TV inversion")
+    chi = _admm_tv(
+        hz_to_ppm(local_field_hz, b0_tesla), mask, voxel_size_mm, b0_direction, field_weight,
+        regularization=regularization, penalty=penalty, data_penalty=data_penalty,
+        max_iterations=max_iterations, tolerance=tolerance, pad_factor=pad_factor,
+        data_update=_nonlinear_update(scale, int(newton_iterations)), label="Nonlinear TV",
+        progress=progress, cancel=cancel,
+    )
+    report(progress, 1.0, "Nonlinear TV done")
+    return chi

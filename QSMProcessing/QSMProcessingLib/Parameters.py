@@ -14,16 +14,20 @@ PRESETS = ("consensus", "fast")
 CUSTOM_PRESET = "custom"
 
 #: Methods offered per stage in the Advanced section (QSMLib registry names).
-UNWRAP_METHODS = ("laplacian",)
-BACKGROUND_METHODS = ("vsharp",)
-INVERSION_METHODS = ("tv", "l2", "tkd")
-REFERENCE_METHODS = ("whole_brain",)
+UNWRAP_METHODS = ("romeo", "laplacian")
+BACKGROUND_METHODS = ("vsharp", "pdf", "lbv")
+INVERSION_METHODS = ("tv", "nltv", "medi", "rts", "l2", "tkd")
+REFERENCE_METHODS = ("whole_brain", "csf")
 
 #: The one main parameter per method the Advanced section exposes: (keyword, QSMLib default).
+#: A default of None means QSMLib chooses the value itself (shown and entered as 0).
 BACKGROUND_MAIN_PARAMETER = {"vsharp": ("max_radius_mm", 12.0)}
 INVERSION_MAIN_PARAMETER = {
-    "tv": ("regularization", 4e-4),
-    "l2": ("regularization", 0.03),
+    "tv": ("regularization", 2e-4),
+    "nltv": ("regularization", 2e-4),
+    "medi": ("regularization", 100.0),
+    "rts": ("delta", 0.15),
+    "l2": ("regularization", None),
     "tkd": ("threshold", 0.19),
 }
 
@@ -45,7 +49,8 @@ def customConfig(
     backgroundRadiusMm : float
         Largest spherical kernel radius (mm) for V-SHARP; ignored by methods without one.
     inversionParameter : float
-        The inversion method's main parameter (see :data:`INVERSION_MAIN_PARAMETER`).
+        The inversion method's main parameter (see :data:`INVERSION_MAIN_PARAMETER`); 0 leaves
+        the choice to QSMLib where its default is automatic.
 
     Raises
     ------
@@ -61,12 +66,14 @@ def customConfig(
     for stage, (method, offered) in choices.items():
         if method not in offered:
             raise ValueError(f"Unknown {stage} method {method!r}; choose one of {', '.join(offered)}.")
-    if backgroundRadiusMm <= 0 or inversionParameter <= 0:
+    automatic = INVERSION_MAIN_PARAMETER[inversionMethod][1] is None and inversionParameter == 0
+    if backgroundRadiusMm <= 0 or (inversionParameter <= 0 and not automatic):
         raise ValueError("The background radius and the inversion parameter must be positive.")
     config: dict[str, Any] = {stage: {"method": method, "params": {}} for stage, (method, _) in choices.items()}
     if backgroundMethod in BACKGROUND_MAIN_PARAMETER:
         config["background"]["params"][BACKGROUND_MAIN_PARAMETER[backgroundMethod][0]] = float(backgroundRadiusMm)
-    config["inversion"]["params"][INVERSION_MAIN_PARAMETER[inversionMethod][0]] = float(inversionParameter)
+    if not automatic:
+        config["inversion"]["params"][INVERSION_MAIN_PARAMETER[inversionMethod][0]] = float(inversionParameter)
     return config
 
 

@@ -1,0 +1,141 @@
+"""Building blocks shared by the iterative inversions.
+
+Finite differences written with slices into preallocated arrays (``np.roll``
+would allocate a copy per axis per iteration), the data weight every
+weighted method normalises the same way, moving volumes in and out of the
+solve frame, and a conjugate gradient solver that checks ``cancel`` between
+iterations.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .._progress import CancelToken, check_cancel
+from ..errors import QSMInputError
+
+
+def gradient(volume: np.ndarray, voxel_size_mm: Sequence[float], out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Periodic forward differences per mm, shape (3, n0, n1, n2).
+
+    Same values as :func:`QSMLib.inversion.kernel.forward_gradient`.
+    """
+    if out is None:
+        out = np.empty((3, *volume.shape), dtype=np.float32)
+    for axis, voxel in enumerate(voxel_size_mm):
+        target = np.moveaxis(out[axis], axis, 0)
+        source = np.moveaxis(volume, axis, 0)
+        np.subtract(source[1:], source[:-1], out=target[:-1])
+        np.subtract(source[:1], source[-1:], out=target[-1:])
+        target *= np.float32(1.0 / voxel)
+    return out
+
+
+def gradient_adjoint(
+    vectors: np.ndarray, voxel_size_mm: Sequence[float], out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Adjoint of :func:`gradient` (minus the backward-difference divergence), shape (n0, n1, n2)."""
+    if out is None:
+        out = np.empty(vectors.shape[1:], dtype=np.float32)
+    out.fill(0)
+    for axis, voxel in enumerate(voxel_size_mm):
+        target = np.moveaxis(out, axis, 0)
+        source = np.moveaxis(vectors[axis], axis, 0)
+        scale = np.float32(1.0 / voxel)
+        # (G^T v)_i = (v_{i-1} - v_i) / h with periodic wrap.
+        target[1:] += source[:-1] * scale
+        target[:1] += source[-1:] * scale
+        target -= source * scale
+    return out
+
+
+def data_weight(mask: np.ndarray, field_weight: Optional[np.ndarray]) -> np.ndarray:
+    """Data-term weight: ``field_weight`` inside ``mask`` (0 outside), scaled to mean 1 in the mask.
+
+    The scaling keeps regularisation parameters meaningful whatever range
+    the echo fit's reliability map has (MEDI's ``dataterm_mask`` does the same).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if field_weight is None:
+        return mask.astype(np.float32)
+    weight = np.asarray(field_weight, dtype=np.float32)
+    if weight.shape != mask.shape:
+        raise QSMInputError(
+            f"field_weight has shape {weight.shape} but the mask has {mask.shape}: give one weight per voxel."
+        )
+    weight = np.where(mask & np.isfinite(weight), np.maximum(weight, 0), 0).astype(np.float32)
+    mean = float(weight[mask].mean()) if mask.any() else 0.0
+    if mean <= 0:
+        return mask.astype(np.float32)
+    return weight / np.float32(mean)
+
+
+def to_frame(volume: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) -> np.ndarray:
+    """Cut ``box`` out of ``volume`` and zero pad it at the far ends to ``shape`` (float32)."""
+    framed = np.zeros(tuple(shape), dtype=np.float32)
+    cut = volume[box]
+    framed[tuple(slice(0, n) for n in cut.shape)] = cut
+    return framed
+
+
+def from_frame(framed: np.ndarray, box: tuple[slice, ...], mask: np.ndarray) -> np.ndarray:
+    """Place a solve-frame volume back on the full grid, zero outside ``mask``."""
+    result = np.zeros(mask.shape, dtype=np.float32)
+    box_shape = tuple(s.stop - s.start for s in box)
+    result[box] = framed[tuple(slice(0, n) for n in box_shape)]
+    result[~mask] = 0
+    return result
+
+
+def conjugate_gradient(
+    apply: Callable[[np.ndarray], np.ndarray],
+    rhs: np.ndarray,
+    x0: Optional[np.ndarray] = None,
+    *,
+    tolerance: float,
+    max_iterations: int,
+    cancel: CancelToken = None,
+    precondition: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    on_iteration: Optional[Callable[[int], None]] = None,
+) -> tuple[np.ndarray, int]:
+    """Solve ``A x = rhs`` for symmetric positive (semi)definite ``A`` by (preconditioned) CG.
+
+    Stops when ``||r|| <= tolerance ||rhs||`` or after ``max_iterations``;
+    ``cancel`` is checked before every operator application and
+    ``on_iteration(count)`` called after each iteration (for progress).
+    ``precondition`` must be symmetric positive definite.
+
+    Returns
+    -------
+    x : numpy.ndarray
+    iterations : int
+    """
+    x = np.zeros_like(rhs) if x0 is None else x0.astype(rhs.dtype, copy=True)
+    residual = rhs - apply(x) if x0 is not None else rhs.copy()
+    check_cancel(cancel)
+    z = residual if precondition is None else precondition(residual)
+    direction = z.copy()
+    rz = float(np.vdot(residual, z).real)
+    stop = tolerance * tolerance * float(np.vdot(rhs, rhs).real)
+    iteration = 0
+    while iteration < max_iterations and float(np.vdot(residual, residual).real) > stop:
+        check_cancel(cancel)
+        image = apply(direction)
+        curvature = float(np.vdot(direction, image).real)
+        if curvature <= 0 or rz <= 0:
+            break
+        step = rz / curvature
+        x += np.float32(step) * direction
+        residual -= np.float32(step) * image
+        check_cancel(cancel)
+        z = residual if precondition is None else precondition(residual)
+        rz_next = float(np.vdot(residual, z).real)
+        direction *= np.float32(rz_next / rz)
+        direction += z
+        rz = rz_next
+        iteration += 1
+        if on_iteration is not None:
+            on_iteration(iteration)
+    return x, iteration

@@ -1,0 +1,184 @@
+"""Rapid two-step dipole inversion (Kames, Wiggermann and Rauscher, NeuroImage 2018;167:276).
+
+Step 1 solves the well-conditioned part of k-space (``|D| > delta``)
+directly: a limited number of LSMR iterations on the diagonal system
+``D X = F(delta)``, which act as a smooth polynomial filter instead of a
+hard division. The result, restricted to the mask, fixes the
+well-conditioned frequencies.
+
+Step 2 fills the ill-conditioned cone with the anisotropic total variation
+prior: ``min_x mu/2 ||M_wc F(x - x1)||^2 + ||grad x||_1`` by ADMM, where
+every sub-problem is diagonal in k-space or a soft threshold, and the
+penalty grows when the primal residual stalls (the paper's continuation).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse.linalg
+
+from .. import _fft
+from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..errors import QSMInputError
+from ..units import hz_to_ppm
+from ._operators import from_frame, gradient, gradient_adjoint, to_frame
+from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
+
+
+def _soft_threshold_in_place(values: np.ndarray, threshold: float, work: np.ndarray) -> None:
+    np.abs(values, out=work)
+    np.maximum(work, np.float32(1e-12), out=work)
+    np.divide(np.float32(threshold), work, out=work)
+    np.subtract(np.float32(1), work, out=work)
+    np.maximum(work, 0, out=work)
+    values *= work
+
+
+def rts(
+    local_field_hz: np.ndarray,
+    mask: np.ndarray,
+    voxel_size_mm: Sequence[float],
+    *,
+    b0_direction: Sequence[float],
+    b0_tesla: float,
+    delta: float = 0.15,
+    lsmr_iterations: int = 25,
+    data_weight: float = 1e5,
+    penalty: float = 10.0,
+    penalty_growth: float = 5.0,
+    stall_ratio: float = 0.7,
+    max_iterations: int = 20,
+    tolerance: float = 1e-2,
+    pad_factor: float = 1.3,
+    progress: ProgressCallback = None,
+    cancel: CancelToken = None,
+) -> np.ndarray:
+    """Rapid two-step (RTS) dipole inversion with a sparsity prior.
+
+    Parameters
+    ----------
+    local_field_hz : numpy.ndarray, shape (n0, n1, n2)
+        Local field in Hz (ignored outside ``mask``).
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        Where the local field is valid.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    b0_direction : sequence of 3 float
+        B0 direction in array-axis coordinates.
+    b0_tesla : float
+        Field strength in tesla.
+    delta : float
+        ``|D|`` above which a frequency counts as well conditioned (0.15 in
+        the paper).
+    lsmr_iterations : int
+        LSMR iterations of step 1. The paper uses 4; on the numerical head
+        phantom 4 iterations under-estimate deep grey matter by 20-35 ppb
+        (NRMSE 41 % at 1.5 mm, worse than TKD) and 25 halve the error
+        (NRMSE 24-26 %, deep grey matter within about 11 ppb); more adds
+        little.
+    data_weight : float
+        ``mu`` of step 2, the weight that keeps the well-conditioned
+        frequencies at their step-1 values (1e5: practically fixed).
+    penalty : float
+        Initial ADMM penalty ``rho`` of step 2 (1/mm^2 scale of the TV split).
+    penalty_growth : float
+        Factor by which ``rho`` grows when the primal residual stalls.
+    stall_ratio : float
+        ``rho`` grows when the primal residual falls by less than this factor.
+    max_iterations : int
+        Upper bound on step-2 ADMM iterations (20 in the paper).
+    tolerance : float
+        Stop step 2 when ``||x_k - x_(k-1)|| / ||x_k||`` falls below it.
+    pad_factor : float
+        Zero padding of the solve frame (the mask's bounding box) per axis.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Susceptibility in ppm, zero outside ``mask`` (not referenced).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise QSMInputError("RTS: the mask is empty, so there is no field to invert. Check the mask.")
+    for name, value in (("delta", delta), ("data_weight", data_weight), ("penalty", penalty),
+                        ("pad_factor", pad_factor)):
+        if not value > 0:
+            raise QSMInputError(f"RTS: {name} must be positive, got {value!r}.")
+    if penalty_growth <= 1 or not 0 < stall_ratio < 1 or lsmr_iterations < 1:
+        raise QSMInputError(
+            "RTS: penalty_growth must exceed 1, stall_ratio lie in (0, 1) and lsmr_iterations be at least 1."
+        )
+    check_cancel(cancel)
+    report(progress, 0.0, "RTS step 1: well-conditioned k-space")
+    box, shape = inversion_frame(mask, pad_factor)
+    field = to_frame(np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0), box, shape)
+    frame_mask = to_frame(mask.astype(np.float32), box, shape) > 0
+    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    spectrum_shape = kernel.shape
+
+    flat_kernel = kernel.reshape(-1).astype(np.float64)
+    operator = scipy.sparse.linalg.LinearOperator(
+        (flat_kernel.size, flat_kernel.size), dtype=np.complex128,
+        matvec=lambda v: flat_kernel * v.reshape(-1), rmatvec=lambda v: flat_kernel * v.reshape(-1),
+    )
+    solution = scipy.sparse.linalg.lsmr(
+        operator, _fft.rfftn(field).reshape(-1).astype(np.complex128), atol=0, btol=0,
+        maxiter=int(lsmr_iterations),
+    )[0]
+    x = _fft.irfftn(solution.reshape(spectrum_shape).astype(np.complex64), shape).astype(np.float32)
+    del solution
+    x[~frame_mask] = 0
+    check_cancel(cancel)
+
+    well_conditioned = np.where(np.abs(kernel) > delta, np.float32(data_weight), np.float32(0))
+    del kernel
+    laplacian = gradient_eigenvalues(shape, voxel_size_mm)
+    rho = float(penalty)
+
+    def system(rho_value: float) -> tuple[np.ndarray, np.ndarray]:
+        # x^ = fixed_gain X1^ + gradient_gain F(grad^T (z - u)), all diagonal in k-space;
+        # the DC term is undetermined (chi is relative) and kept at zero.
+        denominator = well_conditioned + np.float32(rho_value) * laplacian
+        inverse = np.where(denominator > 0, np.float32(1) / np.where(denominator > 0, denominator, 1), 0)
+        return (well_conditioned * inverse).astype(np.float32), (np.float32(rho_value) * inverse).astype(np.float32)
+
+    step_one = _fft.rfftn(x)
+    fixed_gain, gradient_gain = system(rho)
+    z = gradient(x, voxel_size_mm)
+    u = np.zeros_like(z)
+    grad = np.empty_like(z)
+    magnitude = np.empty_like(z)
+    work = np.empty(shape, dtype=np.float32)
+    residual_norm = np.inf
+    for iteration in range(max_iterations):
+        check_cancel(cancel)
+        np.subtract(z, u, out=grad)
+        spectrum = _fft.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
+        spectrum *= gradient_gain
+        spectrum += step_one * fixed_gain
+        new_x = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        del spectrum
+        np.subtract(new_x, x, out=work)
+        change = float(np.linalg.norm(work)) / max(float(np.linalg.norm(new_x)), 1e-12)
+        x = new_x
+        report(progress, (iteration + 1) / max_iterations, f"RTS step 2 iteration {iteration + 1}, change {change:.1e}")
+        # the first update reproduces x1 (z starts at grad x1): no convergence test yet
+        if iteration > 0 and change < tolerance:
+            break
+        check_cancel(cancel)
+        gradient(x, voxel_size_mm, out=grad)
+        u += grad
+        np.copyto(z, u)
+        _soft_threshold_in_place(z, 1.0 / rho, magnitude)
+        u -= z
+        grad -= z
+        previous, residual_norm = residual_norm, float(np.sqrt((grad * grad).sum(axis=0)).sum())
+        if residual_norm > stall_ratio * previous:
+            rho *= penalty_growth
+            # scaled duals shrink with the growth so the unscaled multiplier is unchanged
+            u /= np.float32(penalty_growth)
+            fixed_gain, gradient_gain = system(rho)
+    report(progress, 1.0, "RTS done")
+    return from_frame(x, box, mask)

@@ -1,0 +1,99 @@
+"""Whole-pipeline accuracy on the head phantom (raw phase to chi), default preset.
+
+The phantom's field is simulated on a twice finer grid and averaged down,
+so these numbers are free of the inverse crime. Metrics are computed inside
+the brain where the pipeline returns chi (QSM challenge 2.0 conventions).
+"""
+
+import numpy as np
+import pytest
+
+from QSMLib import metrics
+from QSMLib.phantom import DEEP_GREY_MATTER, simulate_head
+from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
+
+VOXEL_MM = 2.0
+# Bounds a little above what the consensus preset measures at 2 mm (noted in the
+# issue-2 closing note: chi NRMSE 45 %, correlation 0.89, local field NRMSE 51 %,
+# deep grey matter within 22 ppb). Background removal dominates the error:
+# from the true local field the same inversion reaches 10 % and 3 ppb
+# (test_inversion_accuracy.py), from the true total field V-SHARP + TV 42 %.
+LOCAL_FIELD_NRMSE_MAX = 65.0
+CHI_NRMSE_MAX = 55.0
+CHI_CORRELATION_MIN = 0.85
+ROI_ERROR_MAX_PPB = 30.0
+# The oblique phantom tilts B0 against the head (a head tilt), which changes
+# the physical field; V-SHARP loses more of the local field then (51 % vs 42 %
+# from the true total field), while the phase stage (0.26 vs 0.29 Hz) and the
+# dipole inversion from the true local field (12.7 % vs 10.1 %) are nearly equal.
+OBLIQUE_NRMSE_SLACK = 12.0
+OBLIQUE_DIPOLE_NRMSE_SLACK = 5.0
+
+
+def _evaluate(oblique_deg):
+    phantom = simulate_head(voxel_size_mm=(VOXEL_MM,) * 3, oblique_deg=oblique_deg, snr=100.0, seed=1)
+    result = run_pipeline(phantom.acquisition, load_config("consensus"))
+    region = result.local_mask & phantom.brain_mask
+    deep_grey = {k: v for k, v in phantom.label_names.items() if v in DEEP_GREY_MATTER}
+    return {
+        "phantom": phantom,
+        "result": result,
+        "coverage": region.sum() / phantom.brain_mask.sum(),
+        "outside": (result.local_mask & ~phantom.brain_mask).sum() / result.local_mask.sum(),
+        "local_nrmse": metrics.nrmse(result.local_field_hz, phantom.local_field_hz, region),
+        "chi": metrics.summary(result.chi_ppm, phantom.chi_ppm, region),
+        "roi_errors_ppb": metrics.roi_mean_errors_ppb(result.chi_ppm, phantom.chi_ppm, phantom.labels, deep_grey,
+                                                      region),
+    }
+
+
+@pytest.fixture(scope="module")
+def axial():
+    return _evaluate(0.0)
+
+
+@pytest.fixture(scope="module")
+def oblique():
+    return _evaluate(20.0)
+
+
+def test_default_pipeline_recovers_the_phantom(axial):
+    # The mask covers the brain and little else.
+    assert axial["coverage"] > 0.85 and axial["outside"] < 0.05
+    assert axial["local_nrmse"] < LOCAL_FIELD_NRMSE_MAX
+    assert axial["chi"]["nrmse"] < CHI_NRMSE_MAX
+    assert axial["chi"]["correlation"] > CHI_CORRELATION_MIN
+    errors = np.abs(list(axial["roi_errors_ppb"].values()))
+    assert len(errors) == len(DEEP_GREY_MATTER)
+    assert errors.max() < ROI_ERROR_MAX_PPB, axial["roi_errors_ppb"]
+
+
+def _dipole_only_nrmse(evaluation):
+    phantom = evaluation["phantom"]
+    acquisition = phantom.acquisition
+    result = run_pipeline_from_field(
+        phantom.local_field_hz, phantom.brain_mask, field_kind="local", voxel_size_mm=acquisition.voxel_size_mm,
+        b0_direction=acquisition.b0_direction, b0_tesla=acquisition.b0_tesla, config=load_config("consensus"))
+    return metrics.nrmse(result.chi_ppm, phantom.chi_ppm, phantom.brain_mask)
+
+
+def test_oblique_acquisition_is_nearly_as_accurate_as_axial(axial, oblique):
+    assert np.linalg.norm(oblique["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
+    assert oblique["chi"]["nrmse"] < axial["chi"]["nrmse"] + OBLIQUE_NRMSE_SLACK
+    assert oblique["chi"]["correlation"] > axial["chi"]["correlation"] - 0.06
+    errors = np.abs(list(oblique["roi_errors_ppb"].values()))
+    assert errors.max() < ROI_ERROR_MAX_PPB + 10, oblique["roi_errors_ppb"]
+    assert _dipole_only_nrmse(oblique) < _dipole_only_nrmse(axial) + OBLIQUE_DIPOLE_NRMSE_SLACK
+
+
+def test_ignoring_the_oblique_b0_is_measurably_worse(oblique):
+    # The same oblique data reconstructed as if B0 were along the slice axis:
+    # the geometry from the affine is what makes the oblique case accurate.
+    from copy import deepcopy
+
+    phantom = oblique["phantom"]
+    acquisition = deepcopy(phantom.acquisition)
+    acquisition.b0_direction = (0.0, 0.0, 1.0)
+    wrong = run_pipeline(acquisition, load_config("consensus"))
+    region = wrong.local_mask & phantom.brain_mask
+    assert metrics.nrmse(wrong.chi_ppm, phantom.chi_ppm, region) > oblique["chi"]["nrmse"] + 10

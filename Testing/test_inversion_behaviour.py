@@ -1,0 +1,180 @@
+"""Mechanics of every dipole inversion: contract, geometry, errors, progress and cancellation.
+
+Accuracy lives in test_inversion_accuracy.py; here the volumes are small and
+the checks are about behaviour that must hold for any data.
+"""
+
+import inspect
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from QSMLib.errors import QSMCancelled, QSMInputError
+from QSMLib.inversion import METHODS
+from QSMLib.inversion.kernel import forward_field, unit_vector
+from QSMLib.metrics import nrmse
+from QSMLib.phantom import simulate_head
+from QSMLib.pipeline import PipelineConfig, _tunable_parameters
+from QSMLib.units import ppm_to_hz
+
+ITERATIVE = ("tv", "nltv", "rts", "medi")
+#: Iteration budgets that keep the small-volume tests quick (behaviour, not accuracy).
+QUICK = {
+    "tv": {"max_iterations": 15},
+    "nltv": {"max_iterations": 15},
+    "rts": {"max_iterations": 10},
+    "medi": {"max_iterations": 2, "cg_max_iterations": 15},
+}
+
+
+def _blobs(voxel_size_mm, b0_direction, shape=(40, 36, 30), supersample=2):
+    """Ellipsoidal mask with three blobs, the field simulated on a finer grid and averaged down."""
+    fine_shape = tuple(n * supersample for n in shape)
+    fine_voxel = tuple(v / supersample for v in voxel_size_mm)
+    axes = [(np.arange(n) - (n - 1) / 2) * v for n, v in zip(fine_shape, fine_voxel)]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    extent = [n * v / 2 for n, v in zip(shape, voxel_size_mm)]
+    brain = (x / (0.75 * extent[0])) ** 2 + (y / (0.75 * extent[1])) ** 2 + (z / (0.75 * extent[2])) ** 2 <= 1
+    chi = np.zeros(fine_shape, dtype=np.float32)
+    for centre, radius, value in (((-6, 4, 0), 5.0, 0.15), ((7, -5, 3), 4.0, -0.08), ((0, 6, -6), 3.5, 0.3)):
+        chi[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius**2] = value
+    chi[~brain] = 0
+    field = ppm_to_hz(forward_field(chi, fine_voxel, b0_direction, pad_factor=1.5), 3.0)
+
+    def down(volume):
+        blocks = volume.reshape(shape[0], supersample, shape[1], supersample, shape[2], supersample)
+        return blocks.mean(axis=(1, 3, 5)).astype(np.float32)
+
+    mask = down(brain.astype(np.float32)) > 0.5
+    magnitude = np.stack([np.where(mask, 1.0 - down(np.abs(chi)), 0) * np.exp(-0.01 * n) for n in range(3)])
+    return down(field), mask, down(chi), magnitude.astype(np.float32)
+
+
+def _run(method, field, mask, voxel_size_mm, b0_direction, magnitude=None, **params):
+    accepted = inspect.signature(METHODS[method]).parameters
+    extra = {"magnitude": magnitude} if "magnitude" in accepted and magnitude is not None else {}
+    return METHODS[method](field, mask, voxel_size_mm, b0_direction=b0_direction, b0_tesla=3.0, **extra, **params)
+
+
+@pytest.fixture(scope="module")
+def oblique_blobs():
+    voxel, b0 = (1.0, 1.2, 1.5), tuple(unit_vector((0.2, -0.35, 1.0)))
+    return voxel, b0, *_blobs(voxel, b0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_returns_float32_ppm_zero_outside_the_mask(oblique_blobs, method):
+    voxel, b0, field, mask, _, magnitude = oblique_blobs
+    chi = _run(method, field, mask, voxel, b0, magnitude, **QUICK.get(method, {}))
+    assert chi.dtype == np.float32 and chi.shape == mask.shape
+    assert np.all(np.isfinite(chi)) and np.all(chi[~mask] == 0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_uses_the_oblique_b0_direction_and_anisotropic_voxels(oblique_blobs, method):
+    voxel, b0, field, mask, truth, magnitude = oblique_blobs
+    right = nrmse(_run(method, field, mask, voxel, b0, magnitude), truth, mask)
+    wrong = nrmse(_run(method, field, mask, voxel, (0.0, 0.0, 1.0), magnitude), truth, mask)
+    swapped = nrmse(_run(method, field, mask, voxel[::-1], b0, magnitude), truth, mask)
+    assert right < 60.0
+    assert right < 0.8 * min(wrong, swapped)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_knob_is_a_valid_pipeline_parameter_with_a_default(method):
+    parameters = inspect.signature(METHODS[method]).parameters
+    config = PipelineConfig.from_dict({"inversion": {"method": method}})
+    assert config.inversion.method == method
+    for name in _tunable_parameters(METHODS[method]):
+        default = parameters[name].default
+        assert default is not inspect.Parameter.empty, f"{method}.{name} has no default"
+        PipelineConfig.from_dict({"inversion": {"method": method, "params": {name: default}}})
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_empty_mask_is_refused_with_advice(oblique_blobs, method):
+    voxel, b0, field, mask, _, _ = oblique_blobs
+    with pytest.raises(QSMInputError, match="mask"):
+        _run(method, field, np.zeros_like(mask), voxel, b0)
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [("tv", {"regularization": -1.0}), ("nltv", {"echo_time_s": 0.0}), ("rts", {"delta": 0.0}),
+     ("medi", {"edge_fraction": 1.5}), ("medi", {"initial": "tkd"}), ("l2", {"regularization": "best"}),
+     ("nltv", {"newton_iterations": 0})],
+)
+def test_bad_parameters_are_refused(oblique_blobs, method, params):
+    voxel, b0, field, mask, _, _ = oblique_blobs
+    with pytest.raises(QSMInputError):
+        _run(method, field, mask, voxel, b0, **params)
+
+
+def test_medi_plus_zero_without_magnitude_is_refused(oblique_blobs):
+    voxel, b0, field, mask, _, _ = oblique_blobs
+    with pytest.raises(QSMInputError, match="magnitude"):
+        _run("medi", field, mask, voxel, b0, csf_regularization=100.0)
+
+
+@pytest.fixture(scope="module")
+def corrupted_blobs(oblique_blobs):
+    """The oblique blobs with a block of voxels whose field is 40 Hz off."""
+    voxel, b0, field, mask, truth, _ = oblique_blobs
+    bad = np.zeros_like(mask)
+    bad[18:22, 15:19, 12:16] = True
+    bad &= mask
+    corrupted = np.where(bad, field + np.float32(40.0), field).astype(np.float32)
+    return voxel, b0, corrupted, mask, truth, bad
+
+
+@pytest.mark.parametrize("method, params", [("tv", {}), ("nltv", {}), ("medi", {"merit": False})])
+def test_field_weight_of_zero_silences_corrupted_voxels(corrupted_blobs, method, params):
+    voxel, b0, corrupted, mask, truth, bad = corrupted_blobs
+    weight = np.where(bad, 0.0, 1.0).astype(np.float32)
+    weighted = nrmse(_run(method, corrupted, mask, voxel, b0, field_weight=weight, **params), truth, mask & ~bad)
+    unweighted = nrmse(_run(method, corrupted, mask, voxel, b0, **params), truth, mask & ~bad)
+    assert weighted < 0.5 * unweighted
+
+
+def test_merit_finds_the_corrupted_voxels_by_itself(corrupted_blobs):
+    voxel, b0, corrupted, mask, truth, bad = corrupted_blobs
+    with_merit = nrmse(_run("medi", corrupted, mask, voxel, b0), truth, mask & ~bad)
+    without = nrmse(_run("medi", corrupted, mask, voxel, b0, merit=False), truth, mask & ~bad)
+    assert with_merit < 0.5 * without
+
+
+@pytest.fixture(scope="module")
+def head_2mm():
+    phantom = simulate_head(voxel_size_mm=(2.0, 2.0, 2.0), snr=None, supersample=1)
+    return phantom.local_field_hz, phantom.brain_mask, phantom.acquisition
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_progress_is_monotonic_and_cancel_stops_within_a_second(head_2mm, method):
+    field, mask, acq = head_2mm
+    reports = []
+    _run(method, field, mask, acq.voxel_size_mm, acq.b0_direction, acq.magnitude,
+         progress=lambda fraction, message: reports.append((fraction, message)), **QUICK[method])
+    fractions = [f for f, _ in reports]
+    assert len(reports) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(0.0 <= f <= 1.0 and isinstance(m, str) and m for f, m in reports)
+
+    cancel = threading.Event()
+    requested = []
+
+    def request() -> None:
+        requested.append(time.perf_counter())
+        cancel.set()
+
+    timer = threading.Timer(0.3, request)
+    timer.start()
+    try:
+        with pytest.raises(QSMCancelled):
+            # unbounded iterations: only the cancel can end the run in time
+            _run(method, field, mask, acq.voxel_size_mm, acq.b0_direction, acq.magnitude, cancel=cancel,
+                 **{"max_iterations": 10_000, "tolerance": 0.0})
+        assert time.perf_counter() - requested[0] < 1.0
+    finally:
+        timer.cancel()
