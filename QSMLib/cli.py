@@ -343,7 +343,8 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     phantom = simulate_head(voxel_size_mm=(args.voxel_size,) * 3, oblique_deg=args.oblique)
     acquisition = phantom.acquisition
     brain_labels = {k: v for k, v in phantom.label_names.items() if k in BRAIN_LABELS}
-    result = run_pipeline(acquisition, config, labels=phantom.labels, label_names=brain_labels,
+    labels = np.where(np.isin(phantom.labels, BRAIN_LABELS), phantom.labels, 0).astype(np.int16)
+    result = run_pipeline(acquisition, config, labels=labels, label_names=brain_labels,
                           progress=printer, cancel=cancel)
     _flush_warnings(caught, printer)
     qc = qc_montage(
@@ -358,9 +359,9 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
             write_volume(inputs_dir / f"{name}_echo-{echo}.nii.gz", echo_volume, acquisition.affine)
             (inputs_dir / f"{name}_echo-{echo}.json").write_text(json.dumps({
                 "EchoTime": acquisition.echo_times_s[echo - 1], "MagneticFieldStrength": acquisition.b0_tesla}))
-    write_volume(inputs_dir / "labels.nii.gz", phantom.labels, acquisition.affine)
+    write_volume(inputs_dir / "labels.nii.gz", labels, acquisition.affine)
     (inputs_dir / "labels.tsv").write_text(
-        "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(phantom.label_names.items())))
+        "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(brain_labels.items())))
     write_volume(inputs_dir / "chi_truth_ppm.nii.gz", phantom.chi_ppm, acquisition.affine)
 
     # Scored where chi is returned inside the brain (the truth is defined there).
