@@ -24,7 +24,7 @@ from .errors import QSMCancelled, QSMInputError, QSMWarning
 from .io.nifti import load_acquisition, read_map_like, read_volume
 from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, check_output_folder, file_checksum, planned_files, write_outputs
 from .masking import validate_user_mask
-from .phase import bipolar_score, looks_bipolar
+from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .pipeline import (
     PRESETS,
     PipelineConfig,
@@ -274,8 +274,9 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
             phase_sign=args.phase_sign, bipolar=args.bipolar,
             b0_direction=_parse_floats(args.b0_direction, "--b0-direction") if args.b0_direction else None,
         )
-        if not args.bipolar and looks_bipolar(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s):
-            score = bipolar_score(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s)
+        score = 0.0 if args.bipolar else bipolar_score(acquisition.phase, acquisition.magnitude,
+                                                        acquisition.echo_times_s)
+        if score > BIPOLAR_THRESHOLD_RAD:
             warnings.warn(
                 f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
                 "--bipolar is not set: if the sequence used bipolar gradients, rerun with --bipolar.",

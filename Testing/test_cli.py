@@ -187,3 +187,32 @@ def test_demo_reconstructs_the_phantom_and_writes_reproducible_inputs(tmp_path, 
                             "--out", str(rerun)], capsys)
     assert code == EXIT_OK, stderr
     np.testing.assert_array_equal(read_volume(rerun / "chi.nii.gz")[0], read_volume(out / "chi.nii.gz")[0])
+
+
+def test_bipolar_data_without_the_flag_get_a_warning(tmp_path, capsys):
+    from QSMLib.phantom import simulate_head
+
+    echo_times = (0.004, 0.008, 0.012, 0.016, 0.020)
+    phantom = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=echo_times, bipolar=True)
+    acquisition = phantom.acquisition
+    folder = tmp_path / "bipolar"
+    folder.mkdir()
+    affine = acquisition.affine
+    mag = [str(write_volume(folder / f"mag{e}.nii.gz", m, affine)) for e, m in enumerate(acquisition.magnitude)]
+    phase = [str(write_volume(folder / f"ph{e}.nii.gz", p, affine)) for e, p in enumerate(acquisition.phase)]
+    common = ["run", "--mag", *mag, "--phase", *phase, "--te", ",".join(map(str, echo_times)), "--b0", "3",
+              "--progress", "json"]
+    code, stdout, stderr = _run([*common, "--out", str(tmp_path / "plain")], capsys)
+    assert code == EXIT_OK, stderr
+    warned = [json.loads(line)["message"] for line in stdout.splitlines() if '"warning"' in line]
+    assert any("--bipolar" in message for message in warned), warned
+    code, stdout, stderr = _run([*common, "--bipolar", "--out", str(tmp_path / "corrected")], capsys)
+    assert code == EXIT_OK, stderr
+    assert not any("bipolar" in line for line in stdout.splitlines() if '"warning"' in line)
+    brain = phantom.brain_mask
+    errors = {}
+    for name in ("plain", "corrected"):
+        total, _ = read_volume(tmp_path / name / "total_field_hz.nii.gz")
+        difference = (total - phantom.total_field_hz)[brain]
+        errors[name] = float(np.std(difference))
+    assert errors["corrected"] < 0.5 * errors["plain"], errors
