@@ -290,25 +290,34 @@ def _rotation(yaw_deg: float, pitch_deg: float) -> np.ndarray:
     return about_z @ about_x
 
 
-def _paint(labels: np.ndarray, axes: Sequence[np.ndarray], shape: _Shape) -> None:
+def _world_bounds(shape: _Shape) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned box (head frame, mm) that contains ``shape``."""
     if isinstance(shape, _Tube):
         ends = np.array([shape.start, shape.end])
-        low, high = ends.min(axis=0) - shape.radius, ends.max(axis=0) + shape.radius
+        return ends.min(axis=0) - shape.radius, ends.max(axis=0) + shape.radius
+    if isinstance(shape, _FoldedEllipsoid):
+        reach = np.asarray(shape.limit_semi_axes)
+    elif shape.angles_deg == (0.0, 0.0):
+        reach = np.asarray(shape.semi_axes)
     else:
-        if isinstance(shape, _FoldedEllipsoid):
-            reach = np.asarray(shape.limit_semi_axes)
-        elif shape.angles_deg == (0.0, 0.0):
-            reach = np.asarray(shape.semi_axes)
-        else:
-            reach = np.full(3, max(shape.semi_axes))
-        low, high = np.asarray(shape.centre) - reach, np.asarray(shape.centre) + reach
+        reach = np.full(3, max(shape.semi_axes))
+    return np.asarray(shape.centre) - reach, np.asarray(shape.centre) + reach
+
+
+def _paint(
+    labels: np.ndarray, axes: Sequence[np.ndarray], shape: _Shape, rotation: Optional[np.ndarray] = None
+) -> None:
+    if rotation is not None:
+        _paint_rotated(labels, axes, shape, rotation)
+        return
+    low, high = _world_bounds(shape)
     box = tuple(_box(axis, lo, hi) for axis, lo, hi in zip(axes, low, high))
     if any(b.stop <= b.start for b in box):
         return
     centre = shape.start if isinstance(shape, _Tube) else shape.centre
     d = [(axis[b] - c).astype(np.float32) for axis, b, c in zip(axes, box, centre)]
     if isinstance(shape, _Tube):
-        inside = _inside_tube(d, shape)
+        inside = _inside_tube(d[0][:, None, None], d[1][None, :, None], d[2][None, None, :], shape)
     elif isinstance(shape, _FoldedEllipsoid):
         folds = [
             np.sin(2 * np.pi * di / p + ph).astype(np.float32)
@@ -332,14 +341,61 @@ def _paint(labels: np.ndarray, axes: Sequence[np.ndarray], shape: _Shape) -> Non
     np.copyto(labels[box], labels.dtype.type(shape.label), where=inside)
 
 
+def _paint_rotated(labels: np.ndarray, axes: Sequence[np.ndarray], shape: _Shape, rotation: np.ndarray) -> None:
+    """Paint ``shape`` on a grid whose mm coordinates ``g`` sit at head-frame points ``rotation @ g``."""
+    rotation = np.asarray(rotation, np.float64)
+    low, high = _world_bounds(shape)
+    # the grid-frame box of the rotated world box's corners contains the shape
+    corners = np.array(list(itertools.product(*zip(low, high)))) @ rotation  # rows: rotation.T @ corner
+    box = tuple(_box(axis, lo, hi) for axis, lo, hi in zip(axes, corners.min(axis=0), corners.max(axis=0)))
+    if any(b.stop <= b.start for b in box):
+        return
+    centre = shape.start if isinstance(shape, _Tube) else shape.centre
+    g = [np.asarray(axis[b], np.float64) for axis, b in zip(axes, box)]
+    # head-frame offsets from the shape's centre, each broadcast only over the grid axes it depends on
+    d: list[np.ndarray] = []
+    for i in range(3):
+        coordinate: Union[np.ndarray, float] = -float(centre[i])
+        for j in range(3):
+            if rotation[i, j] != 0.0:
+                index = [None, None, None]
+                index[j] = slice(None)
+                coordinate = coordinate + (rotation[i, j] * g[j])[tuple(index)]
+        d.append(np.asarray(coordinate, np.float32).reshape(np.shape(coordinate) + (1,) * (3 - np.ndim(coordinate))))
+    if isinstance(shape, _Tube):
+        inside = _inside_tube(d[0], d[1], d[2], shape)
+    elif isinstance(shape, _FoldedEllipsoid):
+        threshold = np.float32(1.0)
+        folds = np.float32(shape.amplitude)
+        for di, p, ph in zip(d, shape.periods_mm, shape.phases_rad):
+            folds = folds * np.sin(di * np.float32(2 * np.pi / p) + np.float32(ph))
+        threshold = threshold + folds
+        inside = _radius2(d, shape.semi_axes) <= threshold
+        inside &= _radius2(d, shape.limit_semi_axes) <= 1.0
+    elif shape.angles_deg == (0.0, 0.0):
+        inside = _radius2(d, shape.semi_axes) <= 1.0
+    else:
+        rot = _rotation(*shape.angles_deg).astype(np.float32)
+        local = [d[0] * rot[0, j] + d[1] * rot[1, j] + d[2] * rot[2, j] for j in range(3)]
+        inside = _radius2(local, shape.semi_axes) <= 1.0
+    np.copyto(labels[box], labels.dtype.type(shape.label), where=inside)
+
+
+def _radius2(d: Sequence[np.ndarray], semi_axes: Sequence[float]) -> np.ndarray:
+    # d broadcastable 3D arrays: sum of (d_j / a_j)^2
+    total = (d[0] / np.float32(semi_axes[0])) ** 2
+    total = total + (d[1] / np.float32(semi_axes[1])) ** 2
+    return total + (d[2] / np.float32(semi_axes[2])) ** 2
+
+
 def _normalised_radius2(d: Sequence[np.ndarray], semi_axes: Sequence[float]) -> np.ndarray:
     # separable, so the 3D array is written once
     in_plane = (d[0] / semi_axes[0])[:, None] ** 2 + (d[1] / semi_axes[1])[None, :] ** 2
     return in_plane[:, :, None] + ((d[2] / semi_axes[2]) ** 2)[None, None, :]
 
 
-def _inside_tube(d: Sequence[np.ndarray], shape: _Tube) -> np.ndarray:
-    dx, dy, dz = d[0][:, None, None], d[1][None, :, None], d[2][None, None, :]
+def _inside_tube(dx: np.ndarray, dy: np.ndarray, dz: np.ndarray, shape: _Tube) -> np.ndarray:
+    # dx, dy, dz: head-frame offsets from shape.start, broadcastable to the box
     direction = (np.asarray(shape.end) - np.asarray(shape.start)).astype(np.float32)
     along = (dx * direction[0] + dy * direction[1] + dz * direction[2]) / np.float32(direction @ direction)
     np.clip(along, 0.0, 1.0, out=along)
@@ -348,7 +404,9 @@ def _inside_tube(d: Sequence[np.ndarray], shape: _Tube) -> np.ndarray:
     return dist2 <= np.float32(shape.radius**2)
 
 
-def head_labels(axes_mm: Sequence[np.ndarray], dtype: type = np.int16) -> np.ndarray:
+def head_labels(
+    axes_mm: Sequence[np.ndarray], dtype: type = np.int16, *, rotation: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Paint the phantom's label map on a rectilinear grid.
 
     Parameters
@@ -359,6 +417,13 @@ def head_labels(axes_mm: Sequence[np.ndarray], dtype: type = np.int16) -> np.nda
         from :func:`grid_axes_mm`.
     dtype : numpy integer type
         Output type (``np.uint8`` saves memory on fine grids).
+    rotation : numpy.ndarray, shape (3, 3), optional
+        Orientation of the grid in the head frame: the sample at grid
+        coordinates ``g = (axes_mm[0][i], axes_mm[1][j], axes_mm[2][k])``
+        lies at the head-frame point ``rotation @ g`` (an oblique grid, e.g.
+        the unit-column direction matrix of :func:`acquisition_affine`). The
+        head then appears rotated by ``rotation.T`` in the array. None: the
+        grid is aligned with the head frame.
 
     Returns
     -------
@@ -366,9 +431,15 @@ def head_labels(axes_mm: Sequence[np.ndarray], dtype: type = np.int16) -> np.nda
         Label of the tissue at each sample point (see :data:`LABEL_NAMES`;
         0 = air around the head).
     """
+    if rotation is not None:
+        rotation = np.asarray(rotation, np.float64)
+        if rotation.shape != (3, 3) or not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-6):
+            raise QSMInputError(f"rotation must be a 3x3 rotation matrix, got {rotation.tolist()!r}.")
+        if np.allclose(rotation, np.eye(3), rtol=0.0, atol=1e-12):
+            rotation = None
     labels = np.zeros(tuple(len(axis) for axis in axes_mm), dtype=dtype)
     for shape in ANATOMY:
-        _paint(labels, axes_mm, shape)
+        _paint(labels, axes_mm, shape, rotation)
     return labels
 
 
@@ -534,6 +605,7 @@ def isolation_correction(
     pad_factor: float = 1.5,
     resolution_mm: float = 8.0,
     far_pad_factor: float = 6.0,
+    rotation: Optional[np.ndarray] = None,
 ) -> list[np.ndarray]:
     """Remove the field of the periodic copies that a padded FFT convolution adds.
 
@@ -562,6 +634,9 @@ def isolation_correction(
         Extent of the reference convolution's domain, in FOVs per axis
         (its copies are that far away). No correction when ``pad_factor``
         is already this large.
+    rotation : numpy.ndarray, shape (3, 3), optional
+        Orientation of the output grid in the head frame (see
+        :func:`head_labels`); None: aligned.
 
     Returns
     -------
@@ -582,7 +657,7 @@ def isolation_correction(
     for m, w, x0 in zip(samples, spacing, start):
         sub = np.arange(2 * m, dtype=np.float64)
         axes.append(x0 + (sub + 0.5) * w / 2.0)
-    labels = head_labels(axes, dtype=np.uint8)
+    labels = head_labels(axes, dtype=np.uint8, rotation=rotation)
     # the fine simulation sees only what lies inside the FOV: the rest of the period is air
     outside = [(a < x0) | (a >= x1) for a, x0, x1 in zip(axes, start, fov_end)]
     labels[outside[0], :, :] = 0
@@ -754,11 +829,16 @@ def shim_field(field_hz: np.ndarray, mask: np.ndarray, axes_mm: Sequence[np.ndar
     return shim
 
 
-def phase_offset_map(axes_mm: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def phase_offset_map(
+    axes_mm: Sequence[np.ndarray], rng: np.random.Generator, rotation: Optional[np.ndarray] = None
+) -> np.ndarray:
     """A smooth echo-independent phase offset ``phi0`` (radians), like a coil's.
 
     A constant, a linear ramp and three broad Gaussian bumps centred around
     the head, with parameters drawn from ``rng``: a range of a few radians.
+    They are defined in the head frame; ``rotation`` (see :func:`head_labels`)
+    gives the orientation of an oblique grid, so the same draws give the same
+    map in space whatever the grid.
 
     Returns
     -------
@@ -766,6 +846,9 @@ def phase_offset_map(axes_mm: Sequence[np.ndarray], rng: np.random.Generator) ->
     """
     constant = rng.uniform(-np.pi, np.pi)
     ramp = rng.uniform(-1.0, 1.0, size=3) / 100.0  # rad/mm
+    to_grid = None if rotation is None else np.asarray(rotation, np.float64).T
+    if to_grid is not None:
+        ramp = to_grid @ ramp  # ramp . (R g) = (R^T ramp) . g
     x, y, z = (np.asarray(a, np.float64) for a in axes_mm)
     phi0 = (constant + ramp[0] * x)[:, None, None] + (ramp[1] * y)[None, :, None] + (ramp[2] * z)[None, None, :]
     phi0 = phi0.astype(np.float32)
@@ -774,6 +857,8 @@ def phase_offset_map(axes_mm: Sequence[np.ndarray], rng: np.random.Generator) ->
         width = rng.uniform(40.0, 70.0)
         direction = rng.normal(size=3)
         centre = 110.0 * direction / np.linalg.norm(direction)
+        if to_grid is not None:
+            centre = to_grid @ centre  # |R g - c| = |g - R^T c|
         gauss = [np.exp(-((a - c) ** 2) / (2 * width**2)).astype(np.float32) for a, c in zip((x, y, z), centre)]
         phi0 += np.float32(amplitude) * (gauss[0][:, None, None] * gauss[1][None, :, None] * gauss[2][None, None, :])
     return phi0
@@ -953,7 +1038,8 @@ def acquisition_affine(shape: Sequence[int], voxel_size_mm: Sequence[float], obl
 
     ``oblique_deg`` rotates the direction matrix about array axis 0 (a head
     tilt / oblique slab); the B0 direction seen from the array is then
-    ``(0, sin a, cos a)``.
+    ``(0, sin a, cos a)``. The direction matrix (unit columns) is the
+    ``rotation`` of :func:`head_labels` for a grid tilted this way.
     """
     a = math.radians(float(oblique_deg))
     rotation = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
@@ -972,6 +1058,7 @@ def simulate_head(
     b0_tesla: float = 3.0,
     snr: Optional[float] = 100.0,
     oblique_deg: float = 0.0,
+    acquisition_tilt_deg: float = 0.0,
     bipolar: bool = False,
     phase_offset: bool = True,
     supersample: int = 2,
@@ -997,9 +1084,26 @@ def simulate_head(
         Mean brain signal at TE = 0 over the noise standard deviation (of
         the real and of the imaginary part). None or inf: no noise.
     oblique_deg : float
-        Rotation of the acquisition about array axis 0, degrees. The head
-        stays the same in array coordinates; the affine rotates and the
-        field is simulated with ``b0_direction_from_affine(affine)``.
+        Head tilt, degrees: B0 is tilted against the head about array axis
+        0. The head stays the same in array coordinates (labels and chi are
+        those of the axial phantom); the affine rotates and the field is
+        simulated with ``b0_direction_from_affine(affine)``. This changes
+        the physics (B0 is oblique to the anatomy), so the fields differ
+        from the axial phantom's.
+    acquisition_tilt_deg : float
+        Oblique slices, degrees: the head stays where it is in the scanner
+        (B0 along world z, the same physical fields as the axial phantom)
+        and the voxel grid is rotated about the left-right axis, as a tilted
+        slab. The affine carries the rotation (as for ``oblique_deg``), the
+        anatomy is sampled at the rotated grid's points (so in the array the
+        head appears rotated by ``-acquisition_tilt_deg``) and the field is
+        simulated on that grid with ``b0_direction_from_affine(affine)``.
+        Every returned volume lies on the tilted grid; world coordinates
+        (``affine @ index``) of a point agree with the axial phantom's. The
+        FOV rotates with the grid: parts of the head outside it (at 20
+        degrees and the default FOV, a few mm of the chin) are left out, as
+        the axial FOV leaves out what lies outside it. Mutually exclusive
+        with a non-zero ``oblique_deg``.
     bipolar : bool
         Add a bipolar readout error (:func:`bipolar_error_map`) to even echoes.
     phase_offset : bool
@@ -1044,28 +1148,48 @@ def simulate_head(
         raise QSMInputError(f"Field strength {b0_tesla!r} T is not plausible: give B0 in tesla (e.g. 3).")
     if not math.isfinite(float(oblique_deg)):
         raise QSMInputError(f"oblique_deg must be a finite angle in degrees, got {oblique_deg!r}.")
+    if not math.isfinite(float(acquisition_tilt_deg)):
+        raise QSMInputError(f"acquisition_tilt_deg must be a finite angle in degrees, got {acquisition_tilt_deg!r}.")
+    if float(oblique_deg) != 0.0 and float(acquisition_tilt_deg) != 0.0:
+        raise QSMInputError(
+            "Give either oblique_deg (head tilt: B0 oblique to the head) or acquisition_tilt_deg "
+            f"(oblique slices: rotated grid), not both (got {oblique_deg!r} and {acquisition_tilt_deg!r})."
+        )
     if shim_order is not None and shim_order not in (0, 1, 2):
         raise QSMInputError(f"shim_order must be 0, 1, 2 or None (no shim), got {shim_order!r}.")
     if not pad_factor >= 1.0:
         raise QSMInputError(f"pad_factor must be at least 1, got {pad_factor!r}.")
 
-    affine = acquisition_affine(shape, voxel, oblique_deg)
+    tilted = float(acquisition_tilt_deg) != 0.0
+    affine = acquisition_affine(shape, voxel, acquisition_tilt_deg if tilted else oblique_deg)
     b0_direction = b0_direction_from_affine(affine)
+    # oblique slices: grid mm coordinates g lie at head-frame points rotation @ g
+    rotation = affine[:3, :3] / np.asarray(voxel) if tilted else None
     rng = np.random.default_rng(seed)
 
-    fine = head_labels(grid_axes_mm(shape, voxel, s), dtype=np.uint8)
+    # Oblique slices: the head does not end where the tilted slab does, so the field is
+    # simulated on a grid enlarged (symmetrically, same centre) to hold the whole head,
+    # then cropped to the output grid. Zero margins otherwise.
+    margin = _head_margins(shape, voxel, rotation) if tilted else (0, 0, 0)
+    sim_shape = tuple(n + 2 * m for n, m in zip(shape, margin))
+    fine = head_labels(grid_axes_mm(sim_shape, voxel, s), dtype=np.uint8, rotation=rotation)
     absolute, brain_relative = susceptibility_tables()
     local_ppm, total_ppm = supersampled_fields(
         [brain_relative[fine], absolute[fine]], voxel, b0_direction, supersample=s, pad_factor=pad_factor
     )
     for field, correction in zip(
         (local_ppm, total_ppm),
-        isolation_correction(shape, voxel, b0_direction, (brain_relative, absolute), pad_factor=pad_factor),
+        isolation_correction(
+            sim_shape, voxel, b0_direction, (brain_relative, absolute), pad_factor=pad_factor, rotation=rotation
+        ),
     ):
         field += correction
-    local_hz = ppm_to_hz(local_ppm, b0_tesla)
-    total_hz = ppm_to_hz(total_ppm, b0_tesla)
+    crop = tuple(slice(m, m + n) for m, n in zip(margin, shape))
+    local_hz = ppm_to_hz(local_ppm[crop], b0_tesla)
+    total_hz = ppm_to_hz(total_ppm[crop], b0_tesla)
     del local_ppm, total_ppm
+    if any(margin):
+        fine = np.ascontiguousarray(fine[tuple(slice(s * m, s * (m + n)) for m, n in zip(margin, shape))])
 
     r2star = _lookup("r2star_3t") * np.float32(b0_tesla / 3.0)
     m0 = _lookup("m0")
@@ -1076,7 +1200,7 @@ def simulate_head(
     amplitude = averages[3:]
 
     axes = grid_axes_mm(shape, voxel)
-    labels = head_labels(axes, dtype=np.int16)
+    labels = head_labels(axes, dtype=np.int16, rotation=rotation)
     brain_mask = np.isin(labels, BRAIN_LABELS)
     chi_relative[~brain_mask] = 0.0
 
@@ -1091,7 +1215,7 @@ def simulate_head(
         for echo, te in enumerate(echo_times):
             amplitude[echo] *= dephasing_factor(total_hz, float(te))
     # drawn even when unused, so the noise of a seed does not depend on phase_offset
-    phi0_model = phase_offset_map(axes, rng)
+    phi0_model = phase_offset_map(axes, rng, rotation)
     phi0 = phi0_model if phase_offset else np.zeros(shape, np.float32)
     beta = bipolar_error_map(axes, fov[0]) if bipolar else np.zeros(shape, np.float32)
     noisy = snr is not None and math.isfinite(float(snr))
@@ -1128,6 +1252,31 @@ def simulate_head(
         chi_air_ppm=chi_air,
         shim_field_hz=shim,
     )
+
+
+def _head_margins(
+    shape: Sequence[int], voxel_size_mm: Sequence[float], rotation: Optional[np.ndarray]
+) -> tuple[int, int, int]:
+    """Voxels to add on each side of each axis so that a grid of orientation ``rotation`` holds the whole head."""
+    rotation = np.eye(3) if rotation is None else np.asarray(rotation, np.float64)
+    low, high = np.full(3, np.inf), np.full(3, -np.inf)
+    for shape_ in ANATOMY:
+        if isinstance(shape_, _Ellipsoid) and shape_.angles_deg == (0.0, 0.0) or isinstance(shape_, _FoldedEllipsoid):
+            # exact extent of an axis-aligned ellipsoid along each grid axis u = rotation[:, j]
+            semi = np.asarray(shape_.limit_semi_axes if isinstance(shape_, _FoldedEllipsoid) else shape_.semi_axes)
+            centre = np.asarray(shape_.centre) @ rotation
+            reach = np.sqrt(((semi[:, None] * rotation) ** 2).sum(axis=0))
+            lo, hi = centre - reach, centre + reach
+        else:
+            box_low, box_high = _world_bounds(shape_)
+            corners = np.array(list(itertools.product(*zip(box_low, box_high)))) @ rotation
+            lo, hi = corners.min(axis=0), corners.max(axis=0)
+        low, high = np.minimum(low, lo), np.maximum(high, hi)
+    margins = []
+    for n, v, lo, hi in zip(shape, voxel_size_mm, low, high):
+        beyond = max(-lo, hi) / float(v) - int(n) / 2.0  # voxels missing on the worse side
+        margins.append(int(math.ceil(beyond)) + 1 if beyond > 0 else 0)
+    return margins[0], margins[1], margins[2]
 
 
 def _three_positive(values: Sequence[float], name: str) -> tuple[float, float, float]:

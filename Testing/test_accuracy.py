@@ -28,10 +28,26 @@ ROI_ERROR_MAX_PPB = 30.0
 # dipole inversion from the true local field (12.7 % vs 10.1 %) are nearly equal.
 OBLIQUE_NRMSE_SLACK = 12.0
 OBLIQUE_DIPOLE_NRMSE_SLACK = 5.0
+# Oblique slices (acquisition_tilt_deg): the same head and B0 as the axial phantom on a
+# grid tilted by 20 degrees, so only the geometry handling differs (see the test).
+TILTED_NRMSE_SLACK = 20.0
+TILTED_CORRELATION_SLACK = 0.1
 
 
 def _evaluate(oblique_deg):
     phantom = simulate_head(voxel_size_mm=(VOXEL_MM,) * 3, oblique_deg=oblique_deg, snr=100.0, seed=1)
+    return _score(phantom)
+
+
+def _evaluate_tilted(acquisition_tilt_deg):
+    # oblique slices: the same head and B0 as the axial phantom, on a rotated grid
+    phantom = simulate_head(
+        voxel_size_mm=(VOXEL_MM,) * 3, acquisition_tilt_deg=acquisition_tilt_deg, snr=100.0, seed=1
+    )
+    return _score(phantom)
+
+
+def _score(phantom):
     result = run_pipeline(phantom.acquisition, load_config("consensus"))
     region = result.local_mask & phantom.brain_mask
     deep_grey = {k: v for k, v in phantom.label_names.items() if v in DEEP_GREY_MATTER}
@@ -55,6 +71,11 @@ def axial():
 @pytest.fixture(scope="module")
 def oblique():
     return _evaluate(20.0)
+
+
+@pytest.fixture(scope="module")
+def tilted():
+    return _evaluate_tilted(20.0)
 
 
 def test_default_pipeline_recovers_the_phantom(axial):
@@ -97,3 +118,20 @@ def test_ignoring_the_oblique_b0_is_measurably_worse(oblique):
     wrong = run_pipeline(acquisition, load_config("consensus"))
     region = wrong.local_mask & phantom.brain_mask
     assert metrics.nrmse(wrong.chi_ppm, phantom.chi_ppm, region) > oblique["chi"]["nrmse"] + 10
+
+
+def test_oblique_slices_stay_close_to_axial(axial, tilted):
+    # Same physics as the axial phantom, only the grid is rotated, so this isolates the
+    # geometry handling (B0 from the affine). Measured at 2 mm: chi NRMSE 61.1 vs 43.8 %,
+    # correlation 0.820 vs 0.901, dentate -51 vs -23 ppb. The phase stage is as exact
+    # (0.27 vs 0.29 Hz); V-SHARP + TV lose more on the rotated grid (from the true local
+    # field TV gives 14.5 vs 10.1 %; with supersample=1 both give 8.1 %). That gap is an
+    # open problem; these bounds keep it from growing.
+    assert np.linalg.norm(tilted["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
+    assert tilted["coverage"] > 0.85 and tilted["outside"] < 0.05
+    assert tilted["chi"]["nrmse"] < axial["chi"]["nrmse"] + TILTED_NRMSE_SLACK
+    assert tilted["chi"]["correlation"] > axial["chi"]["correlation"] - TILTED_CORRELATION_SLACK
+    errors = dict(tilted["roi_errors_ppb"])
+    assert len(errors) == len(DEEP_GREY_MATTER)
+    assert abs(errors.pop("dentate")) < 60.0
+    assert max(abs(v) for v in errors.values()) < ROI_ERROR_MAX_PPB, tilted["roi_errors_ppb"]

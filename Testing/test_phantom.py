@@ -282,6 +282,61 @@ def test_oblique_acquisition_is_expressed_in_the_affine(clean: P.HeadPhantom) ->
     assert relative_error(tilted.local_field_hz, clean.local_field_hz, clean.brain_mask) > 0.1
 
 
+@pytest.fixture(scope="module")
+def oblique_slices() -> P.HeadPhantom:
+    """The ``head`` phantom acquired with slices tilted by 20 degrees (same head in the scanner)."""
+    return P.simulate_head(voxel_size_mm=(2.0, 2.0, 2.0), seed=3, acquisition_tilt_deg=20.0)
+
+
+def test_oblique_slices_rotate_the_grid_not_the_physics(head: P.HeadPhantom, oblique_slices: P.HeadPhantom) -> None:
+    acq = oblique_slices.acquisition
+    angle = np.radians(20.0)
+    rotation = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+    direction = acq.affine[:3, :3] / 2.0
+    np.testing.assert_allclose(direction, rotation, atol=1e-12)
+    np.testing.assert_allclose(acq.b0_direction, direction.T @ np.array([0.0, 0.0, 1.0]), atol=1e-12)
+    np.testing.assert_allclose(acq.b0_direction, b0_direction_from_affine(acq.affine), atol=1e-12)
+    assert oblique_slices.labels.shape == head.labels.shape
+    # the head appears rotated in the array
+    assert np.mean(oblique_slices.labels != head.labels) > 0.02
+    for name in ("chi_ppm", "local_field_hz", "total_field_hz", "phase_offset_rad", "chi_air_ppm"):
+        assert np.all(np.isfinite(getattr(oblique_slices, name))), name
+    np.testing.assert_allclose(
+        oblique_slices.total_field_hz, oblique_slices.local_field_hz + oblique_slices.background_field_hz, atol=1e-3
+    )
+    # same physics, resampled. Measured at 2 mm: brain volume 0.04 %, local field mean/SD 0.1 %,
+    # deep grey matter chi mean/SD 0.3 % / 0.6 %.
+    voxel_ml = 8.0 / 1000.0
+    assert oblique_slices.brain_mask.sum() * voxel_ml == pytest.approx(head.brain_mask.sum() * voxel_ml, rel=0.02)
+    local = [ph.local_field_hz[ph.brain_mask] for ph in (head, oblique_slices)]
+    assert float(local[1].std()) == pytest.approx(float(local[0].std()), rel=0.03)
+    assert abs(float(local[1].mean() - local[0].mean())) < 0.03 * float(local[0].std())
+    dgm_labels = list(P.deep_grey_matter_labels())
+    dgm = [ph.chi_ppm[np.isin(ph.labels, dgm_labels)] for ph in (head, oblique_slices)]
+    assert float(dgm[1].mean()) == pytest.approx(float(dgm[0].mean()), rel=0.03)
+    assert float(dgm[1].std()) == pytest.approx(float(dgm[0].std()), rel=0.03)
+
+
+def test_oblique_slices_see_the_same_field_in_world_coordinates(
+    head: P.HeadPhantom, oblique_slices: P.HeadPhantom
+) -> None:
+    """Total field at world points inside the brain: axial voxel vs the nearest tilted voxel."""
+    core = np.argwhere(ndi.binary_erosion(head.brain_mask, iterations=4))
+    points = core[np.random.default_rng(0).choice(len(core), 300, replace=False)]
+    world = head.acquisition.affine @ np.c_[points, np.ones(len(points))].T
+    nearest = np.rint(np.linalg.inv(oblique_slices.acquisition.affine) @ world)[:3].T.astype(int)
+    assert np.all((nearest >= 0) & (nearest < oblique_slices.brain_mask.shape))
+    assert oblique_slices.brain_mask[tuple(nearest.T)].all()
+    axial = head.total_field_hz[tuple(points.T)].astype(np.float64)
+    tilted = oblique_slices.total_field_hz[tuple(nearest.T)].astype(np.float64)
+    spread = float(np.ptp(axial))
+    # measured (500 points): range 92 Hz, RMS difference 0.5 Hz (0.6 %), largest 4.6 Hz (5 %), from
+    # sampling up to 1.7 mm apart near the sinus; cutting the head at the tilted slab gave 31 Hz
+    assert np.sqrt(np.mean((tilted - axial) ** 2)) < 0.02 * spread
+    assert np.abs(tilted - axial).max() < 0.1 * spread
+    assert np.corrcoef(axial, tilted)[0, 1] > 0.99
+
+
 def test_bipolar_error_only_on_even_echoes(clean: P.HeadPhantom) -> None:
     bipolar = P.simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), snr=None, phase_offset=False, bipolar=True)
     assert bipolar.acquisition.bipolar
@@ -359,6 +414,8 @@ def test_anisotropic_voxels() -> None:
         dict(shim_order=3),
         dict(pad_factor=0.5),
         dict(fov_mm=(1.0, 224.0, 176.0)),
+        dict(oblique_deg=10.0, acquisition_tilt_deg=10.0),
+        dict(acquisition_tilt_deg=float("nan")),
     ],
 )
 def test_bad_input_is_refused(kwargs: dict) -> None:
