@@ -87,7 +87,7 @@ class PipelineConfig:
     echo_fit: StageConfig = field(default_factory=lambda: StageConfig("weighted_linear", {"intercept": False}))
     mask: StageConfig = field(default_factory=lambda: StageConfig("phase_quality"))
     background: StageConfig = field(default_factory=lambda: StageConfig("vsharp"))
-    inversion: StageConfig = field(default_factory=lambda: StageConfig("tv"))
+    inversion: StageConfig = field(default_factory=lambda: StageConfig("medi"))
     reference: StageConfig = field(default_factory=lambda: StageConfig("whole_brain"))
     relaxometry: StageConfig = field(default_factory=lambda: StageConfig("none"))
     per_echo: bool = False

@@ -93,7 +93,7 @@ class QSMProcessingParameterNode:
     backgroundMethod: Annotated[str, Choice(list(Parameters.BACKGROUND_METHODS))] = Parameters.BACKGROUND_METHODS[0]
     backgroundRadiusMm: Annotated[float, WithinRange(1.0, 30.0), Decimals(1)] = 12.0
     inversionMethod: Annotated[str, Choice(list(Parameters.INVERSION_METHODS))] = Parameters.INVERSION_METHODS[0]
-    inversionParameter: Annotated[float, WithinRange(0.0, 1000.0), Decimals(6)] = 2e-4
+    inversionParameter: Annotated[float, WithinRange(0.0, 1000.0), Decimals(6)] = 100.0
     referenceMethod: Annotated[str, Choice(list(Parameters.REFERENCE_METHODS))] = Parameters.REFERENCE_METHODS[0]
     outputTotalField: bool = False
     outputLocalField: bool = False

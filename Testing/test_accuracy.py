@@ -13,25 +13,23 @@ from QSMLib.phantom import DEEP_GREY_MATTER, simulate_head
 from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
 
 VOXEL_MM = 2.0
-# Bounds a little above what the consensus preset measures at 2 mm (noted in the
-# issue-2 closing note: chi NRMSE 45 %, correlation 0.89, local field NRMSE 51 %,
-# deep grey matter within 22 ppb). Background removal dominates the error:
-# from the true local field the same inversion reaches 10 % and 3 ppb
-# (test_inversion_accuracy.py), from the true total field V-SHARP + TV 42 %.
-LOCAL_FIELD_NRMSE_MAX = 65.0
-CHI_NRMSE_MAX = 55.0
-CHI_CORRELATION_MIN = 0.85
+# Bounds a little above what the consensus preset (V-SHARP + MEDI) measures at 2 mm,
+# seed 1: chi NRMSE 40.4 %, correlation 0.915, local field NRMSE 47.6 %, deep grey
+# matter within 23 ppb. Background removal dominates the error: the phase stage is
+# exact to 0.3 Hz and, from the true local field, the inversions reach 10-12 %
+# (test_inversion_accuracy.py), while V-SHARP from the true total field loses
+# the smooth part of the local field.
+LOCAL_FIELD_NRMSE_MAX = 60.0
+CHI_NRMSE_MAX = 50.0
+CHI_CORRELATION_MIN = 0.88
 ROI_ERROR_MAX_PPB = 30.0
-# The oblique phantom tilts B0 against the head (a head tilt), which changes
-# the physical field; V-SHARP loses more of the local field then (51 % vs 42 %
-# from the true total field), while the phase stage (0.26 vs 0.29 Hz) and the
-# dipole inversion from the true local field (12.7 % vs 10.1 %) are nearly equal.
-OBLIQUE_NRMSE_SLACK = 12.0
+# Head tilt (oblique_deg, B0 oblique to the anatomy: different physics) measures
+# 42.9 % and 0.903; oblique slices (acquisition_tilt_deg, same physics on a grid
+# tilted by 20 degrees) 43.9 % and 0.899.
+OBLIQUE_NRMSE_SLACK = 6.0
 OBLIQUE_DIPOLE_NRMSE_SLACK = 5.0
-# Oblique slices (acquisition_tilt_deg): the same head and B0 as the axial phantom on a
-# grid tilted by 20 degrees, so only the geometry handling differs (see the test).
-TILTED_NRMSE_SLACK = 20.0
-TILTED_CORRELATION_SLACK = 0.1
+TILTED_NRMSE_SLACK = 6.0
+TILTED_CORRELATION_SLACK = 0.03
 
 
 def _evaluate(oblique_deg):
@@ -101,9 +99,9 @@ def _dipole_only_nrmse(evaluation):
 def test_oblique_acquisition_is_nearly_as_accurate_as_axial(axial, oblique):
     assert np.linalg.norm(oblique["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
     assert oblique["chi"]["nrmse"] < axial["chi"]["nrmse"] + OBLIQUE_NRMSE_SLACK
-    assert oblique["chi"]["correlation"] > axial["chi"]["correlation"] - 0.06
+    assert oblique["chi"]["correlation"] > axial["chi"]["correlation"] - 0.03
     errors = np.abs(list(oblique["roi_errors_ppb"].values()))
-    assert errors.max() < ROI_ERROR_MAX_PPB + 10, oblique["roi_errors_ppb"]
+    assert errors.max() < ROI_ERROR_MAX_PPB, oblique["roi_errors_ppb"]
     assert _dipole_only_nrmse(oblique) < _dipole_only_nrmse(axial) + OBLIQUE_DIPOLE_NRMSE_SLACK
 
 
@@ -120,18 +118,15 @@ def test_ignoring_the_oblique_b0_is_measurably_worse(oblique):
     assert metrics.nrmse(wrong.chi_ppm, phantom.chi_ppm, region) > oblique["chi"]["nrmse"] + 10
 
 
-def test_oblique_slices_stay_close_to_axial(axial, tilted):
+def test_oblique_slices_are_as_accurate_as_axial(axial, tilted):
     # Same physics as the axial phantom, only the grid is rotated, so this isolates the
-    # geometry handling (B0 from the affine). Measured at 2 mm: chi NRMSE 61.1 vs 43.8 %,
-    # correlation 0.820 vs 0.901, dentate -51 vs -23 ppb. The phase stage is as exact
-    # (0.27 vs 0.29 Hz); V-SHARP + TV lose more on the rotated grid (from the true local
-    # field TV gives 14.5 vs 10.1 %; with supersample=1 both give 8.1 %). That gap is an
-    # open problem; these bounds keep it from growing.
+    # geometry handling (B0 from the affine). With linear TV instead of MEDI the tilted
+    # grid measured 61 % against 44 %: TV's finite-difference prior favours edges along
+    # the grid axes, which is why the consensus preset inverts with MEDI.
     assert np.linalg.norm(tilted["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
     assert tilted["coverage"] > 0.85 and tilted["outside"] < 0.05
     assert tilted["chi"]["nrmse"] < axial["chi"]["nrmse"] + TILTED_NRMSE_SLACK
     assert tilted["chi"]["correlation"] > axial["chi"]["correlation"] - TILTED_CORRELATION_SLACK
-    errors = dict(tilted["roi_errors_ppb"])
+    errors = np.abs(list(tilted["roi_errors_ppb"].values()))
     assert len(errors) == len(DEEP_GREY_MATTER)
-    assert abs(errors.pop("dentate")) < 60.0
-    assert max(abs(v) for v in errors.values()) < ROI_ERROR_MAX_PPB, tilted["roi_errors_ppb"]
+    assert errors.max() < ROI_ERROR_MAX_PPB, tilted["roi_errors_ppb"]

@@ -16,7 +16,7 @@ CUSTOM_PRESET = "custom"
 #: Methods offered per stage in the Advanced section (QSMLib registry names).
 UNWRAP_METHODS = ("romeo", "laplacian")
 BACKGROUND_METHODS = ("vsharp", "pdf", "lbv")
-INVERSION_METHODS = ("tv", "nltv", "medi", "rts", "l2", "tkd")
+INVERSION_METHODS = ("medi", "tv", "nltv", "rts", "l2", "tkd")
 REFERENCE_METHODS = ("whole_brain", "csf")
 
 #: The one main parameter per method the Advanced section exposes: (keyword, QSMLib default).
