@@ -121,15 +121,27 @@ def magnitude_mask(
     mask = largest_component(_opening(mask, opening_mm, voxel_size_mm) & mask)
     report(progress, 0.7, "Mask: fill holes")
     check_cancel(cancel)
-    mask = ndi.binary_fill_holes(mask)
+    return _finalise(
+        ndi.binary_fill_holes(mask), invalid, erosion_mm, voxel_size_mm, progress,
+        "The automatic mask is empty: the magnitude has no clear tissue/background contrast. "
+        "Give a brain mask (--mask).",
+    )
+
+
+def _finalise(
+    mask: np.ndarray,
+    invalid: np.ndarray | None,
+    erosion_mm: float,
+    voxel_size_mm: Sequence[float],
+    progress: ProgressCallback,
+    empty_message: str,
+) -> np.ndarray:
+    """Exclude invalid voxels, erode, and refuse an empty result with ``empty_message``."""
     if invalid is not None:
         mask &= ~invalid
     mask = erode(mask, erosion_mm, voxel_size_mm)
     if not mask.any():
-        raise QSMInputError(
-            "The automatic mask is empty: the magnitude has no clear tissue/background contrast. "
-            "Give a brain mask (--mask)."
-        )
+        raise QSMInputError(empty_message)
     report(progress, 1.0, "Mask done")
     return mask
 
@@ -206,17 +218,11 @@ def phase_quality_mask(
     if fit_residual_rad is not None:
         mask &= np.asarray(fit_residual_rad) <= residual_threshold_rad
     check_cancel(cancel)
-    mask = largest_component(ndi.binary_fill_holes(mask))
-    if invalid is not None:
-        mask &= ~invalid
-    mask = erode(mask, erosion_mm, voxel_size_mm)
-    if not mask.any():
-        raise QSMInputError(
-            "The phase-quality mask is empty: the phase is unreliable everywhere at these thresholds. Lower "
-            "quality_threshold / raise residual_threshold_rad, use the 'magnitude' mask, or give a mask (--mask)."
-        )
-    report(progress, 1.0, "Mask done")
-    return mask
+    return _finalise(
+        largest_component(ndi.binary_fill_holes(mask)), invalid, erosion_mm, voxel_size_mm, progress,
+        "The phase-quality mask is empty: the phase is unreliable everywhere at these thresholds. Lower "
+        "quality_threshold / raise residual_threshold_rad, use the 'magnitude' mask, or give a mask (--mask).",
+    )
 
 
 def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -213,10 +213,10 @@ def _part(header: Any) -> str:
         value = private.value
         # Without GE's private dictionary the element may be read as raw little-endian bytes (VR UN).
         number = int.from_bytes(value[:2], "little", signed=True) if isinstance(value, bytes) else value
-        try:
+        # An unknown or unreadable private value falls back to the standard ImageType tokens.
+        known = isinstance(number, (int, float)) and int(number) in _GE_IMAGE_TYPE
+        if known:
             return _GE_IMAGE_TYPE[int(number)]
-        except (KeyError, TypeError, ValueError):
-            pass
     tokens = [str(t).upper() for t in (header.get("ImageType") or [])][2:]
     for token in tokens:
         if token in _IMAGE_TYPE_TOKENS:
