@@ -193,11 +193,10 @@ def _preset(**stages: Any) -> PipelineConfig:
 #: 2024 ISMRM QSM consensus as far as the registered methods allow.
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {
     "consensus": lambda: _preset(),
-    "fast": lambda: _preset(
-        phase_offset={"method": "none"}, unwrap={"method": "laplacian"},
-        echo_fit={"method": "weighted_linear", "params": {"intercept": True}}, mask={"method": "magnitude"},
-        inversion={"method": "l2"},
-    ),
+    # The consensus phase processing with the quicker linear TV inversion. Laplacian
+    # unwrapping is not used here: on the phantom (sinus fields, phase offsets) every
+    # Laplacian-based chain measured chi NRMSE 117-320 %; it stays available by name.
+    "fast": lambda: _preset(inversion={"method": "tv"}),
 }
 DEFAULT_PRESET = "consensus"
 

@@ -48,7 +48,7 @@ def test_run_writes_named_outputs_on_the_input_grid(toy_files, tmp_path, capsys)
     assert [r.split("\t")[1] for r in rows[1:]] == ["brain", "blob"]
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["software"]["QSMLib"]
-    assert provenance["config"]["inversion"]["method"] == "l2"
+    assert provenance["config"]["inversion"]["method"] == "tv"
     assert provenance["inputs"]["echo_times_s"] == list(ECHO_TIMES_S)
     assert len(provenance["inputs"]["files"]) == 7 and all(len(v) == 64 for v in provenance["inputs"]["files"].values())
     assert set(provenance["timings_s"]) >= {"unwrap", "echo_fit", "background", "inversion"}
