@@ -10,7 +10,8 @@ from QSMLib.inversion.kernel import forward_field
 from QSMLib.io.nifti import write_volume
 from QSMLib.units import ppm_to_hz
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Real scanner data kept in the repository (see Testing/data/README.md for source and licence).
+TEST_DATA = Path(__file__).resolve().parent / "data"
 ECHO_TIMES_S = (0.004, 0.008, 0.012)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from synthetic import ECHO_TIMES_S, SHARED_DATA, toy_files, toy_head, write_acquisition  # noqa: F401
+from synthetic import ECHO_TIMES_S, TEST_DATA, toy_files, toy_head, write_acquisition  # noqa: F401
 
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, main
 from QSMLib.io.nifti import read_volume, write_volume
@@ -150,7 +150,7 @@ def test_console_script_reports_error_without_traceback(tmp_path):
 
 
 def test_real_in_vivo_crop_end_to_end(tmp_path, capsys):
-    data = SHARED_DATA / "invivo_3echo_crop"
+    data = TEST_DATA / "invivo_3echo_crop"
     out = tmp_path / "invivo"
     code, _, stderr = _run(["run", "--mag", str(data / "mag.nii.gz"), "--phase", str(data / "phase.nii.gz"),
                             "--te", "0.004,0.008,0.012", "--b0", "3", "--out", str(out)], capsys)

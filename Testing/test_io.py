@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from synthetic import SHARED_DATA
+from synthetic import TEST_DATA
 
 from QSMLib.errors import QSMInputError, QSMWarning
 from QSMLib.io.nifti import load_acquisition, read_volume, write_volume
 from QSMLib.phase.scaling import detect_phase_scale, phase_to_radians
 from QSMLib.units import GAMMA_BAR_HZ_PER_T
 
-DATA = SHARED_DATA / "invivo_3echo_crop"
+DATA = TEST_DATA / "invivo_3echo_crop"
 
 
 @pytest.fixture

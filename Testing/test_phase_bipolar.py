@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic import SHARED_DATA
+from synthetic import TEST_DATA
 
 from QSMLib.errors import QSMInputError
 from QSMLib.fieldmap import weighted_linear
@@ -101,7 +101,7 @@ def test_detection(monopolar, bipolar):
 
 
 def test_real_monopolar_data_are_not_called_bipolar():
-    folder = SHARED_DATA / "invivo_3echo_crop"
+    folder = TEST_DATA / "invivo_3echo_crop"
     acq, _ = load_acquisition([folder / "mag.nii.gz"], [folder / "phase.nii.gz"],
                               echo_times_s=[0.004, 0.008, 0.012], b0_tesla=3.0)
     assert not looks_bipolar(acq.phase, acq.magnitude, acq.echo_times_s)

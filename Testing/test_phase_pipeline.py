@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from synthetic import SHARED_DATA
+from synthetic import TEST_DATA
 
 from QSMLib.acquisition import MultiEchoGRE
 from QSMLib.errors import QSMWarning
@@ -64,7 +64,7 @@ def test_consensus_phase_stages_in_the_pipeline(head):
 
 def test_nan_voxels_of_real_data_are_excluded():
     # The NaN test file: radians beyond +-pi (wrapped here, as --phase-scale radians does) and a NaN column.
-    raw, affine = read_volume(SHARED_DATA / "invivo_3echo_crop" / "phase_with_nan_2echo.nii.gz")
+    raw, affine = read_volume(TEST_DATA / "invivo_3echo_crop" / "phase_with_nan_2echo.nii.gz")
     magnitude = np.ones(raw.shape, np.float32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 from scipy.sparse.csgraph import minimum_spanning_tree
-from synthetic import SHARED_DATA
+from synthetic import TEST_DATA
 
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.fieldmap import weighted_linear
@@ -28,7 +28,7 @@ from QSMLib.unwrap.romeo import (
 )
 
 ECHO_TIMES_S = (0.004, 0.008, 0.012, 0.016, 0.020)
-INVIVO = SHARED_DATA / "invivo_3echo_crop"
+INVIVO = TEST_DATA / "invivo_3echo_crop"
 
 
 def two_pi_error_fraction(unwrapped: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
