@@ -4,13 +4,11 @@ The public API, in pipeline order; every stage is also usable on its own
 from its module (``QSMLib.unwrap``, ``QSMLib.background``, ``QSMLib.inversion``...).
 """
 
-__version__ = "0.1.0"
-
-from .acquisition import MultiEchoGRE  # noqa: E402
-from .errors import QSMCancelled, QSMInputError, QSMWarning  # noqa: E402
-from .io.nifti import load_acquisition, read_volume, write_volume  # noqa: E402
-from .phantom import HeadPhantom, simulate_head  # noqa: E402
-from .pipeline import (  # noqa: E402
+from ._version import __version__
+from .acquisition import MultiEchoGRE
+from .errors import QSMCancelled, QSMInputError, QSMWarning
+from .io.nifti import load_acquisition, read_volume, write_volume
+from .pipeline import (
     PRESETS,
     PipelineConfig,
     QSMResult,
@@ -19,11 +17,10 @@ from .pipeline import (  # noqa: E402
     run_pipeline,
     run_pipeline_from_field,
 )
-from .roi import roi_statistics  # noqa: E402
+from .roi import roi_statistics
 
 __all__ = [
     "PRESETS",
-    "HeadPhantom",
     "MultiEchoGRE",
     "PipelineConfig",
     "QSMCancelled",
@@ -38,6 +35,5 @@ __all__ = [
     "roi_statistics",
     "run_pipeline",
     "run_pipeline_from_field",
-    "simulate_head",
     "write_volume",
 ]

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback
+from .dipole import unit_vector
 from .errors import QSMInputError, QSMWarning
-from .inversion.kernel import unit_vector
 
 
 def b0_direction_from_affine(affine: np.ndarray) -> np.ndarray:

@@ -49,8 +49,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
+from ._version import __version__
 from .errors import QSMInputError
 from .io.bids import (
     bids_name,
@@ -590,7 +590,7 @@ def _import_distributed() -> Any:
 
 def _worker_environment(out_dir: str) -> tuple[str, bool]:
     """QSMLib's version on a worker and whether it sees the output folder (run on every worker)."""
-    from . import __version__ as version
+    from ._version import __version__ as version
 
     return version, os.path.isdir(out_dir)
 
@@ -625,7 +625,7 @@ class _Client:
             raise
 
     def _check_workers(self, scheduler: Optional[str], out_dir: str) -> None:
-        from . import __version__ as version
+        from ._version import __version__ as version
 
         try:
             self.client.wait_for_workers(1, timeout=60)

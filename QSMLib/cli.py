@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import QSMCancelled, QSMInputError, QSMWarning
 from .io.nifti import load_acquisition, read_map_like, read_volume
 from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, check_output_folder, file_checksum, planned_files, write_outputs

@@ -7,45 +7,9 @@ from typing import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from ._morphology import dilate, erode, largest_component, otsu_threshold
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import QSMInputError
-
-
-def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """Erode a mask by a ball of ``radius_mm`` (exact Euclidean, anisotropic voxels)."""
-    if radius_mm <= 0:
-        return mask.copy()
-    return ndi.distance_transform_edt(mask, sampling=voxel_size_mm) > radius_mm
-
-
-def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """Dilate a mask by a ball of ``radius_mm``."""
-    if radius_mm <= 0:
-        return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=voxel_size_mm) <= radius_mm
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of a mask (empty stays empty)."""
-    labels, count = ndi.label(mask)
-    if count <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample (maximises between-class variance)."""
-    histogram, edges = np.histogram(values, bins=bins)
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    weight_low = np.cumsum(histogram)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(histogram * centres)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(centres[int(np.argmax(between))])
 
 
 def _opening(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:

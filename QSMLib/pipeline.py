@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
+from ._version import __version__
 from .acquisition import MultiEchoGRE
 from .background import METHODS as BACKGROUND_METHODS
 from .errors import QSMInputError, QSMWarning

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import scipy.ndimage as ndi
 
+from ._morphology import ventricle_mask
 from .errors import QSMInputError
 
 
@@ -56,75 +56,6 @@ def label(
 
 #: Label names (lower case) that :func:`csf` takes as the ventricles when no ``csf_label`` is given.
 CSF_LABEL_NAMES = ("csf", "ventricles", "ventricle", "lateral_ventricles", "lateral_ventricle")
-
-
-def ventricle_mask(
-    magnitude: np.ndarray,
-    mask: np.ndarray,
-    voxel_size_mm: Sequence[float],
-    *,
-    r2star_fraction: float = 0.35,
-    min_depth_mm: float = 12.0,
-    min_volume_ml: float = 0.3,
-) -> np.ndarray:
-    """Automatic lateral-ventricle (CSF) mask from multi-echo magnitude.
-
-    CSF has the lowest R2* in the brain (about 2-5 1/s at 3 T against 15-25
-    in white and grey matter). The apparent decay ``log(|S_1| / |S_last|)`` is
-    proportional to R2* whatever the echo times, so voxels whose decay is
-    below ``r2star_fraction`` of the brain's median decay count as CSF
-    (0.35 of a median near 20 1/s is MEDI's ``R2* < 5-7 1/s`` criterion,
-    Liu et al., MRM 2018). Only voxels deeper than ``min_depth_mm`` inside
-    the mask are kept (the ventricles lie deep; the sulcal CSF and the
-    partial-volume rim do not), after a one-voxel opening against noise,
-    and then the connected components of at least ``min_volume_ml`` and at
-    least a quarter of the largest one (the two lateral ventricles).
-
-    Parameters
-    ----------
-    magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
-        Magnitude of at least two echoes, increasing echo time.
-    mask : numpy.ndarray of bool, shape (n0, n1, n2)
-        Brain mask.
-    voxel_size_mm : sequence of 3 float
-        Voxel size per array axis.
-    r2star_fraction, min_depth_mm, min_volume_ml : float
-        See above.
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (n0, n1, n2)
-        The ventricle mask (empty when nothing qualifies).
-    """
-    magnitude = np.asarray(magnitude, dtype=np.float32)
-    mask = np.asarray(mask, dtype=bool)
-    if magnitude.ndim != 4 or magnitude.shape[0] < 2:
-        raise QSMInputError(
-            "An automatic CSF mask needs the magnitude of at least two echoes (to see the slow CSF decay); "
-            "give a label map with a CSF/ventricle label instead."
-        )
-    if magnitude.shape[1:] != mask.shape:
-        raise QSMInputError(
-            f"The magnitude has spatial shape {magnitude.shape[1:]} but the mask has {mask.shape}: they must match."
-        )
-    first, last = magnitude[0], magnitude[-1]
-    usable = mask & (first > 0) & (last > 0)
-    if not usable.any():
-        return np.zeros(mask.shape, dtype=bool)
-    decay = np.zeros(mask.shape, dtype=np.float32)
-    decay[usable] = np.log(first[usable] / last[usable])
-    median = float(np.median(decay[usable]))
-    if median <= 0:
-        return np.zeros(mask.shape, dtype=bool)
-    depth = ndi.distance_transform_edt(mask, sampling=voxel_size_mm)
-    candidates = usable & (decay < r2star_fraction * median) & (depth > min_depth_mm)
-    candidates = ndi.binary_opening(candidates)
-    components, count = ndi.label(candidates)
-    if count == 0:
-        return candidates
-    sizes = np.bincount(components.ravel())[1:] * float(np.prod(voxel_size_mm)) / 1000.0
-    keep = np.flatnonzero((sizes >= min_volume_ml) & (sizes >= 0.25 * sizes.max())) + 1
-    return np.isin(components, keep)
 
 
 def csf(

@@ -17,9 +17,9 @@ from typing import Optional, Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from ._morphology import otsu_threshold
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import QSMInputError
-from .masking import otsu_threshold
 
 #: Median of a Rayleigh distribution over its scale parameter, sqrt(2 ln 2).
 _RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from QSMLib.inversion.kernel import forward_field
+from QSMLib.dipole import forward_field
 from QSMLib.io.nifti import write_volume
 from QSMLib.units import ppm_to_hz
 

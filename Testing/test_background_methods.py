@@ -20,9 +20,9 @@ import pytest
 from QSMLib import metrics
 from QSMLib.background import METHODS
 from QSMLib.background.lbv import interior
+from QSMLib.dipole import forward_field, unit_vector
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import tv
-from QSMLib.inversion.kernel import forward_field, unit_vector
 from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PipelineConfig
 from QSMLib.units import ppm_to_hz

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from QSMLib import metrics
+from QSMLib._morphology import ventricle_mask
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.inversion import METHODS
 from QSMLib.phantom import deep_grey_matter_labels, simulate_head
-from QSMLib.referencing import ventricle_mask
 
 VOXEL_MM = 1.5
 

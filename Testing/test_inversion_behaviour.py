@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from QSMLib.dipole import forward_field, unit_vector
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import METHODS
-from QSMLib.inversion.kernel import forward_field, unit_vector
 from QSMLib.metrics import nrmse
 from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PipelineConfig, _tunable_parameters

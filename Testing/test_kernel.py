@@ -4,8 +4,8 @@ partial-volume voxelised, the answers come from closed-form physics)."""
 import numpy as np
 import pytest
 
+from QSMLib.dipole import dipole_kernel, forward_field, unit_vector
 from QSMLib.errors import QSMInputError
-from QSMLib.inversion.kernel import dipole_kernel, forward_field, unit_vector
 
 
 def _voxelised(shape, voxel_size_mm, inside, subsamples=4):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from QSMLib import _fft
 from QSMLib import phantom as P
 from QSMLib.acquisition import b0_direction_from_affine
+from QSMLib.dipole import dipole_kernel, forward_field
 from QSMLib.errors import QSMInputError
-from QSMLib.inversion.kernel import dipole_kernel, forward_field
 from QSMLib.units import ppm_to_hz
 
 qsm_forward = pytest.importorskip("qsm_forward")
@@ -144,10 +145,10 @@ def test_supersampled_fields_equal_fine_convolution_then_block_average() -> None
     for s in (2, 3):
         sources = [rng.standard_normal(tuple(s * n for n in coarse)).astype(np.float32) for _ in range(3)]
         fields = P.supersampled_fields(sources, voxel, b0, supersample=s, pad_factor=1.5)
-        padded = tuple(s * n for n in P._fft.padded_shape(coarse, 1.5))
+        padded = tuple(s * n for n in _fft.padded_shape(coarse, 1.5))
         kernel = dipole_kernel(padded, [v / s for v in voxel], b0, real=False).astype(np.float64)
         for source, field in zip(sources, fields):
-            spectrum = np.fft.fftn(P._fft.pad(source.astype(np.float64), padded))
+            spectrum = np.fft.fftn(_fft.pad(source.astype(np.float64), padded))
             fine = np.real(np.fft.ifftn(spectrum * kernel))[tuple(slice(0, s * n) for n in coarse)]
             expected = fine.reshape(coarse[0], s, coarse[1], s, coarse[2], s).mean(axis=(1, 3, 5))
             # s = 3 keeps the fine Nyquist, where the two discretisations of D differ slightly

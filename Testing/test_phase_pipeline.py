@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from synthetic import TEST_DATA
 
+from QSMLib._wrapping import wrap
 from QSMLib.acquisition import MultiEchoGRE
 from QSMLib.errors import QSMWarning
 from QSMLib.io.nifti import read_volume
 from QSMLib.phantom import simulate_head
-from QSMLib.phase.scaling import wrap
 from QSMLib.pipeline import DEFAULT_PRESET, PRESETS, PipelineConfig, run_pipeline
 
 

@@ -10,13 +10,13 @@ import scipy.sparse
 from scipy.sparse.csgraph import minimum_spanning_tree
 from synthetic import TEST_DATA
 
+from QSMLib._wrapping import wrap
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.io.nifti import load_acquisition, read_volume
 from QSMLib.masking import magnitude_mask
 from QSMLib.phantom import simulate_head
 from QSMLib.phase import mcpc3ds
-from QSMLib.phase.scaling import wrap
 from QSMLib.unwrap import METHODS, laplacian, romeo
 from QSMLib.unwrap.romeo import (
     _edge_levels,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from QSMLib._wrapping import wrap
 from QSMLib.errors import QSMInputError
-from QSMLib.phase.scaling import wrap
 from QSMLib.unwrap.temporal import temporal_unwrap
 
 

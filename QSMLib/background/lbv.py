@@ -25,10 +25,10 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from .. import _fft
+from .._morphology import erode
+from .._operators import conjugate_gradient
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import QSMInputError
-from ..inversion._operators import conjugate_gradient
-from ..masking import erode
 
 #: Jacobi damping of the multigrid smoother (optimal smoothing for the 7-point Laplacian is 6/7).
 _JACOBI_WEIGHT = 0.8

@@ -19,11 +19,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _fft
+from .._morphology import erode
+from .._operators import conjugate_gradient, data_weight, from_frame, to_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..dipole import dipole_kernel
 from ..errors import QSMInputError
-from ..inversion._operators import conjugate_gradient, data_weight, from_frame, to_frame
-from ..inversion.kernel import dipole_kernel
-from ..masking import erode
 
 
 def pdf(

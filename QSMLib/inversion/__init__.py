@@ -6,7 +6,7 @@ in ppm (zero outside ``mask``, not yet referenced). It may also accept
 ``field_weight`` (echo-fit reliability) or ``magnitude`` (echo, n0, n1, n2).
 """
 
-from .kernel import dipole_kernel, forward_field
+from ..dipole import dipole_kernel, forward_field
 from .l2 import l2
 from .medi import medi
 from .rts import rts

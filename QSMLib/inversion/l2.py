@@ -12,10 +12,11 @@ from typing import Sequence, Union
 import numpy as np
 
 from .. import _fft
+from .._operators import gradient_eigenvalues, inversion_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
-from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
 
 #: Default ``lambda`` per squared voxel size: ``lambda = 0.003 h^2`` mm^2 (``h`` the geometric
 #: mean voxel size in mm) gave the lowest NRMSE on the numerical head phantom at 1 and 2 mm.

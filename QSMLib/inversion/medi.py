@@ -23,11 +23,21 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _fft
+from .._morphology import ventricle_mask
+from .._operators import (
+    conjugate_gradient,
+    data_weight,
+    from_frame,
+    gradient,
+    gradient_adjoint,
+    gradient_eigenvalues,
+    inversion_frame,
+    to_frame,
+)
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
-from ._operators import conjugate_gradient, data_weight, from_frame, gradient, gradient_adjoint, to_frame
-from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
 from .l2 import default_regularization
 
 #: Smoothing of |grad x| in the IRLS weights, rad^2/mm^2 (MEDI's ``e = 1e-6``).
@@ -118,7 +128,7 @@ def medi(
     csf_regularization : float
         ``lambda_CSF`` of MEDI+0 (100 in the paper); 0 switches it off. Needs
         multi-echo ``magnitude`` to find the lateral ventricles (see
-        :func:`QSMLib.referencing.ventricle_mask`).
+        :func:`QSMLib._morphology.ventricle_mask`).
     initial : {"zero", "l2"}
         Starting point: ``"zero"`` is MEDI's own. ``"l2"`` starts from the
         closed-form L2 solution (:func:`QSMLib.inversion.l2.l2` defaults),
@@ -170,7 +180,6 @@ def medi(
         if magnitude is None:
             raise QSMInputError("MEDI+0 (csf_regularization > 0) needs the multi-echo magnitude to find the "
                                 "ventricles; give it or set csf_regularization to 0.")
-        from ..referencing import ventricle_mask
 
         csf = to_frame(ventricle_mask(magnitude, mask, voxel_size_mm).astype(np.float32), box, shape) > 0
         if not csf.any():

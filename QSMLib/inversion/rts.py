@@ -20,11 +20,11 @@ import numpy as np
 import scipy.sparse.linalg
 
 from .. import _fft
+from .._operators import from_frame, gradient, gradient_adjoint, gradient_eigenvalues, inversion_frame, to_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
-from ._operators import from_frame, gradient, gradient_adjoint, to_frame
-from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
 
 
 def _soft_threshold_in_place(values: np.ndarray, threshold: float, work: np.ndarray) -> None:

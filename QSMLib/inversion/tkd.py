@@ -7,9 +7,10 @@ from typing import Sequence
 import numpy as np
 
 from .. import _fft
+from .._operators import inversion_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..dipole import dipole_kernel
 from ..units import hz_to_ppm
-from .kernel import dipole_kernel, inversion_frame
 
 
 def tkd(

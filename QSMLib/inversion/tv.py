@@ -23,11 +23,19 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import _fft
+from .._operators import (
+    data_weight,
+    from_frame,
+    gradient,
+    gradient_adjoint,
+    gradient_eigenvalues,
+    inversion_frame,
+    to_frame,
+)
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
-from ._operators import data_weight, from_frame, gradient, gradient_adjoint, to_frame
-from .kernel import dipole_kernel, gradient_eigenvalues, inversion_frame
 
 #: Builds the voxel-wise data-term update from ``(field, weight_squared, mu)``: a
 #: function ``v -> y`` minimising ``f(y; field, weight) + mu/2 (y - v)^2``.

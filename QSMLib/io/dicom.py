@@ -37,8 +37,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import __version__
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from .._version import __version__
 from ..errors import QSMInputError
 from .bids import bids_name, dataset_description, write_json_atomic, write_text_atomic
 from .nifti import write_volume

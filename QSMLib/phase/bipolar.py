@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from .._wrapping import exclude_non_finite, wrap_in_place
 from ..errors import QSMInputError
-from ..unwrap.romeo import exclude_non_finite, wrap_in_place
 from .offsets import mcpc3ds, phase_slopes, signal_region
 
 #: Relative tolerance on equal echo spacing.

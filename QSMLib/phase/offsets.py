@@ -23,10 +23,11 @@ from typing import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from .._morphology import otsu_threshold
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from .._wrapping import exclude_non_finite, wrap_in_place
 from ..errors import QSMInputError
-from ..masking import otsu_threshold
-from ..unwrap.romeo import exclude_non_finite, romeo_unwrap_volume, wrap_in_place
+from ..unwrap.romeo import romeo_unwrap_volume
 
 _TWO_PI = np.float32(2.0 * np.pi)
 

@@ -119,8 +119,3 @@ def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.
         )
     wrapped = np.mod(radians + np.pi, 2.0 * np.pi) - np.pi
     return wrapped.astype(np.float32), applied
-
-
-def wrap(phase: np.ndarray) -> np.ndarray:
-    """Wrap phase (radians) to [-pi, pi), keeping the dtype."""
-    return (np.mod(phase + np.pi, 2.0 * np.pi) - np.pi).astype(np.asarray(phase).dtype, copy=False)

@@ -28,6 +28,7 @@ import scipy.sparse
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from .._wrapping import exclude_non_finite, wrap_in_place
 from ..errors import QSMInputError
 from .temporal import temporal_unwrap
 
@@ -39,43 +40,6 @@ _NO_EDGE = np.uint8(255)
 #: above 0.7, background noise about 0.01 with the default weights).
 _SIGNAL_QUALITY = 0.05
 _TWO_PI = np.float32(2.0 * np.pi)
-_PI = np.float32(np.pi)
-
-
-def wrap_in_place(values: np.ndarray) -> np.ndarray:
-    """Wrap float32 radians to [-pi, pi) in place and return them.
-
-    ``x - 2 pi rint(x / 2 pi)`` is several times faster than ``np.remainder``.
-    """
-    turns = values * np.float32(0.5 / np.pi)
-    np.rint(turns, out=turns)
-    turns *= _TWO_PI
-    values -= turns
-    values[values >= _PI] -= _TWO_PI
-    return values
-
-
-def exclude_non_finite(phase: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zero the voxels where any echo of phase or magnitude is NaN or infinite.
-
-    Parameters
-    ----------
-    phase, magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
-
-    Returns
-    -------
-    phase, magnitude : numpy.ndarray of float32
-        The inputs (copies only when something was replaced), 0 at invalid voxels.
-    invalid : numpy.ndarray of bool, shape (n0, n1, n2)
-        Voxels non-finite in any echo; methods give NaN there ("NaN in, NaN out").
-    """
-    phase = np.asarray(phase, dtype=np.float32)
-    magnitude = np.asarray(magnitude, dtype=np.float32)
-    invalid = np.any(~np.isfinite(phase), axis=0) | np.any(~np.isfinite(magnitude), axis=0)
-    if invalid.any():
-        phase = np.where(invalid, np.float32(0.0), phase)
-        magnitude = np.where(invalid, np.float32(0.0), magnitude)
-    return phase, magnitude, invalid
 
 
 def _pair_slices(axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:

@@ -1,10 +1,10 @@
-"""Building blocks shared by the iterative inversions.
+"""Building blocks shared by background removal and the iterative inversions.
 
 Finite differences written with slices into preallocated arrays (``np.roll``
-would allocate a copy per axis per iteration), the data weight every
-weighted method normalises the same way, moving volumes in and out of the
-solve frame, and a conjugate gradient solver that checks ``cancel`` between
-iterations.
+would allocate a copy per axis per iteration) and their k-space eigenvalues,
+the data weight every weighted method normalises the same way, the solve
+frame (the mask's bounding box, zero padded) and moving volumes in and out of
+it, and a conjugate gradient solver that checks ``cancel`` between iterations.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .._progress import CancelToken, check_cancel
-from ..errors import QSMInputError
+from . import _fft
+from ._progress import CancelToken, check_cancel
+from .errors import QSMInputError
 
 
 def gradient(volume: np.ndarray, voxel_size_mm: Sequence[float], out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Periodic forward differences per mm, shape (3, n0, n1, n2).
-
-    Same values as :func:`QSMLib.inversion.kernel.forward_gradient`.
-    """
+    """Periodic forward differences per mm, shape (3, n0, n1, n2)."""
     if out is None:
         out = np.empty((3, *volume.shape), dtype=np.float32)
     for axis, voxel in enumerate(voxel_size_mm):
@@ -49,6 +47,34 @@ def gradient_adjoint(
         target[:1] += source[-1:] * scale
         target -= source * scale
     return out
+
+
+def gradient_eigenvalues(shape: Sequence[int], voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """``sum_a |E_a|^2`` for periodic forward differences on the rfft grid (1/mm^2).
+
+    ``E_a = (exp(2 pi i k_a v_a) - 1) / v_a`` is the forward difference along
+    axis ``a`` in k-space (see :func:`gradient`); the sum is the negated
+    Laplacian's spectrum.
+    """
+    grids = _fft.frequency_grids(shape, voxel_size_mm, real=True)
+    total = np.zeros(tuple(len(g.reshape(-1)) for g in grids), dtype=np.float32)
+    for k, voxel in zip(grids, voxel_size_mm):
+        total = total + (2.0 - 2.0 * np.cos(2.0 * np.pi * k * voxel)) / np.float32(voxel * voxel)
+    return total.astype(np.float32)
+
+
+def inversion_frame(
+    mask: np.ndarray, pad_factor: float, margin_voxels: int = 4
+) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+    """Where to solve: the mask's bounding box and its padded FFT shape.
+
+    Solving on the box around the mask (plus a margin), zero padded by
+    ``pad_factor``, gives the same result as the full field of view (the
+    local field is zero outside the mask) at a fraction of the cost.
+    """
+    box = _fft.mask_bounding_box(mask, [margin_voxels] * 3)
+    box_shape = tuple(s.stop - s.start for s in box)
+    return box, _fft.padded_shape(box_shape, pad_factor)
 
 
 def data_weight(mask: np.ndarray, field_weight: Optional[np.ndarray]) -> np.ndarray:
