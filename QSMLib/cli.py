@@ -19,22 +19,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from . import run
 from ._version import __version__
-from .errors import QSMCancelled, QSMInputError, QSMWarning
-from .io.nifti import load_acquisition, read_map_like, read_volume
-from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, check_output_folder, file_checksum, planned_files, write_outputs
-from .masking import validate_user_mask
-from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
-from .pipeline import (
-    PRESETS,
-    PipelineConfig,
-    QSMResult,
-    StageConfig,
-    load_config,
-    run_pipeline,
-    run_pipeline_from_field,
-)
-from .roi import read_label_names
+from .errors import QSMCancelled, QSMInputError
+from .io.results import MAP_FILES, check_output_folder, planned_files, write_outputs
+from .pipeline import PRESETS, load_config, run_pipeline
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 EXIT_SOME_FAILED = 3
@@ -109,24 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--oblique", type=float, default=0.0, help="acquisition tilt in degrees (default 0)")
     _add_common(demo)
 
-    run = commands.add_parser("run", help="process one multi-echo GRE acquisition (or a field map)")
-    run.add_argument("--mag", nargs="+", metavar="FILE", help="magnitude: one 4D file or one 3D file per echo")
-    run.add_argument("--phase", nargs="+", metavar="FILE", help="phase: one 4D file or one 3D file per echo")
-    run.add_argument("--total-field", metavar="FILE", help="start from a total field map in Hz (needs --mask)")
-    run.add_argument("--local-field", metavar="FILE", help="start from a local field map in Hz (needs --mask)")
-    run.add_argument("--te", help="echo times in seconds, comma-separated (default: BIDS sidecars)")
-    run.add_argument("--b0", type=float, help="field strength in tesla (default: sidecar ImagingFrequency)")
-    run.add_argument("--b0-direction", help="B0 as a unit vector in array axes i,j,k... (default: from the affine)")
-    run.add_argument("--mask", metavar="FILE", help="brain mask on the image grid (replaces the automatic mask)")
-    run.add_argument("--labels", metavar="FILE", help="label map for ROI statistics (0 = background)")
-    run.add_argument("--label-names", metavar="FILE", help="TSV (index, name) or JSON label names")
-    run.add_argument("--bipolar", action="store_true", help="even echoes were read out with reversed polarity")
-    run.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
-    run.add_argument("--phase-scale", default="auto", choices=("auto", "radians", "degrees", "integer", "range"),
-                     help="how the phase file is scaled (default: detect)")
-    run.add_argument("--outputs", default="", help=f"extra maps to write, comma-separated: {', '.join(MAP_FILES)}")
-    run.add_argument("--out", required=True, help="output folder")
-    _add_common(run)
+    run_parser = commands.add_parser("run", help="process one multi-echo GRE acquisition (or a field map)")
+    run_parser.add_argument("--mag", nargs="+", metavar="FILE", help="magnitude: one 4D file or one 3D file per echo")
+    run_parser.add_argument("--phase", nargs="+", metavar="FILE", help="phase: one 4D file or one 3D file per echo")
+    run_parser.add_argument("--total-field", metavar="FILE", help="start from a total field map in Hz (needs --mask)")
+    run_parser.add_argument("--local-field", metavar="FILE", help="start from a local field map in Hz (needs --mask)")
+    run_parser.add_argument("--te", help="echo times in seconds, comma-separated (default: BIDS sidecars)")
+    run_parser.add_argument("--b0", type=float, help="field strength in tesla (default: sidecar ImagingFrequency)")
+    run_parser.add_argument("--b0-direction",
+                            help="B0 as a unit vector in array axes i,j,k... (default: from the affine)")
+    run_parser.add_argument("--mask", metavar="FILE", help="brain mask on the image grid (replaces the automatic mask)")
+    run_parser.add_argument("--labels", metavar="FILE", help="label map for ROI statistics (0 = background)")
+    run_parser.add_argument("--label-names", metavar="FILE", help="TSV (index, name) or JSON label names")
+    run_parser.add_argument("--bipolar", action="store_true", help="even echoes were read out with reversed polarity")
+    run_parser.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
+    run_parser.add_argument("--phase-scale", default="auto",
+                            choices=("auto", "radians", "degrees", "integer", "range"),
+                            help="how the phase file is scaled (default: detect)")
+    run_parser.add_argument("--outputs", default="",
+                            help=f"extra maps to write, comma-separated: {', '.join(MAP_FILES)}")
+    run_parser.add_argument("--out", required=True, help="output folder")
+    _add_common(run_parser)
 
     bids = commands.add_parser("bids", help="process every multi-echo GRE run of a BIDS dataset on Dask")
     bids.add_argument("bids_root", help="BIDS dataset root (sub-*/[ses-*/]anat/*_part-{mag,phase}_MEGRE.nii.gz)")
@@ -194,64 +186,6 @@ def _flush_warnings(caught: list, printer: ProgressPrinter) -> None:
     caught.clear()
 
 
-def _labels_and_names(args: argparse.Namespace, affine: np.ndarray, shape: tuple) -> tuple:
-    if args.label_names and not args.labels:
-        raise QSMInputError("--label-names needs --labels.")
-    if not args.labels:
-        return None, None
-    labels = read_map_like(args.labels, affine, shape, "label map")
-    if labels.dtype.kind == "f" and (not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels))):
-        raise QSMInputError(f"The label map {args.labels} must hold whole numbers (one integer per region).")
-    names_path = Path(args.label_names) if args.label_names else _sibling_tsv(Path(args.labels))
-    names = read_label_names(names_path) if names_path else None
-    return labels.astype(np.int32), names
-
-
-def _sibling_tsv(labels_path: Path) -> Optional[Path]:
-    name = labels_path.name
-    stem = name[:-7] if name.endswith(".nii.gz") else labels_path.stem
-    candidate = labels_path.with_name(stem + ".tsv")
-    return candidate if candidate.is_file() else None
-
-
-def _requested_outputs(text: str) -> list[str]:
-    requested = [o.strip() for o in text.split(",") if o.strip()]
-    unknown = [o for o in requested if o not in MAP_FILES]
-    if unknown:
-        raise QSMInputError(f"Unknown output(s) {unknown}; choose from {', '.join(MAP_FILES)}.")
-    return requested
-
-
-#: Output name -> key of ``QSMResult.maps`` for the maps that stages produce.
-_STAGE_MAP_OUTPUTS = {
-    "fit_residual": "fit_residual_rad", "field_weight": "field_weight", "romeo_quality": "romeo_quality",
-    "phase_offset": "phase_offset_rad", "r2star": "r2star", "t2star": "t2star",
-}
-
-
-def _result_maps(result: QSMResult, requested: Sequence[str]) -> dict[str, np.ndarray]:
-    sources = {
-        "chi": result.chi_ppm, "mask": result.mask, "local_field": result.local_field_hz,
-        "total_field": result.total_field_hz, "local_mask": result.local_mask,
-        **{name: result.maps.get(key) for name, key in _STAGE_MAP_OUTPUTS.items()},
-    }
-    maps = {}
-    for name in dict.fromkeys(["chi", "mask", "total_field", "local_field", *requested]):
-        if sources.get(name) is not None:
-            maps[name] = sources[name]
-        elif name in requested:
-            warnings.warn(f"Output {name!r} is not produced by this configuration (e.g. romeo_quality needs "
-                          "romeo unwrapping, phase_offset needs mcpc3ds); it was not written.", QSMWarning,
-                          stacklevel=2)
-    return maps
-
-
-def _enable_requested_stages(config: PipelineConfig, requested: Sequence[str]) -> None:
-    """Asking for R2*/T2* maps turns on the relaxometry stage (log-linear fit) if the config has none."""
-    if any(o in RELAXOMETRY_OUTPUTS for o in requested) and config.relaxometry.method == "none":
-        config.relaxometry = StageConfig("loglinear")
-
-
 def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.Event, caught: list) -> dict:
     field_file = args.total_field or args.local_field
     if args.total_field and args.local_field:
@@ -261,75 +195,27 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
     if not field_file and not (args.mag and args.phase):
         raise QSMInputError("Give --mag and --phase (multi-echo GRE), or --total-field/--local-field with --mask.")
     config = load_config(args.config)
-    requested = _requested_outputs(args.outputs)
-    _enable_requested_stages(config, requested)
-    inputs: dict[str, Any] = {"command": " ".join(sys.argv), "config_source": args.config}
-
+    requested = run.requested_outputs(args.outputs)
+    b0_direction = _parse_floats(args.b0_direction, "--b0-direction") if args.b0_direction else None
     if field_file:
-        result, affine, inputs = _run_from_field(args, config, field_file, printer, cancel, inputs)
-    else:
-        echo_times = _parse_floats(args.te, "--te") if args.te else None
-        acquisition, info = load_acquisition(
-            args.mag, args.phase, echo_times_s=echo_times, b0_tesla=args.b0, phase_scale=args.phase_scale,
-            phase_sign=args.phase_sign, bipolar=args.bipolar,
-            b0_direction=_parse_floats(args.b0_direction, "--b0-direction") if args.b0_direction else None,
+        inputs = run.read_field(
+            field_file, field_kind="total" if args.total_field else "local", mask=args.mask, b0_tesla=args.b0,
+            b0_direction=b0_direction, labels=args.labels, label_names=args.label_names,
         )
-        score = 0.0 if args.bipolar else bipolar_score(acquisition.phase, acquisition.magnitude,
-                                                        acquisition.echo_times_s)
-        if score > BIPOLAR_THRESHOLD_RAD:
-            warnings.warn(
-                f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
-                "--bipolar is not set: if the sequence used bipolar gradients, rerun with --bipolar.",
-                QSMWarning, stacklevel=2)
-        _flush_warnings(caught, printer)
-        affine = acquisition.affine
-        mask = (validate_user_mask(read_map_like(args.mask, affine, acquisition.spatial_shape, "mask"),
-                                   acquisition.spatial_shape) if args.mask else None)
-        labels, names = _labels_and_names(args, affine, acquisition.spatial_shape)
-        files = planned_files(requested, labels is not None)
-        check_output_folder(args.out, files, args.overwrite)
-        inputs.update(info, echo_times_s=list(acquisition.echo_times_s), b0_tesla=acquisition.b0_tesla,
-                      b0_direction=list(acquisition.b0_direction), voxel_size_mm=list(acquisition.voxel_size_mm),
-                      files=_checksums([*args.mag, *args.phase, args.mask, args.labels]))
-        result = run_pipeline(acquisition, config, mask=mask, labels=labels, label_names=names,
-                              progress=printer, cancel=cancel)
+    else:
+        inputs = run.read_acquisition(
+            args.mag, args.phase, echo_times_s=_parse_floats(args.te, "--te") if args.te else None,
+            b0_tesla=args.b0, b0_direction=b0_direction, phase_scale=args.phase_scale, phase_sign=args.phase_sign,
+            bipolar=args.bipolar, mask=args.mask, labels=args.labels, label_names=args.label_names,
+        )
     _flush_warnings(caught, printer)
-    return write_outputs(args.out, _result_maps(result, requested), affine,
-                         roi_rows=result.roi if result.roi else None, provenance=result.provenance(inputs))
-
-
-def _run_from_field(args, config, field_file, printer, cancel, inputs):
-    if not args.mask:
-        raise QSMInputError("Starting from a field map needs --mask (there is no magnitude to derive one from).")
-    field, affine = read_volume(field_file)
-    if field.ndim != 3:
-        raise QSMInputError(f"{field_file} must be a 3D field map in Hz, got shape {field.shape}.")
-    from .acquisition import b0_direction_from_affine, voxel_size_from_affine
-    from .io.bids import field_strength_from_sidecars, read_sidecar
-
-    b0 = args.b0
-    if b0 is None:
-        b0, source = field_strength_from_sidecars([read_sidecar(Path(field_file))])
-        if b0 is None:
-            raise QSMInputError("No field strength for the field map: give --b0 in tesla.")
-    mask = validate_user_mask(read_map_like(args.mask, affine, field.shape, "mask"), field.shape)
-    labels, names = _labels_and_names(args, affine, field.shape)
-    requested = _requested_outputs(args.outputs)
-    check_output_folder(args.out, planned_files(requested, labels is not None), args.overwrite)
-    direction = (_parse_floats(args.b0_direction, "--b0-direction") if args.b0_direction
-                 else b0_direction_from_affine(affine))
-    inputs.update(field_kind="total" if args.total_field else "local", b0_tesla=b0, b0_direction=list(direction),
-                  files=_checksums([field_file, args.mask, args.labels]))
-    result = run_pipeline_from_field(
-        field, mask, field_kind=inputs["field_kind"], voxel_size_mm=voxel_size_from_affine(affine),
-        b0_direction=direction, b0_tesla=b0, config=config, labels=labels, label_names=names,
-        progress=printer, cancel=cancel,
-    )
-    return result, affine, inputs
-
-
-def _checksums(paths: Sequence[Optional[str]]) -> dict[str, str]:
-    return {str(Path(p).resolve()): file_checksum(p) for p in paths if p}
+    check_output_folder(args.out, run.planned_run_files(inputs, requested), args.overwrite)
+    result = run.reconstruct(inputs, config, requested=requested, progress=printer, cancel=cancel)
+    _flush_warnings(caught, printer)
+    written = run.write_run(args.out, result, inputs, requested,
+                            provenance={"command": " ".join(sys.argv), "config_source": args.config})
+    _flush_warnings(caught, printer)
+    return written
 
 
 def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.Event, caught: list) -> dict:
@@ -371,7 +257,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     errors = metrics.roi_mean_errors_ppb(result.chi_ppm, phantom.chi_ppm, phantom.labels,
                                          deep_grey_matter_labels(phantom), scored)
     outputs = write_outputs(
-        out, _result_maps(result, []), acquisition.affine, roi_rows=result.roi,
+        out, run.output_maps(result, []), acquisition.affine, roi_rows=result.roi,
         provenance=result.provenance({"phantom": {"voxel_size_mm": args.voxel_size, "oblique_deg": args.oblique},
                                       "accuracy": accuracy, "roi_error_ppb": errors}),
     )
@@ -426,11 +312,12 @@ def _dicom2bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: thre
                                overwrite=args.overwrite, progress=printer, cancel=cancel)
     _flush_warnings(caught, printer)
     printer.finish_line()
-    for run in conversion.runs:
-        printer.event("converted", **run)
+    for converted in conversion.runs:
+        printer.event("converted", **converted)
         if printer.mode != "json":
-            print(f"{run['name']}: {run['n_echoes']} echoes, {run['manufacturer']}, phase {run['phase_scaling']}")
-            for note in run["notes"]:
+            print(f"{converted['name']}: {converted['n_echoes']} echoes, {converted['manufacturer']}, "
+                  f"phase {converted['phase_scaling']}")
+            for note in converted["notes"]:
                 print(f"  note: {note}")
     for skipped in conversion.skipped:
         printer.event("skipped", **skipped)
@@ -442,7 +329,7 @@ def _dicom2bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: thre
     if conversion.failed:
         raise SomeFailed(f"{len(conversion.failed)} series could not be converted: "
                          + "; ".join(f"{f['series']}: {f['reason']}" for f in conversion.failed))
-    return {run["name"]: Path(run["files"][0]).parent for run in conversion.runs}
+    return {converted["name"]: Path(converted["files"][0]).parent for converted in conversion.runs}
 
 
 if __name__ == "__main__":

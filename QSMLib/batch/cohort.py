@@ -1,0 +1,139 @@
+"""``run_cohort``: a BIDS dataset in, a BIDS derivatives dataset out."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from .._progress import CancelToken, ProgressCallback
+from .._version import __version__
+from ..errors import QSMInputError
+from ..io.bids import dataset_description, write_json_atomic
+from ..io.results import check_output_folder
+from ..pipeline import load_config
+from .discovery import find_acquisitions
+from .layout import OPTIONAL, Acquisition, CohortSummary, PathLike, Record, empty_record
+from .reports import write_reports
+from .scheduling import Client, import_distributed, plan_local_cluster, run_tasks
+from .tasks import completed_record
+
+
+def run_cohort(
+    bids_root: PathLike,
+    out_dir: PathLike,
+    *,
+    participant_labels: Optional[Sequence[str]] = None,
+    config: Union[str, Path, None] = None,
+    outputs: Sequence[str] = (),
+    labels_dir: Optional[PathLike] = None,
+    phase_sign: int = 1,
+    scheduler: Optional[str] = None,
+    n_workers: Optional[int] = None,
+    overwrite: bool = False,
+    progress: ProgressCallback = None,
+    on_record: Optional[Callable[[Record], None]] = None,
+    cancel: CancelToken = None,
+) -> CohortSummary:
+    """Process every multi-echo GRE acquisition of a BIDS dataset into BIDS derivatives.
+
+    Parameters
+    ----------
+    bids_root, out_dir : path
+        Input dataset and derivatives folder (created; may be inside
+        ``bids_root/derivatives``).
+    participant_labels : sequence of str, optional
+        Only these subjects.
+    config : str or path, optional
+        Preset name or JSON configuration (default ``consensus``).
+    outputs : sequence of str
+        Extra maps (:data:`OPTIONAL`: ``local_mask``, ``r2star``, ``t2star``).
+    labels_dir : path, optional
+        Label maps for ROI statistics (see :func:`find_acquisitions`).
+    phase_sign : {1, -1}
+        Phase handedness of the whole dataset.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``); default:
+        a local cluster sized by :func:`plan_local_cluster`.
+    n_workers : int, optional
+        Local cluster workers (default: cores, limited by memory).
+    overwrite : bool
+        Redo acquisitions whose derivatives are already complete.
+    progress : callable(fraction, message), optional
+        Overall progress (finished tasks / tasks, with an ETA).
+    on_record : callable(record), optional
+        Called with each acquisition's record as it is known.
+    cancel : threading.Event or callable, optional
+        Stops waiting, cancels the tasks not yet finished, raises QSMCancelled.
+
+    Returns
+    -------
+    CohortSummary
+        Records of every acquisition (processed, skipped as complete, or
+        failed with the reason) and the report files written.
+    """
+    out = Path(out_dir).resolve()
+    if scheduler and n_workers:
+        raise QSMInputError("Give either --scheduler (an existing Dask cluster) or --workers (a local one), not both.")
+    if n_workers is not None and n_workers < 1:
+        raise QSMInputError(f"--workers must be at least 1, got {n_workers}.")
+    if phase_sign not in (1, -1):
+        raise QSMInputError(f"The phase sign must be +1 or -1, got {phase_sign}.")
+    unknown = sorted(set(outputs) - set(OPTIONAL))
+    if unknown:
+        raise QSMInputError(f"Unknown output(s) {unknown}; choose from {', '.join(OPTIONAL)}.")
+    config_dict = load_config(config).to_dict()
+    import_distributed()
+    acquisitions = find_acquisitions(bids_root, participant_labels, labels_dir)
+    if out == Path(bids_root).resolve():
+        raise QSMInputError("The output folder is the BIDS dataset itself: write the derivatives to their own "
+                            "folder, e.g. BIDS_ROOT/derivatives/qsm.")
+    check_output_folder(out, [], overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"dataset_description": write_description(out, Path(bids_root).resolve())}
+
+    records: dict[str, Record] = {}
+    todo: list[Acquisition] = []
+    for acquisition in acquisitions:
+        done = None if overwrite else completed_record(acquisition, out, config_dict, outputs, phase_sign)
+        if acquisition.problem:
+            records[acquisition.name] = empty_record(acquisition)
+        elif done is not None:
+            records[acquisition.name] = done
+        else:
+            todo.append(acquisition)
+    for record in records.values():
+        if on_record is not None:
+            on_record(record)
+    description = "none (every acquisition complete or unusable)"
+    if todo:
+        import psutil
+
+        plan = None if scheduler else plan_local_cluster(
+            max(a.memory_bytes() for a in todo), len(todo), cpu_count=psutil.cpu_count() or 1,
+            available_bytes=psutil.virtual_memory().available, requested_workers=n_workers)
+        if plan is not None and plan.note:
+            warnings.warn(plan.note, stacklevel=2)
+        client = Client(scheduler, plan, out)
+        description = client.description
+        try:
+            finished = run_tasks(client.client, todo, out, config_dict, outputs, phase_sign, progress, on_record,
+                                  cancel)
+        finally:
+            client.close()
+        records.update((r["name"], r) for r in finished)
+    ordered = [records[a.name] for a in acquisitions]
+    summary = CohortSummary(out, ordered, files, description)
+    summary.files.update(write_reports(summary, config_dict, config_name=str(config or "consensus")))
+    return summary
+
+
+def write_description(out: Path, bids_root: Path) -> Path:
+    description = dataset_description(
+        "QSMLib quantitative susceptibility maps", "derivative",
+        generated_by=[{"Name": "QSMLib", "Version": __version__, "CodeURL": "https://github.com/SlicerQSM/SlicerQSM",
+                       "Description": "qsm bids: multi-echo GRE -> susceptibility (ppm), field maps, masks"}],
+        source_datasets=[{"URL": bids_root.as_uri()}],
+    )
+    description["DatasetLinks"] = {"raw": bids_root.as_uri()}
+    return write_json_atomic(out / "dataset_description.json", description)

@@ -1,0 +1,137 @@
+"""Where a cohort's derivatives go and what a task costs: acquisitions, records, file names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..io.bids import bids_name
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: One acquisition's outcome: ``name``, ``subject``, ``session``, ``status``
+#: (``processed``, ``skipped`` or ``failed``), ``reason``, ``seconds``,
+#: ``warnings``, ``outputs`` (key -> path relative to the derivatives root),
+#: ``qc`` (relative PNG path) and ``roi`` (rows of ROI statistics).
+Record = dict[str, Any]
+
+#: Output key -> (entities added to the acquisition's, BIDS suffix, extension, sidecar fields).
+DERIVATIVES: dict[str, tuple[dict[str, str], str, str, dict[str, Any]]] = {
+    "chi": ({}, "Chimap", ".nii.gz", {"Units": "ppm", "Description": "Magnetic susceptibility (chi), referenced"}),
+    "mask": ({"desc": "brain"}, "mask", ".nii.gz", {"Type": "Brain", "Description": "Brain mask"}),
+    "total_field": ({"desc": "total"}, "fieldmap", ".nii.gz",
+                    {"Units": "Hz", "Description": "Total field from the multi-echo phase"}),
+    "local_field": ({"desc": "local"}, "fieldmap", ".nii.gz",
+                    {"Units": "Hz", "Description": "Local field after background field removal"}),
+    "local_mask": ({"desc": "local"}, "mask", ".nii.gz",
+                   {"Type": "ROI", "Description": "Where the local field and chi are valid"}),
+    "r2star": ({}, "R2starmap", ".nii.gz", {"Units": "1/s", "Description": "R2* relaxation rate"}),
+    "t2star": ({}, "T2starmap", ".nii.gz", {"Units": "s", "Description": "T2* relaxation time"}),
+    "roi_stats": ({"desc": "roi"}, "stats", ".tsv", {}),
+}
+#: Maps that every acquisition writes; ``local_mask``, ``r2star`` and ``t2star`` on request.
+ALWAYS = ("chi", "mask", "total_field", "local_field")
+OPTIONAL = ("local_mask", "r2star", "t2star")
+QC_WINDOW_CHI_PPM = (-0.15, 0.25)
+GROUP_TABLE = "group_roi_stats.tsv"
+SUMMARY_FILE = "summary.json"
+INDEX_FILE = "index.html"
+METHODS_FILE = "methods.md"
+
+#: Memory of one task: a fixed part for the interpreter, libraries and the
+#: Dask worker, plus a part per voxel and per voxel and echo. Measured peak
+#: RSS of :func:`process_acquisition` in a fresh process (heads of 0.9, 2.2 and
+#: 7.6 M voxels, 5 and 9 echoes, see docs/cohort.md): 160 MiB + voxels x
+#: (290 + 14 echoes) B for ``consensus``, (12 + 40 echoes) B for ``fast``;
+#: these constants cover both with about 30 % to spare.
+TASK_BASE_BYTES = 400 * 2**20
+TASK_BYTES_PER_VOXEL = 400
+TASK_BYTES_PER_VOXEL_ECHO = 40
+
+MISSING_DASK = (
+    "Cohort processing runs on Dask, which is not installed. Install the optional dependencies with "
+    '`pip install "qsmlib[cohort]"` (dask[distributed] and pydicom) and run the command again.'
+)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One multi-echo GRE acquisition found in a BIDS dataset.
+
+    Attributes
+    ----------
+    entities : tuple of (key, value)
+        BIDS entities shared by its files (``sub``, ``ses``, ``acq``, ``run``...;
+        not ``echo`` or ``part``), in file-name order.
+    magnitude, phase : tuple of str
+        Absolute paths in echo order (one 4D file each, or one 3D file per echo).
+    labels, label_names : str or None
+        Label map (``*_dseg.nii.gz``) on the acquisition's grid and its names (TSV).
+    n_voxels, n_echoes : int
+        Volume size, for the memory estimate (0 when the header is unreadable).
+    problem : str or None
+        Why it cannot be processed (found before any work), or None.
+    """
+
+    entities: tuple[tuple[str, str], ...]
+    magnitude: tuple[str, ...]
+    phase: tuple[str, ...]
+    labels: Optional[str] = None
+    label_names: Optional[str] = None
+    n_voxels: int = 0
+    n_echoes: int = 0
+    problem: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The file-name prefix of its derivatives, e.g. ``sub-01_ses-a_run-1``."""
+        return "_".join(f"{k}-{v}" for k, v in self.entities)
+
+    @property
+    def subject(self) -> str:
+        return dict(self.entities)["sub"]
+
+    @property
+    def session(self) -> Optional[str]:
+        return dict(self.entities).get("ses")
+
+    @property
+    def anat_dir(self) -> Path:
+        """Its folder relative to a dataset root: ``sub-X[/ses-Y]/anat``."""
+        return Path(f"sub-{self.subject}", *([f"ses-{self.session}"] if self.session else []), "anat")
+
+    def output_path(self, key: str) -> Path:
+        """Relative path of one derivative (:data:`DERIVATIVES` key, ``qc`` or ``provenance``)."""
+        if key == "qc":
+            return Path(f"sub-{self.subject}", "figures", bids_name({**dict(self.entities), "desc": "qc"},
+                                                                     "Chimap", ".png"))
+        if key == "provenance":
+            return self.anat_dir / bids_name(dict(self.entities), "provenance", ".json")
+        extra, suffix, extension, _ = DERIVATIVES[key]
+        return self.anat_dir / bids_name({**dict(self.entities), **extra}, suffix, extension)
+
+    def memory_bytes(self) -> int:
+        """Estimated peak memory of its task (see :data:`TASK_BYTES_PER_VOXEL`)."""
+        return TASK_BASE_BYTES + self.n_voxels * (TASK_BYTES_PER_VOXEL + TASK_BYTES_PER_VOXEL_ECHO * self.n_echoes)
+
+
+@dataclass
+class CohortSummary:
+    """What a cohort run did: one record per acquisition and the report files."""
+
+    out_dir: Path
+    records: list[Record]
+    files: dict[str, Path] = field(default_factory=dict)
+    cluster: str = ""
+
+    def count(self, status: str) -> int:
+        """Acquisitions with this status (``processed``, ``skipped``, ``failed``)."""
+        return sum(record["status"] == status for record in self.records)
+
+
+def empty_record(acquisition: Acquisition) -> Record:
+    """A record of ``acquisition`` that says ``failed`` with its known problem, to be filled in."""
+    return {"name": acquisition.name, "subject": acquisition.subject, "session": acquisition.session,
+            "entities": dict(acquisition.entities), "status": "failed", "reason": acquisition.problem,
+            "seconds": None, "warnings": [], "outputs": {}, "qc": None, "roi": []}

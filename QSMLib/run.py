@@ -1,0 +1,310 @@
+"""One acquisition from files to files: the path shared by ``qsm run``, ``qsm bids`` and the Slicer engine.
+
+Reading (NIfTI + BIDS sidecars -> :class:`RunInputs`), reconstructing
+(:func:`reconstruct`, the pipeline), and choosing and writing the outputs
+(:func:`output_maps`, :func:`write_run`) are separate steps, so that a
+caller can check the output folder after reading and before the work, and
+a cohort task can publish the files its own way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ._progress import CancelToken, ProgressCallback
+from .acquisition import MultiEchoGRE, b0_direction_from_affine, voxel_size_from_affine
+from .errors import QSMInputError, QSMWarning
+from .io.bids import field_strength_from_sidecars, read_sidecar
+from .io.nifti import load_acquisition, read_map_like, read_volume
+from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, file_checksum, planned_files, write_outputs
+from .masking import validate_user_mask
+from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
+from .pipeline import PipelineConfig, QSMResult, StageConfig, run_pipeline, run_pipeline_from_field
+from .roi import read_label_names
+
+PathLike = Union[str, Path]
+
+#: Output name -> key of ``QSMResult.maps`` for the maps that stages produce.
+STAGE_MAP_OUTPUTS = {
+    "fit_residual": "fit_residual_rad", "field_weight": "field_weight", "romeo_quality": "romeo_quality",
+    "phase_offset": "phase_offset_rad", "r2star": "r2star", "t2star": "t2star",
+}
+
+
+@dataclass
+class RunInputs:
+    """Everything read for one run, before any work.
+
+    Attributes
+    ----------
+    affine : numpy.ndarray, shape (4, 4)
+        Array index -> RAS mm of the input grid; every output gets it.
+    shape : tuple of int
+        Spatial shape (n0, n1, n2).
+    acquisition : MultiEchoGRE or None
+        Magnitude and phase (None when starting from a field map).
+    field_hz, field_kind : numpy.ndarray or None, str
+        A total or local field map in Hz instead of an acquisition
+        (``field_kind`` ``"total"`` or ``"local"``).
+    voxel_size_mm, b0_direction, b0_tesla
+        Geometry and field strength used.
+    mask : numpy.ndarray of bool or None
+        The user's brain mask.
+    labels, label_names
+        Label map (int32, 0 = background) and names for ROI statistics.
+    provenance : dict
+        What was read (files and their SHA-256, echo times, field strength,
+        phase scaling) for ``provenance.json``.
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    voxel_size_mm: tuple[float, ...]
+    b0_direction: tuple[float, ...]
+    b0_tesla: float
+    acquisition: Optional[MultiEchoGRE] = None
+    field_hz: Optional[np.ndarray] = None
+    field_kind: str = ""
+    mask: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    label_names: Optional[dict[int, str]] = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def read_acquisition(
+    magnitude: Sequence[PathLike],
+    phase: Sequence[PathLike],
+    *,
+    echo_times_s: Optional[Sequence[float]] = None,
+    b0_tesla: Optional[float] = None,
+    b0_direction: Optional[Sequence[float]] = None,
+    phase_scale: str = "auto",
+    phase_sign: int = 1,
+    bipolar: bool = False,
+    mask: Optional[PathLike] = None,
+    labels: Optional[PathLike] = None,
+    label_names: Optional[PathLike] = None,
+) -> RunInputs:
+    """Read a multi-echo GRE acquisition, and optionally a mask and a label map, from files.
+
+    Parameters
+    ----------
+    magnitude, phase : sequence of path
+        One 4D file each, or one 3D file per echo (in echo order).
+    echo_times_s, b0_tesla : optional
+        Override the BIDS sidecars (``EchoTime``; ``ImagingFrequency`` or
+        ``MagneticFieldStrength``).
+    b0_direction : sequence of 3 float, optional
+        B0 in array-axis coordinates; default: from the affine.
+    phase_scale, phase_sign, bipolar
+        See :func:`QSMLib.io.nifti.load_acquisition`.
+    mask, labels, label_names : path, optional
+        Brain mask and label map on the image grid, and the labels' names
+        (TSV ``index, name`` or JSON; default: a ``.tsv`` next to the labels).
+
+    Returns
+    -------
+    RunInputs
+
+    Warns
+    -----
+    QSMWarning
+        When the even echoes look like a bipolar readout but ``bipolar`` is False.
+    """
+    acquisition, info = load_acquisition(
+        list(magnitude), list(phase), echo_times_s=echo_times_s, b0_tesla=b0_tesla, phase_scale=phase_scale,
+        phase_sign=phase_sign, bipolar=bipolar, b0_direction=b0_direction,
+    )
+    if not bipolar:
+        score = bipolar_score(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s)
+        if score > BIPOLAR_THRESHOLD_RAD:
+            warnings.warn(
+                f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
+                "--bipolar is not set: if the sequence used bipolar gradients, rerun with --bipolar.",
+                QSMWarning, stacklevel=2)
+    shape = acquisition.spatial_shape
+    inputs = RunInputs(
+        affine=acquisition.affine, shape=shape, voxel_size_mm=tuple(acquisition.voxel_size_mm),
+        b0_direction=tuple(acquisition.b0_direction), b0_tesla=acquisition.b0_tesla, acquisition=acquisition,
+        mask=_read_mask(mask, acquisition.affine, shape),
+    )
+    inputs.labels, inputs.label_names = read_labels(labels, label_names, acquisition.affine, shape)
+    inputs.provenance = {
+        **info, "echo_times_s": list(acquisition.echo_times_s), "b0_tesla": acquisition.b0_tesla,
+        "b0_direction": list(acquisition.b0_direction), "voxel_size_mm": list(acquisition.voxel_size_mm),
+        "files": checksums([*magnitude, *phase, mask, labels]),
+    }
+    return inputs
+
+
+def read_field(
+    field_map: PathLike,
+    *,
+    field_kind: str,
+    mask: Optional[PathLike],
+    b0_tesla: Optional[float] = None,
+    b0_direction: Optional[Sequence[float]] = None,
+    labels: Optional[PathLike] = None,
+    label_names: Optional[PathLike] = None,
+) -> RunInputs:
+    """Read a total or local field map in Hz (the stages QSM-CI benchmarks start from) and its mask.
+
+    Parameters
+    ----------
+    field_map : path
+        3D field map in Hz.
+    field_kind : {"total", "local"}
+        Whether background removal still has to run.
+    mask : path
+        Brain mask (required: there is no magnitude to derive one from).
+    b0_tesla : float, optional
+        Field strength; default: the field map's BIDS sidecar.
+    b0_direction, labels, label_names
+        As :func:`read_acquisition`.
+
+    Returns
+    -------
+    RunInputs
+    """
+    if field_kind not in ("total", "local"):
+        raise QSMInputError(f"field_kind must be 'total' or 'local', got {field_kind!r}.")
+    if not mask:
+        raise QSMInputError("Starting from a field map needs --mask (there is no magnitude to derive one from).")
+    field_hz, affine = read_volume(field_map)
+    if field_hz.ndim != 3:
+        raise QSMInputError(f"{field_map} must be a 3D field map in Hz, got shape {field_hz.shape}.")
+    if b0_tesla is None:
+        b0_tesla, _ = field_strength_from_sidecars([read_sidecar(Path(field_map))])
+        if b0_tesla is None:
+            raise QSMInputError("No field strength for the field map: give --b0 in tesla.")
+    shape = tuple(field_hz.shape)
+    direction = tuple(b0_direction) if b0_direction is not None else tuple(b0_direction_from_affine(affine))
+    inputs = RunInputs(
+        affine=affine, shape=shape, voxel_size_mm=tuple(voxel_size_from_affine(affine)), b0_direction=direction,
+        b0_tesla=float(b0_tesla), field_hz=field_hz, field_kind=field_kind, mask=_read_mask(mask, affine, shape),
+    )
+    inputs.labels, inputs.label_names = read_labels(labels, label_names, affine, shape)
+    inputs.provenance = {"field_kind": field_kind, "b0_tesla": float(b0_tesla), "b0_direction": list(direction),
+                         "files": checksums([field_map, mask, labels])}
+    return inputs
+
+
+def read_labels(
+    labels: Optional[PathLike], label_names: Optional[PathLike], affine: np.ndarray, shape: Sequence[int]
+) -> tuple[Optional[np.ndarray], Optional[dict[int, str]]]:
+    """A label map on the image grid (whole numbers, int32) and its names, or (None, None).
+
+    Names come from ``label_names`` (TSV or JSON) or a ``.tsv`` with the
+    label map's name next to it.
+    """
+    if label_names and not labels:
+        raise QSMInputError("--label-names needs --labels.")
+    if not labels:
+        return None, None
+    values = read_map_like(labels, affine, shape, "label map")
+    if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or np.any(values != np.round(values))):
+        raise QSMInputError(f"The label map {labels} must hold whole numbers (one integer per region).")
+    names_path = Path(label_names) if label_names else _sibling_tsv(Path(labels))
+    return values.astype(np.int32), (read_label_names(names_path) if names_path else None)
+
+
+def _sibling_tsv(labels_path: Path) -> Optional[Path]:
+    name = labels_path.name
+    stem = name[:-7] if name.endswith(".nii.gz") else labels_path.stem
+    candidate = labels_path.with_name(stem + ".tsv")
+    return candidate if candidate.is_file() else None
+
+
+def _read_mask(path: Optional[PathLike], affine: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:
+    if not path:
+        return None
+    return validate_user_mask(read_map_like(path, affine, shape, "mask"), shape)
+
+
+def checksums(paths: Sequence[Optional[PathLike]]) -> dict[str, str]:
+    """Absolute path -> SHA-256 of each given file (None entries skipped)."""
+    return {str(Path(p).resolve()): file_checksum(p) for p in paths if p}
+
+
+def requested_outputs(names: Union[str, Sequence[str]]) -> list[str]:
+    """Validate extra output names (comma-separated text or a sequence) against :data:`MAP_FILES`."""
+    requested = [o.strip() for o in (names.split(",") if isinstance(names, str) else names) if o.strip()]
+    unknown = [o for o in requested if o not in MAP_FILES]
+    if unknown:
+        raise QSMInputError(f"Unknown output(s) {unknown}; choose from {', '.join(MAP_FILES)}.")
+    return requested
+
+
+def planned_run_files(inputs: RunInputs, requested: Sequence[str]) -> list[str]:
+    """File names a run will write into its output folder (to check before the work)."""
+    return planned_files(requested, inputs.labels is not None)
+
+
+def reconstruct(
+    inputs: RunInputs,
+    config: PipelineConfig,
+    *,
+    requested: Sequence[str] = (),
+    progress: ProgressCallback = None,
+    cancel: CancelToken = None,
+) -> QSMResult:
+    """Run the pipeline on what :func:`read_acquisition` or :func:`read_field` read.
+
+    Asking for R2*/T2* outputs turns on the relaxometry stage (log-linear
+    fit) when the configuration has none.
+    """
+    if any(o in RELAXOMETRY_OUTPUTS for o in requested) and config.relaxometry.method == "none":
+        config.relaxometry = StageConfig("loglinear")
+    if inputs.acquisition is not None:
+        return run_pipeline(inputs.acquisition, config, mask=inputs.mask, labels=inputs.labels,
+                            label_names=inputs.label_names, progress=progress, cancel=cancel)
+    return run_pipeline_from_field(
+        inputs.field_hz, inputs.mask, field_kind=inputs.field_kind, voxel_size_mm=inputs.voxel_size_mm,
+        b0_direction=inputs.b0_direction, b0_tesla=inputs.b0_tesla, config=config, labels=inputs.labels,
+        label_names=inputs.label_names, progress=progress, cancel=cancel,
+    )
+
+
+def output_maps(result: QSMResult, requested: Sequence[str]) -> dict[str, np.ndarray]:
+    """The maps to write: chi, mask, total and local field, and the requested extras that exist.
+
+    Warns (:class:`QSMWarning`) for a requested map this configuration does
+    not produce.
+    """
+    sources = {
+        "chi": result.chi_ppm, "mask": result.mask, "local_field": result.local_field_hz,
+        "total_field": result.total_field_hz, "local_mask": result.local_mask,
+        **{name: result.maps.get(key) for name, key in STAGE_MAP_OUTPUTS.items()},
+    }
+    maps = {}
+    for name in dict.fromkeys(["chi", "mask", "total_field", "local_field", *requested]):
+        if sources.get(name) is not None:
+            maps[name] = sources[name]
+        elif name in requested:
+            warnings.warn(f"Output {name!r} is not produced by this configuration (e.g. romeo_quality needs "
+                          "romeo unwrapping, phase_offset needs mcpc3ds); it was not written.", QSMWarning,
+                          stacklevel=2)
+    return maps
+
+
+def write_run(
+    out_dir: PathLike,
+    result: QSMResult,
+    inputs: RunInputs,
+    requested: Sequence[str] = (),
+    *,
+    provenance: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Path]:
+    """Write the maps, the ROI table and ``provenance.json`` of one run (staged, then moved into place).
+
+    ``provenance`` adds entries (e.g. the command line) to the inputs' record.
+    """
+    return write_outputs(
+        out_dir, output_maps(result, requested), inputs.affine, roi_rows=result.roi if result.roi else None,
+        provenance=result.provenance({**inputs.provenance, **dict(provenance or {})}),
+    )
