@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="simulate a head phantom, reconstruct it and report accuracy")
     demo.add_argument("--out", default="qsm_demo", help="output folder (default: ./qsm_demo)")
     demo.add_argument("--voxel-size", type=float, default=1.5, help="phantom voxel size in mm (default 1.5)")
-    demo.add_argument("--oblique", type=float, default=0.0, help="acquisition tilt in degrees (default 0)")
+    demo.add_argument("--oblique", type=float, default=0.0,
+                      help="head tilt against B0 in degrees, about the left-right axis (default 0)")
     _add_common(demo)
 
     run_parser = commands.add_parser("run", help="process one multi-echo GRE acquisition (or a field map)")

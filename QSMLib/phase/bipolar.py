@@ -3,8 +3,9 @@
 With a bipolar (fly-back-free) readout, even echoes are read with the
 gradient reversed, and gradient delays and eddy currents add a phase error
 ``beta`` to them: mostly a linear ramp along the readout plus a constant
-(Li et al., "Correcting phase errors in bipolar multi-echo GRE", MRM 2015;
-Eckstein et al., MRM 2018). For three equally spaced echoes the
+(Li et al., "Phase-corrected bipolar gradients in multi-echo gradient-echo
+sequences for quantitative susceptibility mapping", MAGMA 2015; Eckstein et
+al., MRM 2018). For three equally spaced echoes the
 combination ``phi_n + phi_{n+2} - 2 phi_{n+1}`` cancels the field and any
 echo-independent offset and leaves ``-2 beta`` (middle echo even) or
 ``+2 beta`` (middle echo odd). All such triples are summed as complex
@@ -225,7 +226,8 @@ def linear_bipolar_correction(
     Li J, Chang S, Liu T, et al. Phase-corrected bipolar gradients in
     multi-echo gradient-echo sequences for quantitative susceptibility
     mapping. MAGMA 2015;28:347-355.
-    Eckstein K, Dymerska B, Bachrata B, et al. MRM 2018;79:2996-3006.
+    Eckstein K, Dymerska B, Bachrata B, et al. Computationally efficient combination of multi-channel
+    phase data from multi-echo acquisitions (ASPIRE). MRM 2018;79:2996-3006.
     """
     report(progress, 0.0, "Bipolar correction: estimating the even-echo error")
     beta, _ = estimate_bipolar_error(

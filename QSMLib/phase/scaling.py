@@ -78,6 +78,26 @@ def _close(value: float, target: float) -> bool:
     return abs(value - target) <= _RANGE_TOLERANCE * target
 
 
+def integer_phase_range(low: float, high: float) -> tuple[float, float]:
+    """Half period and start of the smallest power-of-two range holding integer phase in [low, high].
+
+    Returns ``(2^(b-1), -2^(b-1))`` for signed data in ``[-2^(b-1), 2^(b-1))``
+    and ``(2^(b-1), 0)`` for unsigned data in ``[0, 2^b)``; the phase is then
+    ``(v - start) * pi / half_period - pi``.
+
+    Examples
+    --------
+    >>> integer_phase_range(-4096, 4094)  # Siemens, 12 bits after rescaling
+    (4096.0, -4096.0)
+    >>> integer_phase_range(3, 4000)  # unsigned 12 bits
+    (2048.0, 0.0)
+    """
+    if low < 0:
+        half_period = 2.0 ** int(np.ceil(np.log2(max(-low, high + 1.0))))
+        return half_period, -half_period
+    return 2.0 ** int(np.ceil(np.log2(high + 1.0))) / 2.0, 0.0
+
+
 def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.ndarray, str]:
     """Convert raw phase to radians in [-pi, pi).
 
@@ -87,8 +107,14 @@ def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.
         Raw phase (any shape). Non-finite values stay non-finite.
     scale : {"auto", "radians", "degrees", "integer", "range"}
         ``"auto"`` detects the convention with :func:`detect_phase_scale`.
-        ``"integer"`` and ``"range"`` map the observed [min, max] linearly
-        onto [-pi, pi) (an integer range [a, b] maps with period b - a + 1).
+        ``"integer"`` maps the smallest power-of-two range that holds the
+        values, ``[-2^b, 2^b)`` or ``[0, 2^b)``, onto [-pi, pi): the
+        stored range of a ``b``-bit scanner phase (Siemens 12 bits after
+        rescaling: ``v * pi / 4096``), as the DICOM path maps it from the
+        header, never from the observed minimum and maximum (a volume whose
+        phase does not reach the extremes would be stretched). ``"range"``
+        maps the observed extremes onto +-pi (symmetric data) or [0, max]
+        onto [-pi, pi).
 
     Returns
     -------
@@ -108,8 +134,8 @@ def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.
     elif applied == "degrees":
         radians = np.deg2rad(values)
     elif applied == "integer":
-        period = high - low + 1.0
-        radians = (values - low) * (2.0 * np.pi / period) - np.pi
+        half_period, start = integer_phase_range(low, high)
+        radians = (values - start) * (np.pi / half_period) - np.pi
     elif applied == "range":
         half_span = max(abs(low), abs(high))
         radians = values * (np.pi / half_span) if low < 0 else (values - low) * (2.0 * np.pi / (high - low))
