@@ -144,6 +144,42 @@ def test_requirements_match_qsmlib_dependencies_and_missing_ones_are_found(tmp_p
     assert Dependencies.missingRequirements(str(trial)) == ["numpy>=999", "no-such-package-qsm>=1"]
 
 
+def test_dependencies_go_through_slicer_packaging_or_are_asked_for_first(tmp_path, monkeypatch):
+    import types
+
+    import slicer
+    import slicer.util
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy>=1.0\nno-such-package-qsm>=1\n")
+    calls = []
+    modern = types.ModuleType("slicer.packaging")  # Slicer >= 5.11
+    modern.load_requirements = lambda path: ["parsed", path]
+    modern.pip_ensure = lambda parsed, requester: calls.append(("pip_ensure", parsed, requester))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", modern)
+    monkeypatch.setattr(slicer, "packaging", modern, raising=False)
+    Dependencies.ensureRequirements(str(requirements), "QSM Processing")
+    assert calls == [("pip_ensure", ["parsed", str(requirements)], "QSM Processing")]
+
+    answers = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: answers.pop(0))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda packages: calls.append(("pip_install", packages)))
+    for older in (types.ModuleType("slicer.packaging"), None):  # a slicer.packaging without pip_ensure, or none
+        monkeypatch.setitem(sys.modules, "slicer.packaging", older)
+        monkeypatch.setattr(slicer, "packaging", older, raising=False)
+        calls.clear()
+        answers[:] = [False, True]
+        with pytest.raises(RuntimeError, match="cannot run without the Python packages no-such-package-qsm>=1"):
+            Dependencies.ensureRequirements(str(requirements), "QSM Processing")
+        assert calls == []
+        Dependencies.ensureRequirements(str(requirements), "QSM Processing")
+        assert calls == [("pip_install", ["no-such-package-qsm>=1"])]
+    requirements.write_text("numpy>=1.0\n")
+    calls.clear()
+    Dependencies.ensureRequirements(str(requirements), "QSM Processing")  # nothing missing: no question
+    assert calls == [] and answers == []
+
+
 def test_advanced_section_offers_only_qsmlib_methods_with_their_real_defaults():
     from QSMLib.background.vsharp import vsharp
     from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig
