@@ -181,36 +181,47 @@ def test_dependencies_go_through_slicer_packaging_or_are_asked_for_first(tmp_pat
 
 
 def test_advanced_section_offers_only_qsmlib_methods_with_their_real_defaults():
-    from QSMLib.background.vsharp import vsharp
     from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig
 
     assert set(Parameters.PRESETS) <= set(PRESETS)
-    offered = {"unwrap": Parameters.UNWRAP_METHODS, "background": Parameters.BACKGROUND_METHODS,
-               "inversion": Parameters.INVERSION_METHODS, "reference": Parameters.REFERENCE_METHODS}
-    for stage, methods in offered.items():
+    assert set(Parameters.PRESET_LABELS) == {*Parameters.PRESETS, Parameters.CUSTOM_PRESET}
+    for stage, methods in Parameters.STAGE_METHODS.items():
         assert set(methods) <= set(REGISTRY[stage]), stage
-    assert set(Parameters.INVERSION_MAIN_PARAMETER) == set(Parameters.INVERSION_METHODS)
-    for method, (keyword, default) in Parameters.INVERSION_MAIN_PARAMETER.items():
-        assert inspect.signature(REGISTRY["inversion"][method]).parameters[keyword].default == default
-    keyword, default = Parameters.BACKGROUND_MAIN_PARAMETER["vsharp"]
-    assert inspect.signature(vsharp).parameters[keyword].default == default
+        assert all(label and "_" not in label and label != name for name, label in methods.items()), stage
+    assert set(Parameters.INVERSION_PARAMETERS) == set(Parameters.INVERSION_METHODS)
+    for method, parameter in Parameters.INVERSION_PARAMETERS.items():
+        assert inspect.signature(REGISTRY["inversion"][method]).parameters[parameter.keyword].default == \
+            parameter.default, method
+        assert round(parameter.step, parameter.decimals) == parameter.step > 0
+        assert Parameters.AUTOMATIC_TEXT in Parameters.inversionParameterTooltip(method)
+    for method, parameter in Parameters.BACKGROUND_RADIUS.items():
+        assert inspect.signature(REGISTRY["background"][method]).parameters[parameter.keyword].default == \
+            parameter.default
     for method in Parameters.INVERSION_METHODS:
         config = Parameters.customConfig("romeo", "vsharp", 9.0, method, 0.05, "whole_brain")
         parsed = PipelineConfig.from_dict(config)
         assert parsed.inversion.method == method and parsed.background.params == {"max_radius_mm": 9.0}
+        assert parsed.inversion.params == {Parameters.INVERSION_PARAMETERS[method].keyword: 0.05}
+    assert Parameters.customConfig("laplacian", "pdf", 9.0, "medi", 0.0, "csf")["background"]["params"] == {}
     with pytest.raises(ValueError, match="Unknown inversion method"):
         Parameters.customConfig("laplacian", "vsharp", 9.0, "magic", 0.05, "whole_brain")
+    with pytest.raises(ValueError, match="kernel radius must be positive"):
+        Parameters.customConfig("laplacian", "vsharp", 0.0, "tv", 0.05, "whole_brain")
 
 
 def test_echo_times_typed_in_ms_become_seconds():
     assert Parameters.parseEchoTimesMs("4, 8.5;12 ") == pytest.approx([0.004, 0.0085, 0.012])
+    assert Parameters.formatEchoTimesMs([0.004, 0.0085, 0.012]) == "4, 8.5, 12"
     assert Parameters.parseEchoTimesMs("") == []
     with pytest.raises(ValueError, match="numbers in ms"):
         Parameters.parseEchoTimesMs("4 ms, 8 ms")
 
 
-def test_automatic_l2_regularization_is_left_to_qsmlib():
-    config = Parameters.customConfig("romeo", "pdf", 12.0, "l2", 0.0, "csf")
-    assert config["inversion"] == {"method": "l2", "params": {}}
-    with pytest.raises(ValueError, match="positive"):
-        Parameters.customConfig("romeo", "pdf", 12.0, "tv", 0.0, "whole_brain")
+def test_automatic_regularization_passes_nothing_so_qsmlib_decides():
+    for method in Parameters.INVERSION_METHODS:
+        config = Parameters.customConfig("romeo", "pdf", 12.0, method, 0.0, "csf")
+        assert config["inversion"] == {"method": method, "params": {}}
+    with pytest.raises(ValueError, match=r"Regularization λ of Linear TV \(FANSI\) must be positive, or 0"):
+        Parameters.customConfig("romeo", "pdf", 12.0, "tv", -1e-4, "whole_brain")
+    with pytest.raises(ValueError, match="must be positive"):
+        Parameters.customConfig("romeo", "pdf", 12.0, "medi", float("nan"), "whole_brain")
