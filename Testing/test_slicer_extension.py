@@ -1,7 +1,9 @@
-"""The Slicer extension's files: .ui, parameter node, CMake lists, index entry, requirements, presets.
+"""The Slicer extension's files: .ui, parameter node, module file, CMake lists, index entry, requirements, presets.
 
-These need no Slicer application: the module file is read as source (it imports
-Qt), the rest is plain files and the Qt-free QSMProcessingLib.
+These need no Slicer application: the files that import Qt or the parameter
+node wrapper are read as source, or imported in a child process with stand-ins
+for Qt and the Slicer application; the rest is plain files and the Qt-free
+QSMProcessingLib.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import inspect
 import json
 import re
 import struct
+import subprocess
 import sys
+import textwrap
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -24,13 +28,27 @@ sys.path.insert(0, str(MODULE_DIR))
 from QSMProcessingLib import Dependencies, Parameters  # noqa: E402
 
 MODULE_SOURCE = (MODULE_DIR / "QSMProcessing.py").read_text()
+WIDGET_SOURCE = (MODULE_DIR / "QSMProcessingLib" / "Widget.py").read_text()
+PARAMETER_NODE_SOURCE = (MODULE_DIR / "QSMProcessingLib" / "ParameterNode.py").read_text()
 UI = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "QSMProcessing.ui").getroot()
-#: Parameter node fields kept in sync by code (no wrapper connector exists for checkable node lists).
-MANUALLY_SYNCED = {"magnitudeVolumes", "phaseVolumes"}
+
+
+def _methodComboBoxes() -> dict[str, str]:
+    """Widget.METHOD_COMBO_BOXES as combo box name -> parameter node field (read from the source)."""
+    for node in ast.parse(WIDGET_SOURCE).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "METHOD_COMBO_BOXES":
+            return {key.value: value.elts[0].value for key, value in zip(node.value.keys, node.value.values)}
+    raise AssertionError("Widget.py has no METHOD_COMBO_BOXES")
+
+
+#: Parameter node fields the widget keeps in sync itself: checkable node lists (no wrapper connector
+#: exists for them), combo boxes that show readable names for registry names, and the inversion
+#: parameter, whose unit and precision follow the method.
+MANUALLY_SYNCED = {"magnitudeVolumes", "phaseVolumes", "inversionParameter", *_methodComboBoxes().values()}
 
 
 def _parameterFields() -> set[str]:
-    tree = ast.parse(MODULE_SOURCE)
+    tree = ast.parse(PARAMETER_NODE_SOURCE)
     [wrapped] = [node for node in tree.body if isinstance(node, ast.ClassDef)
                  and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list)]
     return {item.target.id for item in wrapped.body if isinstance(item, ast.AnnAssign)}
@@ -47,31 +65,79 @@ def _boundParameters() -> dict[str, str]:
 
 def test_ui_names_every_widget_the_code_uses_and_binds_every_parameter():
     widgets = {widget.get("name") for widget in UI.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_SOURCE))
+    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_SOURCE)) | set(re.findall(r"\bui\.(\w+)", MODULE_SOURCE))
+    used |= set(_methodComboBoxes())
     assert used and used <= widgets, used - widgets
     fields = _parameterFields()
     bound = _boundParameters()
     assert set(bound) <= fields, set(bound) - fields
     assert set(bound) == fields - MANUALLY_SYNCED
-    for name in MANUALLY_SYNCED:
-        assert f"node.{name}" in MODULE_SOURCE
+    for name in MANUALLY_SYNCED - set(_methodComboBoxes().values()):
+        assert f"node.{name}" in WIDGET_SOURCE or f"parameterNode.{name}" in WIDGET_SOURCE, name
     custom = {c.find("class").text for c in UI.iter("customwidget")}
     used_classes = {w.get("class") for w in UI.iter("widget")}
     assert {c for c in used_classes if not c.startswith("Q")} <= custom
+    # Precision comes from the .ui, not from Decimals/SingleStep annotations (the wrapper logs them as unused).
+    names = {node.id for node in ast.walk(ast.parse(PARAMETER_NODE_SOURCE)) if isinstance(node, ast.Name)}
+    assert names and not names & {"Decimals", "SingleStep"}
 
 
-def test_module_file_runs_nothing_at_import():
-    for node in ast.parse(MODULE_SOURCE).body:
-        allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign)
+def test_module_file_is_metadata_registration_and_self_test_and_runs_nothing_at_import():
+    tree = ast.parse(MODULE_SOURCE)
+    assert len(MODULE_SOURCE.splitlines()) < 150
+    for node in tree.body:
+        allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
         docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
         assert isinstance(node, allowed) or docstring, ast.dump(node)[:80]
-        if isinstance(node, ast.Assign):
-            assert isinstance(node.value, ast.Constant)
-    imported = {alias.name.split(".")[0] for node in ast.parse(MODULE_SOURCE).body
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.parse(MODULE_SOURCE).body
-                 if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"os", "typing", "qt", "vtk", "slicer", "QSMProcessingLib"}
+    definitions = {node.name for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
+    assert definitions == {"QSMProcessing", "registerSampleData", "QSMProcessingWidget", "QSMProcessingTest"}
+    imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"os", "time", "qt", "vtk", "slicer"}
+
+
+#: Stand-ins for what only the Slicer application provides, enough to load the module and its panel code.
+_APPLICATION_STANDINS = textwrap.dedent("""
+    import sys, types
+    import slicer
+
+    def module(name, **attributes):
+        stub = types.ModuleType(name)
+        stub.__dict__.update(attributes)
+        sys.modules[name] = stub
+        return stub
+
+    class Base:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    connections = []
+    slicer.app = types.SimpleNamespace(connect=lambda signal, slot: connections.append((signal, slot)))
+    module("qt", Qt=types.SimpleNamespace(Checked=2, Unchecked=0), QTimer=object, QFileDialog=object)
+    module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
+    module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=Base, ScriptedLoadableModuleWidget=Base,
+           ScriptedLoadableModuleTest=Base)
+    module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, Choice=lambda choices: None,
+           WithinRange=lambda low, high: None)
+""")
+
+
+def test_loading_the_module_and_its_panel_code_imports_neither_qsmlib_nor_simpleitk():
+    script = _APPLICATION_STANDINS + textwrap.dedent("""
+        heavy = lambda: sorted(m for m in sys.modules if m.split(".")[0] in ("QSMLib", "SimpleITK"))
+        assert not heavy(), heavy()
+        import QSMProcessing
+        parent = types.SimpleNamespace()
+        QSMProcessing.QSMProcessing(parent)
+        assert parent.title == "QSM Processing" and "Eckstein" in parent.acknowledgementText
+        assert connections == [("startupCompleted()", QSMProcessing.registerSampleData)]
+        assert not heavy(), ("module load", heavy())
+        import QSMProcessingLib.Widget  # what opening the panel imports
+        assert not heavy(), ("panel", heavy())
+        print("light")
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], cwd=MODULE_DIR, capture_output=True, text=True)
+    assert completed.returncode == 0 and completed.stdout.strip() == "light", completed.stderr[-2000:]
 
 
 def _cmakeList(text: str, variable: str) -> list[str]:
