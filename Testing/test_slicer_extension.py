@@ -31,6 +31,7 @@ MODULE_SOURCE = (MODULE_DIR / "QSMProcessing.py").read_text()
 WIDGET_SOURCE = (MODULE_DIR / "QSMProcessingLib" / "Widget.py").read_text()
 PARAMETER_NODE_SOURCE = (MODULE_DIR / "QSMProcessingLib" / "ParameterNode.py").read_text()
 UI = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "QSMProcessing.ui").getroot()
+README = (ROOT / "README.md").read_text()
 
 
 def _methodComboBoxes() -> dict[str, str]:
@@ -174,11 +175,17 @@ def test_top_level_cmake_metadata_points_at_real_images():
     assert {"EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
             "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"} <= set(values)
     assert len(values["EXTENSION_DESCRIPTION"]) > 100
+    # Extensions Index tier 1: known patents are named in the description.
+    assert "MCPC-3D-S" in values["EXTENSION_DESCRIPTION"] and "patent" in values["EXTENSION_DESCRIPTION"]
     prefix = "https://raw.githubusercontent.com/SlicerQSM/SlicerQSM/main/"
     icon = values["EXTENSION_ICONURL"]
     assert icon.startswith(prefix) and _png_size(ROOT / icon[len(prefix):]) == (128, 128)
+    # An image offered as a screenshot must be one of the application, named so; figures are not.
     for url in values["EXTENSION_SCREENSHOTURLS"].split():
         assert url.startswith(prefix) and min(_png_size(ROOT / url[len(prefix):])) >= 200
+        assert "screenshot" in Path(url).name.lower() and "figure" not in Path(url).name.lower(), url
+    for image in (ROOT / "Resources" / "Screenshots").glob("*figure*.png"):
+        assert re.search(rf"!\[Figure[^\]]*\]\(Resources/Screenshots/{re.escape(image.name)}\)", README), image.name
     assert _png_size(MODULE_DIR / "Resources" / "Icons" / "QSMProcessing.png") == (128, 128)
     for name in ("add_subdirectory(QSMProcessing)", "find_package(Slicer REQUIRED)", "${Slicer_EXTENSION_CPACK}"):
         assert name in text
