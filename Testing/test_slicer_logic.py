@@ -29,6 +29,7 @@ from QSMProcessingLib.Logic import (  # noqa: E402
     RESULT_REFERENCE_ROLES,
     QSMProcessingLogic,
     describeProvenance,
+    displaySettings,
 )
 from QSMProcessingLib.SampleData import loadHeadPhantom  # noqa: E402
 
@@ -218,6 +219,20 @@ def test_a_rerun_into_the_previous_chi_replaces_it_and_its_maps_instead_of_addin
                           **{**arguments, "outputs": ("chi", "local_field", "mask")})
     assert third.maskVolume is not None and slicer_scene.GetNumberOfNodes() > count  # a new map is added
     assert third.chiVolume.GetNodeReference(RESULT_REFERENCE_ROLES["mask"]) is third.maskVolume
+
+
+def test_each_map_has_its_units_window_and_presets_scaled_with_b0():
+    chi = displaySettings("chi", 7.0)
+    assert chi.units == ("[ppm]", "UCUM", "ppm") and chi.window == CHI_WINDOW_PPM and chi.window in chi.presets
+    hzPerPpm = 42.577478 * 3.0
+    total, local = displaySettings("total_field", 3.0), displaySettings("local_field", 3.0)
+    assert total.units[2] == local.units[2] == "Hz"
+    assert total.window == pytest.approx((-hzPerPpm, hzPerPpm)) and local.window == pytest.approx(
+        (-0.05 * hzPerPpm, 0.05 * hzPerPpm))
+    assert displaySettings("local_field", 7.0).window[1] == pytest.approx(local.window[1] * 7.0 / 3.0)
+    r2star = displaySettings("r2star", 3.0)
+    assert r2star.units[0] == "/s" and r2star.window == (0.0, 60.0) and len(r2star.presets) == 3
+    assert displaySettings("mask", 3.0) is None
 
 
 def test_provenance_is_described_for_the_log_with_any_section_qsmlib_adds():
