@@ -279,11 +279,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return summary
 
 
-def markdown(rows: list[dict[str, Any]], cases: list[SuiteCase]) -> str:
-    """README-ready tables: the cases, then per stage per case, then mean and worst case."""
+def case_info(case: SuiteCase) -> dict[str, Any]:
+    """What the cases table shows of a case."""
+    return {"case": case.spec.name, "kind": case.spec.kind, "description": case.spec.description,
+            "matrix": "x".join(map(str, case.acquisition.spatial_shape)), "generation_s": case.seconds}
+
+
+def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
+    """README-ready tables: the cases (:func:`case_info`), per stage per case, then mean and worst case."""
     parts = ["## Cases\n", _table(["case", "kind", "description", "matrix", "generation (s)"],
-                                  [[c.spec.name, c.spec.kind, c.spec.description,
-                                    "x".join(map(str, c.acquisition.spatial_shape)), c.seconds] for c in cases])]
+                                  [[c["case"], c["kind"], c["description"], c["matrix"], c["generation_s"]]
+                                   for c in cases])]
     chi_header = ["NRMSE %", "dNRMSE %", "HFEN %", "XSIM", "corr", "ROI slope", "max abs ROI err (ppb)"]
     pipeline_rows = [r for r in rows if r["stage"] == "pipeline" and "nrmse" in r]
     if pipeline_rows:
@@ -359,7 +365,19 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--markdown", help="also write the markdown tables to this file")
     parser.add_argument("--json", help="also write every row as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--from-json", help="comma-separated JSON files of earlier runs: print their tables together")
     arguments = parser.parse_args(argv)
+    if arguments.from_json:
+        rows, infos = [], []
+        for path in arguments.from_json.split(","):
+            saved = json.loads(Path(path).read_text())
+            rows += saved["rows"]
+            infos += saved["cases"]
+        text = markdown(rows, infos)
+        print(text)
+        if arguments.markdown:
+            Path(arguments.markdown).write_text(text)
+        return rows
     table = SMALL_CASES if arguments.small else CASES
     names = arguments.cases.split(",") if arguments.cases else list(table)
     stages = tuple(s for s in arguments.stages.split(",") if s)
@@ -384,12 +402,14 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         rows += evaluate_case(case, stages=stages, background_methods=background, inversion_methods=inversion,
                               parameters=_parse_parameters(arguments.param), preset=arguments.preset,
                               inputs=tuple(arguments.inputs.split(",")), log=log)
-    text = markdown(rows, cases)
+    infos = [case_info(case) for case in cases]
+    text = markdown(rows, infos)
     print(text)
     if arguments.markdown:
         Path(arguments.markdown).write_text(text)
     if arguments.json:
-        Path(arguments.json).write_text(json.dumps({"rows": rows, "summary": summarise(rows)}, indent=1))
+        Path(arguments.json).write_text(json.dumps({"cases": infos, "rows": rows, "summary": summarise(rows)},
+                                                   indent=1))
     return rows
 
 
