@@ -24,7 +24,13 @@ import vtk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "QSMProcessing"))
 
 from QSMProcessingLib import Nodes  # noqa: E402
-from QSMProcessingLib.Logic import CHI_WINDOW_PPM, QSMProcessingLogic  # noqa: E402
+from QSMProcessingLib.Logic import (  # noqa: E402
+    CHI_WINDOW_PPM,
+    RESULT_REFERENCE_ROLES,
+    QSMProcessingLogic,
+    describeProvenance,
+    displaySettings,
+)
 from QSMProcessingLib.SampleData import loadHeadPhantom  # noqa: E402
 
 from QSMLib.phantom import deep_grey_matter_labels, simulate_head  # noqa: E402
@@ -42,6 +48,7 @@ def slicer_scene():
         factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
         _converterRules.append(True)
     scene = slicer.vtkMRMLScene()
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # as the Colors module does in Slicer
     slicer.mrmlScene = scene
     yield scene
     scene.Clear(True)
@@ -111,13 +118,21 @@ def test_oblique_nifti_volumes_give_chi_on_the_input_grid_equal_to_the_cli(slice
     display = result.chiVolume.GetDisplayNode()
     assert display.GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
     assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx(CHI_WINDOW_PPM)
+    presets = [(display.GetWindowPreset(i), display.GetLevelPreset(i))
+               for i in range(display.GetNumberOfWindowLevelPresets())]
+    assert presets[0] == pytest.approx((0.4, 0.05)) and len(presets) == 3
+    assert result.chiVolume.GetVoxelValueUnits().GetCodeMeaning() == "ppm"
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(result.chiVolume)
+    assert legend is not None and legend.GetTitleText() == "chi (ppm)"
     assert not any(tmp_path.glob("QSMProcessing-*"))
 
 
 def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom, slicer_scene, tmp_path):
+    log = []
     result = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
         slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
-        roiSegmentation=slicer_phantom.segmentation, config="fast", outputs=("chi", "local_field", "mask"))
+        roiSegmentation=slicer_phantom.segmentation, config="fast", outputs=("chi", "local_field", "mask"),
+        logCallback=log.append)
 
     truth = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=ECHO_TIMES_S)
     names = deep_grey_matter_labels(truth)
@@ -127,28 +142,121 @@ def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom
     segmentation = slicer_phantom.segmentation.GetSegmentation()
     assert table.GetNumberOfRows() == segmentation.GetNumberOfSegments() == len(names)
     column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+    # The Segment Statistics module's column names, in its order: count, volume, mean, SD, median.
+    assert list(column) == ["Segment", "Number of voxels [voxels]", "Volume [mm3]", "Mean [ppm]",
+                            "Standard Deviation [ppm]", "Median [ppm]"]
     for row, label in enumerate(sorted(names)):
         assert table.GetCellText(row, column["Segment"]) == segmentation.GetNthSegment(row).GetName() == names[label]
         region = labels == label
-        assert int(table.GetCellText(row, column["Voxels"])) == int(region.sum())
-        assert float(table.GetCellText(row, column["Mean"])) == pytest.approx(chi[region].mean(), abs=2e-6)
-        assert float(table.GetCellText(row, column["Median"])) == pytest.approx(np.median(chi[region]), abs=2e-6)
-    assert table.GetColumnUnitLabel("Mean") == "ppm"
+        assert int(table.GetCellText(row, column["Number of voxels [voxels]"])) == int(region.sum())
+        assert float(table.GetCellText(row, column["Volume [mm3]"])) == pytest.approx(64.0 * region.sum())
+        assert float(table.GetCellText(row, column["Mean [ppm]"])) == pytest.approx(chi[region].mean(), abs=2e-6)
+        assert float(table.GetCellText(row, column["Median [ppm]"])) == pytest.approx(np.median(chi[region]),
+                                                                                       abs=2e-6)
+        assert float(table.GetCellText(row, column["Standard Deviation [ppm]"])) == pytest.approx(
+            chi[region].std(ddof=1), rel=1e-3, abs=2e-6)
+    assert table.GetColumnUnitLabel("Mean [ppm]") == "ppm" and table.GetColumnUnitLabel("Volume [mm3]") == "mm3"
+
+    field = result.localFieldVolume
+    assert field.GetVoxelValueUnits().GetCodeMeaning() == "Hz"
+    hz = 0.05 * 42.577478 * 3.0  # the local field window is +-0.05 ppm of the Larmor frequency
+    display = field.GetDisplayNode()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((-hz, hz))
+    assert slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(field) is None
+    assert result.chiVolume.GetNodeReference(RESULT_REFERENCE_ROLES["local_field"]) is field
+    assert result.chiVolume.GetNodeReference(RESULT_REFERENCE_ROLES["statistics"]) is table
+
+    assert log[0].startswith("Started: 3 echoes, TE 4, 8, 12 ms, B0 3.000 T, configuration fast")
+    assert any(line.endswith("%  unwrap: starting") for line in log)
+    assert "  inversion: Linear TV (FANSI)" in log and log[-1] == "Done.", log
+    assert any(line.startswith("Reference: reference=whole_brain, offset_ppm=") for line in log)
+    assert result.provenance["config"]["inversion"]["method"] == "tv"
 
     for node in (result.localFieldVolume, result.maskVolume):
         np.testing.assert_array_equal(_matrix(node), _matrix(slicer_phantom.phaseVolumes[0]))
     assert result.maskVolume.IsA("vtkMRMLLabelMapVolumeNode")
     assert result.chiVolume.GetName() == "QSM head phantom chi"
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer_scene)
+    # Outputs sit in the input's study under its patient, as DICOM export needs (study and patient tags).
     study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(slicer_phantom.phaseVolumes[0]))
+    assert hierarchy.GetItemLevel(study) == "Study"
+    assert hierarchy.GetItemLevel(hierarchy.GetItemParent(study)) == "Patient"
     for node in result.nodes():
         assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
 
     csvPath = tmp_path / "stats.csv"
     QSMProcessingLogic.exportStatisticsCsv(table, str(csvPath))
     rows = list(csv.reader(csvPath.open()))
-    assert rows[0][:3] == ["Segment", "Mean (ppm)", "Median (ppm)"]
+    assert rows[0] == list(column)
     assert [r[0] for r in rows[1:]] == [names[label] for label in sorted(names)]
+    assert float(rows[1][3]) == pytest.approx(float(table.GetCellText(0, column["Mean [ppm]"])))
+
+
+def test_a_rerun_into_the_previous_chi_replaces_it_and_its_maps_instead_of_adding_nodes(
+        slicer_phantom, slicer_scene, tmp_path):
+    logic = QSMProcessingLogic(temporaryDirectory=str(tmp_path))
+    arguments = dict(magnitudeNodes=slicer_phantom.magnitudeVolumes, phaseNodes=slicer_phantom.phaseVolumes,
+                     echoTimesSeconds=None, roiSegmentation=slicer_phantom.segmentation,
+                     outputs=("chi", "local_field"))
+    first = logic.process(config="fast", **arguments)
+    first.chiVolume.SetName("my chi")
+    before = slicer.util.arrayFromVolume(first.chiVolume).copy()
+    count = slicer_scene.GetNumberOfNodes()
+
+    tkd = {"inversion": {"method": "tkd", "params": {}}}
+    second = logic.process(config=tkd, outputVolume=first.chiVolume, **arguments)
+
+    assert slicer_scene.GetNumberOfNodes() == count
+    assert second.chiVolume is first.chiVolume and second.chiVolume.GetName() == "my chi"
+    assert second.localFieldVolume is first.localFieldVolume
+    assert second.statisticsTable is first.statisticsTable
+    assert second.statisticsTable.GetNumberOfRows() == first.statisticsTable.GetNumberOfRows()
+    assert not np.allclose(slicer.util.arrayFromVolume(second.chiVolume), before)
+    assert second.provenance["config"]["inversion"]["method"] == "tkd"
+    assert slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(second.chiVolume) is not None
+
+    third = logic.process(config="fast", outputVolume=second.chiVolume,
+                          **{**arguments, "outputs": ("chi", "local_field", "mask")})
+    assert third.maskVolume is not None and slicer_scene.GetNumberOfNodes() > count  # a new map is added
+    assert third.chiVolume.GetNodeReference(RESULT_REFERENCE_ROLES["mask"]) is third.maskVolume
+
+
+def test_each_map_has_its_units_window_and_presets_scaled_with_b0():
+    chi = displaySettings("chi", 7.0)
+    assert chi.units == ("[ppm]", "UCUM", "ppm") and chi.window == CHI_WINDOW_PPM and chi.window in chi.presets
+    hzPerPpm = 42.577478 * 3.0
+    total, local = displaySettings("total_field", 3.0), displaySettings("local_field", 3.0)
+    assert total.units[2] == local.units[2] == "Hz"
+    assert total.window == pytest.approx((-hzPerPpm, hzPerPpm)) and local.window == pytest.approx(
+        (-0.05 * hzPerPpm, 0.05 * hzPerPpm))
+    assert displaySettings("local_field", 7.0).window[1] == pytest.approx(local.window[1] * 7.0 / 3.0)
+    r2star = displaySettings("r2star", 3.0)
+    assert r2star.units[0] == "/s" and r2star.window == (0.0, 60.0) and len(r2star.presets) == 3
+    assert displaySettings("mask", 3.0) is None
+
+
+def test_provenance_is_described_for_the_log_with_any_section_qsmlib_adds():
+    provenance = {
+        "software": {"QSMLib": "0.1.0", "numpy": "2.0"},
+        "config": {"unwrap": {"method": "romeo", "params": {}},
+                   "inversion": {"method": "nltv", "params": {"regularization": 0.0003}},
+                   "relaxometry": {"method": "none", "params": {}}, "per_echo": False},
+        "reference": {"reference": "whole_brain", "offset_ppm": -0.0891234},
+        "chosen_parameters": {"inversion.regularization": 0.000312},
+        "timings_s": {"unwrap": 0.04, "inversion": 1.26},
+        "inputs": {"files": {}}, "created": "2026-01-01T00:00:00",
+    }
+    assert describeProvenance(provenance) == [
+        "Configuration used:",
+        "  unwrap: ROMEO (path based)",
+        "  inversion: Nonlinear TV (FANSI) (regularization=0.0003)",
+        "  per_echo: False",
+        "Reference: reference=whole_brain, offset_ppm=-0.08912",
+        "Chosen parameters: inversion.regularization=0.000312",
+        "Time per stage: unwrap 0.0 s, inversion 1.3 s",
+        "Software: QSMLib 0.1.0, numpy 2.0",
+    ]
+    assert describeProvenance({}) == []
 
 
 def _volume(scene, name, attributes=None, value=1.0, shape=(6, 7, 8)):
@@ -246,6 +354,9 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
         "neither a preset": dict(config="best"),
         "Unknown inversion method": dict(config={"inversion": {"method": "magic"}}),
         "is a vtkMRMLSegmentationNode": dict(phaseNodes=[overlapping]),
+        "Output volume 'label' is a vtkMRMLLabelMapVolumeNode": dict(
+            outputVolume=slicer_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")),
+        "is one of the input echoes": dict(outputVolume=phase[1]),
     }
     count = slicer_scene.GetNumberOfNodes()
     for message, change in cases.items():
@@ -260,17 +371,20 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
 def test_cancel_leaves_the_scene_unchanged_and_no_temporary_folder(slicer_scene, tmp_path):
     phantom = loadHeadPhantom(slicer_scene, voxelSizeMm=2.0, echoTimesSeconds=ECHO_TIMES_S)
     count = slicer_scene.GetNumberOfNodes()
-    messages = []
+    messages, log = [], []
     run = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
         phantom.magnitudeVolumes, phantom.phaseVolumes, None, config="consensus", wait=False,
-        progressCallback=lambda fraction, message: messages.append((fraction, message)))
+        progressCallback=lambda fraction, message: messages.append((fraction, message)), logCallback=log.append)
     deadline = time.monotonic() + 60
     while not messages and time.monotonic() < deadline:
         assert not run.poll()
         time.sleep(0.02)
     assert messages and 0.0 <= messages[0][0] < 1.0
+    assert run.engineRunning()
     run.cancel()
     assert run.finished and run.cancelled and run.result is None
+    assert not run.engineRunning()
+    assert log[-1] == "Cancelled: the scene is unchanged."
     assert slicer_scene.GetNumberOfNodes() == count
     assert not any(tmp_path.iterdir())
     with pytest.raises(RuntimeError, match="cancelled"):
@@ -305,6 +419,9 @@ class FakeProcess:
 
     def kill(self):
         self.code = -15
+
+    def running(self):
+        return self.code is None
 
 
 class FakeRunner:

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from ..errors import QSMInputError
 from ..units import b0_from_imaging_frequency
 
@@ -128,13 +130,21 @@ def write_text_atomic(path: Union[str, Path], text: str) -> Path:
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> Path:
     """Write ``data`` as indented JSON with :func:`write_text_atomic`."""
-    return write_text_atomic(path, json.dumps(data, indent=2, default=_json_value) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=2, default=json_value) + "\n")
 
 
-def _json_value(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
+def json_value(value: Any) -> Any:
+    """``json.dumps`` default for what results hold: numpy scalars and arrays, paths.
+
+    Examples
+    --------
+    >>> import json, numpy as np
+    >>> json.dumps({"voxels": np.int64(3), "size": np.array([1.0, 2.0])}, default=json_value)
+    '{"voxels": 3, "size": [1.0, 2.0]}'
+    """
+    if isinstance(value, np.generic):
         return value.item()
-    if hasattr(value, "tolist"):  # numpy arrays
+    if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)

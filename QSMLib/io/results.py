@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import QSMInputError
 from ..roi import format_tsv
+from .bids import json_value
 from .nifti import write_volume
 
 #: Output names of each map a run can write (file name -> QSMResult source).
@@ -113,7 +114,7 @@ def write_outputs(
             staged[Path(file_name).stem.split(".")[0]] = staging / file_name
             (staging / file_name).write_bytes(content)
         staged["provenance"] = staging / PROVENANCE_FILE
-        staged["provenance"].write_text(json.dumps(provenance, indent=2, default=_json_default))
+        staged["provenance"].write_text(json.dumps(provenance, indent=2, default=json_value))
         final = {}
         for key, path in staged.items():
             target = out_dir / path.name
@@ -122,13 +123,3 @@ def write_outputs(
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Cannot serialise {type(value).__name__}")

@@ -6,6 +6,9 @@ wheel) and from the module's widget::
     logic = QSMProcessingLogic()
     result = logic.process(magnitudeNodes, phaseNodes, [0.004, 0.008, 0.012], fieldStrengthTesla=3.0)
     result.chiVolume  # vtkMRMLScalarVolumeNode, ppm
+
+QSMLib is imported here only inside the functions that need it (checking a
+configuration, reading and writing files), never when the module loads.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from . import Nodes, Parameters
 from .ProcessRunner import ProcessRunner, RunningProcess, SubprocessRunner
 
 ProgressCallback = Callable[[float, str], None]
+LogCallback = Callable[[str], None]
 
 #: Outputs a caller may ask for, with the QSMLib CLI's output key and the node name suffix.
 OUTPUTS = {
@@ -41,16 +45,68 @@ OUTPUTS = {
     "mask": ("mask", "mask"),
     "r2star": ("r2star", "R2* (1/s)"),
 }
+#: Node reference roles from a chi node to the other outputs of its run, so that a rerun into
+#: the same chi node replaces them too instead of adding new ones.
+RESULT_REFERENCE_ROLES = {
+    "total_field": "QSM.totalField",
+    "local_field": "QSM.localField",
+    "mask": "QSM.mask",
+    "r2star": "QSM.r2star",
+    "statistics": "QSM.roiStatistics",
+}
 #: Display window of chi maps in ppm (grey), as commonly used for brain QSM.
 CHI_WINDOW_PPM = (-0.15, 0.25)
 _MODULE_NAME = "QSMProcessing"
-_STATISTICS_COLUMNS = (
-    ("mean_ppm", "Mean", "ppm"),
-    ("median_ppm", "Median", "ppm"),
-    ("sd_ppm", "SD", "ppm"),
-    ("voxels", "Voxels", ""),
-    ("volume_ml", "Volume", "mL"),
+#: ROI table columns in the Segment Statistics module's conventions:
+#: (QSMLib key, column name, unit label, description).
+STATISTICS_COLUMNS = (
+    ("voxels", "Number of voxels [voxels]", "voxels", "Number of voxels"),
+    ("volume_mm3", "Volume [mm3]", "mm3", "Volume in mm3"),
+    ("mean_ppm", "Mean [ppm]", "ppm", "Mean susceptibility"),
+    ("sd_ppm", "Standard Deviation [ppm]", "ppm", "Standard deviation of susceptibility"),
+    ("median_ppm", "Median [ppm]", "ppm", "Median susceptibility"),
 )
+#: Provenance sections that :func:`describeProvenance` formats itself or leaves out of the log.
+_PROVENANCE_HANDLED = ("config", "timings_s", "software", "inputs", "created")
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    """How a result map is shown: voxel value units, default window and window presets.
+
+    Attributes
+    ----------
+    units : (str, str, str)
+        UCUM code value, coding scheme and meaning of the voxel values.
+    window : (float, float)
+        Default display range (min, max).
+    presets : tuple of (float, float)
+        Ranges offered as window/level presets (slice view context menu, Volumes module).
+    """
+
+    units: tuple[str, str, str]
+    window: tuple[float, float]
+    presets: tuple[tuple[float, float], ...]
+
+
+def displaySettings(output: str, fieldStrengthTesla: float) -> Optional[DisplaySettings]:
+    """Display of an output map; field windows scale with B0 (they are set in ppm of the Larmor frequency).
+
+    Returns None for the mask, which is shown as a label map.
+    """
+    hzPerPpm = Nodes.GAMMA_BAR_MHZ_PER_T * fieldStrengthTesla
+    if output == "chi":
+        return DisplaySettings(("[ppm]", "UCUM", "ppm"), CHI_WINDOW_PPM,
+                               (CHI_WINDOW_PPM, (-0.1, 0.1), (-0.3, 0.5)))
+    if output in ("total_field", "local_field"):
+        halfWidthsPpm = (0.25, 1.0, 3.0) if output == "total_field" else (0.02, 0.05, 0.15)
+        ranges = tuple((-w * hzPerPpm, w * hzPerPpm) for w in halfWidthsPpm)
+        return DisplaySettings(("Hz", "UCUM", "Hz"), ranges[1], ranges)
+    if output == "r2star":
+        # Brain R2* grows about linearly with B0 (about 15-60 1/s at 3 T).
+        ranges = tuple((0.0, k * fieldStrengthTesla) for k in (10.0, 20.0, 40.0))
+        return DisplaySettings(("/s", "UCUM", "per second"), ranges[1], ranges)
+    return None
 
 
 @dataclass
@@ -64,6 +120,7 @@ class QSMOutputNodes:
     maskVolume: Any = None
     r2StarVolume: Any = None
     warnings: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def nodes(self) -> list[Any]:
         """Every created node."""
@@ -83,6 +140,8 @@ class _Job:
     outputs: tuple[str, ...]
     segmentNames: list[str]
     workDirectory: Path
+    fieldStrengthTesla: float
+    outputVolume: Any = None
 
 
 class QSMRun:
@@ -93,12 +152,20 @@ class QSMRun:
     folder is removed in every case.
     """
 
-    def __init__(self, process: RunningProcess, job: _Job, progressCallback: Optional[ProgressCallback]):
+    def __init__(
+        self,
+        process: RunningProcess,
+        job: _Job,
+        progressCallback: Optional[ProgressCallback],
+        logCallback: Optional[LogCallback],
+    ):
         self._process = process
         self._job = job
         self._progressCallback = progressCallback
+        self._logCallback = logCallback
         self._outputFiles: dict[str, str] = {}
         self._errorMessage = ""
+        self._stage: Optional[str] = None
         self.warnings: list[str] = []
         self.result: Optional[QSMOutputNodes] = None
         self.error: Optional[Exception] = None
@@ -127,6 +194,12 @@ class QSMRun:
             self.error = error
         finally:
             self._finish()
+        if self.result is not None:
+            for line in describeProvenance(self.result.provenance):
+                self._log(line)
+            self._log("Done.")
+        else:
+            self._log(str(self.error))
         return True
 
     def wait(self, pollIntervalSeconds: float = 0.1) -> QSMOutputNodes:
@@ -140,16 +213,25 @@ class QSMRun:
         return self.result
 
     def cancel(self) -> None:
-        """Stop the process, remove its temporary files; the scene stays as it was."""
+        """Stop the engine and every process it started, remove its temporary files; the scene stays as it was."""
         if self.finished:
             return
         self._process.kill()
         self.cancelled = True
         self._finish()
+        self._log("Cancelled: the scene is unchanged.")
+
+    def engineRunning(self) -> bool:
+        """True while any process of the engine is alive (False once cancelled or finished)."""
+        return self._process.running()
 
     def _finish(self) -> None:
         shutil.rmtree(self._job.workDirectory, ignore_errors=True)
         self.finished = True
+
+    def _log(self, line: str) -> None:
+        if self._logCallback is not None:
+            self._logCallback(line)
 
     def _handleLine(self, line: str) -> None:
         try:
@@ -160,16 +242,65 @@ class QSMRun:
         if not isinstance(event, dict):
             return
         kind = event.get("event")
+        message = str(event.get("message", ""))
         if kind == "progress":
+            fraction = float(event.get("fraction", 0.0))
             if self._progressCallback is not None:
-                self._progressCallback(float(event.get("fraction", 0.0)), str(event.get("message", "")))
+                self._progressCallback(fraction, message)
+            stage = str(event.get("stage") or message)
+            if stage != self._stage:  # one log line per stage, not one per iteration
+                self._stage = stage
+                self._log(f"{100 * fraction:3.0f}%  {message}")
         elif kind == "warning":
-            self.warnings.append(str(event.get("message", "")))
-            logging.warning("QSM: %s", event.get("message", ""))
+            self.warnings.append(message)
+            logging.warning("QSM: %s", message)
+            self._log(f"Warning: {message}")
         elif kind == "done":
             self._outputFiles = {str(k): str(v) for k, v in dict(event.get("outputs", {})).items()}
         elif kind == "error":
-            self._errorMessage = str(event.get("message", ""))
+            self._errorMessage = message
+
+
+def describeProvenance(provenance: Mapping[str, Any]) -> list[str]:
+    """Log lines for a run's provenance: the configuration used, the values QSMLib chose, the time per stage.
+
+    Every section QSMLib records beyond configuration, timings, software, inputs
+    and date (today ``reference``; data-driven parameters when QSMLib records
+    them) is listed as it is, so new entries show up without a change here.
+    """
+    lines = []
+    config = provenance.get("config") or {}
+    if config:
+        lines.append("Configuration used:")
+        for stage, choice in config.items():
+            if isinstance(choice, Mapping) and "method" in choice:
+                if choice["method"] == "none":
+                    continue
+                name = Parameters.STAGE_METHODS.get(stage, {}).get(choice["method"], choice["method"])
+                parameters = _formatValue(choice.get("params") or {})
+                lines.append(f"  {stage}: {name}" + (f" ({parameters})" if parameters else ""))
+            else:
+                lines.append(f"  {stage}: {_formatValue(choice)}")
+    for section, value in provenance.items():
+        if section not in _PROVENANCE_HANDLED:
+            lines.append(f"{section.replace('_', ' ').capitalize()}: {_formatValue(value)}")
+    timings = provenance.get("timings_s") or {}
+    if timings:
+        lines.append("Time per stage: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items()))
+    software = provenance.get("software") or {}
+    if software:
+        lines.append("Software: " + ", ".join(f"{name} {version}" for name, version in software.items()))
+    return lines
+
+
+def _formatValue(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key}={_formatValue(item)}" for key, item in value.items())
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_formatValue(item) for item in value) + "]"
+    return str(value)
 
 
 class QSMProcessingLogic:
@@ -236,6 +367,8 @@ class QSMProcessingLogic:
         outputs: Sequence[str] = ("chi",),
         wait: bool = True,
         progressCallback: Optional[ProgressCallback] = None,
+        outputVolume: Any = None,
+        logCallback: Optional[LogCallback] = None,
     ) -> Union[QSMOutputNodes, QSMRun]:
         """Compute a susceptibility map (ppm) and the requested intermediates.
 
@@ -262,6 +395,14 @@ class QSMProcessingLogic:
             :class:`QSMRun` to poll and cancel.
         progressCallback : callable(fraction, message), optional
             Called with the progress of the run (from :meth:`QSMRun.poll`).
+        outputVolume : vtkMRMLScalarVolumeNode, optional
+            Chi node to overwrite (a previous result): its voxels, geometry and
+            display are replaced, and so are the field maps, mask, R2* and ROI
+            table made with it. None creates new nodes.
+        logCallback : callable(line), optional
+            Called with readable lines for a log: the inputs and configuration,
+            each stage, warnings, and at the end the configuration and
+            parameters QSMLib used (from its provenance).
 
         Raises
         ------
@@ -288,6 +429,7 @@ class QSMProcessingLogic:
         requested = _checkOutputs(outputs)
         configArgument = _checkConfig(config)
         frames = phaseFrames + magnitudeFrames
+        _checkOutputVolume(outputVolume, magnitudeList + phaseList, frames)
         Nodes.checkSameGrid(frames)
         reference = phaseFrames[0]
         shape, ijkToRas = reference.shape(), reference.ijkToRas()
@@ -310,6 +452,8 @@ class QSMProcessingLogic:
         scene = referenceNode.GetScene()
         if scene is None:
             raise ValueError(f"'{referenceNode.GetName()}' is not in a scene.")
+        if outputVolume is not None and outputVolume.GetScene() is not scene:
+            raise ValueError(f"Output volume '{outputVolume.GetName()}' is not in the inputs' scene.")
         workDirectory = Path(tempfile.mkdtemp(prefix="QSMProcessing-", dir=self.temporaryDirectory))
         try:
             arguments = self._writeInputs(
@@ -323,8 +467,12 @@ class QSMProcessingLogic:
             shutil.rmtree(workDirectory, ignore_errors=True)
             raise
         job = _Job(scene, reference, referenceNode, _baseName(magnitudeList + phaseList), requested,
-                   segmentNames, workDirectory)
-        run = QSMRun(process, job, progressCallback)
+                   segmentNames, workDirectory, float(b0), outputVolume)
+        run = QSMRun(process, job, progressCallback, logCallback)
+        if logCallback is not None:
+            configText = configArgument if isinstance(configArgument, str) else json.dumps(configArgument)
+            logCallback(f"Started: {len(echoTimes)} echoes, TE {Parameters.formatEchoTimesMs(echoTimes)} ms, "
+                        f"B0 {float(b0):.3f} T, configuration {configText}, outputs {', '.join(requested)}.")
         return run.wait() if wait else run
 
     def _python(self) -> str:
@@ -373,16 +521,12 @@ class QSMProcessingLogic:
 
     @staticmethod
     def exportStatisticsCsv(tableNode: Any, path: str) -> None:
-        """Write a statistics table node to a CSV file (header row, then one row per segment)."""
+        """Write a statistics table node to a CSV file (header row of column names, then one row per segment)."""
         table = tableNode.GetTable()
         columns = [table.GetColumn(c) for c in range(table.GetNumberOfColumns())]
-        headers = []
-        for column in columns:
-            unit = tableNode.GetColumnUnitLabel(column.GetName())
-            headers.append(f"{column.GetName()} ({unit})" if unit else column.GetName())
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(headers)
+            writer.writerow([column.GetName() for column in columns])
             for row in range(table.GetNumberOfRows()):
                 writer.writerow([column.GetValue(row) for column in columns])
 
@@ -452,6 +596,18 @@ def _checkConfig(config: Union[str, Mapping[str, Any]]) -> Union[str, Mapping[st
     )
 
 
+def _checkOutputVolume(outputVolume: Any, inputNodes: Sequence[Any], frames: Sequence[Nodes.EchoFrame]) -> None:
+    if outputVolume is None:
+        return
+    name = outputVolume.GetName()
+    if not outputVolume.IsA("vtkMRMLScalarVolumeNode") or outputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise ValueError(f"Output volume '{name}' is a {outputVolume.GetClassName()}: choose a scalar volume "
+                         "(a previous chi map) or create a new one.")
+    if any(outputVolume is node for node in inputNodes) or any(outputVolume is f.volumeNode for f in frames):
+        raise ValueError(f"Output volume '{name}' is one of the input echoes: choose another output or create "
+                         "a new one.")
+
+
 def _labelMap(
     segmentationNode: Any, shape: Sequence[int], ijkToRas: np.ndarray, transformNode: Any
 ) -> tuple[np.ndarray, list[str]]:
@@ -495,7 +651,11 @@ def _baseName(nodes: Sequence[Any]) -> str:
 
 
 def _loadOutputs(job: _Job, files: Mapping[str, str], warnings: list[str]) -> QSMOutputNodes:
-    """Read the CLI's outputs, then create nodes (all or none)."""
+    """Read the CLI's outputs, then create (or, for a rerun into a previous chi node, update) nodes.
+
+    Everything is read and checked before the scene is touched; if making the
+    nodes fails, the nodes made so far are removed again.
+    """
     shape = job.referenceFrame.shape()
     arrays: dict[str, np.ndarray] = {}
     for output in job.outputs:
@@ -510,42 +670,89 @@ def _loadOutputs(job: _Job, files: Mapping[str, str], warnings: list[str]) -> QS
             raise RuntimeError(f"QSMLib's {key} has shape {array.shape}, expected {tuple(shape)}.")
         arrays[output] = array
     rows = _readStatistics(files["roi_stats"]) if job.segmentNames else []
+    provenance = json.loads(Path(files["provenance"]).read_text(encoding="utf-8")) if "provenance" in files else {}
 
+    previous = _previousResult(job.outputVolume)
     created: list[Any] = []
     try:
-        nodes = {output: _addVolume(job, output, array, created) for output, array in arrays.items()}
-        table = _addStatisticsTable(job, rows, created) if job.segmentNames else None
+        nodes = {output: _outputVolumeNode(job, output, previous, created) for output in arrays}
+        for output, array in arrays.items():
+            _fillVolume(job, output, nodes[output], array, created)
+        table = None
+        if job.segmentNames:
+            table = previous.get("statistics")
+            if table is None or not table.IsA("vtkMRMLTableNode"):
+                table = job.scene.AddNewNodeByClass(
+                    "vtkMRMLTableNode", job.scene.GenerateUniqueName(f"{job.baseName} ROI statistics"))
+                created.append(table)
+            _fillStatisticsTable(job, table, rows)
     except BaseException:
         for node in created:
             job.scene.RemoveNode(node)
         raise
-    _placeInHierarchy(job, created)
+    chi = nodes["chi"]
+    for output, node in [*nodes.items(), ("statistics", table)]:
+        if output != "chi" and node is not None:
+            chi.SetNodeReferenceID(RESULT_REFERENCE_ROLES[output], node.GetID())
+    _placeInHierarchy(job, [*nodes.values(), table] if table is not None else list(nodes.values()))
     return QSMOutputNodes(
-        chiVolume=nodes["chi"], statisticsTable=table, totalFieldVolume=nodes.get("total_field"),
+        chiVolume=chi, statisticsTable=table, totalFieldVolume=nodes.get("total_field"),
         localFieldVolume=nodes.get("local_field"), maskVolume=nodes.get("mask"),
-        r2StarVolume=nodes.get("r2star"), warnings=list(warnings))
+        r2StarVolume=nodes.get("r2star"), warnings=list(warnings), provenance=provenance)
 
 
-def _addVolume(job: _Job, output: str, array: np.ndarray, created: list[Any]) -> Any:
+def _previousResult(chiVolume: Any) -> dict[str, Any]:
+    """The nodes of an earlier run that a rerun into ``chiVolume`` replaces."""
+    if chiVolume is None:
+        return {}
+    previous = {"chi": chiVolume}
+    for output, role in RESULT_REFERENCE_ROLES.items():
+        node = chiVolume.GetNodeReference(role)
+        if node is not None:
+            previous[output] = node
+    return previous
+
+
+def _outputVolumeNode(job: _Job, output: str, previous: Mapping[str, Any], created: list[Any]) -> Any:
     isMask = output == "mask"
+    node = previous.get(output)
+    if node is not None and node.IsA("vtkMRMLScalarVolumeNode") and node.IsA("vtkMRMLLabelMapVolumeNode") == isMask:
+        return node
     className = "vtkMRMLLabelMapVolumeNode" if isMask else "vtkMRMLScalarVolumeNode"
     node = job.scene.AddNewNodeByClass(className, job.scene.GenerateUniqueName(f"{job.baseName} {OUTPUTS[output][1]}"))
     created.append(node)
+    return node
+
+
+def _fillVolume(job: _Job, output: str, node: Any, array: np.ndarray, created: list[Any]) -> None:
+    isMask = output == "mask"
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(job.referenceFrame.ijkToRas()))
     slicer.util.updateVolumeFromArray(node, array.astype(np.uint8 if isMask else np.float32))
     if job.referenceNode.IsA("vtkMRMLTransformableNode"):
         node.SetAndObserveTransformNodeID(job.referenceNode.GetTransformNodeID())
-    node.CreateDefaultDisplayNodes()
-    created.append(node.GetDisplayNode())
-    if output == "chi":
-        display = node.GetDisplayNode()
-        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(*CHI_WINDOW_PPM)
-        units = slicer.vtkCodedEntry()
-        units.SetValueSchemeMeaning("[ppm]", "UCUM", "ppm")
-        node.SetVoxelValueUnits(units)
-    return node
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+        created.append(node.GetDisplayNode())
+    settings = displaySettings(output, job.fieldStrengthTesla)
+    if settings is None:
+        return
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*settings.window)
+    display.ResetWindowLevelPresets()
+    for low, high in settings.presets:
+        display.AddWindowLevelPreset(high - low, (high + low) / 2)
+    units = slicer.vtkCodedEntry()
+    units.SetValueSchemeMeaning(*settings.units)
+    node.SetVoxelValueUnits(units)
+    # The Colors module registers the legend node class; a scene without it (a bare MRML scene) gets no legend.
+    if (output == "chi" and job.scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode")
+            and slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node) is None):
+        legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
+        created.append(legend)
+        legend.SetTitleText("chi (ppm)")
+        legend.SetLabelFormat("%.2f")
 
 
 def _readStatistics(path: str) -> list[dict[str, str]]:
@@ -553,33 +760,36 @@ def _readStatistics(path: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def _addStatisticsTable(job: _Job, rows: Sequence[Mapping[str, str]], created: list[Any]) -> Any:
+def _fillStatisticsTable(job: _Job, table: Any, rows: Sequence[Mapping[str, str]]) -> None:
+    """One row per segment (in segment order) with the columns of :data:`STATISTICS_COLUMNS`."""
     byLabel = {int(row["label"]): row for row in rows}
-    table = job.scene.AddNewNodeByClass("vtkMRMLTableNode", job.scene.GenerateUniqueName(
-        f"{job.baseName} ROI statistics"))
-    created.append(table)
+    voxelVolumeMm3 = abs(float(np.linalg.det(job.referenceFrame.ijkToRas()[:3, :3])))
+    wasModified = table.StartModify()
+    table.RemoveAllColumns()
     names = vtk.vtkStringArray()
     names.SetName("Segment")
     table.AddColumn(names)
     columns = []
-    for key, title, unit in _STATISTICS_COLUMNS:
+    for key, title, unit, description in STATISTICS_COLUMNS:
         column = vtk.vtkIntArray() if key == "voxels" else vtk.vtkDoubleArray()
         column.SetName(title)
         table.AddColumn(column)
-        if unit:
-            table.SetColumnUnitLabel(title, unit)
+        table.SetColumnUnitLabel(title, unit)
+        table.SetColumnDescription(title, description)
         columns.append((key, column))
     for label, name in enumerate(job.segmentNames, start=1):
         row = byLabel.get(label, {})
+        voxels = int(float(row["voxels"])) if row.get("voxels") else 0
         names.InsertNextValue(name)
         for key, column in columns:
-            text = row.get(key, "")
             if key == "voxels":
-                column.InsertNextValue(int(float(text)) if text else 0)
+                column.InsertNextValue(voxels)
+            elif key == "volume_mm3":
+                column.InsertNextValue(voxels * voxelVolumeMm3)
             else:
-                column.InsertNextValue(float(text) if text else math.nan)
+                column.InsertNextValue(float(row[key]) if row.get(key) else math.nan)
     table.GetTable().Modified()
-    return table
+    table.EndModify(wasModified)
 
 
 def _placeInHierarchy(job: _Job, nodes: Sequence[Any]) -> None:

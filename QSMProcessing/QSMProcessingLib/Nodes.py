@@ -2,9 +2,11 @@
 
 Slicer's voxel arrays are in (k, j, i) order and a volume's geometry is its
 IJKToRAS matrix. Everything here keeps both exactly: arrays are copied in
-(k, j, i) order and written to NIfTI through SimpleITK with the IJKToRAS
-matrix converted to LPS, so a file read back maps voxel (i, j, k) to the
-same physical point as the node.
+(k, j, i) order and written to NIfTI by QSMLib's own writer, whose affine maps
+array axes (0, 1, 2) = (k, j, i) to RAS, so a file read back maps voxel
+(i, j, k) to the same physical point as the node. QSMLib (and SimpleITK
+behind it) is imported only when a file is written or read, never when the
+module loads.
 
 Echo times are read the way Slicer's importers store them:
 
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import slicer
 import vtk
 from vtk.util import numpy_support
@@ -37,7 +38,6 @@ FIELD_STRENGTH_ATTRIBUTE = "QSM.FieldStrength"
 DICOM_TAG_ECHO_TIME = "0018,0081"
 DICOM_TAG_IMAGING_FREQUENCY = "0018,0084"
 DICOM_TAG_FIELD_STRENGTH = "0018,0087"
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _GRID_TOLERANCE_MM = 1e-4
 
 
@@ -245,28 +245,28 @@ def checkSameGrid(frames: Sequence[EchoFrame]) -> None:
             )
 
 
-def imageFromArray(voxels: np.ndarray, ijkToRas: np.ndarray) -> sitk.Image:
-    """SimpleITK image of a (k, j, i) array with a volume's IJKToRAS geometry."""
-    lps = _RAS_TO_LPS @ np.asarray(ijkToRas, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).reshape(-1)])
-    image.SetOrigin([float(v) for v in lps[:3, 3]])
-    return image
+def arrayAxesAffine(ijkToRas: np.ndarray) -> np.ndarray:
+    """QSMLib's affine (array axes (k, j, i) -> RAS) from a volume's IJKToRAS matrix."""
+    affine = np.array(ijkToRas, dtype=np.float64)
+    affine[:, :3] = affine[:, [2, 1, 0]]
+    return affine
 
 
 def writeVolumeFile(path: str, voxels: np.ndarray, ijkToRas: np.ndarray) -> None:
     """Write a (k, j, i) array with the given IJKToRAS geometry (NIfTI, compressed)."""
-    sitk.WriteImage(imageFromArray(voxels, ijkToRas), str(path), True)
+    from QSMLib.io.nifti import write_volume
+
+    write_volume(path, np.ascontiguousarray(voxels), arrayAxesAffine(ijkToRas))
 
 
 def readVolumeFile(path: str) -> np.ndarray:
     """Voxels of a 3D image file in (k, j, i) order."""
-    image = sitk.ReadImage(str(path))
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+    from QSMLib.io.nifti import read_volume
+
+    voxels, _ = read_volume(path)
+    if voxels.ndim != 3:
         raise RuntimeError(f"{path} is not a 3D scalar image.")
-    return sitk.GetArrayFromImage(image)
+    return voxels
 
 
 def segmentMasks(

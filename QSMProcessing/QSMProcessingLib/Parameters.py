@@ -1,4 +1,9 @@
-"""Presets, stage methods and the custom configuration built from the Advanced section.
+"""Presets, stage methods, their readable names and parameters, and the custom configuration (no Qt).
+
+This file is the one place that maps what the module shows (readable method
+names, the regularisation field's label, unit and default) to QSMLib's
+registry names and keyword arguments; update it when QSMLib's methods or
+defaults change (``Testing/test_slicer_extension.py`` compares it with QSMLib).
 
 A custom configuration is a partial QSMLib ``PipelineConfig`` dictionary:
 stages not named keep the ``consensus`` defaults, and a method's parameters
@@ -7,29 +12,99 @@ not named keep the defaults of its QSMLib function.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
-#: Named QSMLib presets the module offers (``custom`` is built from the Advanced section).
-PRESETS = ("consensus", "fast")
-CUSTOM_PRESET = "custom"
-
-#: Methods offered per stage in the Advanced section (QSMLib registry names).
-UNWRAP_METHODS = ("romeo", "laplacian")
-BACKGROUND_METHODS = ("vsharp", "pdf", "lbv")
-INVERSION_METHODS = ("medi", "tv", "nltv", "rts", "l2", "tkd")
-REFERENCE_METHODS = ("whole_brain", "csf")
-
-#: The one main parameter per method the Advanced section exposes: (keyword, QSMLib default).
-#: A default of None means QSMLib chooses the value itself (shown and entered as 0).
-BACKGROUND_MAIN_PARAMETER = {"vsharp": ("max_radius_mm", 12.0)}
-INVERSION_MAIN_PARAMETER = {
-    "tv": ("regularization", 2e-4),
-    "nltv": ("regularization", 2e-4),
-    "medi": ("regularization", 100.0),
-    "rts": ("delta", 0.15),
-    "l2": ("regularization", None),
-    "tkd": ("threshold", 0.19),
+#: Named QSMLib presets the module offers, with the names shown in the Preset box.
+PRESETS = {
+    "consensus": "ISMRM consensus (2024)",
+    "fast": "Fast (linear TV inversion)",
 }
+#: The preset built from the Advanced section.
+CUSTOM_PRESET = "custom"
+PRESET_LABELS = {**PRESETS, CUSTOM_PRESET: "Custom (Advanced section)"}
+
+#: Methods offered per stage in the Advanced section: QSMLib registry name -> name shown.
+UNWRAP_METHODS = {"romeo": "ROMEO (path based)", "laplacian": "Laplacian"}
+BACKGROUND_METHODS = {
+    "vsharp": "V-SHARP",
+    "pdf": "PDF (projection onto dipole fields)",
+    "lbv": "LBV (Laplacian boundary value)",
+}
+INVERSION_METHODS = {
+    "medi": "MEDI",
+    "tv": "Linear TV (FANSI)",
+    "nltv": "Nonlinear TV (FANSI)",
+    "rts": "RTS (rapid two-step)",
+    "l2": "Closed-form L2",
+    "tkd": "TKD (truncated k-space division)",
+}
+REFERENCE_METHODS = {"whole_brain": "Whole brain", "csf": "CSF (lateral ventricles)"}
+#: Stage name -> methods offered for it.
+STAGE_METHODS = {
+    "unwrap": UNWRAP_METHODS,
+    "background": BACKGROUND_METHODS,
+    "inversion": INVERSION_METHODS,
+    "reference": REFERENCE_METHODS,
+}
+
+#: Shown in the regularisation field when no value is typed: QSMLib's default decides.
+AUTOMATIC_TEXT = "Automatic"
+
+
+@dataclass(frozen=True)
+class MethodParameter:
+    """The one parameter of a method that the Advanced section exposes.
+
+    Attributes
+    ----------
+    keyword : str
+        QSMLib keyword argument of the method.
+    label : str
+        Shown left of the field.
+    unit : str
+        Shown after the value ("" for a pure number).
+    default : float or None
+        QSMLib's default today; None where QSMLib derives it from the data.
+    defaultText : str
+        How the default is described in the field's tooltip.
+    decimals, step : int, float
+        Precision and arrow step of the field.
+    """
+
+    keyword: str
+    label: str
+    unit: str
+    default: Optional[float]
+    defaultText: str
+    decimals: int
+    step: float
+
+
+_TV_REGULARIZATION = MethodParameter(
+    "regularization", "Regularization λ", "ppm·mm", 2e-4, "0.0002 ppm·mm", 5, 0.00005)
+
+#: The inversion parameter per method. Its field's "Automatic" (0) passes nothing: QSMLib's default decides.
+INVERSION_PARAMETERS = {
+    "medi": MethodParameter("regularization", "Regularization λ", "", 100.0, "100 (data weight at a 20 ms echo)",
+                            1, 10.0),
+    "tv": _TV_REGULARIZATION,
+    "nltv": _TV_REGULARIZATION,
+    "rts": MethodParameter("delta", "Kernel threshold δ", "", 0.15, "0.15", 3, 0.01),
+    "l2": MethodParameter("regularization", "Regularization λ", "mm²", None, "0.003 mm² × (voxel size / 1 mm)²",
+                          4, 0.001),
+    "tkd": MethodParameter("threshold", "Kernel threshold", "", 0.19, "0.19", 3, 0.01),
+}
+#: Background methods with a kernel radius (the Advanced section's radius field).
+BACKGROUND_RADIUS = {"vsharp": MethodParameter("max_radius_mm", "Largest kernel radius", "mm", 12.0, "12 mm", 1, 1.0)}
+
+
+def inversionParameterTooltip(method: str) -> str:
+    """Tooltip of the inversion parameter field for ``method``."""
+    parameter = INVERSION_PARAMETERS[method]
+    return (f"{parameter.label} of {INVERSION_METHODS[method]}. {AUTOMATIC_TEXT} (0): QSMLib chooses it "
+            f"(today {parameter.defaultText}). Type a value to override it.")
 
 
 def customConfig(
@@ -45,35 +120,35 @@ def customConfig(
     Parameters
     ----------
     unwrapMethod, backgroundMethod, inversionMethod, referenceMethod : str
-        QSMLib method names (see the ``*_METHODS`` tuples).
+        QSMLib method names (keys of :data:`STAGE_METHODS`' tables).
     backgroundRadiusMm : float
         Largest spherical kernel radius (mm) for V-SHARP; ignored by methods without one.
     inversionParameter : float
-        The inversion method's main parameter (see :data:`INVERSION_MAIN_PARAMETER`); 0 leaves
-        the choice to QSMLib where its default is automatic.
+        The inversion method's parameter (see :data:`INVERSION_PARAMETERS`); 0 means
+        automatic: nothing is passed and QSMLib's default decides.
 
     Raises
     ------
     ValueError
-        For a method this module does not offer, or a non-positive parameter.
+        For a method this module does not offer, or a negative or non-finite parameter.
     """
-    choices = {
-        "unwrap": (unwrapMethod, UNWRAP_METHODS),
-        "background": (backgroundMethod, BACKGROUND_METHODS),
-        "inversion": (inversionMethod, INVERSION_METHODS),
-        "reference": (referenceMethod, REFERENCE_METHODS),
-    }
-    for stage, (method, offered) in choices.items():
-        if method not in offered:
-            raise ValueError(f"Unknown {stage} method {method!r}; choose one of {', '.join(offered)}.")
-    automatic = INVERSION_MAIN_PARAMETER[inversionMethod][1] is None and inversionParameter == 0
-    if backgroundRadiusMm <= 0 or (inversionParameter <= 0 and not automatic):
-        raise ValueError("The background radius and the inversion parameter must be positive.")
-    config: dict[str, Any] = {stage: {"method": method, "params": {}} for stage, (method, _) in choices.items()}
-    if backgroundMethod in BACKGROUND_MAIN_PARAMETER:
-        config["background"]["params"][BACKGROUND_MAIN_PARAMETER[backgroundMethod][0]] = float(backgroundRadiusMm)
-    if not automatic:
-        config["inversion"]["params"][INVERSION_MAIN_PARAMETER[inversionMethod][0]] = float(inversionParameter)
+    choices = {"unwrap": unwrapMethod, "background": backgroundMethod, "inversion": inversionMethod,
+               "reference": referenceMethod}
+    for stage, method in choices.items():
+        if method not in STAGE_METHODS[stage]:
+            raise ValueError(f"Unknown {stage} method {method!r}; choose one of {', '.join(STAGE_METHODS[stage])}.")
+    parameter = INVERSION_PARAMETERS[inversionMethod]
+    if not math.isfinite(inversionParameter) or inversionParameter < 0:
+        raise ValueError(
+            f"{parameter.label} of {INVERSION_METHODS[inversionMethod]} must be positive, or 0 for "
+            f"{AUTOMATIC_TEXT.lower()}; got {inversionParameter}.")
+    if backgroundMethod in BACKGROUND_RADIUS and not (math.isfinite(backgroundRadiusMm) and backgroundRadiusMm > 0):
+        raise ValueError(f"The background kernel radius must be positive (mm), got {backgroundRadiusMm}.")
+    config: dict[str, Any] = {stage: {"method": method, "params": {}} for stage, method in choices.items()}
+    if backgroundMethod in BACKGROUND_RADIUS:
+        config["background"]["params"][BACKGROUND_RADIUS[backgroundMethod].keyword] = float(backgroundRadiusMm)
+    if inversionParameter > 0:
+        config["inversion"]["params"][parameter.keyword] = float(inversionParameter)
     return config
 
 
@@ -91,3 +166,8 @@ def parseEchoTimesMs(text: str) -> list[float]:
         raise ValueError(
             f"Echo times {text!r} must be numbers in ms separated by commas, e.g. 4.0, 8.0, 12.0."
         ) from None
+
+
+def formatEchoTimesMs(echoTimesSeconds: Sequence[float]) -> str:
+    """Echo times in seconds as the text typed in the module (ms, comma separated)."""
+    return ", ".join(f"{t * 1000:g}" for t in echoTimesSeconds)

@@ -78,6 +78,19 @@ def loadHeadPhantom(
     return HeadPhantomNodes(magnitudes, phases, segmentation)
 
 
+def loadHeadPhantomSample(source: Any = None) -> None:
+    """Sample Data button (``customDownloader``): build the phantom and show its first magnitude echo.
+
+    Parameters
+    ----------
+    source : SampleDataSource, optional
+        Passed by the Sample Data module; unused, the phantom is generated locally.
+    """
+    with slicer.util.WaitCursor():
+        phantom = loadHeadPhantom(slicer.mrmlScene)
+    slicer.util.setSliceViewerLayers(background=phantom.magnitudeVolumes[0], fit=True)
+
+
 def _addVolume(scene: Any, name: str, axesArray: np.ndarray, ijkToRas: np.ndarray) -> Any:
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))

@@ -1,1 +1,1 @@
-"""Qt-free parts of the QSM Processing module: logic, MRML conversion, processes, sample data."""
+"""QSM Processing: the panel (Widget, ParameterNode) and the Qt-free logic, MRML conversion, processes, sample data."""
