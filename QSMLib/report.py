@@ -46,8 +46,9 @@ class QCMap:
     unit : str
         Unit of the map's values, e.g. "Hz", "ppm" or "a.u.".
     window : (float, float), optional
-        Values shown black and white, in ``unit``; None for the 1st and 99th
-        percentile inside the montage's mask (of the whole volume without one).
+        Values shown black and white, in ``unit``; None for :func:`auto_window`
+        (1st to 99th percentile inside the montage's mask, from 0 for a map
+        without negative values).
     outline : numpy.ndarray of bool, shape (n0, n1, n2), optional
         A mask whose boundary is drawn in white over the map, which is then
         dimmed (and its colour bar with it) so that the outline stands out.
