@@ -14,7 +14,7 @@ optional bipolar readout error and complex Gaussian noise.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.fft
@@ -23,6 +23,7 @@ from .. import _fft
 from ..acquisition import MultiEchoGRE
 from ..errors import QSMInputError
 from ..units import ppm_to_hz
+from .deform import AnatomyWarp, receive_bias_field, warped_model
 from .forward import _linear_weights, _smooth_dipole_field, shim_field, supersampled_fields
 from .head import HeadPhantom, _three_positive
 from .realistic import _BRAIN_LABEL_MAX, REALISTIC_LABEL_NAMES, RealisticModel, realistic_model, rotation_about_axes
@@ -207,6 +208,8 @@ def simulate_realistic_head(
     lesions: bool = True,
     margin_mm: float = 24.0,
     pad_factor: float = 1.3,
+    anatomy_warp: Optional[Mapping[str, Any]] = None,
+    receive_bias: float = 0.0,
 ) -> HeadPhantom:
     """Simulate a multi-echo GRE scan of the realistic head.
 
@@ -247,6 +250,14 @@ def simulate_realistic_head(
         head enters through :func:`outside_field_correction`.
     pad_factor : float
         Zero padding of the fine convolution per axis.
+    anatomy_warp : mapping, optional
+        Parameters of a :class:`.deform.AnatomyWarp`: another subject's
+        anatomy (size, orientation, a smooth nonlinear deformation), in which
+        ``centre_mni`` and the rotations are points and angles of the
+        subject frame. None: the template's anatomy.
+    receive_bias : float
+        Amplitude of a smooth receive-coil sensitivity on the magnitude
+        (:func:`.deform.receive_bias_field`, drawn from its own seed); 0: none.
 
     Returns
     -------
@@ -266,7 +277,7 @@ def simulate_realistic_head(
     if snr is not None and not snr > 0:
         raise QSMInputError(f"snr must be positive (or None for no noise), got {snr!r}.")
     s = int(supersample)
-    model = realistic_model()
+    model = realistic_model() if anatomy_warp is None else warped_model(AnatomyWarp.from_dict(anatomy_warp))
     centre = np.asarray(centre_mni, np.float64)
     affine, b0_direction, grid_to_mni = grid_geometry(
         shape, voxel, centre_mni=centre, head_rotation_deg=head_rotation_deg, slab_rotation_deg=slab_rotation_deg)
@@ -326,6 +337,8 @@ def simulate_realistic_head(
     background_hz = total_hz - local_hz
 
     amplitude = np.ascontiguousarray(amplitude[(slice(None), *crop)])
+    if receive_bias:
+        amplitude *= receive_bias_field(axes, float(receive_bias), np.random.default_rng([seed, 1]))
     for echo, te in enumerate(echo_times):
         amplitude[echo] *= dephasing_factor(total_hz, float(te))
     phi0_model = phase_offset_map(axes, rng, grid_to_mni)

@@ -98,6 +98,45 @@ SMALL_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
                   echo_times_s=_echoes(4, 5, 3), peak_snr=100.0, model_factor=1, seed=12)),
 )}
 
+#: Other subjects: the realistic head under smooth random deformations (:mod:`.deform`) with a receive-coil
+#: bias, so that an atlas has to be registered to them (the suite's heads are the template's own anatomy).
+#: Each warp has its own seed, size (scale), orientation and shape; every value is drawn by hand once.
+WARPED_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
+    CaseSpec("warped_1mm_3T_a", "realistic", "another subject (warp 101: 3 mm RMS, larger, rotated 6/-4 deg), "
+             "1 mm, 3 T, 5 echoes 4-20 ms, SNR 100, head tilted 8 deg, receive bias 30 %",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 4, 5), snr=100.0, head_rotation_deg=(8.0, 0.0),
+                  slab_rotation_deg=(8.0, 0.0), seed=21, receive_bias=0.3,
+                  anatomy_warp=dict(seed=101, displacement_mm=3.0, scale=(1.05, 1.03, 0.97),
+                                    rotation_deg=(6.0, -4.0), shift_mm=(2.0, -3.0, 4.0)))),
+    CaseSpec("warped_1mm_3T_b", "realistic", "another subject (warp 102: 3.5 mm RMS, smaller), 1 mm, 3 T, "
+             "9 echoes 4-36 ms bipolar, 15 deg oblique slab, SNR 80, receive bias 40 %",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 4, 9), snr=80.0, bipolar=True, slab_rotation_deg=(15.0, 0.0), seed=22,
+                  receive_bias=0.4,
+                  anatomy_warp=dict(seed=102, displacement_mm=3.5, scale=(0.94, 0.96, 0.98),
+                                    rotation_deg=(-5.0, 3.0), shift_mm=(-3.0, 2.0, -2.0)))),
+    CaseSpec("warped_1p5mm_3T_c", "realistic", "another subject (warp 103: 3 mm RMS, wide and short), 1.5 mm, "
+             "3 T, 4 echoes 5-20 ms, SNR 50, head tilted 15/8 deg, receive bias 30 %",
+             dict(voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(5, 5, 4), snr=50.0, head_rotation_deg=(15.0, 8.0),
+                  slab_rotation_deg=(15.0, 8.0), seed=23, receive_bias=0.3,
+                  anatomy_warp=dict(seed=103, displacement_mm=3.0, scale=(1.07, 0.98, 0.94),
+                                    rotation_deg=(-8.0, 5.0), shift_mm=(4.0, 5.0, -5.0)))),
+    CaseSpec("warped_2mm_1p5T_d", "realistic", "another subject (warp 104: 4 mm RMS), 2 mm, 1.5 T, 4 echoes "
+             "10-40 ms, SNR 50, receive bias 20 %",
+             dict(voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
+                  echo_times_s=_echoes(10, 10, 4), snr=50.0, seed=24, receive_bias=0.2,
+                  anatomy_warp=dict(seed=104, displacement_mm=4.0, scale=(0.97, 1.05, 1.04),
+                                    rotation_deg=(4.0, 6.0), shift_mm=(-2.0, -4.0, 3.0)))),
+    CaseSpec("warped_small_3mm", "realistic", "another subject (warp 105: 3 mm RMS), whole head at 3 mm, 3 T, "
+             "3 echoes, SNR 100, receive bias 30 %: for tests",
+             dict(voxel_size_mm=(3.0, 3.0, 3.0), fov_mm=(180.0, 216.0, 168.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 5, 3), snr=100.0, seed=25, receive_bias=0.3, supersample=2,
+                  anatomy_warp=dict(seed=105, displacement_mm=3.0, scale=(1.04, 0.97, 1.02),
+                                    rotation_deg=(5.0, -3.0), shift_mm=(2.0, 3.0, -2.0)))),
+)}
+
 
 @dataclass
 class SuiteCase:
@@ -144,10 +183,10 @@ class SuiteCase:
 
 def spec_by_name(name: str) -> CaseSpec:
     """The suite or small case of that name."""
-    for table in (CASES, SMALL_CASES):
+    for table in (CASES, SMALL_CASES, WARPED_CASES):
         if name in table:
             return table[name]
-    raise QSMInputError(f"Unknown suite case {name!r}; known: {', '.join(list(CASES) + list(SMALL_CASES))}.")
+    raise QSMInputError(f"Unknown suite case {name!r}; known: {', '.join([*CASES, *SMALL_CASES, *WARPED_CASES])}.")
 
 
 def generate_case(spec: Union[CaseSpec, str]) -> SuiteCase:
@@ -171,7 +210,7 @@ def generate_case(spec: Union[CaseSpec, str]) -> SuiteCase:
 def _code_version() -> str:
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256(__version__.encode())
-    for name in ("realistic.py", "realistic_scan.py", "suite.py", "forward.py", "signal.py"):
+    for name in ("realistic.py", "realistic_scan.py", "deform.py", "suite.py", "forward.py", "signal.py"):
         digest.update((here / name).read_bytes())
     try:
         import qsm_forward
@@ -194,7 +233,7 @@ def load_case(spec: Union[CaseSpec, str], cache_dir: Optional[Union[str, Path]] 
     Parameters
     ----------
     spec : CaseSpec or str
-        The case or its name (see :data:`CASES`, :data:`SMALL_CASES`).
+        The case or its name (see :data:`CASES`, :data:`SMALL_CASES`, :data:`WARPED_CASES`).
     cache_dir : path, optional
         Folder of cached cases (e.g. ``benchmarks/results/suite_cache``).
 
