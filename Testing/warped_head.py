@@ -1,0 +1,30 @@
+"""Another subject for the atlas tests: the suite's small warped head, shared by the test modules."""
+
+import json
+
+import pytest
+
+from QSMLib.io.nifti import write_volume
+from QSMLib.phantom.suite import load_case
+
+CASE = "warped_small_3mm"
+
+
+@pytest.fixture(scope="session")
+def warped_head(pytestconfig):
+    """The realistic head under a smooth random deformation, 3 mm, whole head (cached in pytest's cache folder)."""
+    return load_case(CASE, pytestconfig.cache.mkdir("suite_cache"))
+
+
+def write_warped_acquisition(case, folder):
+    """Per-echo magnitude and phase NIfTI files with BIDS sidecars; returns {"mag": [...], "phase": [...]}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    acquisition = case.acquisition
+    files = {"mag": [], "phase": []}
+    for echo, echo_time in enumerate(acquisition.echo_times_s):
+        for role, data in (("mag", acquisition.magnitude), ("phase", acquisition.phase)):
+            path = write_volume(folder / f"{role}_echo-{echo + 1}.nii.gz", data[echo], acquisition.affine)
+            (folder / f"{role}_echo-{echo + 1}.json").write_text(
+                json.dumps({"EchoTime": echo_time, "MagneticFieldStrength": acquisition.b0_tesla}))
+            files[role].append(str(path))
+    return files
