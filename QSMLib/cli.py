@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import run
+from ._progress import sub_progress
 from ._version import __version__
 from .errors import QSMCancelled, QSMInputError
 from .io.results import MAP_FILES, check_output_folder, planned_files, write_outputs
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--mask", metavar="FILE", help="brain mask on the image grid (replaces the automatic mask)")
     run_parser.add_argument("--labels", metavar="FILE", help="label map for ROI statistics (0 = background)")
     run_parser.add_argument("--label-names", metavar="FILE", help="TSV (index, name) or JSON label names")
+    run_parser.add_argument("--rois", choices=run.ROI_SOURCES,
+                            help="automatic ROIs: 'atlas' registers the AAL3 deep grey matter structures to the "
+                                 'magnitude (needs pip install "qsmlib[atlas]"); writes rois.nii.gz, rois.tsv, '
+                                 "rois_qc.png and their statistics")
     run_parser.add_argument("--bipolar", action="store_true", help="even echoes were read out with reversed polarity")
     run_parser.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
     run_parser.add_argument("--phase-scale", default="auto",
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     bids.add_argument("out_dir", help="BIDS derivatives folder (created; finished acquisitions are skipped)")
     bids.add_argument("--participant-label", nargs="+", metavar="LABEL", help="only these subjects (01 or sub-01)")
     bids.add_argument("--labels", metavar="DIR", help="derivatives folder of *_dseg.nii.gz label maps for ROI stats")
+    bids.add_argument("--rois", choices=run.ROI_SOURCES,
+                      help="automatic ROIs for every acquisition: 'atlas' (AAL3 deep grey matter registered to the "
+                           'magnitude; needs pip install "qsmlib[atlas]")')
     bids.add_argument("--outputs", default="", help="extra maps, comma-separated: local_mask, r2star, t2star")
     bids.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
     where = bids.add_mutually_exclusive_group()
@@ -209,11 +217,17 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
             b0_tesla=args.b0, b0_direction=b0_direction, phase_scale=args.phase_scale, phase_sign=args.phase_sign,
             bipolar=args.bipolar, mask=args.mask, labels=args.labels, label_names=args.label_names,
         )
+    run.check_rois(args.rois, inputs)
     _flush_warnings(caught, printer)
-    check_output_folder(args.out, run.planned_run_files(inputs, requested), args.overwrite)
-    result = run.reconstruct(inputs, config, requested=requested, progress=printer, cancel=cancel)
+    check_output_folder(args.out, run.planned_run_files(inputs, requested, args.rois), args.overwrite)
+    # the atlas registration takes the last part of the progress bar
+    result = run.reconstruct(inputs, config, requested=requested, cancel=cancel,
+                             progress=sub_progress(printer, 0.0, 0.85) if args.rois else printer)
+    rois = None
+    if args.rois:
+        rois = run.add_atlas_rois(inputs, result, progress=sub_progress(printer, 0.85, 1.0), cancel=cancel)
     _flush_warnings(caught, printer)
-    written = run.write_run(args.out, result, inputs, requested,
+    written = run.write_run(args.out, result, inputs, requested, rois=rois,
                             provenance={"command": " ".join(sys.argv), "config_source": args.config})
     _flush_warnings(caught, printer)
     return written
@@ -282,6 +296,7 @@ def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     summary = run_cohort(
         args.bids_root, args.out_dir, participant_labels=args.participant_label, config=args.config,
         outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
+        rois=args.rois,
         phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
         progress=printer, on_record=on_record, cancel=cancel,
     )

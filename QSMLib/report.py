@@ -427,6 +427,71 @@ def reconstruction_qc(result: QSMResult, acquisition: MultiEchoGRE, *, name: str
     return qc_montage(maps, acquisition.affine, mask=result.mask, title=title)
 
 
+#: Groups of automatic ROIs whose centre a row pair of the atlas QC figure crosses, with a caption.
+_ATLAS_QC_VIEWS = (("basal ganglia and thalamus", ("caudate", "putamen", "globus_pallidus", "thalamus")),
+                   ("midbrain", ("substantia_nigra", "red_nucleus")))
+
+
+def atlas_qc(magnitude: np.ndarray, chi_ppm: np.ndarray, labels: np.ndarray, label_names: dict[int, str],
+             affine: np.ndarray, *, mask: np.ndarray, title: str,
+             chi_window_ppm: tuple[float, float] = QC_CHI_WINDOW_PPM) -> np.ndarray:
+    """QC figure of automatic ROIs: their outlines over the magnitude and chi, through the basal ganglia and midbrain.
+
+    Two figures of :func:`qc_montage` one above the other, each with the
+    outlines (white) over the magnitude and over chi: the first with slices
+    crossing at the centre of the caudate, putamen, globus pallidus and
+    thalamus ROIs, the second at the substantia nigra and red nucleus.
+
+    Parameters
+    ----------
+    magnitude, chi_ppm : numpy.ndarray, shape (n0, n1, n2)
+        The (echo-combined) magnitude and chi.
+    labels : numpy.ndarray of int, shape (n0, n1, n2)
+        The ROIs (0 = none).
+    label_names : dict of int to str
+        Names per label (``structure_left`` / ``structure_right``).
+    affine : numpy.ndarray, shape (4, 4)
+        Array index -> RAS mm.
+    mask : numpy.ndarray of bool
+        Brain mask (the magnitude's automatic window is taken inside it).
+    title : str
+        Title of the figure (e.g. what was registered and how well).
+    chi_window_ppm : (float, float)
+        Window of the chi rows.
+
+    Returns
+    -------
+    numpy.ndarray of uint8
+
+    Examples
+    --------
+    >>> volume = np.linspace(0.0, 1.0, 27000, dtype=np.float32).reshape(30, 30, 30)
+    >>> labels = np.zeros((30, 30, 30), np.int16)
+    >>> labels[10:14, 10:14, 10:14], labels[16:20, 16:20, 8:12] = 5, 9
+    >>> names = {5: "globus_pallidus_left", 9: "substantia_nigra_left"}
+    >>> figure = atlas_qc(volume, volume - 0.5, labels, names, np.eye(4), mask=volume > 0.2, title="ROIs")
+    >>> figure.dtype, figure.ndim
+    (dtype('uint8'), 2)
+    """
+    labels = np.asarray(labels)
+    outline = labels > 0
+    magnitude_window = auto_window(magnitude, mask)
+    figures = []
+    for caption, structures in _ATLAS_QC_VIEWS:
+        members = [label for label, name in label_names.items() if name.rsplit("_", 1)[0] in structures]
+        centre_region = np.isin(labels, members)
+        if not centre_region.any():
+            continue
+        maps = [QCMap("magnitude + ROI outlines", magnitude, "a.u.", magnitude_window, outline=outline),
+                QCMap("chi + ROI outlines", chi_ppm, "ppm", chi_window_ppm, outline=outline)]
+        heading = f"{title}. Slices through the {caption}" if not figures else f"Slices through the {caption}"
+        figures.append(qc_montage(maps, affine, mask=centre_region, title=heading))
+    if not figures:
+        raise QSMInputError("The ROI map is empty: there is nothing to show.")
+    width = max(f.shape[1] for f in figures)
+    return np.vstack([np.pad(f, ((0, 0), (0, width - f.shape[1]))) for f in figures])
+
+
 def _boundary(mask_slice: np.ndarray) -> np.ndarray:
     """Pixels of a 2D mask that touch a pixel outside it (4-connectivity)."""
     return mask_slice & ~ndi.binary_erosion(mask_slice, border_value=0)
@@ -482,7 +547,7 @@ def method_reference(stage: str, method: str) -> str:
 
 def methods_markdown(config: dict[str, Any], software: dict[str, str], *, stages_used: Collection[str],
                      n_acquisitions: int, echo_counts: Sequence[int], field_strengths_t: Sequence[float],
-                     configuration: str, consensus: bool) -> str:
+                     configuration: str, consensus: bool, extra_paragraphs: Sequence[str] = ()) -> str:
     """A methods paragraph (Markdown) naming what a cohort run actually used.
 
     Parameters
@@ -504,6 +569,8 @@ def methods_markdown(config: dict[str, Any], software: dict[str, str], *, stages
     consensus : bool
         True when ``config`` is the ``consensus`` preset (its defaults follow
         the 2024 ISMRM consensus, which is then cited).
+    extra_paragraphs : sequence of str
+        Further paragraphs after the stages (e.g. how automatic ROIs were made).
     """
     versions = ", ".join(f"{name} {version}" for name, version in software.items())
     echoes = sorted(set(int(n) for n in echo_counts))
@@ -531,6 +598,8 @@ def methods_markdown(config: dict[str, Any], software: dict[str, str], *, stages
         lines.append(text + (f"; {reference}." if reference else "."))
     if config.get("per_echo"):
         lines.append("- Each echo's field was inverted separately and the susceptibility maps averaged.")
+    for paragraph in extra_paragraphs:
+        lines += ["", paragraph]
     lines += ["", f"Configuration: {configuration}; every acquisition's provenance file records it in full."]
     if consensus:
         lines += ["", "Its defaults follow the 2024 ISMRM consensus recommendations: " + CONSENSUS_CITATION]

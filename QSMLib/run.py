@@ -9,6 +9,7 @@ a cohort task can publish the files its own way.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,16 @@ from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, file_checksum, planned_f
 from .masking import validate_user_mask
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .pipeline import PipelineConfig, QSMResult, StageConfig, run_pipeline, run_pipeline_from_field
+from .report import atlas_qc, write_png
 from .roi import read_label_names
+from .rois import AtlasROIs, atlas_rois, check_atlas_available, structure_statistics
+from .rois.registration import combined_magnitude
 
 PathLike = Union[str, Path]
+#: Where automatic ROIs can come from (``--rois``).
+ROI_SOURCES = ("atlas",)
+#: Files of automatic ROIs: label map on the input grid, its names (index, name) and the QC figure.
+ATLAS_FILES = {"rois": "rois.nii.gz", "rois_table": "rois.tsv", "rois_qc": "rois_qc.png"}
 
 #: Output name -> key of ``QSMResult.maps`` for the maps that stages produce.
 STAGE_MAP_OUTPUTS = {
@@ -240,9 +248,63 @@ def requested_outputs(names: Union[str, Sequence[str]]) -> list[str]:
     return requested
 
 
-def planned_run_files(inputs: RunInputs, requested: Sequence[str]) -> list[str]:
+def planned_run_files(inputs: RunInputs, requested: Sequence[str], rois: Optional[str] = None) -> list[str]:
     """File names a run will write into its output folder (to check before the work)."""
-    return planned_files(requested, inputs.labels is not None)
+    files = planned_files(requested, inputs.labels is not None or bool(rois))
+    return files + (list(ATLAS_FILES.values()) if rois else [])
+
+
+def check_rois(rois: Optional[str], inputs: RunInputs) -> None:
+    """Check a request for automatic ROIs (``--rois atlas``) before any work.
+
+    Raises
+    ------
+    QSMInputError
+        For an unknown source, together with a label map, without a
+        magnitude, or when ``qsmlib[atlas]`` is not installed.
+    """
+    if not rois:
+        return
+    if rois not in ROI_SOURCES:
+        raise QSMInputError(f"Unknown ROI source {rois!r}; choose from {', '.join(ROI_SOURCES)}.")
+    if inputs.labels is not None:
+        raise QSMInputError("Give either a label map (--labels) or automatic ROIs (--rois atlas), not both.")
+    if inputs.acquisition is None:
+        raise QSMInputError("Automatic ROIs (--rois atlas) register the magnitude to a template: give --mag and "
+                            "--phase instead of a field map.")
+    check_atlas_available()
+
+
+def add_atlas_rois(inputs: RunInputs, result: QSMResult, *, progress: ProgressCallback = None,
+                   cancel: CancelToken = None) -> AtlasROIs:
+    """Deep grey matter ROIs from the atlas for a reconstructed run; their statistics replace ``result.roi``.
+
+    The statistics (chi over each ROI inside the local mask, then each
+    structure's left and right together) are those of
+    :func:`QSMLib.rois.structure_statistics`.
+    """
+    acquisition = inputs.acquisition
+    if acquisition is None:
+        raise QSMInputError("Automatic ROIs need the magnitude of a multi-echo GRE acquisition.")
+    rois = atlas_rois(acquisition.magnitude, inputs.affine, result.mask, progress=progress, cancel=cancel)
+    result.roi = structure_statistics(result.chi_ppm, rois.labels, inputs.voxel_size_mm, mask=result.local_mask)
+    return rois
+
+
+def atlas_outputs(rois: AtlasROIs, result: QSMResult, inputs: RunInputs) -> tuple[dict[str, np.ndarray],
+                                                                                   dict[str, bytes]]:
+    """The label map (a map output) and the names table and QC figure (file contents) of automatic ROIs."""
+    table = "index\tname\n" + "".join(f"{label}\t{name}\n" for label, name in sorted(rois.names.items()))
+    magnitude = combined_magnitude(inputs.acquisition.magnitude) if inputs.acquisition is not None else None
+    registration = rois.registration
+    figure = atlas_qc(
+        magnitude, result.chi_ppm, rois.labels, rois.names, inputs.affine, mask=result.mask,
+        title=(f"Automatic deep grey matter ROIs: AAL3 registered to the magnitude (affine mutual information "
+               f"{registration.affine_metric:.3f}, final similarity {registration.similarity:.2f}); cores "
+               f"{rois.core_depth_mm:g} mm deep"))
+    with tempfile.TemporaryDirectory() as folder:
+        png = write_png(Path(folder) / ATLAS_FILES["rois_qc"], figure).read_bytes()
+    return {"rois": rois.labels}, {ATLAS_FILES["rois_table"]: table.encode(), ATLAS_FILES["rois_qc"]: png}
 
 
 def reconstruct(
@@ -299,12 +361,20 @@ def write_run(
     requested: Sequence[str] = (),
     *,
     provenance: Optional[Mapping[str, Any]] = None,
+    rois: Optional[AtlasROIs] = None,
 ) -> dict[str, Path]:
     """Write the maps, the ROI table and ``provenance.json`` of one run (staged, then moved into place).
 
-    ``provenance`` adds entries (e.g. the command line) to the inputs' record.
+    ``provenance`` adds entries (e.g. the command line) to the inputs' record;
+    ``rois`` (from :func:`add_atlas_rois`) adds ``rois.nii.gz``, ``rois.tsv``
+    and ``rois_qc.png``, and the registration's record to the provenance.
     """
-    return write_outputs(
-        out_dir, output_maps(result, requested), inputs.affine, roi_rows=result.roi if result.roi else None,
-        provenance=result.provenance({**inputs.provenance, **dict(provenance or {})}),
-    )
+    maps = output_maps(result, requested)
+    extra: dict[str, bytes] = {}
+    record = result.provenance({**inputs.provenance, **dict(provenance or {})})
+    if rois is not None:
+        roi_maps, extra = atlas_outputs(rois, result, inputs)
+        maps.update(roi_maps)
+        record["rois"] = rois.provenance()
+    return write_outputs(out_dir, maps, inputs.affine, roi_rows=result.roi if result.roi else None,
+                         provenance=record, extra_files=extra)

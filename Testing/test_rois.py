@@ -236,3 +236,42 @@ def test_rois_atlas_is_refused_with_a_label_map_or_a_field_map(toy_files, tmp_pa
 def test_registration_refuses_an_empty_mask():
     with pytest.raises(QSMInputError, match="fewer than 1000"):
         atlas_rois(np.ones((20, 20, 20), np.float32), np.eye(4), np.zeros((20, 20, 20), bool))
+
+
+def test_a_cohort_with_rois_atlas_gets_labels_and_statistics_for_every_subject(warped_head, tmp_path, capsys):
+    import json
+    import shutil
+
+    from QSMLib.batch import find_acquisitions
+    from QSMLib.batch.tasks import completed_record
+
+    files = write_warped_acquisition(warped_head, tmp_path / "files")
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    for role, part in (("mag", "mag"), ("phase", "phase")):
+        for echo, path in enumerate(files[role], start=1):
+            stem = anat / f"sub-01_echo-{echo}_part-{part}_MEGRE"
+            shutil.copy(path, f"{stem}.nii.gz")
+            shutil.copy(path.replace(".nii.gz", ".json"), f"{stem}.json")
+    (tmp_path / "bids" / "dataset_description.json").write_text(json.dumps({"Name": "w", "BIDSVersion": "1.10.0"}))
+    out = tmp_path / "derivatives"
+    arguments = ["bids", str(tmp_path / "bids"), str(out), "--rois", "atlas", "--config", "fast", "--workers", "1",
+                 "--progress", "none"]
+    assert main(arguments) == EXIT_OK, capsys.readouterr().err
+    derivatives = out / "sub-01" / "anat"
+    labels, _ = read_volume(derivatives / "sub-01_desc-atlas_dseg.nii.gz")
+    assert set(np.unique(labels).tolist()) == {0, *ROI_NAMES}
+    assert (derivatives / "sub-01_desc-atlas_dseg.tsv").read_text().startswith("index\tname\n1\tcaudate_left\n")
+    assert (out / "sub-01" / "figures" / "sub-01_desc-atlas_dseg.png").is_file()
+    table = (out / "group_roi_stats.tsv").read_text().splitlines()
+    assert len(table) == 1 + 18 and all(line.startswith("sub-01\tn/a\tsub-01\t") for line in table[1:])
+    assert "globus_pallidus_left" in table[5] and table[-1].split("\t")[4] == "red_nucleus"
+    methods = (out / "methods.md").read_text()
+    assert "AAL3" in methods and "1.75 mm inside a structure" in methods
+    # complete with the ROIs asked for; not complete for a run that asks for none, or for another source
+    acquisition = find_acquisitions(tmp_path / "bids")[0]
+    config = json.loads((derivatives / "sub-01_provenance.json").read_text())["config"]
+    assert completed_record(acquisition, out, config, (), 1, "atlas")["status"] == "skipped"
+    assert completed_record(acquisition, out, config, (), 1, None) is None
+    assert main(arguments) == EXIT_OK
+    assert "0 processed, 1 already complete" in capsys.readouterr().out

@@ -12,6 +12,8 @@ from ..errors import QSMInputError
 from ..io.bids import dataset_description, write_json_atomic
 from ..io.results import check_output_folder
 from ..pipeline import load_config
+from ..rois import check_atlas_available
+from ..run import ROI_SOURCES
 from .discovery import find_acquisitions
 from .layout import OPTIONAL, Acquisition, CohortSummary, PathLike, Record, empty_record
 from .reports import write_reports
@@ -27,6 +29,7 @@ def run_cohort(
     config: Union[str, Path, None] = None,
     outputs: Sequence[str] = (),
     labels_dir: Optional[PathLike] = None,
+    rois: Optional[str] = None,
     phase_sign: int = 1,
     scheduler: Optional[str] = None,
     n_workers: Optional[int] = None,
@@ -50,6 +53,8 @@ def run_cohort(
         Extra maps (:data:`OPTIONAL`: ``local_mask``, ``r2star``, ``t2star``).
     labels_dir : path, optional
         Label maps for ROI statistics (see :func:`find_acquisitions`).
+    rois : {None, "atlas"}
+        Automatic ROIs for every acquisition instead (``qsm run --rois``).
     phase_sign : {1, -1}
         Phase handedness of the whole dataset.
     scheduler : str, optional
@@ -82,6 +87,12 @@ def run_cohort(
     unknown = sorted(set(outputs) - set(OPTIONAL))
     if unknown:
         raise QSMInputError(f"Unknown output(s) {unknown}; choose from {', '.join(OPTIONAL)}.")
+    if rois:
+        if rois not in ROI_SOURCES:
+            raise QSMInputError(f"Unknown ROI source {rois!r}; choose from {', '.join(ROI_SOURCES)}.")
+        if labels_dir:
+            raise QSMInputError("Give either label maps (--labels) or automatic ROIs (--rois atlas), not both.")
+        check_atlas_available()
     config_dict = load_config(config).to_dict()
     import_distributed()
     acquisitions = find_acquisitions(bids_root, participant_labels, labels_dir)
@@ -95,7 +106,7 @@ def run_cohort(
     records: dict[str, Record] = {}
     todo: list[Acquisition] = []
     for acquisition in acquisitions:
-        done = None if overwrite else completed_record(acquisition, out, config_dict, outputs, phase_sign)
+        done = None if overwrite else completed_record(acquisition, out, config_dict, outputs, phase_sign, rois)
         if acquisition.problem:
             records[acquisition.name] = empty_record(acquisition)
         elif done is not None:
@@ -118,7 +129,7 @@ def run_cohort(
         description = client.description
         try:
             finished = run_tasks(client.client, todo, out, config_dict, outputs, phase_sign, progress, on_record,
-                                  cancel)
+                                 cancel, rois)
         finally:
             client.close()
         records.update((r["name"], r) for r in finished)

@@ -29,7 +29,13 @@ DERIVATIVES: dict[str, tuple[dict[str, str], str, str, dict[str, Any]]] = {
     "r2star": ({}, "R2starmap", ".nii.gz", {"Units": "1/s", "Description": "R2* relaxation rate"}),
     "t2star": ({}, "T2starmap", ".nii.gz", {"Units": "s", "Description": "T2* relaxation time"}),
     "roi_stats": ({"desc": "roi"}, "stats", ".tsv", {}),
+    "rois": ({"desc": "atlas"}, "dseg", ".nii.gz",
+             {"Description": "Automatic deep grey matter ROIs: AAL3 structures registered to the magnitude, "
+                             "their cores (qsm bids --rois atlas)"}),
+    "rois_table": ({"desc": "atlas"}, "dseg", ".tsv", {}),
 }
+#: Outputs of automatic ROIs (``--rois atlas``): label map, its names (index, name) and the QC figure.
+ATLAS_OUTPUTS = ("rois", "rois_table", "rois_qc")
 #: Maps that every acquisition writes; ``local_mask``, ``r2star`` and ``t2star`` on request.
 ALWAYS = ("chi", "mask", "total_field", "local_field")
 OPTIONAL = ("local_mask", "r2star", "t2star")
@@ -101,10 +107,13 @@ class Acquisition:
         return Path(f"sub-{self.subject}", *([f"ses-{self.session}"] if self.session else []), "anat")
 
     def output_path(self, key: str) -> Path:
-        """Relative path of one derivative (:data:`DERIVATIVES` key, ``qc`` or ``provenance``)."""
+        """Relative path of one derivative (:data:`DERIVATIVES` key, ``qc``, ``rois_qc`` or ``provenance``)."""
         if key == "qc":
             return Path(f"sub-{self.subject}", "figures", bids_name({**dict(self.entities), "desc": "qc"},
                                                                      "Chimap", ".png"))
+        if key == "rois_qc":
+            return Path(f"sub-{self.subject}", "figures", bids_name({**dict(self.entities), "desc": "atlas"},
+                                                                     "dseg", ".png"))
         if key == "provenance":
             return self.anat_dir / bids_name(dict(self.entities), "provenance", ".json")
         extra, suffix, extension, _ = DERIVATIVES[key]

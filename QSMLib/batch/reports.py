@@ -13,6 +13,7 @@ from ..io.bids import write_json_atomic, write_text_atomic
 from ..pipeline import PRESETS
 from ..report import cohort_index_html, methods_markdown
 from ..roi import COLUMNS as ROI_COLUMNS
+from ..rois import methods_text
 from .layout import GROUP_TABLE, INDEX_FILE, METHODS_FILE, SUMMARY_FILE, CohortSummary
 
 
@@ -37,11 +38,13 @@ def write_reports(summary: CohortSummary, config: Mapping[str, Any], *, config_n
     provenances = [json.loads((out / r["outputs"]["provenance"]).read_text()) for r in good]
     software = provenances[0]["software"] if provenances else {"QSMLib": __version__}
     consensus = dict(config) == PRESETS["consensus"]().to_dict()
+    roi_depths = sorted({p["rois"]["core_depth_mm"] for p in provenances if "rois" in p})
     files["methods"] = write_text_atomic(out / METHODS_FILE, methods_markdown(
         dict(config), software, stages_used={s for p in provenances for s in p.get("timings_s", {})},
         n_acquisitions=len(good), echo_counts=[len(p["inputs"]["echo_times_s"]) for p in provenances],
         field_strengths_t=[p["inputs"]["b0_tesla"] for p in provenances], consensus=consensus,
         configuration=f"the `{config_name}` preset" if config_name in PRESETS else f"the file `{config_name}`",
+        extra_paragraphs=[methods_text(roi_depths)] if roi_depths else [],
     ))
     links = [("methods", METHODS_FILE), ("group ROI table", GROUP_TABLE), ("summary", SUMMARY_FILE),
              ("dataset description", "dataset_description.json")]

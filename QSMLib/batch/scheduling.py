@@ -140,12 +140,13 @@ class Client:
 
 def run_tasks(client: Any, acquisitions: Sequence[Acquisition], out_dir: Path, config: Mapping[str, Any],
                outputs: Sequence[str], phase_sign: int, progress: ProgressCallback,
-               on_record: Optional[Callable[[Record], None]], cancel: CancelToken) -> list[Record]:
+               on_record: Optional[Callable[[Record], None]], cancel: CancelToken,
+               rois: Optional[str] = None) -> list[Record]:
     """Submit one task per acquisition and collect the records as they finish."""
     run_id = uuid.uuid4().hex[:8]
     futures = {
         client.submit(process_acquisition, acquisition, str(out_dir), dict(config), tuple(outputs), phase_sign,
-                      key=f"qsm-{acquisition.name}-{run_id}", pure=False): acquisition
+                      rois, key=f"qsm-{acquisition.name}-{run_id}", pure=False): acquisition
         for acquisition in acquisitions
     }
     records: list[Record] = []

@@ -23,14 +23,15 @@ from ..io.results import MAP_FILES, file_checksum, write_outputs
 from ..pipeline import PipelineConfig
 from ..report import reconstruction_qc, write_png
 from ..roi import COLUMNS as ROI_COLUMNS
-from .layout import ALWAYS, DERIVATIVES, Acquisition, PathLike, Record, empty_record
+from .layout import ALWAYS, ATLAS_OUTPUTS, DERIVATIVES, Acquisition, PathLike, Record, empty_record
 
 
 def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs: Sequence[str],
-                   phase_sign: int) -> dict[str, Any]:
+                   phase_sign: int, rois: Optional[str] = None) -> dict[str, Any]:
     """Everything an acquisition's derivatives depend on, as JSON-ready data.
 
-    The configuration, the requested outputs, the phase sign, and the SHA-256
+    The configuration, the requested outputs, the phase sign, the automatic
+    ROIs asked for (``rois``, only when asked: older signatures stay valid), and the SHA-256
     of every input (images in echo order, their sidecars, label map and
     names), as a list because the order of the echoes matters.
     """
@@ -41,11 +42,13 @@ def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs:
         "config": dict(config), "outputs": sorted(outputs), "phase_sign": int(phase_sign),
         "inputs": [[Path(p).name, file_checksum(p) if Path(p).is_file() else None] for p in inputs],
     }
+    if rois:
+        signature["rois"] = rois
     return json.loads(json.dumps(signature))
 
 
 def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[str, Any],
-                        outputs: Sequence[str] = (), phase_sign: int = 1) -> Record:
+                        outputs: Sequence[str] = (), phase_sign: int = 1, rois: Optional[str] = None) -> Record:
     """Reconstruct one acquisition into the derivatives folder (the body of a Dask task).
 
     Parameters
@@ -60,6 +63,8 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
         Optional maps to write as well (:data:`OPTIONAL`).
     phase_sign : {1, -1}
         Phase handedness, as ``qsm run --phase-sign``.
+    rois : {None, "atlas"}
+        Automatic ROIs, as ``qsm run --rois``.
 
     Returns
     -------
@@ -80,7 +85,7 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
             shutil.rmtree(stale, ignore_errors=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            record.update(_reconstruct(acquisition, Path(out_dir), anat, config, outputs, phase_sign))
+            record.update(_reconstruct(acquisition, Path(out_dir), anat, config, outputs, phase_sign, rois))
         record["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
         record["status"] = "processed"
     except QSMInputError as error:
@@ -121,13 +126,15 @@ def _remove_empty_folders(folder: Path, root: Path) -> None:
 
 
 def _reconstruct(acquisition: Acquisition, out_dir: Path, anat: Path, config: Mapping[str, Any],
-                 outputs: Sequence[str], phase_sign: int) -> Record:
+                 outputs: Sequence[str], phase_sign: int, rois: Optional[str]) -> Record:
     # QSMLib.run is the path `qsm run` takes too, so that a cohort task and `qsm run` give the same files.
-    signature = task_signature(acquisition, config, outputs, phase_sign)
+    signature = task_signature(acquisition, config, outputs, phase_sign, rois)
     inputs = run.read_acquisition(acquisition.magnitude, acquisition.phase, phase_sign=phase_sign,
                                   labels=acquisition.labels, label_names=acquisition.label_names)
+    run.check_rois(rois, inputs)
     loaded = inputs.acquisition
     result = run.reconstruct(inputs, PipelineConfig.from_dict(dict(config)))
+    automatic = run.add_atlas_rois(inputs, result) if rois else None
     maps = run.output_maps(result, [o for o in outputs if o in MAP_FILES])
     for key in ("r2star", "t2star"):
         if key in outputs or key in result.maps:
@@ -135,17 +142,26 @@ def _reconstruct(acquisition: Acquisition, out_dir: Path, anat: Path, config: Ma
                 raise QSMInputError(f"{key} was requested but the configuration computes no R2*/T2* maps: "
                                     'set {"relaxometry": {"method": "arlo"}} (or "loglinear") in --config.')
             maps[key] = result.maps[key]
+    roi_files: dict[str, bytes] = {}
+    if automatic is not None:
+        roi_maps, roi_files = run.atlas_outputs(automatic, result, inputs)
+        maps.update(roi_maps)
     sources = [f"bids:raw:{(acquisition.anat_dir / Path(p).name).as_posix()}"
                for p in (*acquisition.magnitude, *acquisition.phase)]
     sidecars = {f"sidecar-{key}.json": json.dumps({**DERIVATIVES[key][3], "Sources": sources}, indent=2).encode()
                 for key in maps}
     provenance = result.provenance({**inputs.provenance, "command": "qsm bids", "acquisition": acquisition.name})
+    if automatic is not None:
+        provenance["rois"] = automatic.provenance()
     work = Path(tempfile.mkdtemp(prefix=f".qsm-work-{acquisition.name}-", dir=anat))
     try:
         written = write_outputs(work, maps, loaded.affine, roi_rows=result.roi if result.roi else None,
-                                provenance=provenance, extra_files=sidecars)
+                                provenance=provenance, extra_files={**sidecars, **roi_files})
         montage = reconstruction_qc(result, loaded, name=acquisition.name, mask_outline=True)
         written["qc"] = write_png(work / "qc.png", montage)
+        if automatic is not None:
+            written["rois_table"] = written[run.ATLAS_FILES["rois_table"]]
+            written["rois_qc"] = written[run.ATLAS_FILES["rois_qc"]]
         published = _publish(acquisition, out_dir, written, signature, sorted(maps))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -156,10 +172,11 @@ def _publish(acquisition: Acquisition, out_dir: Path, written: Mapping[str, Path
              map_keys: Sequence[str]) -> dict[str, str]:
     """Move the finished files into place, then write the provenance file that vouches for them."""
     targets: dict[str, Path] = {key: acquisition.output_path(key) for key in (*map_keys, "qc")}
-    if "roi_stats" in written:
-        targets["roi_stats"] = acquisition.output_path("roi_stats")
+    for key in ("roi_stats", "rois_table", "rois_qc"):
+        if key in written:
+            targets[key] = acquisition.output_path(key)
     moves = [(written[key], target) for key, target in targets.items()]
-    moves += [(written[f"sidecar-{key}"], targets[key].with_name(targets[key].name[:-7] + ".json"))
+    moves += [(written[f"sidecar-{key}.json"], targets[key].with_name(targets[key].name[:-7] + ".json"))
               for key in map_keys]
     checksums: dict[str, str] = {}
     for source, target in moves:
@@ -175,12 +192,12 @@ def _publish(acquisition: Acquisition, out_dir: Path, written: Mapping[str, Path
 
 
 def completed_record(acquisition: Acquisition, out_dir: PathLike, config: Mapping[str, Any],
-                     outputs: Sequence[str], phase_sign: int) -> Optional[Record]:
+                     outputs: Sequence[str], phase_sign: int, rois: Optional[str] = None) -> Optional[Record]:
     """The record of an acquisition whose derivatives are complete and valid, else None.
 
     Complete and valid: the provenance file exists, its signature (config,
     outputs, phase sign, input checksums) equals this run's, and every output
-    it lists exists with the listed SHA-256.
+    it lists exists with the listed SHA-256 (``rois``: as :func:`process_acquisition`).
     """
     out_dir = Path(out_dir)
     path = out_dir / acquisition.output_path("provenance")
@@ -191,10 +208,11 @@ def completed_record(acquisition: Acquisition, out_dir: PathLike, config: Mappin
         listed: dict[str, str] = derivatives["outputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if derivatives.get("signature") != task_signature(acquisition, config, outputs, phase_sign):
+    if derivatives.get("signature") != task_signature(acquisition, config, outputs, phase_sign, rois):
         return None
-    expected = {acquisition.output_path(key).as_posix() for key in (*ALWAYS, *outputs, "qc")}
-    if acquisition.labels:
+    expected = {acquisition.output_path(key).as_posix()
+                for key in (*ALWAYS, *outputs, "qc", *(ATLAS_OUTPUTS if rois else ()))}
+    if acquisition.labels or rois:
         expected.add(acquisition.output_path("roi_stats").as_posix())
     if not expected <= set(listed):
         return None
@@ -202,7 +220,7 @@ def completed_record(acquisition: Acquisition, out_dir: PathLike, config: Mappin
         if not (out_dir / relative).is_file() or file_checksum(out_dir / relative) != digest:
             return None
     record = empty_record(acquisition)
-    by_path = {acquisition.output_path(key).as_posix(): key for key in (*DERIVATIVES, "qc")}
+    by_path = {acquisition.output_path(key).as_posix(): key for key in (*DERIVATIVES, "qc", "rois_qc")}
     published = {by_path[p]: p for p in listed if p in by_path}
     published["provenance"] = acquisition.output_path("provenance").as_posix()
     roi_path = published.get("roi_stats")

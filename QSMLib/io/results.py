@@ -95,7 +95,11 @@ def write_outputs(
     provenance: Mapping[str, Any],
     extra_files: Mapping[str, bytes] = None,
 ) -> dict[str, Path]:
-    """Stage every output, then move them into ``out_dir``; returns name -> final path."""
+    """Stage every output, then move them into ``out_dir``; returns name -> final path.
+
+    Maps are returned under their name (``chi``...), the ROI table as
+    ``roi_stats``, ``extra_files`` under their file name.
+    """
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +115,7 @@ def write_outputs(
             staged["roi_stats"] = staging / ROI_FILE
             staged["roi_stats"].write_text(format_tsv(roi_rows))
         for file_name, content in (extra_files or {}).items():
-            staged[Path(file_name).stem.split(".")[0]] = staging / file_name
+            staged[file_name] = staging / file_name
             (staging / file_name).write_bytes(content)
         staged["provenance"] = staging / PROVENANCE_FILE
         staged["provenance"].write_text(json.dumps(provenance, indent=2, default=json_value))
