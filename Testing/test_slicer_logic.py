@@ -20,6 +20,7 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
+from warped_head import warped_head  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "QSMProcessing"))
 
@@ -34,6 +35,7 @@ from QSMProcessingLib.Logic import (  # noqa: E402
 from QSMProcessingLib.SampleData import loadHeadPhantom  # noqa: E402
 
 from QSMLib.phantom import deep_grey_matter_labels, simulate_head  # noqa: E402
+from QSMLib.rois import ROI_NAMES  # noqa: E402
 
 ECHO_TIMES_S = (0.004, 0.008, 0.012)
 _converterRules = []
@@ -461,3 +463,57 @@ def test_parameter_node_is_one_singleton_per_scene(slicer_scene):
     assert node.IsA("vtkMRMLScriptedModuleNode") and node.GetModuleName() == "QSMProcessing"
     assert logic.getParameterNode() is node
     assert slicer_scene.GetSingletonNode("QSMProcessing", "vtkMRMLScriptedModuleNode") is node
+
+
+def test_automatic_deep_grey_matter_rois_become_a_segmentation_with_their_statistics(
+        slicer_scene, tmp_path, warped_head):
+    acquisition = warped_head.acquisition
+    files = {"magnitude": [], "phase": []}
+    for echo in range(acquisition.n_echoes):
+        for role, data in (("magnitude", acquisition.magnitude), ("phase", acquisition.phase)):
+            path = tmp_path / f"{role}_{echo + 1}.nii.gz"
+            _writeNifti(path, data[echo], acquisition.affine)
+            files[role].append(path)
+    magnitudeNodes = [_loadVolume(slicer_scene, p) for p in files["magnitude"]]
+    phaseNodes = [_loadVolume(slicer_scene, p) for p in files["phase"]]
+    logic = QSMProcessingLogic(temporaryDirectory=str(tmp_path))
+    drawn = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    before = slicer_scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="either an ROI segmentation or automatic ROIs"):
+        logic.process(magnitudeNodes, phaseNodes, list(acquisition.echo_times_s), fieldStrengthTesla=3.0,
+                      roiSegmentation=drawn, automaticRois="atlas")
+    with pytest.raises(ValueError, match="Unknown automatic ROIs"):
+        logic.process(magnitudeNodes, phaseNodes, list(acquisition.echo_times_s), fieldStrengthTesla=3.0,
+                      automaticRois="freesurfer")
+    assert slicer_scene.GetNumberOfNodes() == before
+
+    log = []
+    result = logic.process(magnitudeNodes, phaseNodes, list(acquisition.echo_times_s), fieldStrengthTesla=3.0,
+                           automaticRois="atlas", config="fast", logCallback=log.append)
+
+    segmentationNode = result.roiSegmentation
+    assert segmentationNode.IsA("vtkMRMLSegmentationNode") and segmentationNode.GetName().endswith("(atlas)")
+    segmentation = segmentationNode.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == list(ROI_NAMES.values())
+    assert result.chiVolume.GetNodeReference(RESULT_REFERENCE_ROLES["rois"]) is segmentationNode
+    shape, ijkToRas = slicer.util.arrayFromVolume(result.chiVolume).shape, _matrix(result.chiVolume)
+    masks = {name: mask for _, name, mask in Nodes.segmentMasks(segmentationNode, shape, ijkToRas)}
+    truth = np.transpose(warped_head.labels, (2, 1, 0))  # phantom axes (i, j, k) -> Slicer (k, j, i)
+    for label, name in ROI_NAMES.items():
+        assert masks[name].any() and np.mean(truth[masks[name]] == label) > 0.75, name  # 1.0 measured
+
+    table = result.statisticsTable
+    column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+    rows = [table.GetCellText(r, column["Segment"]) for r in range(table.GetNumberOfRows())]
+    assert rows == [*ROI_NAMES.values(), "caudate", "putamen", "globus_pallidus", "thalamus", "substantia_nigra",
+                    "red_nucleus"]
+    chi = slicer.util.arrayFromVolume(result.chiVolume).astype(np.float64)
+    for row, name in enumerate(rows):
+        region = (masks[name] if name in masks else
+                  masks[f"{name}_left"] | masks[f"{name}_right"])
+        # the cores lie inside the local mask, so the table counts every voxel of the segments
+        assert int(table.GetCellText(row, column["Number of voxels [voxels]"])) == int(region.sum()), name
+        assert float(table.GetCellText(row, column["Mean [ppm]"])) == pytest.approx(chi[region].mean(), abs=2e-6)
+    assert result.provenance["rois"]["core_depth_mm"] == 1.75
+    assert any(line.startswith("Rois: method=AAL3 atlas registered") for line in log), log

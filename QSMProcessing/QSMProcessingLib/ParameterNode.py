@@ -27,6 +27,7 @@ class QSMProcessingParameterNode:
     fieldStrengthTesla: Annotated[float, WithinRange(0.1, 20.0)] = 3.0
     maskSegmentation: vtkMRMLSegmentationNode
     roiSegmentation: vtkMRMLSegmentationNode
+    roiSource: Annotated[str, Choice(list(Parameters.ROI_SOURCES))] = "segmentation"
     preset: Annotated[str, Choice(list(Parameters.PRESET_LABELS))] = "consensus"
     unwrapMethod: Annotated[str, Choice(list(Parameters.UNWRAP_METHODS))] = "romeo"
     backgroundMethod: Annotated[str, Choice(list(Parameters.BACKGROUND_METHODS))] = "vsharp"

@@ -49,6 +49,10 @@ STAGE_METHODS = {
     "reference": REFERENCE_METHODS,
 }
 
+#: Where ROI statistics come from (the ROIs box): a segmentation the user chose (or none), or the
+#: deep grey matter structures of the AAL3 atlas registered to the magnitude (``qsm run --rois atlas``).
+ROI_SOURCES = {"segmentation": "From a segmentation", "atlas": "Automatic deep grey matter (atlas)"}
+
 #: Shown in the regularisation field when no value is typed: QSMLib's default decides.
 AUTOMATIC_TEXT = "Automatic"
 

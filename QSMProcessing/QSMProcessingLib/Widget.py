@@ -32,6 +32,7 @@ METHOD_COMBO_BOXES = {
     "backgroundMethodComboBox": ("backgroundMethod", Parameters.BACKGROUND_METHODS),
     "inversionMethodComboBox": ("inversionMethod", Parameters.INVERSION_METHODS),
     "referenceMethodComboBox": ("referenceMethod", Parameters.REFERENCE_METHODS),
+    "roiSourceComboBox": ("roiSource", Parameters.ROI_SOURCES),
 }
 #: Output check boxes: parameter node field -> output name of the logic.
 OUTPUT_FIELDS = {
@@ -164,6 +165,7 @@ class QSMProcessingPanel(VTKObservationMixin):
             for name, (field, labels) in METHOD_COMBO_BOXES.items():
                 combo: qt.QComboBox = getattr(self.ui, name)
                 combo.currentIndex = list(labels).index(getattr(node, field))
+            self.ui.roiSegmentationSelector.enabled = node.roiSource == "segmentation"
             self.ui.advancedCollapsibleGroupBox.enabled = node.preset == Parameters.CUSTOM_PRESET
             self.ui.backgroundRadiusSpinBox.enabled = node.backgroundMethod in Parameters.BACKGROUND_RADIUS
             self._showInversionParameter(node.inversionMethod, node.inversionParameter)
@@ -260,6 +262,9 @@ class QSMProcessingPanel(VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("QSM processing could not start."), waitCursor=True):
             ensureRequirements(self._moduleWidget.resourcePath("requirements.txt"), REQUESTER)
             node = self.parameterNode
+            atlas = node.roiSource == "atlas"
+            if atlas:  # the template and atlas data come with two more packages, installed on first use
+                ensureRequirements(self._moduleWidget.resourcePath("requirements-atlas.txt"), REQUESTER)
             outputs = ["chi"] + [output for field, output in OUTPUT_FIELDS.items() if getattr(node, field)]
             config: Any = node.preset
             if node.preset == Parameters.CUSTOM_PRESET:
@@ -270,7 +275,8 @@ class QSMProcessingPanel(VTKObservationMixin):
             self.activeRun = self.logic.process(
                 list(node.magnitudeVolumes), list(node.phaseVolumes), Parameters.parseEchoTimesMs(node.echoTimesMs),
                 fieldStrengthTesla=node.fieldStrengthTesla, maskSegmentation=node.maskSegmentation,
-                roiSegmentation=node.roiSegmentation, config=config, outputs=outputs, wait=False,
+                roiSegmentation=None if atlas else node.roiSegmentation, automaticRois="atlas" if atlas else None,
+                config=config, outputs=outputs, wait=False,
                 progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the computation; the scene is left as it was.")
