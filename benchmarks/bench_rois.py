@@ -4,6 +4,7 @@
     python benchmarks/bench_rois.py --cases warped_small_3mm     # seconds once generated
     python benchmarks/bench_rois.py --core-depths 0,0.5,0.75,1   # sweep the core depth
     python benchmarks/bench_rois.py --mask truth --chi-channel   # variants of the inputs
+    python benchmarks/bench_rois.py --affine-only                # no nonlinear step (what an affine gives)
     python benchmarks/bench_rois.py --cases axial_1mm_3T         # the template's own head (inverse crime)
     python benchmarks/bench_rois.py --json out.json --markdown out.md
 
@@ -53,8 +54,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from QSMLib.phantom.suite import WARPED_CASES, SuiteCase, cache_key, load_case, spec_by_name  # noqa: E402
 from QSMLib.pipeline import PRESETS, run_pipeline  # noqa: E402
-from QSMLib.rois import AAL3_STRUCTURES, ROI_NAMES, atlas_rois, min_core_voxels  # noqa: E402
+from QSMLib.rois import (  # noqa: E402
+    AAL3_STRUCTURES,
+    ROI_NAMES,
+    AtlasROIs,
+    atlas_rois,
+    core_depth_for,
+    min_core_voxels,
+)
 from QSMLib.rois.labels import depth_on_grid  # noqa: E402
+from QSMLib.rois.registration import register_to_template  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_CASES = [name for name in WARPED_CASES if name != "warped_small_3mm"]
@@ -111,10 +120,18 @@ def run_case(name: str, arguments: argparse.Namespace) -> dict[str, Any]:
     pipeline = pipeline_outputs(case, arguments.preset, Path(arguments.cache_dir).parent / "rois_cache")
     mask = case.brain_mask if arguments.mask == "truth" else pipeline["mask"]
     chi_channel = pipeline["chi"] if arguments.chi_channel else None
-    wall, cpu = time.perf_counter(), time.process_time()
-    rois = atlas_rois(case.acquisition.magnitude, case.acquisition.affine, mask, chi_ppm=chi_channel)
-    timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     acquisition = case.acquisition
+    wall, cpu = time.perf_counter(), time.process_time()
+    if arguments.affine_only:
+        registration = register_to_template(acquisition.magnitude, acquisition.affine, mask, chi_ppm=chi_channel,
+                                            demons_iterations=(0, 0))
+        default_depth = core_depth_for(acquisition.voxel_size_mm)
+        rois = AtlasROIs(depth_on_grid(registration.transform, acquisition.affine, acquisition.spatial_shape)
+                         .labels(default_depth, min_core_voxels(acquisition.voxel_size_mm)),
+                         dict(ROI_NAMES), default_depth, registration, time.perf_counter() - wall)
+    else:
+        rois = atlas_rois(acquisition.magnitude, acquisition.affine, mask, chi_ppm=chi_channel)
+    timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     depths = [float(v) for v in (arguments.core_depths or "").split(",") if v.strip()]
     depths = sorted(set(depths) | {rois.core_depth_mm})
     depth = depth_on_grid(rois.registration.transform, acquisition.affine, acquisition.spatial_shape)
@@ -176,6 +193,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--preset", default="consensus", help="pipeline preset for mask and chi (default consensus)")
     parser.add_argument("--mask", choices=("pipeline", "truth"), default="pipeline", help="brain mask used")
     parser.add_argument("--chi-channel", action="store_true", help="register with chi as a second channel")
+    parser.add_argument("--affine-only", action="store_true", help="skip the nonlinear (demons) step")
     parser.add_argument("--core-depths", help="comma-separated core depths in mm (default: the voxel-size rule)")
     parser.add_argument("--cache-dir", default=str(RESULTS / "suite_cache"), help="folder of cached cases")
     parser.add_argument("--json", help="also write the results as JSON")
