@@ -254,6 +254,6 @@ def _check_kinds(value: Any, kinds: frozenset, choices: tuple[str, ...], bounds:
             if isinstance(kind, tuple):
                 checked = [_check_kinds(item, kind[1], (), bounds) for item in value]
                 if value and all(ok for _, ok in checked):
-                    return [item for item, _ in checked], True
+                    return type(value)(item for item, _ in checked), True
         return value, False
     return value, False

@@ -383,9 +383,9 @@ class MultiEchoGRE:
                     f"Phase of echo {echo + 1} is constant ({float(values[0]):g}): this is not phase data. "
                     "Check that the phase and magnitude files are not swapped or blank."
                 )
-        magnitude = self.magnitude[:, valid]
-        negative = float(np.mean(magnitude < 0))
-        if np.all(magnitude <= 0):
+        # Invalid voxels hold 0 by now, so whole-array counts need no masked copy of the magnitude.
+        negative = np.count_nonzero(self.magnitude < 0) / (self.n_echoes * np.count_nonzero(valid))
+        if not np.any(self.magnitude > 0):
             raise QSMInputError(
                 "Magnitude is negative everywhere: magnitude images are never negative. Check the magnitude file "
                 "and that magnitude and phase are not swapped." if negative == 1.0 else

@@ -24,7 +24,7 @@ import numpy as np
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
 from ._validation import check_parameter
 from ._version import __version__
-from .acquisition import MultiEchoGRE
+from .acquisition import MultiEchoGRE, check_field_strength
 from .background import METHODS as BACKGROUND_METHODS
 from .contract import Method
 from .errors import QSMInputError, QSMWarning
@@ -469,6 +469,7 @@ def run_pipeline_from_field(
     """
     if field_kind not in ("total", "local"):
         raise QSMInputError(f"field_kind must be 'total' or 'local', got {field_kind!r}.")
+    b0_tesla = check_field_strength(b0_tesla, source="b0_tesla")
     field_hz = np.asarray(field_hz, dtype=np.float32)
     if field_hz.ndim != 3:
         raise QSMInputError(f"The field map must be 3D, got shape {field_hz.shape}.")
