@@ -216,6 +216,15 @@ class MultiEchoGRE:
     invalid_voxels : numpy.ndarray of bool, shape (n0, n1, n2)
         Voxels where any echo of either image was not finite. Their values
         are set to 0 and they are excluded from every mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> magnitude = np.ones((3, 8, 8, 8), np.float32)
+    >>> phase = np.random.default_rng(0).uniform(-np.pi, np.pi, (3, 8, 8, 8)).astype(np.float32)
+    >>> acquisition = MultiEchoGRE(magnitude, phase, (0.004, 0.008, 0.012), 3.0, voxel_size_mm=(1.0, 1.0, 2.0))
+    >>> acquisition.n_echoes, acquisition.spatial_shape, acquisition.b0_direction
+    (3, (8, 8, 8), (0.0, 0.0, 1.0))
     """
 
     magnitude: np.ndarray

@@ -281,7 +281,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     from . import metrics
     from .io.nifti import write_volume
     from .phantom import BRAIN_LABELS, deep_grey_matter_labels, simulate_head
-    from .report import qc_montage, write_png
+    from .report import reconstruction_qc, write_png
 
     config = load_config(args.config)
     out = check_output_folder(args.out, planned_files([], True) + ["qc.png"], args.overwrite)
@@ -293,11 +293,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     result = run_pipeline(acquisition, config, labels=labels, label_names=brain_labels,
                           progress=printer, cancel=cancel)
     _flush_warnings(caught, printer)
-    qc = qc_montage(
-        [("magnitude", acquisition.magnitude[0], None), ("total field (Hz)", result.total_field_hz, None),
-         ("local field (Hz)", result.local_field_hz, None), ("chi (ppm)", result.chi_ppm, (-0.15, 0.25))],
-        acquisition.affine, mask=result.mask,
-    )
+    qc = reconstruction_qc(result, acquisition, name=f"QSM demo, head phantom{', oblique' if args.oblique else ''}")
     inputs_dir = out / "inputs"
     inputs_dir.mkdir(parents=True, exist_ok=True)
     for name, volume in (("magnitude", acquisition.magnitude), ("phase", acquisition.phase)):
@@ -328,7 +324,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
         print("  chi vs truth: " + ", ".join(f"{k} {v:.3g}" for k, v in accuracy.items()))
         print("  deep grey matter ROI mean error (ppb): " + ", ".join(f"{k} {v:+.1f}" for k, v in errors.items()))
         print(f"  outputs in {out.resolve()} (qc.png: rows magnitude, total field, local field, chi; "
-              "columns axial, coronal, sagittal)")
+              "columns axial, coronal, sagittal; each row's window on its colour bar)")
         print(f"  inputs for 'qsm run' in {inputs_dir.resolve()}")
     return outputs
 

@@ -43,6 +43,15 @@ def roi_statistics(
     -------
     list of dict
         One row per label with the keys of :data:`COLUMNS`, sorted by label.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chi = np.array([[[0.1, 0.2, 0.3, 0.05]]], np.float32)
+    >>> labels = np.array([[[1, 1, 2, 0]]])
+    >>> rows = roi_statistics(chi, labels, (1.0, 1.0, 1.0), label_names={1: "caudate", 2: "putamen"})
+    >>> [(row["name"], row["voxels"], round(row["mean_ppm"], 3)) for row in rows]
+    [('caudate', 2, 0.15), ('putamen', 1, 0.3)]
     """
     labels = np.asarray(labels)
     if labels.shape != values.shape:

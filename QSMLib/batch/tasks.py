@@ -21,18 +21,9 @@ from ..io.bids import sidecar_path, write_json_atomic
 from ..io.nifti import read_volume
 from ..io.results import MAP_FILES, file_checksum, write_outputs
 from ..pipeline import PipelineConfig
-from ..report import qc_montage, write_png
+from ..report import reconstruction_qc, write_png
 from ..roi import COLUMNS as ROI_COLUMNS
-from .layout import (
-    ALWAYS,
-    DERIVATIVES,
-    QC_WINDOW_CHI_PPM,
-    WORK_FOLDER,
-    Acquisition,
-    PathLike,
-    Record,
-    empty_record,
-)
+from .layout import ALWAYS, DERIVATIVES, WORK_FOLDER, Acquisition, PathLike, Record, empty_record
 
 
 def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs: Sequence[str],
@@ -155,11 +146,7 @@ def _reconstruct(acquisition: Acquisition, out_dir: Path, work_root: Path, confi
     try:
         written = write_outputs(work, maps, loaded.affine, roi_rows=result.roi if result.roi else None,
                                 provenance=provenance, extra_files=sidecars)
-        montage = qc_montage(
-            [("magnitude", loaded.magnitude[0], None), ("total field (Hz)", result.total_field_hz, None),
-             ("local field (Hz)", result.local_field_hz, None), ("chi (ppm)", result.chi_ppm, QC_WINDOW_CHI_PPM)],
-            loaded.affine, mask=result.mask, outline=result.mask,
-        )
+        montage = reconstruction_qc(result, loaded, name=acquisition.name, mask_outline=True)
         written["qc"] = write_png(work / "qc.png", montage)
         published = _publish(acquisition, out_dir, written, signature, sorted(maps))
     finally:

@@ -72,6 +72,14 @@ def read_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         alone silently reads them as 0).
     affine : numpy.ndarray, shape (4, 4)
         Array-index -> RAS mm for the spatial axes.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> path = write_volume(pathlib.Path(tempfile.mkdtemp()) / "mask.nii.gz", np.ones((2, 3, 4), np.uint8), np.eye(4))
+    >>> volume, affine = read_volume(path)
+    >>> volume.shape, volume.dtype
+    ((2, 3, 4), dtype('uint8'))
     """
     path = Path(path)
     if not path.is_file():
@@ -128,7 +136,18 @@ def _nifti_nan_mask(path: Path, shape: tuple[int, ...]) -> Union[np.ndarray, Non
 
 
 def write_volume(path: PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a 3D array in (k, j, i) order atomically; returns the path written."""
+    """Write a 3D array in (k, j, i) order atomically; returns the path written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    >>> path = write_volume(folder / "chi.nii.gz", np.zeros((4, 5, 6), np.float32), affine)
+    >>> volume, read_affine = read_volume(path)
+    >>> volume.shape, bool(np.allclose(read_affine, affine))
+    ((4, 5, 6), True)
+    """
     path = Path(path)
     image = image_from_array(array, affine)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
@@ -220,6 +239,24 @@ def load_acquisition(
     info : dict
         ``phase_scale`` applied, where echo times and B0 came from, the
         number of non-finite voxels and, for coil data, ``coils_combined``.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan(echo_times_s=(0.004, 0.008))
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> files = {"mag": [], "phase": []}
+    >>> acq = scan.acquisition
+    >>> for part, volumes in (("mag", acq.magnitude), ("phase", acq.phase)):
+    ...     for echo, (volume, te) in enumerate(zip(volumes, acq.echo_times_s), start=1):
+    ...         path = write_volume(folder / f"sub-1_echo-{echo}_part-{part}_MEGRE.nii.gz", volume, acq.affine)
+    ...         sidecar = {"EchoTime": te, "MagneticFieldStrength": 3}
+    ...         _ = path.with_name(path.name[:-7] + ".json").write_text(json.dumps(sidecar))
+    ...         files[part].append(path)
+    >>> acquisition, info = load_acquisition(files["mag"], files["phase"], phase_scale="radians")
+    >>> acquisition.echo_times_s, acquisition.b0_tesla, info["phase_scale"]
+    ((0.004, 0.008), 3.0, 'radians')
     """
     from ..acquisition import MultiEchoGRE
     from ..phase.scaling import check_not_magnitude, phase_to_radians

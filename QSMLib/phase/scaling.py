@@ -43,6 +43,12 @@ def detect_phase_scale(phase: np.ndarray) -> str:
         When the range fits no convention (e.g. values from 0.2 to 7.1, or
         +-4.7, which could be radians beyond +-pi or a scaled range), so
         the scaling would be a guess. Pass an explicit scale instead.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> detect_phase_scale(np.array([-180.0, 0.0, 179.5]))
+    'degrees'
     """
     values = np.asarray(phase)
     finite = values[np.isfinite(values)]
@@ -188,6 +194,14 @@ def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.
         Phase wrapped to [-pi, pi).
     scale : str
         The convention that was applied (useful for provenance).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> raw = np.array([-4096, -2048, 0, 2048, 4094])  # 12-bit integer phase after rescaling
+    >>> radians, applied = phase_to_radians(raw)
+    >>> applied, [round(float(v), 3) for v in radians]
+    ('integer', [-3.142, -1.571, 0.0, 1.571, 3.14])
     """
     values = np.asarray(phase, dtype=np.float64)
     applied = detect_phase_scale(values) if scale == "auto" else scale
