@@ -121,6 +121,11 @@ def test_magnitude_given_as_phase_is_refused(toy, outputs, case):
                    r"phase images look like magnitude images.*not swapped.*--phase-scale", outputs)
 
 
+def test_phase_given_as_magnitude_is_refused(toy, outputs):
+    assert_refused(["run", "--mag", *toy["phase"], "--phase", *toy["phase"]],
+                   r"Magnitude is negative in \d+ % of the voxels, as phase is.*not swapped", outputs)
+
+
 def test_non_negative_integer_phase_is_still_accepted(toy, tmp_path):
     """The magnitude check must not refuse real phase stored as unsigned 12-bit integers."""
     unsigned = np.round((toy["phase_rad"] + np.pi) / (2 * np.pi) * 4095).astype(np.int16)

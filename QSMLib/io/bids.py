@@ -141,7 +141,13 @@ _ECHO_ENTITY = re.compile(r"(?:^|_)echo-(\d+)(?=[_.])")
 
 
 def echo_number(path: Path) -> Optional[int]:
-    """The number of a ``echo-<n>`` entity in the file name, or None."""
+    """The number of an ``echo-<n>`` entity in the file name (BIDS or not), or None.
+
+    Examples
+    --------
+    >>> echo_number(Path("sub-01_echo-10_part-mag_MEGRE.nii.gz")), echo_number(Path("mag_echo-2.nii"))
+    (10, 2)
+    """
     match = _ECHO_ENTITY.search(Path(path).name)
     return int(match.group(1)) if match else None
 
