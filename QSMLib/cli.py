@@ -3,12 +3,18 @@
 Exit codes: 0 success, 2 bad input (one-paragraph message, no traceback),
 3 some acquisitions of a cohort (or DICOM series) failed and the others
 succeeded, 130 cancelled, 1 internal error.
+
+A reader that goes away (``qsm bids ... | head -1``) does not stop the
+work: output to the closed pipe stops quietly, the run finishes, and the
+exit code is the run's own (0 when it succeeded).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import signal
 import sys
 import threading
@@ -71,6 +77,45 @@ class ProgressPrinter:
         if self.mode == "bar" and self.last_fraction >= 0:
             sys.stderr.write("\n")
             self.last_fraction = -1.0
+
+
+class QuietPipe:
+    """A text stream that goes quiet when its reader has gone (a closed pipe) instead of raising.
+
+    The file descriptor is pointed at the null device, so that the
+    interpreter's final flush does not complain either.
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self.reader_gone = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # not a real file (tests)
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _parse_floats(text: str, what: str) -> list[float]:
@@ -154,35 +199,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``qsm`` console script."""
-    args = build_parser().parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = QuietPipe(sys.stdout), QuietPipe(sys.stderr)
+    try:
+        return _main(build_parser().parse_args(argv))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main(args: argparse.Namespace) -> int:
     mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
     printer = ProgressPrinter(mode)
     cancel = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             handlers: dict[str, Callable[..., dict]] = {
                 "demo": _demo, "run": _run, "bids": _bids, "dicom2bids": _dicom2bids}
             outputs = handlers[args.command](args, printer, cancel, caught)
+        _flush_warnings(caught, printer)
         printer.finish_line()
         printer.event("done", outputs={k: str(v) for k, v in outputs.items()})
         return EXIT_OK
     except QSMInputError as error:
-        return _fail(printer, EXIT_INPUT, f"Error: {error}")
+        return _fail(printer, caught, EXIT_INPUT, f"Error: {error}")
     except SomeFailed as failed:
-        return _fail(printer, EXIT_SOME_FAILED, f"Error: {failed}")
+        return _fail(printer, caught, EXIT_SOME_FAILED, f"Error: {failed}")
     except (QSMCancelled, KeyboardInterrupt):
         detail = ("acquisitions that finished before are complete; a rerun does the rest"
                   if args.command == "bids" else "no output was written")
-        return _fail(printer, EXIT_CANCELLED, f"Cancelled: {detail}.")
+        return _fail(printer, caught, EXIT_CANCELLED, f"Cancelled: {detail}.")
     except MemoryError:
-        return _fail(printer, EXIT_INTERNAL, "Out of memory: process a smaller volume or free memory.")
+        return _fail(printer, caught, EXIT_INTERNAL, "Out of memory: process a smaller volume or free memory.")
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fail(printer: ProgressPrinter, code: int, message: str) -> int:
+def _fail(printer: ProgressPrinter, caught: list, code: int, message: str) -> int:
+    _flush_warnings(caught, printer)  # what was noticed before the failure can explain it
     printer.finish_line()
     printer.event("error", message=message)
     sys.stderr.write(message + "\n")
@@ -293,12 +351,16 @@ def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
         if record["status"] == "failed" and printer.mode != "json":
             printer.warn(f"{record['name']} failed: {record['reason']}")
 
+    def progress(fraction: float, message: str) -> None:
+        _flush_warnings(caught, printer)  # e.g. about the dataset, shown before hours of work, not after
+        printer(fraction, message)
+
     summary = run_cohort(
         args.bids_root, args.out_dir, participant_labels=args.participant_label, config=args.config,
         outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
         rois=args.rois,
         phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
-        progress=printer, on_record=on_record, cancel=cancel,
+        progress=progress, on_record=on_record, cancel=cancel,
     )
     _flush_warnings(caught, printer)
     printer.finish_line()

@@ -22,8 +22,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
+from ._validation import check_parameter
 from ._version import __version__
-from .acquisition import MultiEchoGRE
+from .acquisition import MultiEchoGRE, check_field_strength
 from .background import METHODS as BACKGROUND_METHODS
 from .contract import Method
 from .errors import QSMInputError, QSMWarning
@@ -117,49 +118,105 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
-        """Build from plain data; unknown keys, stages or methods raise :class:`QSMInputError`."""
+        """Build from plain data; anything unknown or of the wrong type raises :class:`QSMInputError`.
+
+        Every problem is listed in one message (stage, method, parameter,
+        the value received and what is allowed); see :meth:`validate`.
+        """
         if not isinstance(data, Mapping):
-            raise QSMInputError("A pipeline configuration must be a JSON object.")
+            raise QSMInputError(f"A pipeline configuration must be a JSON object, got {_json_kind(data)}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise QSMInputError(
-                f"Unknown configuration key(s) {sorted(unknown)}; allowed: {sorted(known)}."
-            )
+        problems = [f"Unknown configuration key {key!r}; allowed: {', '.join(sorted(known))}"
+                    for key in data if key not in known]
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             if name in REGISTRY:
-                if isinstance(value, str):
-                    value = {"method": value}
-                if not isinstance(value, Mapping) or "method" not in value:
-                    raise QSMInputError(f"Stage {name!r} needs {{\"method\": ..., \"params\": {{...}}}}.")
-                kwargs[name] = StageConfig(str(value["method"]), dict(value.get("params") or {}))
-            else:
+                stage = _stage_from_data(name, value, problems)
+                if stage is not None:
+                    kwargs[name] = stage
+            elif name in known:
                 kwargs[name] = value
+        if problems:
+            raise QSMInputError(_problem_text(problems))
         config = cls(**kwargs)
         config.validate()
         return config
 
     @classmethod
-    def from_json(cls, text: str) -> PipelineConfig:
-        """Parse JSON text (see :meth:`from_dict`)."""
+    def from_json(cls, text: Union[str, bytes]) -> PipelineConfig:
+        """Parse JSON text, or bytes in UTF-8, UTF-16 or UTF-32 (see :meth:`from_dict`)."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (ValueError, RecursionError) as error:  # syntax, encoding, or absurd nesting
             raise QSMInputError(f"The configuration is not valid JSON: {error}.") from None
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Check every method name and parameter name against the registry."""
+        """Check every method name, parameter name, type and range against the registry.
+
+        Parameter values are checked against their method's signature and
+        documented choices (:func:`QSMLib._validation.check_parameter`); a
+        whole-number float given for an integer parameter is stored as int.
+        """
+        problems = []
+        if not isinstance(self.per_echo, bool):
+            problems.append(f"per_echo must be true or false, got {json.dumps(self.per_echo, default=repr)}")
         for stage in REGISTRY:
-            choice: StageConfig = getattr(self, stage)
-            accepted = _lookup(stage, choice.method).tunable_parameters()
-            unknown = set(choice.params) - accepted
-            if unknown:
-                raise QSMInputError(
-                    f"Stage {stage!r}, method {choice.method!r} has no parameter(s) {sorted(unknown)}; "
-                    f"it accepts {sorted(accepted)}."
-                )
+            choice = getattr(self, stage)
+            if not isinstance(choice, StageConfig) or not isinstance(choice.method, str):
+                problems.append(f"Stage {stage!r} must be a StageConfig(method, params), got {choice!r}")
+                continue
+            if choice.method not in REGISTRY[stage]:
+                problems.append(f"Unknown {stage} method {choice.method!r}; available: "
+                                f"{', '.join(sorted(REGISTRY[stage]))}")
+                continue
+            if not isinstance(choice.params, dict):
+                problems.append(f"Stage {stage!r}: params must be an object, got {choice.params!r}")
+                continue
+            entry = REGISTRY[stage][choice.method]
+            accepted = entry.tunable_parameters()
+            for name, value in choice.params.items():
+                if name not in accepted:
+                    problems.append(f"Stage {stage!r}, method {choice.method!r} has no parameter {name!r}; it "
+                                    f"accepts {', '.join(sorted(accepted)) or 'none'}")
+                    continue
+                checked, allowed = check_parameter(entry.function, name, value)
+                if allowed is not None:
+                    problems.append(f"Stage {stage!r}, method {choice.method!r}, parameter {name!r}: got "
+                                    f"{json.dumps(value, default=repr)}, allowed: {allowed}")
+                else:
+                    choice.params[name] = checked
+        if problems:
+            raise QSMInputError(_problem_text(problems))
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _problem_text(problems: Sequence[str]) -> str:
+    if len(problems) == 1:
+        return f"{problems[0]}."
+    return "Invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _stage_from_data(stage: str, value: Any, problems: list[str]) -> Optional[StageConfig]:
+    """A stage's ``"method"`` or ``{"method": ..., "params": {...}}``, or None with the problem noted."""
+    if isinstance(value, str):
+        value = {"method": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("method"), str):
+        problems.append(f'Stage {stage!r} needs "method name" or {{"method": "name", "params": {{...}}}}, '
+                        f"got {json.dumps(value, default=repr)}")
+        return None
+    extra = sorted(set(value) - {"method", "params"})
+    if extra:
+        problems.append(f"Stage {stage!r} has unknown key(s) {extra}; a stage has only \"method\" and \"params\"")
+    params = value.get("params")
+    if params is not None and not isinstance(params, Mapping):
+        problems.append(f"Stage {stage!r}: params must be an object of parameter names and values, got "
+                        f"{json.dumps(params, default=repr)}")
+        return None
+    return StageConfig(value["method"], dict(params or {}))
 
 
 def _lookup(stage: str, method: str) -> Method:
@@ -205,7 +262,14 @@ def load_config(name_or_path: Union[str, Path, None]) -> PipelineConfig:
         raise QSMInputError(
             f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing JSON configuration file."
         )
-    return PipelineConfig.from_json(path.read_text())
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise QSMInputError(f"Cannot read the configuration file {path} ({error.strerror}).") from None
+    try:
+        return PipelineConfig.from_json(content)
+    except QSMInputError as error:
+        raise QSMInputError(f"{path}: {error}") from None
 
 
 @dataclass
@@ -445,6 +509,7 @@ def run_pipeline_from_field(
     """
     if field_kind not in ("total", "local"):
         raise QSMInputError(f"field_kind must be 'total' or 'local', got {field_kind!r}.")
+    b0_tesla = check_field_strength(b0_tesla, source="b0_tesla")
     field_hz = np.asarray(field_hz, dtype=np.float32)
     if field_hz.ndim != 3:
         raise QSMInputError(f"The field map must be 3D, got shape {field_hz.shape}.")

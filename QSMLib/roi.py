@@ -60,6 +60,9 @@ def roi_statistics(
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise QSMInputError("The label map must hold whole numbers (one integer per region).")
     labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise QSMInputError(f"The label map has negative labels (down to {labels.min()}): labels are 0 for "
+                            "background and positive whole numbers for regions.")
     inside = labels > 0 if mask is None else (labels > 0) & np.asarray(mask, dtype=bool)
     voxel_ml = float(np.prod(voxel_size_mm)) / 1000.0
     present = set(int(v) for v in np.unique(labels[labels > 0]))

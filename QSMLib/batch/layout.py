@@ -39,6 +39,9 @@ ATLAS_OUTPUTS = ("rois", "rois_table", "rois_qc")
 #: Maps that every acquisition writes; ``local_mask``, ``r2star`` and ``t2star`` on request.
 ALWAYS = ("chi", "mask", "total_field", "local_field")
 OPTIONAL = ("local_mask", "r2star", "t2star")
+#: Hidden folder of the derivatives root where tasks write before publishing (so a killed task leaves no
+#: empty subject folders behind).
+WORK_FOLDER = ".qsm-work"
 GROUP_TABLE = "group_roi_stats.tsv"
 SUMMARY_FILE = "summary.json"
 INDEX_FILE = "index.html"

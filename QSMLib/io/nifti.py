@@ -92,6 +92,8 @@ def read_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise QSMInputError(f"{path} is corrupt or truncated: check the file or export it again.") from None
     except RuntimeError as error:
         raise QSMInputError(f"Cannot read {path} as an image ({str(error).strip().splitlines()[-1]}).") from None
+    if image.GetDimension() < 3:
+        raise QSMInputError(f"{path} is a 2D image (size {image.GetSize()}); QSM needs 3D volumes.")
     if image.GetDimension() > 5 or image.GetNumberOfComponentsPerPixel() != 1:
         raise QSMInputError(
             f"{path} has {image.GetDimension()} dimensions and {image.GetNumberOfComponentsPerPixel()} "
@@ -257,7 +259,7 @@ def load_acquisition(
     ((0.004, 0.008), 3.0, 'radians')
     """
     from ..acquisition import MultiEchoGRE
-    from ..phase.scaling import phase_to_radians
+    from ..phase.scaling import check_not_magnitude, phase_to_radians
     from .bids import echo_times_from_sidecars, field_strength_from_sidecars, read_sidecar
 
     magnitude_files = [Path(p) for p in magnitude_paths]
@@ -296,6 +298,8 @@ def load_acquisition(
     else:
         info["b0_source"] = "argument"
 
+    if phase_scale == "auto":
+        check_not_magnitude(phase_raw)
     phase, info["phase_scale"] = phase_to_radians(phase_raw, phase_scale)
     if phase.ndim == 5:
         info["non_finite_voxels"] = int(np.any(~np.isfinite(phase_raw) | ~np.isfinite(magnitude), axis=(0, 1)).sum())
