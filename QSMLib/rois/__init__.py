@@ -156,6 +156,7 @@ def atlas_rois(
     *,
     chi_ppm: Optional[np.ndarray] = None,
     core_depth_mm: Optional[float] = None,
+    threads: Optional[int] = None,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> AtlasROIs:
@@ -175,6 +176,8 @@ def atlas_rois(
     core_depth_mm : float, optional
         Keep voxels at least this deep inside each structure; default
         :func:`core_depth_for` the voxel size; 0 keeps whole structures.
+    threads : int, optional
+        Threads of the registration (None: SimpleITK's default).
     progress, cancel
         Progress callback and cancel token.
 
@@ -203,7 +206,7 @@ def atlas_rois(
     ['caudate_left', 'caudate_right']
     """
     began = time.perf_counter()
-    registration = register_to_template(magnitude, affine, mask, chi_ppm=chi_ppm,
+    registration = register_to_template(magnitude, affine, mask, chi_ppm=chi_ppm, threads=threads,
                                         progress=sub_progress(progress, 0.0, 0.9), cancel=cancel)
     voxel = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
     depth_mm = core_depth_for(voxel) if core_depth_mm is None else float(core_depth_mm)

@@ -37,9 +37,10 @@ efficient non-parametric image registration. NeuroImage 2009;45:S61-S72.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -212,6 +213,20 @@ def _synthetic(regressors: np.ndarray, weights: Sequence[np.ndarray], channel_sc
     return np.where(inside, combined, 0.0).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _sitk_threads(threads: Optional[int]) -> Iterator[None]:
+    """SimpleITK's default number of threads set to ``threads`` inside the block (None or 0: unchanged)."""
+    if not threads:
+        yield
+        return
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
 def register_to_template(
     magnitude: np.ndarray,
     affine: np.ndarray,
@@ -221,6 +236,7 @@ def register_to_template(
     chi_weight: float = 1.0,
     affine_iterations: int = 60,
     demons_iterations: Sequence[int] = DEMONS_ITERATIONS,
+    threads: Optional[int] = None,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> Registration:
@@ -243,6 +259,9 @@ def register_to_template(
         Optimiser iterations per level of the affine step.
     demons_iterations : sequence of int
         Demons iterations on the 4 mm and the 2 mm grid.
+    threads : int, optional
+        Threads SimpleITK uses for the registration (None or 0: its default,
+        every core, or ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
     progress, cancel
         Progress callback and cancel token (checked between steps).
 
@@ -256,6 +275,14 @@ def register_to_template(
         When the mask is empty or the shapes differ; when ``qsmlib[atlas]``
         is not installed.
     """
+    with _sitk_threads(threads):
+        return _register(magnitude, affine, mask, chi_ppm, chi_weight, affine_iterations, demons_iterations,
+                         progress, cancel)
+
+
+def _register(magnitude: np.ndarray, affine: np.ndarray, mask: np.ndarray, chi_ppm: Optional[np.ndarray],
+              chi_weight: float, affine_iterations: int, demons_iterations: Sequence[int],
+              progress: ProgressCallback, cancel: CancelToken) -> Registration:
     began = time.perf_counter()
     combined = combined_magnitude(magnitude)
     mask = np.asarray(mask, bool)
