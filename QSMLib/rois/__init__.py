@@ -199,11 +199,18 @@ def atlas_rois(
 
     Examples
     --------
-    >>> from QSMLib.phantom.suite import load_case
-    >>> case = load_case("warped_small_3mm")  # doctest: +SKIP
-    >>> rois = atlas_rois(case.acquisition.magnitude, case.acquisition.affine, case.brain_mask)  # doctest: +SKIP
-    >>> sorted(rois.names.values())[:2]  # doctest: +SKIP
-    ['caudate_left', 'caudate_right']
+    The template's own T1 at 4 mm stands in for a subject here (it registers back onto itself):
+
+    >>> import SimpleITK as sitk
+    >>> from QSMLib.io.nifti import affine_from_image
+    >>> from QSMLib.rois.template import load_template
+    >>> image = sitk.BinShrink(load_template().t1, [4, 4, 4])
+    >>> volume, affine = sitk.GetArrayFromImage(image), affine_from_image(image)
+    >>> rois = atlas_rois(volume, affine, volume > 0.05)
+    >>> rois.labels.shape == volume.shape, rois.core_depth_mm, rois.names[5]
+    (True, 2.25, 'globus_pallidus_left')
+    >>> bool((rois.labels == 7).sum() > (rois.labels == 11).sum() > 0)  # a thalamus is bigger than a red nucleus
+    True
     """
     began = time.perf_counter()
     registration = register_to_template(magnitude, affine, mask, chi_ppm=chi_ppm, threads=threads,
