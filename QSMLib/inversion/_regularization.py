@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -67,3 +67,81 @@ def field_noise(field: np.ndarray, mask: np.ndarray, weight: Optional[np.ndarray
     if not whole.any():
         return 0.0
     return float(np.median(np.abs(detail[whole])) / np.sqrt(8.0) / _MAD_TO_SIGMA)
+
+
+#: ``lambda / (sigma h)`` of the TV-family inversions (sigma the field noise in ppm, h the voxel size in mm),
+#: measured as the NRMSE-optimal ratio across noise levels (see :func:`noise_proportional_regularization`).
+TV_LAMBDA_PER_NOISE = 0.052
+
+
+def noise_proportional_regularization(noise_ppm: float, voxel_size_mm: Sequence[float]) -> float:
+    """TV ``lambda`` (ppm mm) proportional to the field noise: ``lambda = k sigma h``.
+
+    Scaling the field and its noise by ``c`` scales the best ``chi`` and the
+    best ``lambda`` by ``c`` (both terms of the functional grow by ``c^2``),
+    so the best ``lambda`` is proportional to the noise; ``h`` (the geometric
+    mean voxel size, mm) keeps the total variation's weight per voxel the
+    same at any resolution. ``k`` (:data:`TV_LAMBDA_PER_NOISE`) is measured.
+    Without noise the estimate still sees the field's own finest detail,
+    which keeps ``lambda`` from vanishing.
+
+    Parameters
+    ----------
+    noise_ppm : float
+        Noise standard deviation of the (weighted) field, ppm (:func:`field_noise`).
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(noise_proportional_regularization(2e-3, (1.0, 1.0, 1.0)), 6)
+    0.000104
+    """
+    mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
+    return float(TV_LAMBDA_PER_NOISE * max(float(noise_ppm), 0.0) * mean_voxel) or 1e-6
+
+
+def effective_echo_time(
+    echo_times_s: Sequence[float], magnitude: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None
+) -> float:
+    """The echo time at which a multi-echo field is compared as phase by nonlinear data terms, seconds.
+
+    The weighted echo fit estimates the field from the echoes in proportion
+    to ``w_n TE_n`` (``w_n = |S_n|^2``, the inverse phase variance), so the
+    fitted field is a weighted average of per-echo fields with that weight;
+    its mean echo time, ``sum w_n TE_n^2 / sum w_n TE_n``, is where a phase
+    error of the fitted field matches the phase errors of the data. ``w_n``
+    is the median ``|S_n|^2`` inside ``mask`` (T2* decay), or uniform without
+    magnitude.
+
+    Parameters
+    ----------
+    echo_times_s : sequence of float
+        Echo times, seconds.
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2), optional
+        Multi-echo magnitude.
+    mask : numpy.ndarray of bool, shape (n0, n1, n2), optional
+        Brain mask for the median (whole volume without it).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(effective_echo_time([0.004, 0.008, 0.012, 0.016, 0.020]) * 1000, 2)
+    14.67
+    """
+    times = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
+    weights = np.ones_like(times)
+    if magnitude is not None and np.ndim(magnitude) == 4 and np.shape(magnitude)[0] == times.size:
+        region = np.ones(np.shape(magnitude)[1:], bool) if mask is None else np.asarray(mask, dtype=bool)
+        if region.any():
+            weights = np.array([float(np.median(np.square(echo[region], dtype=np.float64))) for echo in magnitude])
+    if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
+        weights = np.ones_like(times)
+    return float((weights * times * times).sum() / (weights * times).sum())
