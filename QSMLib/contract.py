@@ -26,13 +26,17 @@ relaxometry   magnitude, echo_times_s                                      ``dic
 
 Every method also accepts ``progress`` (callable(fraction, message)) and
 ``cancel`` (callable() -> bool or threading.Event) when it loops.
+
+Results are named tuples: fields by name (``result.local_field_hz``) or by
+unpacking (``local_field_hz, mask, parameters = vsharp(...)``).
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -52,6 +56,9 @@ PIPELINE_INPUTS: dict[str, str] = {
     "labels": "int label map (0 = background), when the user gave one",
     "label_names": "label value -> name, when known",
 }
+
+#: The empty, read-only default of result fields that hold maps or parameters.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 #: Keyword arguments every looping method takes from the pipeline, never from the user.
 CONTROL_ARGUMENTS = frozenset({"progress", "cancel"})
@@ -112,8 +119,7 @@ class Method:
         return set(self._keyword_only()) & CONTROL_ARGUMENTS
 
 
-@dataclass
-class PhaseResult:
+class PhaseResult(NamedTuple):
     """Result of a phase stage (offset removal, bipolar correction, unwrapping).
 
     Attributes
@@ -121,35 +127,33 @@ class PhaseResult:
     phase : numpy.ndarray of float32, shape (echo, n0, n1, n2)
         Phase in radians (wrapped after offset and bipolar correction,
         unwrapped after unwrapping).
-    maps : dict of str to numpy.ndarray
+    maps : mapping of str to numpy.ndarray
         Maps the stage estimated, e.g. ``phase_offset_rad`` or
         ``romeo_quality`` (names from :data:`PIPELINE_INPUTS` where later
         stages use them).
     """
 
     phase: np.ndarray
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    maps: Mapping[str, np.ndarray] = _NOTHING
 
 
-@dataclass
-class FieldMapResult:
+class FieldMapResult(NamedTuple):
     """Result of the echo fit.
 
     Attributes
     ----------
     total_field_hz : numpy.ndarray of float32, shape (n0, n1, n2)
         Total field in Hz.
-    maps : dict of str to numpy.ndarray
+    maps : mapping of str to numpy.ndarray
         ``field_weight`` (reliability in [0, 1]), ``fit_residual_rad`` and
         any other map the fit produced.
     """
 
     total_field_hz: np.ndarray
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    maps: Mapping[str, np.ndarray] = _NOTHING
 
 
-@dataclass
-class BackgroundResult:
+class BackgroundResult(NamedTuple):
     """Result of background field removal.
 
     Attributes
@@ -158,46 +162,44 @@ class BackgroundResult:
         Local field in Hz, zero outside ``mask``.
     mask : numpy.ndarray of bool, shape (n0, n1, n2)
         Where the local field is valid (the input mask, possibly eroded).
-    parameters : dict
+    parameters : mapping
         Values the method chose from the data (e.g. a regularisation
         weight) and how, for provenance; empty when nothing was chosen.
     """
 
     local_field_hz: np.ndarray
     mask: np.ndarray
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = _NOTHING
 
 
-@dataclass
-class InversionResult:
+class InversionResult(NamedTuple):
     """Result of dipole inversion.
 
     Attributes
     ----------
     chi_ppm : numpy.ndarray of float32, shape (n0, n1, n2)
         Susceptibility in ppm, zero outside the mask, not yet referenced.
-    parameters : dict
+    parameters : mapping
         Values the method chose from the data (e.g. ``regularization`` and
         the rule that chose it, the effective echo time) for provenance and
         the Slicer log; empty when nothing was chosen.
     """
 
     chi_ppm: np.ndarray
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = _NOTHING
 
 
-@dataclass
-class ReferenceResult:
+class ReferenceResult(NamedTuple):
     """Result of referencing.
 
     Attributes
     ----------
     chi_ppm : numpy.ndarray of float32, shape (n0, n1, n2)
         Referenced susceptibility in ppm, zero outside the mask.
-    info : dict
+    info : mapping
         ``reference`` (what the zero is), ``offset_ppm`` (value
         subtracted), ``voxels`` (size of the reference region) and details.
     """
 
     chi_ppm: np.ndarray
-    info: dict[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = _NOTHING

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
+from .contract import FieldMapResult, Method
 from .errors import QSMInputError
 
 
@@ -19,7 +20,7 @@ def weighted_linear(
     mask: np.ndarray | None = None,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> FieldMapResult:
     """Weighted least-squares fit of phase against echo time.
 
     Fits ``phi_n = phi_0 + 2 pi f TE_n`` per voxel with weights
@@ -86,10 +87,10 @@ def weighted_linear(
         residual = unwrapped_phase[echo] - offset - slope * np.float32(te)
         residual_sum += np.square(magnitude[echo], dtype=np.float32) * residual * residual
     residual_rms = np.sqrt(residual_sum / np.maximum(s0, 1e-30))
-    return (slope / np.float32(2.0 * np.pi)).astype(np.float32), {
+    return FieldMapResult((slope / np.float32(2.0 * np.pi)).astype(np.float32), {
         "fit_residual_rad": residual_rms.astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information), mask),
-    }
+    })
 
 
 def _normalised_weight(inverse_sd: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -109,7 +110,7 @@ def nonlinear_complex(
     mask: np.ndarray | None = None,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> FieldMapResult:
     """Nonlinear fit of the complex signal: ``S_n = |S_n| exp(i (phi_0 + 2 pi f TE_n))``.
 
     Minimises ``sum_n |S_n - |S_n| exp(i (phi_0 + 2 pi f TE_n))|^2`` per voxel
@@ -207,10 +208,10 @@ def nonlinear_complex(
         residual = (residual + np.float32(np.pi)) % two_pi - np.float32(np.pi)
         residual_sum += np.square(amplitude) * residual * residual
     residual_rms = np.sqrt(residual_sum / np.maximum(s0, np.float32(1e-30)))
-    return (slope / two_pi).reshape(shape).astype(np.float32), {
+    return FieldMapResult((slope / two_pi).reshape(shape).astype(np.float32), {
         "fit_residual_rad": residual_rms.reshape(shape).astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information).reshape(shape), mask),
-    }
+    })
 
 
 def per_echo_fields(unwrapped_phase: np.ndarray, echo_times_s: Sequence[float]) -> np.ndarray:
@@ -222,4 +223,8 @@ def per_echo_fields(unwrapped_phase: np.ndarray, echo_times_s: Sequence[float]) 
 #: Echo-combination methods by registry name: ``method(unwrapped_phase,
 #: magnitude, echo_times_s, *, progress=None, cancel=None, **params)`` ->
 #: ``(field_hz, dict of maps)`` with at least ``field_weight``.
-METHODS = {"weighted_linear": weighted_linear, "nonlinear": nonlinear_complex}
+#: Echo fits by registry name; both accept the brain mask when one is known (never a user parameter).
+METHODS = {
+    "weighted_linear": Method(weighted_linear, inputs=("mask",)),
+    "nonlinear": Method(nonlinear_complex, inputs=("mask",)),
+}

@@ -11,6 +11,7 @@ import scipy.sparse.csgraph
 
 from ._morphology import dilate, erode, largest_component, otsu_threshold
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
+from .contract import Method
 from .errors import QSMInputError
 
 
@@ -289,6 +290,9 @@ def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 #: Automatic mask methods by registry name: ``method(magnitude, voxel_size_mm,
-#: *, invalid=None, progress=None, cancel=None, **params)`` -> bool mask; they
-#: may also accept maps of earlier stages by name (e.g. ``fit_residual_rad``).
-METHODS = {"magnitude": magnitude_mask, "phase_quality": phase_quality_mask}
+#: *, invalid=None, progress=None, cancel=None, **params)`` -> bool mask; each
+#: entry declares the maps of earlier stages it takes (e.g. ``fit_residual_rad``).
+METHODS = {
+    "magnitude": Method(magnitude_mask, inputs=("invalid",)),
+    "phase_quality": Method(phase_quality_mask, inputs=("invalid", "romeo_quality", "fit_residual_rad")),
+}

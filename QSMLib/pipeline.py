@@ -1,16 +1,16 @@
 """The QSM pipeline: configuration, stage registries and ``run_pipeline``.
 
-Each stage picks its algorithm by name from a registry (name -> function);
-a stage's ``params`` are passed to that function as keyword arguments, so
-the function signature (with defaults from the paper) is the single place
-where a method's knobs and defaults live.
+Each stage picks its algorithm by name from a registry (name ->
+:class:`QSMLib.contract.Method`); the pipeline passes the stage's data, the
+pipeline inputs the entry declares, and the stage's ``params`` as keyword
+arguments, so the function signature (with defaults from the paper) is the
+single place where a method's knobs and defaults live.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import platform
 import time
@@ -25,6 +25,7 @@ from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_
 from ._version import __version__
 from .acquisition import MultiEchoGRE
 from .background import METHODS as BACKGROUND_METHODS
+from .contract import Method
 from .errors import QSMInputError, QSMWarning
 from .fieldmap import METHODS as ECHO_FIT_METHODS
 from .fieldmap import per_echo_fields
@@ -37,8 +38,8 @@ from .relaxometry import METHODS as RELAXOMETRY_METHODS
 from .roi import roi_statistics
 from .unwrap import METHODS as UNWRAP_METHODS
 
-#: Algorithms per stage. Adding a method is adding an entry.
-REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
+#: Algorithms per stage (see :mod:`QSMLib.contract`). Adding a method is adding an entry.
+REGISTRY: dict[str, dict[str, Method]] = {
     "phase_offset": OFFSET_METHODS,
     "bipolar": BIPOLAR_METHODS,
     "unwrap": UNWRAP_METHODS,
@@ -138,8 +139,7 @@ class PipelineConfig:
         """Check every method name and parameter name against the registry."""
         for stage in REGISTRY:
             choice: StageConfig = getattr(self, stage)
-            function = _lookup(stage, choice.method)
-            accepted = _tunable_parameters(function)
+            accepted = _lookup(stage, choice.method).tunable_parameters()
             unknown = set(choice.params) - accepted
             if unknown:
                 raise QSMInputError(
@@ -148,41 +148,13 @@ class PipelineConfig:
                 )
 
 
-#: Maps that stages produce and later stages may take by name (e.g. a phase-quality mask).
-PIPELINE_MAPS = {
-    "romeo_quality", "fit_residual_rad", "field_weight", "phase_offset_rad", "bipolar_error_rad",
-    "bipolar_offset_rad", "r2star", "t2star",
-}
-#: Inputs that the pipeline itself supplies; never user parameters.
-_PIPELINE_ARGUMENTS = {
-    "progress", "cancel", "mask", "magnitude", "echo_times_s", "voxel_size_mm", "b0_direction",
-    "b0_tesla", "invalid", "labels", "label_names", "weight",
-} | PIPELINE_MAPS
-
-
-def _lookup(stage: str, method: str) -> Callable[..., Any]:
+def _lookup(stage: str, method: str) -> Method:
     try:
         return REGISTRY[stage][method]
     except KeyError:
         raise QSMInputError(
             f"Unknown {stage} method {method!r}; available: {', '.join(sorted(REGISTRY[stage]))}."
         ) from None
-
-
-def _tunable_parameters(function: Callable[..., Any]) -> set[str]:
-    return {
-        name for name, parameter in inspect.signature(function).parameters.items()
-        if parameter.kind == parameter.KEYWORD_ONLY and name not in _PIPELINE_ARGUMENTS
-    }
-
-
-def _call_stage(stage: str, choice: StageConfig, *args: Any, **available: Any) -> Any:
-    """Call the stage's method with its params plus whichever pipeline inputs it accepts."""
-    function = _lookup(stage, choice.method)
-    accepted = inspect.signature(function).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
-    inputs = {k: v for k, v in available.items() if takes_any or k in accepted}
-    return function(*args, **inputs, **choice.params)
 
 
 def _preset(**stages: Any) -> PipelineConfig:
@@ -222,6 +194,8 @@ class QSMResult:
 
     All maps share the acquisition's spatial shape (array-axis order).
     ``chi_ppm`` is referenced; fields are in Hz; masks are bool.
+    ``parameters`` holds, per stage, the values its method chose from the
+    data (e.g. the inversion's regularisation) and how.
     """
 
     chi_ppm: np.ndarray
@@ -234,6 +208,7 @@ class QSMResult:
     reference: dict[str, Any] = field(default_factory=dict)
     roi: list[dict] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: PipelineConfig = field(default_factory=PipelineConfig)
 
     def provenance(self, inputs: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
@@ -248,31 +223,49 @@ class QSMResult:
             },
             "config": self.config.to_dict(),
             "reference": self.reference,
+            "chosen_parameters": self.parameters,
             "timings_s": self.timings_s,
             "inputs": dict(inputs or {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
 
-class _Timer:
-    """Collects per-stage wall times and maps stage progress onto the whole run."""
+class _Stages:
+    """Runs the configured method of each stage: declared inputs in, timings and progress collected.
 
-    def __init__(self, progress: ProgressCallback, stages: Sequence[str]):
-        self.progress = progress
+    ``stages`` lists the stages this run will execute, in order, so that each
+    gets its share of the progress bar.
+    """
+
+    def __init__(
+        self, config: PipelineConfig, stages: Sequence[str], progress: ProgressCallback, cancel: CancelToken
+    ):
+        self.config, self.progress, self.cancel = config, progress, cancel
         weights = [_STAGE_WEIGHTS[s] for s in stages]
         total = sum(weights)
         starts = np.cumsum([0.0, *weights])[:-1] / total
         self.span = {s: (float(a), float(a + w / total)) for s, a, w in zip(stages, starts, weights)}
         self.timings: dict[str, float] = {}
+        self.parameters: dict[str, dict[str, Any]] = {}
 
-    def run(self, stage: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, stage: str, *data: Any, inputs: Mapping[str, Any]) -> Any:
+        """Run ``stage``'s method on its positional ``data`` with the ``inputs`` it declares."""
+        check_cancel(self.cancel)
+        choice: StageConfig = getattr(self.config, stage)
+        method = _lookup(stage, choice.method)
         start, stop = self.span[stage]
         report(self.progress, start, f"{stage}: starting")
-        began = time.perf_counter()
         scaled = sub_progress(self.progress, start, stop)
-        labelled = None if scaled is None else (lambda fraction, message: scaled(fraction, f"{stage}: {message}"))
-        result = function(*args, progress=labelled, **kwargs)
+        control = {"cancel": self.cancel, "progress": None if scaled is None else (
+            lambda fraction, message: scaled(fraction, f"{stage}: {message}"))}
+        arguments = {name: inputs[name] for name in method.inputs if inputs.get(name) is not None}
+        arguments.update({name: control[name] for name in method.accepts_control()})
+        began = time.perf_counter()
+        result = method(*data, **arguments, **choice.params)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - began
+        chosen = getattr(result, "parameters", None)
+        if chosen:
+            self.parameters.setdefault(stage, {}).update(chosen)
         return result
 
 
@@ -306,6 +299,14 @@ def run_pipeline(
     Returns
     -------
     QSMResult
+
+    Examples
+    --------
+    >>> from QSMLib.phantom import simulate_head
+    >>> phantom = simulate_head(voxel_size_mm=(4, 4, 4))
+    >>> result = run_pipeline(phantom.acquisition, PRESETS["fast"]())
+    >>> result.chi_ppm.shape == phantom.chi_ppm.shape, result.chi_ppm.dtype
+    (True, dtype('float32'))
     """
     config = copy.deepcopy(config or PRESETS[DEFAULT_PRESET]())
     config.validate()
@@ -317,74 +318,53 @@ def run_pipeline(
     if acquisition.bipolar and config.bipolar.method == "none":
         warnings.warn("The acquisition is bipolar but bipolar correction is 'none': even echoes keep their "
                       "readout phase error.", QSMWarning, stacklevel=2)
-    stages = ["phase_offset"] + (["bipolar"] if acquisition.bipolar else []) + ["unwrap", "echo_fit"] + (
-        ["mask"] if user_mask is None else []) + ["background", "inversion"] + (
-        ["relaxometry"] if config.relaxometry.method != "none" else []) + ["reference"] + (
-        ["roi"] if labels is not None else [])
-    timer = _Timer(progress, stages)
-    geometry = {"b0_direction": acquisition.b0_direction, "b0_tesla": acquisition.b0_tesla}
-    phase = acquisition.phase * np.float32(acquisition.phase_sign)
-    magnitude = acquisition.magnitude
-    check_cancel(cancel)
-    maps: dict[str, np.ndarray] = {}
     phase_stages = ["phase_offset"] + (["bipolar"] if acquisition.bipolar else []) + ["unwrap"]
+    stages = phase_stages + ["echo_fit"] + (["mask"] if user_mask is None else []) + [
+        "background", "inversion"] + (["relaxometry"] if config.relaxometry.method != "none" else []) + [
+        "reference"] + (["roi"] if labels is not None else [])
+    run = _Stages(config, stages, progress, cancel)
+    magnitude, echo_times, voxel = acquisition.magnitude, acquisition.echo_times_s, acquisition.voxel_size_mm
+    inputs: dict[str, Any] = {
+        "magnitude": magnitude, "echo_times_s": echo_times, "voxel_size_mm": voxel,
+        "b0_tesla": acquisition.b0_tesla, "b0_direction": acquisition.b0_direction,
+        "invalid": acquisition.invalid_voxels, "labels": labels, "label_names": label_names,
+    }
+    maps: dict[str, np.ndarray] = {}
+
+    phase = acquisition.phase * np.float32(acquisition.phase_sign)
     for stage in phase_stages:
-        phase = timer.run(
-            stage, _call_stage, stage, getattr(config, stage), phase, magnitude, acquisition.echo_times_s,
-            acquisition.voxel_size_mm, cancel=cancel,
-        )
-        if isinstance(phase, tuple):
-            phase, stage_maps = phase
-            maps.update(stage_maps)
+        phase_result = run(stage, phase, magnitude, echo_times, voxel, inputs=inputs)
+        phase = phase_result.phase
+        maps.update(phase_result.maps)
     unwrapped = phase
-    total_field_hz, fit_maps = timer.run(
-        "echo_fit", _call_stage, "echo_fit", config.echo_fit, unwrapped, magnitude, acquisition.echo_times_s,
-        cancel=cancel,
-    )
-    maps.update(fit_maps)
+    fit = run("echo_fit", unwrapped, magnitude, echo_times, inputs=inputs)
+    maps.update(fit.maps)
+    inputs.update(maps)
     if user_mask is not None:
         brain_mask = user_mask & ~acquisition.invalid_voxels
     else:
-        # Runs after the echo fit so that phase-quality methods can use its maps.
-        brain_mask = timer.run(
-            "mask", _call_stage, "mask", config.mask, magnitude, acquisition.voxel_size_mm,
-            invalid=acquisition.invalid_voxels, cancel=cancel, **maps,
-        )
-    available = dict(geometry, cancel=cancel, magnitude=magnitude, **fit_maps)
+        # after the echo fit, so that phase-quality methods can use its maps
+        brain_mask = run("mask", magnitude, voxel, inputs=inputs)
+    inputs["mask"] = brain_mask
 
     if config.per_echo:
-        local_fields, chis, valid = [], [], brain_mask.copy()
-        for echo_field in per_echo_fields(unwrapped, acquisition.echo_times_s):
-            local, local_valid = timer.run(
-                "background", _call_stage, "background", config.background, echo_field, brain_mask,
-                acquisition.voxel_size_mm, **available,
-            )
-            chis.append(timer.run(
-                "inversion", _call_stage, "inversion", config.inversion, local, local_valid,
-                acquisition.voxel_size_mm, **available,
-            ))
-            local_fields.append(local)
-            valid &= local_valid
+        local_fields, chis, local_mask = [], [], brain_mask.copy()
+        for echo_field in per_echo_fields(unwrapped, echo_times):
+            local = run("background", echo_field, brain_mask, voxel, inputs=inputs)
+            chis.append(run("inversion", local.local_field_hz, local.mask, voxel, inputs=inputs).chi_ppm)
+            local_fields.append(local.local_field_hz)
+            local_mask &= local.mask
         local_field_hz = np.mean(local_fields, axis=0).astype(np.float32)
-        chi = np.where(valid, np.mean(chis, axis=0), 0).astype(np.float32)
-        local_mask = valid
+        chi = np.where(local_mask, np.mean(chis, axis=0), 0).astype(np.float32)
     else:
-        local_field_hz, local_mask = timer.run(
-            "background", _call_stage, "background", config.background, total_field_hz, brain_mask,
-            acquisition.voxel_size_mm, **available,
-        )
-        chi = timer.run(
-            "inversion", _call_stage, "inversion", config.inversion, local_field_hz, local_mask,
-            acquisition.voxel_size_mm, **available,
-        )
+        local = run("background", fit.total_field_hz, brain_mask, voxel, inputs=inputs)
+        local_field_hz, local_mask = local.local_field_hz, local.mask
+        chi = run("inversion", local_field_hz, local_mask, voxel, inputs=inputs).chi_ppm
     if config.relaxometry.method != "none":
-        maps.update(timer.run(
-            "relaxometry", _call_stage, "relaxometry", config.relaxometry, magnitude, acquisition.echo_times_s,
-            mask=brain_mask, cancel=cancel,
-        ))
+        maps.update(run("relaxometry", magnitude, echo_times, inputs=inputs))
     return _finish(
-        chi, local_mask, config, timer, labels, label_names, acquisition.voxel_size_mm, cancel,
-        magnitude=magnitude, mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=total_field_hz,
+        run, chi, local_mask, labels, label_names, voxel, inputs,
+        mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=fit.total_field_hz,
         unwrapped_phase=unwrapped, maps=maps,
     )
 
@@ -414,6 +394,14 @@ def run_pipeline_from_field(
         Brain mask (required: there is no magnitude to derive one from).
     voxel_size_mm, b0_direction, b0_tesla
         Geometry and field strength.
+    config, labels, label_names, progress, cancel
+        As :func:`run_pipeline`.
+
+    Returns
+    -------
+    QSMResult
+        Without ``unwrapped_phase`` (and without ``total_field_hz`` when
+        starting from a local field).
     """
     if field_kind not in ("total", "local"):
         raise QSMInputError(f"field_kind must be 'total' or 'local', got {field_kind!r}.")
@@ -432,64 +420,51 @@ def run_pipeline_from_field(
     stages = (["background"] if field_kind == "total" else []) + ["inversion", "reference"] + (
         ["roi"] if labels is not None else []
     )
-    timer = _Timer(progress, stages)
-    available = {"b0_direction": tuple(b0_direction), "b0_tesla": b0_tesla, "cancel": cancel}
+    run = _Stages(config, stages, progress, cancel)
+    inputs: dict[str, Any] = {
+        "b0_direction": tuple(b0_direction), "b0_tesla": b0_tesla, "voxel_size_mm": tuple(voxel_size_mm),
+        "mask": brain_mask, "labels": labels, "label_names": label_names,
+    }
     if field_kind == "total":
-        local_field_hz, local_mask = timer.run(
-            "background", _call_stage, "background", config.background, field_hz, brain_mask, voxel_size_mm,
-            **available,
-        )
-        total_field_hz: Optional[np.ndarray] = field_hz
+        local = run("background", field_hz, brain_mask, voxel_size_mm, inputs=inputs)
+        local_field_hz, local_mask, total_field_hz = local.local_field_hz, local.mask, field_hz
     else:
         local_field_hz, local_mask, total_field_hz = np.where(brain_mask, field_hz, 0), brain_mask, None
-    chi = timer.run(
-        "inversion", _call_stage, "inversion", config.inversion, local_field_hz, local_mask, voxel_size_mm,
-        **available,
-    )
+    chi = run("inversion", local_field_hz, local_mask, voxel_size_mm, inputs=inputs).chi_ppm
     return _finish(
-        chi, local_mask, config, timer, labels, label_names, voxel_size_mm, cancel,
+        run, chi, local_mask, labels, label_names, voxel_size_mm, inputs,
         mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=total_field_hz,
     )
 
 
 def _finish(
+    run: _Stages,
     chi: np.ndarray,
     local_mask: np.ndarray,
-    config: PipelineConfig,
-    timer: _Timer,
     labels: Optional[np.ndarray],
     label_names: Optional[Mapping[int, str]],
     voxel_size_mm: Sequence[float],
-    cancel: CancelToken,
-    *,
-    magnitude: Optional[np.ndarray] = None,
+    inputs: Mapping[str, Any],
     **intermediates: Any,
 ) -> QSMResult:
-    """Reference chi, add the whole-brain reference the consensus asks for, compute ROI statistics.
-
-    ``magnitude`` (echo, n0, n1, n2), when known, lets references such as CSF
-    find their region automatically.
-    """
-    check_cancel(cancel)
-    began = time.perf_counter()
-    referenced, reference = _call_stage(
-        "reference", config.reference, chi, local_mask, labels=labels, label_names=label_names,
-        voxel_size_mm=voxel_size_mm, magnitude=magnitude,
-    )
-    if config.reference.method != "whole_brain":
+    """Reference chi, add the whole-brain reference the consensus asks for, compute ROI statistics."""
+    referenced = run("reference", chi, local_mask, inputs=inputs)
+    reference = dict(referenced.info)
+    chi_ppm = referenced.chi_ppm
+    if run.config.reference.method != "whole_brain":
         brain_referenced = chi[local_mask] - chi[local_mask].mean()
-        reference["whole_brain_mean_ppm"] = float(referenced[local_mask].mean())
+        reference["whole_brain_mean_ppm"] = float(chi_ppm[local_mask].mean())
         reference["whole_brain_sd_ppm"] = float(brain_referenced.std())
     else:
-        reference["whole_brain_sd_ppm"] = float(referenced[local_mask].std())
-    timer.timings["reference"] = time.perf_counter() - began
+        reference["whole_brain_sd_ppm"] = float(chi_ppm[local_mask].std())
     rows: list[dict] = []
     if labels is not None:
+        check_cancel(run.cancel)
         began = time.perf_counter()
-        rows = roi_statistics(referenced, labels, voxel_size_mm, label_names=label_names, mask=local_mask)
-        timer.timings["roi"] = time.perf_counter() - began
-    report(timer.progress, 1.0, "done: finished")
+        rows = roi_statistics(chi_ppm, labels, voxel_size_mm, label_names=label_names, mask=local_mask)
+        run.timings["roi"] = time.perf_counter() - began
+    report(run.progress, 1.0, "done: finished")
     return QSMResult(
-        chi_ppm=referenced, local_mask=local_mask, reference=reference, roi=rows,
-        timings_s=dict(timer.timings), config=config, **intermediates,
+        chi_ppm=chi_ppm, local_mask=local_mask, reference=reference, roi=rows, timings_s=dict(run.timings),
+        parameters=run.parameters, config=run.config, **intermediates,
     )

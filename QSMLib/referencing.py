@@ -8,17 +8,18 @@ returns the referenced map and a dict that records which reference was used.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ._morphology import ventricle_mask
+from .contract import Method, ReferenceResult
 from .errors import QSMInputError
 
 
 def whole_brain(
-    chi_ppm: np.ndarray, mask: np.ndarray, **_: Any
-) -> tuple[np.ndarray, dict[str, Any]]:
+    chi_ppm: np.ndarray, mask: np.ndarray
+) -> ReferenceResult:
     """Subtract the mean susceptibility over ``mask``.
 
     Returns
@@ -31,7 +32,7 @@ def whole_brain(
     mask = np.asarray(mask, dtype=bool)
     offset = float(chi_ppm[mask].mean())
     referenced = np.where(mask, chi_ppm - np.float32(offset), 0).astype(np.float32)
-    return referenced, {"reference": "whole_brain", "offset_ppm": offset, "voxels": int(mask.sum())}
+    return ReferenceResult(referenced, {"reference": "whole_brain", "offset_ppm": offset, "voxels": int(mask.sum())})
 
 
 def label(
@@ -41,17 +42,16 @@ def label(
     labels: Optional[np.ndarray] = None,
     label_names: Optional[Mapping[int, str]] = None,
     reference_label: int | str = 0,
-    **_: Any,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> ReferenceResult:
     """Subtract the mean susceptibility of one label (by index or name) inside ``mask``."""
     region = _label_region(labels, label_names, reference_label, np.asarray(mask, dtype=bool))
     offset = float(chi_ppm[region].mean())
     referenced = np.where(mask, chi_ppm - np.float32(offset), 0).astype(np.float32)
-    return referenced, {
+    return ReferenceResult(referenced, {
         "reference": f"label:{reference_label}",
         "offset_ppm": offset,
         "voxels": int(region.sum()),
-    }
+    })
 
 
 #: Label names (lower case) that :func:`csf` takes as the ventricles when no ``csf_label`` is given.
@@ -69,8 +69,7 @@ def csf(
     csf_label: Union[int, str, None] = None,
     r2star_fraction: float = 0.35,
     min_depth_mm: float = 12.0,
-    **_: Any,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> ReferenceResult:
     """Subtract the mean susceptibility of the lateral ventricles (CSF).
 
     The ventricles come from, in this order: the label ``csf_label`` (index
@@ -129,7 +128,8 @@ def csf(
             )
     offset = float(chi_ppm[region].mean())
     referenced = np.where(mask, chi_ppm - np.float32(offset), 0).astype(np.float32)
-    return referenced, {"reference": "csf", "csf_source": source, "offset_ppm": offset, "voxels": int(region.sum())}
+    return ReferenceResult(referenced, {
+        "reference": "csf", "csf_source": source, "offset_ppm": offset, "voxels": int(region.sum())})
 
 
 def _label_region(
@@ -153,7 +153,11 @@ def _label_region(
     return region
 
 
-#: Referencing methods by registry name: ``method(chi_ppm, mask, *, labels=None,
-#: label_names=None, **params)`` -> ``(chi_ppm, info dict)``; ``csf`` also
-#: accepts ``magnitude`` (echo, n0, n1, n2) and ``voxel_size_mm``.
-METHODS = {"whole_brain": whole_brain, "label": label, "csf": csf}
+#: Referencing methods by registry name: ``method(chi_ppm, mask, **params)`` ->
+#: :class:`QSMLib.contract.ReferenceResult`; each entry declares the pipeline
+#: inputs it takes (the user's labels, the magnitude for an automatic CSF mask).
+METHODS = {
+    "whole_brain": Method(whole_brain),
+    "label": Method(label, inputs=("labels", "label_names")),
+    "csf": Method(csf, inputs=("magnitude", "voxel_size_mm", "labels", "label_names")),
+}

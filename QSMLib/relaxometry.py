@@ -19,13 +19,14 @@ import scipy.ndimage as ndi
 
 from ._morphology import otsu_threshold
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
+from .contract import Method
 from .errors import QSMInputError
 
 #: Median of a Rayleigh distribution over its scale parameter, sqrt(2 ln 2).
 _RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
 
 
-def no_relaxometry(magnitude: np.ndarray, echo_times_s: Sequence[float], **_) -> dict[str, np.ndarray]:
+def no_relaxometry(magnitude: np.ndarray, echo_times_s: Sequence[float]) -> dict[str, np.ndarray]:
     """Compute no relaxation map."""
     return {}
 
@@ -213,4 +214,8 @@ def arlo(
     return _maps(r2star, mask, max_r2star_per_s)
 
 
-METHODS = {"none": no_relaxometry, "loglinear": loglinear, "arlo": arlo}
+METHODS = {
+    "none": Method(no_relaxometry),
+    "loglinear": Method(loglinear, inputs=("mask",)),
+    "arlo": Method(arlo, inputs=("mask",)),
+}

@@ -142,7 +142,7 @@ def method_reference(stage: str, method: str) -> str:
     """
     from .pipeline import REGISTRY
 
-    function = REGISTRY[stage][method]
+    function = REGISTRY[stage][method].function
     doc = inspect.getdoc(function) or ""
     references = re.search(r"^References\n-+\n(.*?)(?:\n\n[A-Z][A-Za-z ]+\n-+\n|\Z)", doc, re.S | re.M)
     if references:

@@ -10,9 +10,7 @@ on what background removal must do exactly: remove fields of outside
 sources.
 """
 
-import inspect
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -34,9 +32,11 @@ def head():
 
 
 def _remove(method, field, mask, voxel_size_mm, b0_direction=(0.0, 0.0, 1.0), **params):
-    accepted = inspect.signature(METHODS[method]).parameters
-    extra = {"b0_direction": b0_direction} if "b0_direction" in accepted else {}
-    return METHODS[method](field, mask, voxel_size_mm, **extra, **params)
+    """(local field, valid mask) of ``method``, given the pipeline inputs it declares."""
+    entry = METHODS[method]
+    inputs = {"b0_direction": b0_direction} if "b0_direction" in entry.inputs else {}
+    result = entry(field, mask, voxel_size_mm, **inputs, **params)
+    return result.local_field_hz, result.mask
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -62,7 +62,7 @@ def test_local_field_against_truth_on_the_phantom_with_a_sinus(head, method, lim
     acq = head.acquisition
     local, valid = _remove(method, head.total_field_hz, head.brain_mask, acq.voxel_size_mm, acq.b0_direction)
     assert metrics.nrmse(local, head.local_field_hz, valid) < limit
-    chi = tv(local, valid, acq.voxel_size_mm, b0_direction=acq.b0_direction, b0_tesla=acq.b0_tesla)
+    chi = tv(local, valid, acq.voxel_size_mm, b0_direction=acq.b0_direction, b0_tesla=acq.b0_tesla).chi_ppm
     assert metrics.correlation(chi, head.chi_ppm, valid) > 0.4
 
 
@@ -142,25 +142,28 @@ def test_pdf_uses_b0_direction_and_field_weight():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_progress_is_monotonic_and_cancel_is_honoured_within_a_second(head, method):
+def test_progress_is_monotonic_and_cancel_is_honoured_at_the_next_iteration(head, method):
     acq = head.acquisition
     reports = []
     _remove(method, head.total_field_hz, head.brain_mask, acq.voxel_size_mm, acq.b0_direction,
             progress=lambda fraction, message: reports.append(fraction))
     assert len(reports) >= 3 and reports == sorted(reports) and reports[-1] == 1.0
 
+    # counted in progress reports, not seconds, so that load on the machine cannot fail it
+    # (benchmarks/bench_inversion.py --cancel measures the latency in seconds)
     cancel = threading.Event()
-    requested = []
+    after_request = []
 
     def progress(fraction: float, message: str) -> None:
-        if fraction > 0 and not cancel.is_set():
-            requested.append(time.perf_counter())
+        if cancel.is_set():
+            after_request.append(fraction)
+        elif fraction > 0:
             cancel.set()
 
     with pytest.raises(QSMCancelled):
         _remove(method, head.total_field_hz, head.brain_mask, acq.voxel_size_mm, acq.b0_direction,
                 progress=progress, cancel=cancel)
-    assert time.perf_counter() - requested[0] < 1.0
+    assert len(after_request) <= 1
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

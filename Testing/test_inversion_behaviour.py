@@ -6,7 +6,6 @@ the checks are about behaviour that must hold for any data.
 
 import inspect
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import METHODS
 from QSMLib.metrics import nrmse
 from QSMLib.phantom import simulate_head
-from QSMLib.pipeline import PipelineConfig, _tunable_parameters
+from QSMLib.pipeline import PipelineConfig
 from QSMLib.units import ppm_to_hz
 
 ITERATIVE = ("tv", "nltv", "rts", "medi")
@@ -53,9 +52,10 @@ def _blobs(voxel_size_mm, b0_direction, shape=(40, 36, 30), supersample=2):
 
 
 def _run(method, field, mask, voxel_size_mm, b0_direction, magnitude=None, **params):
-    accepted = inspect.signature(METHODS[method]).parameters
-    extra = {"magnitude": magnitude} if "magnitude" in accepted and magnitude is not None else {}
-    return METHODS[method](field, mask, voxel_size_mm, b0_direction=b0_direction, b0_tesla=3.0, **extra, **params)
+    entry = METHODS[method]
+    available = {"b0_direction": b0_direction, "b0_tesla": 3.0, "magnitude": magnitude}
+    inputs = {name: available[name] for name in entry.inputs if available.get(name) is not None}
+    return entry(field, mask, voxel_size_mm, **inputs, **params).chi_ppm
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,10 @@ def test_uses_the_oblique_b0_direction_and_anisotropic_voxels(oblique_blobs, met
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_knob_is_a_valid_pipeline_parameter_with_a_default(method):
-    parameters = inspect.signature(METHODS[method]).parameters
+    parameters = inspect.signature(METHODS[method].function).parameters
     config = PipelineConfig.from_dict({"inversion": {"method": method}})
     assert config.inversion.method == method
-    for name in _tunable_parameters(METHODS[method]):
+    for name in METHODS[method].tunable_parameters():
         default = parameters[name].default
         assert default is not inspect.Parameter.empty, f"{method}.{name} has no default"
         PipelineConfig.from_dict({"inversion": {"method": method, "params": {name: default}}})
@@ -152,7 +152,7 @@ def head_2mm():
 
 
 @pytest.mark.parametrize("method", ITERATIVE)
-def test_progress_is_monotonic_and_cancel_stops_within_a_second(head_2mm, method):
+def test_progress_is_monotonic_and_cancel_is_honoured_at_the_next_iteration(head_2mm, method):
     field, mask, acq = head_2mm
     reports = []
     _run(method, field, mask, acq.voxel_size_mm, acq.b0_direction, acq.magnitude,
@@ -161,20 +161,19 @@ def test_progress_is_monotonic_and_cancel_stops_within_a_second(head_2mm, method
     assert len(reports) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
     assert all(0.0 <= f <= 1.0 and isinstance(m, str) and m for f, m in reports)
 
+    # Cancel is requested at the second progress report; a method that checks it every iteration stops
+    # before reporting again. Counting reports instead of seconds keeps the test independent of load
+    # (benchmarks/bench_inversion.py --cancel measures the latency in seconds).
+    after_request = []
     cancel = threading.Event()
-    requested = []
 
-    def request() -> None:
-        requested.append(time.perf_counter())
-        cancel.set()
+    def progress(fraction: float, message: str) -> None:
+        if cancel.is_set():
+            after_request.append(fraction)
+        elif fraction > 0:
+            cancel.set()
 
-    timer = threading.Timer(0.3, request)
-    timer.start()
-    try:
-        with pytest.raises(QSMCancelled):
-            # unbounded iterations: only the cancel can end the run in time
-            _run(method, field, mask, acq.voxel_size_mm, acq.b0_direction, acq.magnitude, cancel=cancel,
-                 **{"max_iterations": 10_000, "tolerance": 0.0})
-        assert time.perf_counter() - requested[0] < 1.0
-    finally:
-        timer.cancel()
+    with pytest.raises(QSMCancelled):
+        _run(method, field, mask, acq.voxel_size_mm, acq.b0_direction, acq.magnitude, cancel=cancel,
+             progress=progress, **{"max_iterations": 200, "tolerance": 0.0})
+    assert len(after_request) <= 1

@@ -24,7 +24,7 @@ def _ball_magnitude(shape=(40, 40, 40), radius=14.0):
 def test_without_phase_maps_it_is_the_magnitude_mask():
     magnitude, _ = _ball_magnitude()
     np.testing.assert_array_equal(phase_quality_mask(magnitude, (1, 1, 1)), magnitude_mask(magnitude, (1, 1, 1)))
-    assert METHODS["phase_quality"] is phase_quality_mask
+    assert METHODS["phase_quality"].function is phase_quality_mask
 
 
 def test_unreliable_rim_goes_enclosed_hole_stays():

@@ -1,6 +1,7 @@
 """Pipeline mechanics: configuration, registries, progress, cancel, per-echo mode, ROI statistics."""
 
 import threading
+import typing
 
 import numpy as np
 import pytest
@@ -8,6 +9,14 @@ from synthetic import ECHO_TIMES_S, toy_head
 
 from QSMLib import metrics
 from QSMLib.acquisition import MultiEchoGRE
+from QSMLib.contract import (
+    BackgroundResult,
+    FieldMapResult,
+    InversionResult,
+    Method,
+    PhaseResult,
+    ReferenceResult,
+)
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, load_config, run_pipeline
@@ -59,6 +68,57 @@ def test_every_registered_method_is_callable_by_name():
     for stage, methods in REGISTRY.items():
         for name in methods:
             PipelineConfig.from_dict({stage: {"method": name}})
+
+
+#: The one result type each stage's methods return (QSMLib.contract).
+STAGE_RESULTS = {
+    "phase_offset": PhaseResult, "bipolar": PhaseResult, "unwrap": PhaseResult, "echo_fit": FieldMapResult,
+    "mask": np.ndarray, "background": BackgroundResult, "inversion": InversionResult,
+    "reference": ReferenceResult, "relaxometry": dict,
+}
+
+
+def test_every_registered_method_declares_its_inputs_and_returns_its_stage_type():
+    assert set(STAGE_RESULTS) == set(REGISTRY)
+    for stage, methods in REGISTRY.items():
+        for name, entry in methods.items():
+            assert isinstance(entry, Method), (stage, name)
+            returned = typing.get_type_hints(entry.function)["return"]
+            assert (typing.get_origin(returned) or returned) is STAGE_RESULTS[stage], (stage, name, returned)
+
+
+def test_the_pipeline_passes_exactly_the_declared_inputs_and_records_chosen_parameters(toy, monkeypatch):
+    acquisition, _ = toy
+    received = {}
+
+    def spy(local_field_hz, mask, voxel_size_mm, *, echo_times_s, magnitude, b0_tesla, b0_direction,
+            field_weight=None, romeo_quality=None, scale=1.0, progress=None, cancel=None):
+        received.update(echo_times_s=echo_times_s, magnitude=magnitude, b0_tesla=b0_tesla,
+                        field_weight=field_weight, romeo_quality=romeo_quality, scale=scale)
+        return InversionResult(np.where(mask, local_field_hz * np.float32(scale), 0).astype(np.float32),
+                               {"regularization": 0.5, "regularization_rule": "spy"})
+
+    entry = Method(spy, inputs=("echo_times_s", "magnitude", "b0_tesla", "b0_direction", "field_weight"))
+    monkeypatch.setitem(REGISTRY["inversion"], "spy", entry)
+    assert entry.tunable_parameters() == {"romeo_quality", "scale"}
+    config = PipelineConfig.from_dict({"inversion": {"method": "spy", "params": {"scale": 2.0}}})
+    result = run_pipeline(acquisition, config)
+    assert received["echo_times_s"] == acquisition.echo_times_s and received["b0_tesla"] == acquisition.b0_tesla
+    assert received["magnitude"] is acquisition.magnitude
+    assert received["field_weight"].shape == acquisition.spatial_shape
+    assert received["romeo_quality"] is None and received["scale"] == 2.0  # not declared: not passed
+    assert result.parameters == {"inversion": {"regularization": 0.5, "regularization_rule": "spy"}}
+    assert result.provenance()["chosen_parameters"] == result.parameters
+
+
+def test_a_registry_entry_cannot_declare_an_input_it_does_not_take():
+    def method(field, mask, voxel_size_mm, *, b0_tesla):
+        return field
+
+    with pytest.raises(ValueError, match="not keyword-only"):
+        Method(method, inputs=("b0_tesla", "magnitude"))
+    with pytest.raises(ValueError, match="unknown pipeline input"):
+        Method(method, inputs=("b0_strength",))
 
 
 def test_progress_is_monotonic_and_complete(toy):

@@ -155,7 +155,7 @@ def test_advanced_section_offers_only_qsmlib_methods_with_their_real_defaults():
         assert set(methods) <= set(REGISTRY[stage]), stage
     assert set(Parameters.INVERSION_MAIN_PARAMETER) == set(Parameters.INVERSION_METHODS)
     for method, (keyword, default) in Parameters.INVERSION_MAIN_PARAMETER.items():
-        assert inspect.signature(REGISTRY["inversion"][method]).parameters[keyword].default == default
+        assert inspect.signature(REGISTRY["inversion"][method].function).parameters[keyword].default == default
     keyword, default = Parameters.BACKGROUND_MAIN_PARAMETER["vsharp"]
     assert inspect.signature(vsharp).parameters[keyword].default == default
     for method in Parameters.INVERSION_METHODS:

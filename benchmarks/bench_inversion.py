@@ -29,7 +29,6 @@ so no inverse crime):
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import subprocess
 import sys
@@ -70,31 +69,27 @@ def _noisy_fields(phantom):
     return total.astype(np.float32), local, maps["field_weight"]
 
 
-def _call(stage: str, method: str, data: dict, **extra):
-    """Run one registered method with the inputs it accepts."""
+def _registry(stage: str) -> dict:
     from QSMLib.background import METHODS as BACKGROUND_METHODS
     from QSMLib.inversion import METHODS as INVERSION_METHODS
 
-    available = {"b0_direction": tuple(data["b0_direction"]), "field_weight": data["weight"],
-                 "magnitude": data["magnitude"]}
+    return BACKGROUND_METHODS if stage == "background" else INVERSION_METHODS
+
+
+def _call(stage: str, method: str, data: dict, **extra):
+    """Run one registered method with the pipeline inputs it declares: (local field, valid mask) or chi."""
+    available = {"b0_direction": tuple(data["b0_direction"]), "b0_tesla": float(data["b0_tesla"]),
+                 "field_weight": data["weight"], "magnitude": data["magnitude"]}
+    entry = _registry(stage)[method]
+    inputs = {name: available[name] for name in entry.inputs if available.get(name) is not None}
     if stage == "background":
-        function = BACKGROUND_METHODS[method]
-        accepted = inspect.signature(function).parameters
-        inputs = {k: v for k, v in available.items() if k in accepted}
-        return function(data["total"], data["mask"], tuple(data["voxel_size_mm"]), **inputs, **extra)
-    function = INVERSION_METHODS[method]
-    accepted = inspect.signature(function).parameters
-    inputs = {k: v for k, v in available.items() if k in accepted and k != "b0_direction"}
-    return function(data["local"], data["mask"], tuple(data["voxel_size_mm"]),
-                    b0_direction=tuple(data["b0_direction"]), b0_tesla=float(data["b0_tesla"]), **inputs, **extra)
+        result = entry(data["total"], data["mask"], tuple(data["voxel_size_mm"]), **inputs, **extra)
+        return result.local_field_hz, result.mask
+    return entry(data["local"], data["mask"], tuple(data["voxel_size_mm"]), **inputs, **extra).chi_ppm
 
 
 def _parameters(stage: str, method: str) -> set[str]:
-    from QSMLib.background import METHODS as BACKGROUND_METHODS
-    from QSMLib.inversion import METHODS as INVERSION_METHODS
-
-    registry = BACKGROUND_METHODS if stage == "background" else INVERSION_METHODS
-    return set(inspect.signature(registry[method]).parameters)
+    return _registry(stage)[method].tunable_parameters()
 
 
 def _worker(stage: str, method: str, path: str, cancel: bool) -> None:
@@ -221,7 +216,7 @@ def accuracy(methods: list[str]) -> None:
     for method, mask_name, params in runs:
         local_field, valid = _call("background", method, dict(base, mask=masks[mask_name], weight=weight), **params)
         chi = tv(local_field, valid, acq.voxel_size_mm, b0_direction=acq.b0_direction, b0_tesla=acq.b0_tesla,
-                 field_weight=weight)
+                 field_weight=weight).chi_ppm
         scored = valid & mask
         label = method + "".join(f" {k}={v:g}" for k, v in params.items())
         row = _chi_row(label, chi, phantom, scored)

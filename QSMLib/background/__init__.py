@@ -1,18 +1,25 @@
 """Background field removal methods, by registry name.
 
 Every method: ``method(total_field_hz, mask, voxel_size_mm, *, progress=None,
-cancel=None, **params)`` returning ``(local_field_hz, valid_mask)``. It may
-also accept ``b0_direction``, ``b0_tesla``, ``field_weight`` (echo-fit
-reliability in [0, 1]) or ``magnitude``; the pipeline passes those it names.
+cancel=None, **params)`` returning a :class:`QSMLib.contract.BackgroundResult`
+(local field in Hz, the mask it is valid on, parameters chosen from the
+data). Each registry entry declares the pipeline inputs it takes beyond that
+(``b0_direction``, ``b0_tesla``, ``field_weight`` = echo-fit reliability in
+[0, 1], ``magnitude``).
 Methods that need no erosion (``pdf``, ``lbv``) offer ``erosion_mm`` (default
 0), which erodes the mask before solving; ``vsharp`` always erodes by its
 smallest sphere.
 """
 
+from ..contract import Method
 from .lbv import lbv
 from .pdf import pdf
 from .vsharp import vsharp
 
-METHODS = {"vsharp": vsharp, "pdf": pdf, "lbv": lbv}
+METHODS = {
+    "vsharp": Method(vsharp),
+    "pdf": Method(pdf, inputs=("b0_direction", "field_weight")),
+    "lbv": Method(lbv),
+}
 
 __all__ = ["METHODS", "lbv", "pdf", "vsharp"]

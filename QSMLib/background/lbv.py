@@ -28,6 +28,7 @@ from .. import _fft
 from .._morphology import erode
 from .._operators import conjugate_gradient
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import BackgroundResult
 from ..errors import QSMInputError
 
 #: Jacobi damping of the multigrid smoother (optimal smoothing for the 7-point Laplacian is 6/7).
@@ -166,7 +167,7 @@ def lbv(
     erosion_mm: float = 0.0,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> BackgroundResult:
     """Background field removal by solving the Laplacian boundary value problem.
 
     Parameters
@@ -232,5 +233,5 @@ def lbv(
     local[box] = solution
     local[~valid] = 0
     report(progress, 1.0, "LBV done")
-    return local, valid
+    return BackgroundResult(local, valid)
 

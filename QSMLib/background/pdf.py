@@ -22,6 +22,7 @@ from .. import _fft
 from .._morphology import erode
 from .._operators import conjugate_gradient, data_weight, from_frame, to_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import BackgroundResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 
@@ -39,7 +40,7 @@ def pdf(
     erosion_mm: float = 0.0,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> BackgroundResult:
     """Background field removal by projection onto dipole fields.
 
     Parameters
@@ -119,5 +120,5 @@ def pdf(
     )
     local = from_frame(field - convolve(np.where(outside, sources, 0)), box, mask)
     report(progress, 1.0, "PDF done")
-    return local, mask.copy()
+    return BackgroundResult(local, mask.copy())
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import _fft
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import BackgroundResult
 from ..errors import QSMInputError
 
 
@@ -46,7 +47,7 @@ def vsharp(
     truncation: float = 0.05,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> BackgroundResult:
     """V-SHARP background field removal.
 
     Parameters
@@ -113,4 +114,4 @@ def vsharp(
     local[box] = np.where(assigned, deconvolved, 0)
     valid[box] = assigned
     report(progress, 1.0, "V-SHARP done")
-    return local, valid
+    return BackgroundResult(local, valid)

@@ -1,11 +1,14 @@
 """Dipole inversion methods, by registry name.
 
 Every method: ``method(local_field_hz, mask, voxel_size_mm, *, b0_direction,
-b0_tesla, progress=None, cancel=None, **params)`` returning susceptibility
-in ppm (zero outside ``mask``, not yet referenced). It may also accept
-``field_weight`` (echo-fit reliability) or ``magnitude`` (echo, n0, n1, n2).
+b0_tesla, progress=None, cancel=None, **params)`` returning a
+:class:`QSMLib.contract.InversionResult`: susceptibility in ppm (zero outside
+``mask``, not yet referenced) and the parameters it chose from the data.
+Each registry entry declares the pipeline inputs it takes (e.g.
+``field_weight``, the echo-fit reliability, or ``magnitude`` (echo, n0, n1, n2)).
 """
 
+from ..contract import Method
 from ..dipole import dipole_kernel, forward_field
 from .l2 import l2
 from .medi import medi
@@ -13,6 +16,15 @@ from .rts import rts
 from .tkd import tkd
 from .tv import nltv, tv
 
-METHODS = {"tkd": tkd, "l2": l2, "tv": tv, "nltv": nltv, "rts": rts, "medi": medi}
+_GEOMETRY = ("b0_direction", "b0_tesla")
+
+METHODS = {
+    "tkd": Method(tkd, inputs=_GEOMETRY),
+    "l2": Method(l2, inputs=_GEOMETRY),
+    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight")),
+    "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight")),
+    "rts": Method(rts, inputs=_GEOMETRY),
+    "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "magnitude")),
+}
 
 __all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tkd", "tv"]

@@ -14,6 +14,7 @@ import numpy as np
 from .. import _fft
 from .._operators import gradient_eigenvalues, inversion_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
@@ -85,7 +86,7 @@ def l2(
     pad_factor: float = 1.5,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> InversionResult:
     """Minimise ``||D chi - delta||^2 + lambda ||grad chi||^2`` in closed form.
 
     ``chi = F^-1[ D F(delta) / (D^2 + lambda sum_a |E_a|^2) ]``.
@@ -130,4 +131,4 @@ def l2(
     chi = np.zeros(mask.shape, dtype=np.float32)
     chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm.shape)
     report(progress, 1.0, f"L2 done (lambda {float(regularization):.2g})")
-    return np.where(mask, chi, 0).astype(np.float32)
+    return InversionResult(np.where(mask, chi, 0).astype(np.float32))

@@ -35,6 +35,7 @@ from .._operators import (
     to_frame,
 )
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
@@ -90,7 +91,7 @@ def medi(
     pad_factor: float = 1.1,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> InversionResult:
     """MEDI dipole inversion (Gauss-Newton with conjugate gradients), optionally MEDI+0.
 
     Parameters
@@ -234,7 +235,7 @@ def medi(
         if ratio < tolerance:
             break
     report(progress, 1.0, "MEDI done")
-    return from_frame(x / np.float32(scale), box, mask)
+    return InversionResult(from_frame(x / np.float32(scale), box, mask))
 
 
 def _merit(weight: np.ndarray, model: np.ndarray, phase: np.ndarray, mask: np.ndarray) -> np.ndarray:

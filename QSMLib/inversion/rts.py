@@ -22,6 +22,7 @@ import scipy.sparse.linalg
 from .. import _fft
 from .._operators import from_frame, gradient, gradient_adjoint, gradient_eigenvalues, inversion_frame, to_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
@@ -54,7 +55,7 @@ def rts(
     pad_factor: float = 1.3,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> InversionResult:
     """Rapid two-step (RTS) dipole inversion with a sparsity prior.
 
     Parameters
@@ -181,4 +182,4 @@ def rts(
             u /= np.float32(penalty_growth)
             fixed_gain, gradient_gain = system(rho)
     report(progress, 1.0, "RTS done")
-    return from_frame(x, box, mask)
+    return InversionResult(from_frame(x, box, mask))

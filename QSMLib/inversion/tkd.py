@@ -9,6 +9,7 @@ import numpy as np
 from .. import _fft
 from .._operators import inversion_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..units import hz_to_ppm
 
@@ -24,7 +25,7 @@ def tkd(
     pad_factor: float = 1.5,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> InversionResult:
     """Susceptibility by k-space division with the kernel truncated at ``threshold``.
 
     Where ``|D| < threshold`` the kernel is replaced by ``sign(D) threshold``
@@ -62,4 +63,4 @@ def tkd(
     chi = np.zeros(mask.shape, dtype=np.float32)
     chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm.shape)
     report(progress, 1.0, "TKD done")
-    return np.where(mask, chi, 0).astype(np.float32)
+    return InversionResult(np.where(mask, chi, 0).astype(np.float32))

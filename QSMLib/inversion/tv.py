@@ -33,6 +33,7 @@ from .._operators import (
     to_frame,
 )
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
@@ -175,7 +176,7 @@ def tv(
     pad_factor: float = 1.3,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> InversionResult:
     """Linear TV: minimise ``1/2 ||W (D chi - delta)||^2 + lambda ||grad chi||_1`` by ADMM.
 
     ``delta`` is the local field in ppm, ``W`` the data weight (the echo-fit
@@ -231,7 +232,7 @@ def tv(
         data_update=_linear_update, label="TV", progress=progress, cancel=cancel,
     )
     report(progress, 1.0, "TV done")
-    return chi
+    return InversionResult(chi)
 
 
 def _nonlinear_update(scale: float, newton_iterations: int) -> _DataUpdate:
@@ -284,7 +285,7 @@ def nltv(
     pad_factor: float = 1.3,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> InversionResult:
     """Nonlinear TV: ``1/(2 s^2) ||W (exp(i s D chi) - exp(i s delta))||^2 + lambda ||grad chi||_1``.
 
     The complex exponential data term (FANSI's nonlinear TV, Milovic et al.,
@@ -338,4 +339,4 @@ def nltv(
         progress=progress, cancel=cancel,
     )
     report(progress, 1.0, "Nonlinear TV done")
-    return chi
+    return InversionResult(chi)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from .._wrapping import exclude_non_finite, wrap_in_place
+from ..contract import PhaseResult
 from ..errors import QSMInputError
 from .offsets import mcpc3ds, phase_slopes, signal_region
 
@@ -189,7 +190,7 @@ def linear_bipolar_correction(
     remove_offset: bool = True,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> PhaseResult:
     """Remove the bipolar readout error from the even echoes.
 
     Parameters
@@ -242,7 +243,7 @@ def linear_bipolar_correction(
         corrected, offset_maps = mcpc3ds(corrected, magnitude, echo_times_s, voxel_size_mm, cancel=cancel)
         maps["bipolar_offset_rad"] = offset_maps["phase_offset_rad"]
     report(progress, 1.0, "Bipolar correction done")
-    return corrected, maps
+    return PhaseResult(corrected, maps)
 
 
 #: Score (rad) above which data are said to look bipolar: the phantom scores 0.34

@@ -26,6 +26,7 @@ import scipy.ndimage as ndi
 from .._morphology import otsu_threshold
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from .._wrapping import exclude_non_finite, wrap_in_place
+from ..contract import PhaseResult
 from ..errors import QSMInputError
 from ..unwrap.romeo import romeo_unwrap_volume
 
@@ -198,7 +199,7 @@ def mcpc3ds(
     estimation_voxel_mm: float = 2.0,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> PhaseResult:
     """Remove the echo-independent phase offset of coil-combined data (MCPC-3D-S).
 
     Parameters
@@ -262,4 +263,4 @@ def mcpc3ds(
         corrected[echo] = wrap_in_place(phase[echo] - offset)
     corrected[:, invalid] = np.nan
     report(progress, 1.0, "MCPC-3D-S done")
-    return corrected, {"phase_offset_rad": offset}
+    return PhaseResult(corrected, {"phase_offset_rad": offset})

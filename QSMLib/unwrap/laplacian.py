@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import _fft
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..contract import PhaseResult
 
 
 def _laplacian_eigenvalues(shape: Sequence[int], voxel_size_mm: Sequence[float]) -> np.ndarray:
@@ -68,7 +69,7 @@ def laplacian(
     mask: np.ndarray | None = None,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> np.ndarray:
+) -> PhaseResult:
     """Laplacian unwrapping of every echo independently.
 
     Parameters
@@ -92,4 +93,4 @@ def laplacian(
         report(progress, echo / phase.shape[0], f"Laplacian unwrapping, echo {echo + 1}/{phase.shape[0]}")
         unwrapped[echo] = laplacian_unwrap_volume(phase[echo], voxel_size_mm)
     report(progress, 1.0, "Laplacian unwrapping done")
-    return unwrapped
+    return PhaseResult(unwrapped)

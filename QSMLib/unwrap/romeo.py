@@ -29,6 +29,7 @@ from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from .._wrapping import exclude_non_finite, wrap_in_place
+from ..contract import PhaseResult
 from ..errors import QSMInputError
 from .temporal import temporal_unwrap
 
@@ -438,7 +439,7 @@ def romeo(
     individual: bool = False,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> PhaseResult:
     """ROMEO-class multi-echo unwrapping: one echo spatially, the rest in time.
 
     The template echo is unwrapped along a maximum spanning tree of edge
@@ -537,7 +538,7 @@ def romeo(
     unwrapped[:, invalid] = np.nan
     quality[invalid] = 0.0
     report(progress, 1.0, "ROMEO unwrapping done")
-    return unwrapped, {"romeo_quality": quality}
+    return PhaseResult(unwrapped, {"romeo_quality": quality})
 
 
 def _unwrap_echo(
