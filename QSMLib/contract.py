@@ -51,6 +51,7 @@ PIPELINE_INPUTS: dict[str, str] = {
     "field_weight": "echo-fit reliability in [0, 1] (inverse field standard deviation, normalised)",
     "fit_residual_rad": "RMS phase residual of the echo fit, radians",
     "romeo_quality": "ROMEO's voxel quality in [0, 1]",
+    "total_field_hz": "total field of the echo fit, Hz (for stages after it that do not take it positionally)",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",
     "mask": "the brain mask (for stages that do not take it positionally)",
     "labels": "int label map (0 = background), when the user gave one",
@@ -80,6 +81,11 @@ class Method:
         Keyword arguments that the pipeline supplies (names from
         :data:`PIPELINE_INPUTS`); each must be a keyword-only parameter of
         ``function``.
+    takes_total_field : bool
+        For inversion methods: the positional field is the total field
+        (background included) and the method removes the background itself
+        (single-step QSM such as total field inversion), so the pipeline
+        skips background removal.
 
     Examples
     --------
@@ -92,6 +98,7 @@ class Method:
 
     function: Callable[..., Any]
     inputs: tuple[str, ...] = ()
+    takes_total_field: bool = False
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.inputs if name not in PIPELINE_INPUTS]

@@ -294,5 +294,6 @@ def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 #: entry declares the maps of earlier stages it takes (e.g. ``fit_residual_rad``).
 METHODS = {
     "magnitude": Method(magnitude_mask, inputs=("invalid",)),
-    "phase_quality": Method(phase_quality_mask, inputs=("invalid", "romeo_quality", "fit_residual_rad")),
+    "phase_quality": Method(phase_quality_mask, inputs=(
+        "invalid", "romeo_quality", "fit_residual_rad", "total_field_hz", "echo_times_s")),
 }

@@ -21,11 +21,13 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _fft
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
 from ._version import __version__
 from .acquisition import MultiEchoGRE
 from .background import METHODS as BACKGROUND_METHODS
 from .contract import Method
+from .dipole import forward_field
 from .errors import QSMInputError, QSMWarning
 from .fieldmap import METHODS as ECHO_FIT_METHODS
 from .fieldmap import per_echo_fields
@@ -36,6 +38,7 @@ from .phase import BIPOLAR_METHODS, OFFSET_METHODS
 from .referencing import METHODS as REFERENCE_METHODS
 from .relaxometry import METHODS as RELAXOMETRY_METHODS
 from .roi import roi_statistics
+from .units import ppm_to_hz
 from .unwrap import METHODS as UNWRAP_METHODS
 
 #: Algorithms per stage (see :mod:`QSMLib.contract`). Adding a method is adding an entry.
@@ -319,9 +322,11 @@ def run_pipeline(
         warnings.warn("The acquisition is bipolar but bipolar correction is 'none': even echoes keep their "
                       "readout phase error.", QSMWarning, stacklevel=2)
     phase_stages = ["phase_offset"] + (["bipolar"] if acquisition.bipolar else []) + ["unwrap"]
-    stages = phase_stages + ["echo_fit"] + (["mask"] if user_mask is None else []) + [
-        "background", "inversion"] + (["relaxometry"] if config.relaxometry.method != "none" else []) + [
-        "reference"] + (["roi"] if labels is not None else [])
+    single_step = _lookup("inversion", config.inversion.method).takes_total_field
+    stages = phase_stages + ["echo_fit"] + (["mask"] if user_mask is None else []) + (
+        [] if single_step else ["background"]) + ["inversion"] + (
+        ["relaxometry"] if config.relaxometry.method != "none" else []) + ["reference"] + (
+        ["roi"] if labels is not None else [])
     run = _Stages(config, stages, progress, cancel)
     magnitude, echo_times, voxel = acquisition.magnitude, acquisition.echo_times_s, acquisition.voxel_size_mm
     inputs: dict[str, Any] = {
@@ -340,6 +345,7 @@ def run_pipeline(
     fit = run("echo_fit", unwrapped, magnitude, echo_times, inputs=inputs)
     maps.update(fit.maps)
     inputs.update(maps)
+    inputs["total_field_hz"] = fit.total_field_hz
     if user_mask is not None:
         brain_mask = user_mask & ~acquisition.invalid_voxels
     else:
@@ -350,16 +356,14 @@ def run_pipeline(
     if config.per_echo:
         local_fields, chis, local_mask = [], [], brain_mask.copy()
         for echo_field in per_echo_fields(unwrapped, echo_times):
-            local = run("background", echo_field, brain_mask, voxel, inputs=inputs)
-            chis.append(run("inversion", local.local_field_hz, local.mask, voxel, inputs=inputs).chi_ppm)
-            local_fields.append(local.local_field_hz)
-            local_mask &= local.mask
+            echo_chi, echo_local, echo_mask = _invert(run, echo_field, brain_mask, voxel, inputs)
+            chis.append(echo_chi)
+            local_fields.append(echo_local)
+            local_mask &= echo_mask
         local_field_hz = np.mean(local_fields, axis=0).astype(np.float32)
         chi = np.where(local_mask, np.mean(chis, axis=0), 0).astype(np.float32)
     else:
-        local = run("background", fit.total_field_hz, brain_mask, voxel, inputs=inputs)
-        local_field_hz, local_mask = local.local_field_hz, local.mask
-        chi = run("inversion", local_field_hz, local_mask, voxel, inputs=inputs).chi_ppm
+        chi, local_field_hz, local_mask = _invert(run, fit.total_field_hz, brain_mask, voxel, inputs)
     if config.relaxometry.method != "none":
         maps.update(run("relaxometry", magnitude, echo_times, inputs=inputs))
     return _finish(
@@ -417,7 +421,8 @@ def run_pipeline_from_field(
     field_hz = np.where(finite, field_hz, 0).astype(np.float32)
     config = copy.deepcopy(config or PRESETS[DEFAULT_PRESET]())
     config.validate()
-    stages = (["background"] if field_kind == "total" else []) + ["inversion", "reference"] + (
+    single_step = _lookup("inversion", config.inversion.method).takes_total_field
+    stages = (["background"] if field_kind == "total" and not single_step else []) + ["inversion", "reference"] + (
         ["roi"] if labels is not None else []
     )
     run = _Stages(config, stages, progress, cancel)
@@ -426,15 +431,49 @@ def run_pipeline_from_field(
         "mask": brain_mask, "labels": labels, "label_names": label_names,
     }
     if field_kind == "total":
-        local = run("background", field_hz, brain_mask, voxel_size_mm, inputs=inputs)
-        local_field_hz, local_mask, total_field_hz = local.local_field_hz, local.mask, field_hz
+        total_field_hz: Optional[np.ndarray] = field_hz
+        chi, local_field_hz, local_mask = _invert(run, field_hz, brain_mask, voxel_size_mm, inputs)
     else:
+        # a single-step method sees a local field as a total field without background
         local_field_hz, local_mask, total_field_hz = np.where(brain_mask, field_hz, 0), brain_mask, None
-    chi = run("inversion", local_field_hz, local_mask, voxel_size_mm, inputs=inputs).chi_ppm
+        chi = run("inversion", local_field_hz, local_mask, voxel_size_mm, inputs=inputs).chi_ppm
     return _finish(
         run, chi, local_mask, labels, label_names, voxel_size_mm, inputs,
         mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=total_field_hz,
     )
+
+
+def _invert(
+    run: _Stages, total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float],
+    inputs: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Background removal then inversion, or one single-step inversion of the total field.
+
+    Returns chi (ppm, not referenced), the local field (Hz) and the mask both
+    are valid on. A single-step method has no separate local field: the
+    field of its tissue susceptibility stands in for it.
+    """
+    if _lookup("inversion", run.config.inversion.method).takes_total_field:
+        chi = run("inversion", total_field_hz, mask, voxel_size_mm, inputs=inputs).chi_ppm
+        run.parameters.setdefault("background", {})["skipped"] = (
+            f"inversion {run.config.inversion.method!r} removes the background itself")
+        return chi, tissue_field_hz(chi, mask, voxel_size_mm, inputs["b0_direction"], inputs["b0_tesla"]), mask
+    local = run("background", total_field_hz, mask, voxel_size_mm, inputs=inputs)
+    chi = run("inversion", local.local_field_hz, local.mask, voxel_size_mm, inputs=inputs).chi_ppm
+    return chi, local.local_field_hz, local.mask
+
+
+def tissue_field_hz(
+    chi_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], b0_direction: Sequence[float],
+    b0_tesla: float,
+) -> np.ndarray:
+    """Field (Hz) inside ``mask`` of the susceptibility inside it: the local field a single-step method implies."""
+    box = _fft.mask_bounding_box(mask, [0, 0, 0])
+    inside = np.where(mask, chi_ppm, 0).astype(np.float32)[box]
+    field = np.zeros(mask.shape, dtype=np.float32)
+    field[box] = ppm_to_hz(forward_field(inside, voxel_size_mm, b0_direction, pad_factor=1.5), b0_tesla)
+    field[~mask] = 0
+    return field
 
 
 def _finish(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+
+from ..errors import QSMInputError
 
 #: Gaussian consistency of the median absolute deviation: sigma = MAD / 0.6745.
 _MAD_TO_SIGMA = 0.6744897501960817
@@ -145,3 +147,81 @@ def effective_echo_time(
     if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
         weights = np.ones_like(times)
     return float((weights * times * times).sum() / (weights * times).sum())
+
+
+def tv_regularization(
+    regularization: Union[float, str],
+    field_ppm: np.ndarray,
+    mask: np.ndarray,
+    weight: Optional[np.ndarray],
+    voxel_size_mm: Sequence[float],
+    label: str,
+) -> tuple[float, dict[str, Any]]:
+    """Resolve a TV-family ``regularization`` argument: a positive number, or ``"auto"`` (from the noise).
+
+    Parameters
+    ----------
+    regularization : float or "auto"
+        The user's choice.
+    field_ppm : numpy.ndarray, shape (n0, n1, n2)
+        The field the method inverts, ppm.
+    mask : numpy.ndarray of bool
+        Where the field is valid.
+    weight : numpy.ndarray, optional
+        The data weight of the method (mean 1 in the mask), so that the noise
+        is that of the weighted data term.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    label : str
+        Method name for error messages.
+
+    Returns
+    -------
+    lambda : float
+        ``lambda`` in ppm mm.
+    parameters : dict
+        For provenance: ``regularization``, and with ``"auto"`` also
+        ``regularization_rule`` and ``noise_ppm``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> field = np.random.default_rng(0).normal(0, 1e-3, (20, 20, 20)).astype(np.float32)
+    >>> value, chosen = tv_regularization("auto", field, np.ones(field.shape, bool), None, (1, 1, 1), "TV")
+    >>> chosen["regularization_rule"], round(chosen["noise_ppm"] * 1e3, 1)
+    ('noise-proportional', 0.9)
+    """
+    if isinstance(regularization, str):
+        if regularization != "auto":
+            raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
+        noise_ppm = field_noise(field_ppm, mask, weight)
+        value = noise_proportional_regularization(noise_ppm, voxel_size_mm)
+        return value, {"regularization": value, "regularization_rule": "noise-proportional", "noise_ppm": noise_ppm}
+    value = float(regularization)
+    if not (value > 0 and np.isfinite(value)):
+        raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
+    return value, {"regularization": value, "regularization_rule": "fixed"}
+
+
+def echo_time(
+    echo_time_s: Optional[float],
+    echo_times_s: Optional[Sequence[float]],
+    magnitude: Optional[np.ndarray],
+    mask: Optional[np.ndarray],
+) -> tuple[float, str]:
+    """The echo time of a nonlinear data term and how it was chosen.
+
+    The user's ``echo_time_s`` if given, else the scan's
+    :func:`effective_echo_time`, else 20 ms (a field map given without echo
+    times).
+
+    Examples
+    --------
+    >>> echo_time(None, [0.004, 0.008, 0.012, 0.016, 0.020], None, None)[1]
+    'effective (echo-fit weighted mean)'
+    """
+    if echo_time_s is not None:
+        return float(echo_time_s), "fixed"
+    if echo_times_s is not None and len(echo_times_s) > 0:
+        return effective_echo_time(echo_times_s, magnitude, mask), "effective (echo-fit weighted mean)"
+    return 0.02, "default (no echo times given)"
