@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -190,10 +190,15 @@ class InversionResult(NamedTuple):
         Values the method chose from the data (e.g. ``regularization`` and
         the rule that chose it, the effective echo time) for provenance and
         the Slicer log; empty when nothing was chosen.
+    mask : numpy.ndarray of bool, optional
+        Where chi is valid when that is less than the input mask (a
+        single-step method that leaves out the mask's outer layer); None:
+        the input mask.
     """
 
     chi_ppm: np.ndarray
     parameters: Mapping[str, Any] = _NOTHING
+    mask: Optional[np.ndarray] = None
 
 
 class ReferenceResult(NamedTuple):

@@ -433,8 +433,11 @@ def run_pipeline_from_field(
     if field_kind == "total":
         total_field_hz: Optional[np.ndarray] = field_hz
         chi, local_field_hz, local_mask = _invert(run, field_hz, brain_mask, voxel_size_mm, inputs)
-    else:
+    elif single_step:
         # a single-step method sees a local field as a total field without background
+        total_field_hz = None
+        chi, local_field_hz, local_mask = _invert(run, field_hz, brain_mask, voxel_size_mm, inputs)
+    else:
         local_field_hz, local_mask, total_field_hz = np.where(brain_mask, field_hz, 0), brain_mask, None
         chi = run("inversion", local_field_hz, local_mask, voxel_size_mm, inputs=inputs).chi_ppm
     return _finish(
@@ -454,10 +457,12 @@ def _invert(
     field of its tissue susceptibility stands in for it.
     """
     if _lookup("inversion", run.config.inversion.method).takes_total_field:
-        chi = run("inversion", total_field_hz, mask, voxel_size_mm, inputs=inputs).chi_ppm
+        result = run("inversion", total_field_hz, mask, voxel_size_mm, inputs=inputs)
+        valid = mask if result.mask is None else result.mask
         run.parameters.setdefault("background", {})["skipped"] = (
             f"inversion {run.config.inversion.method!r} removes the background itself")
-        return chi, tissue_field_hz(chi, mask, voxel_size_mm, inputs["b0_direction"], inputs["b0_tesla"]), mask
+        local = tissue_field_hz(result.chi_ppm, valid, voxel_size_mm, inputs["b0_direction"], inputs["b0_tesla"])
+        return result.chi_ppm, local, valid
     local = run("background", total_field_hz, mask, voxel_size_mm, inputs=inputs)
     chi = run("inversion", local.local_field_hz, local.mask, voxel_size_mm, inputs=inputs).chi_ppm
     return chi, local.local_field_hz, local.mask

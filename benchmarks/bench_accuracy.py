@@ -87,7 +87,8 @@ def call_method(entry: Any, field_hz: np.ndarray, mask: np.ndarray, voxel_size_m
     if hasattr(result, "local_field_hz"):
         return result.local_field_hz, result.mask, dict(getattr(result, "parameters", {}) or {})
     if hasattr(result, "chi_ppm"):
-        return result.chi_ppm, mask, dict(getattr(result, "parameters", {}) or {})
+        valid = mask if getattr(result, "mask", None) is None else result.mask
+        return result.chi_ppm, valid, dict(getattr(result, "parameters", {}) or {})
     if isinstance(result, tuple):
         return result[0], result[1], {}
     return result, mask, {}
@@ -218,9 +219,16 @@ def evaluate_case(
                                      weight),
                    "pipeline": lambda: (pipeline.local_field_hz, pipeline.local_mask,
                                         pipeline.maps.get("field_weight"))}
+        # single-step methods (takes_total_field) invert the total field with the same noise and mask
+        total_sources = {"exact": lambda: (case.total_field_hz, brain, None),
+                         "noisy": lambda: (np.where(brain, case.total_field_hz + noise, 0).astype(np.float32), brain,
+                                           weight),
+                         "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask,
+                                              pipeline.maps.get("field_weight"))}
         for input_name in [name for name in sources if name in inputs]:
-            local, mask, field_weight = sources[input_name]()
             for method in inversion_methods:
+                single_step = getattr(INVERSION_METHODS[method], "takes_total_field", False)
+                local, mask, field_weight = (total_sources if single_step else sources)[input_name]()
                 began = time.perf_counter()
                 chi, valid, chosen = call_method(INVERSION_METHODS[method], local, mask, voxel,
                                                  dict(available, field_weight=field_weight),

@@ -15,9 +15,9 @@ def smv_frame(
 ) -> tuple[tuple[slice, ...], tuple[int, ...], np.ndarray, np.ndarray]:
     """Where SMV operators act: the mask's bounding box, its FFT shape, the ball's spectrum, the eroded mask.
 
-    Balls centred on the eroded mask stay inside the mask, so the box needs
-    no margin: the circular convolution never wraps data onto the eroded
-    region.
+    Balls centred on the eroded mask stay inside the mask; the box is padded
+    with zeros a radius wide so that, also where the mask reaches the edge of
+    the field of view, no ball wraps round onto the other side.
 
     Returns
     -------
@@ -32,7 +32,8 @@ def smv_frame(
     """
     box = _fft.mask_bounding_box(mask, [1, 1, 1])
     box_shape = tuple(s.stop - s.start for s in box)
-    shape = _fft.padded_shape(box_shape, 1.0)
+    # zeros at least a radius wide between periodic copies, also where the mask touches the field of view
+    shape = _fft.padded_shape([n + int(np.ceil(radius_mm / v)) + 1 for n, v in zip(box_shape, voxel_size_mm)], 1.0)
     ball = sphere_kernel(shape, voxel_size_mm, radius_mm)
     frame_mask = _fft.pad(np.asarray(mask[box], dtype=np.float32), shape)
     # a ball holds thousands of voxels: 0.999 of it inside means all of it, up to rounding

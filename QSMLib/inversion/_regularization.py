@@ -71,26 +71,34 @@ def field_noise(field: np.ndarray, mask: np.ndarray, weight: Optional[np.ndarray
     return float(np.median(np.abs(detail[whole])) / np.sqrt(8.0) / _MAD_TO_SIGMA)
 
 
-#: ``lambda / (sigma h)`` of the TV-family inversions (sigma the field noise in ppm, h the voxel size in mm),
-#: measured as the NRMSE-optimal ratio across noise levels (see :func:`noise_proportional_regularization`).
-TV_LAMBDA_PER_NOISE = 0.052
+#: ``lambda / (sigma h)`` of the TV-family inversions (sigma the effective noise in ppm, h the voxel size in
+#: mm), measured as the NRMSE-optimal ratio across noise levels (see :func:`noise_proportional_regularization`).
+TV_LAMBDA_PER_NOISE = 0.07
+#: Model error of a field map as a fraction of its RMS: the floor of the effective noise (measured).
+MODEL_ERROR_FRACTION = 0.06
 
 
-def noise_proportional_regularization(noise_ppm: float, voxel_size_mm: Sequence[float]) -> float:
-    """TV ``lambda`` (ppm mm) proportional to the field noise: ``lambda = k sigma h``.
+def noise_proportional_regularization(
+    noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float]
+) -> float:
+    """TV ``lambda`` (ppm mm) proportional to the effective noise: ``k h sqrt(sigma^2 + (e rms)^2)``.
 
     Scaling the field and its noise by ``c`` scales the best ``chi`` and the
     best ``lambda`` by ``c`` (both terms of the functional grow by ``c^2``),
     so the best ``lambda`` is proportional to the noise; ``h`` (the geometric
     mean voxel size, mm) keeps the total variation's weight per voxel the
-    same at any resolution. ``k`` (:data:`TV_LAMBDA_PER_NOISE`) is measured.
-    Without noise the estimate still sees the field's own finest detail,
-    which keeps ``lambda`` from vanishing.
+    same at any resolution. A field without noise still differs from the
+    dipole model (partial volumes, the discrete kernel, what background
+    removal left), by an amount that grows with the field: ``e`` times its
+    RMS, added in quadrature. ``k`` (:data:`TV_LAMBDA_PER_NOISE`) and ``e``
+    (:data:`MODEL_ERROR_FRACTION`) are measured on the validation suite.
 
     Parameters
     ----------
     noise_ppm : float
         Noise standard deviation of the (weighted) field, ppm (:func:`field_noise`).
+    field_rms_ppm : float
+        RMS of the (weighted, demeaned) field in the mask, ppm.
     voxel_size_mm : sequence of 3 float
         Voxel size in mm per array axis.
 
@@ -100,11 +108,14 @@ def noise_proportional_regularization(noise_ppm: float, voxel_size_mm: Sequence[
 
     Examples
     --------
-    >>> round(noise_proportional_regularization(2e-3, (1.0, 1.0, 1.0)), 6)
-    0.000104
+    >>> round(noise_proportional_regularization(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
+    0.00014
     """
     mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
-    return float(TV_LAMBDA_PER_NOISE * max(float(noise_ppm), 0.0) * mean_voxel) or 1e-6
+    effective = float(np.hypot(max(float(noise_ppm), 0.0), MODEL_ERROR_FRACTION * max(float(field_rms_ppm), 0.0)))
+    if not effective > 0:
+        raise QSMInputError("The field is zero everywhere in the mask: there is nothing to invert. Check the field.")
+    return TV_LAMBDA_PER_NOISE * effective * mean_voxel
 
 
 def effective_echo_time(
@@ -195,8 +206,13 @@ def tv_regularization(
         if regularization != "auto":
             raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
         noise_ppm = field_noise(field_ppm, mask, weight)
-        value = noise_proportional_regularization(noise_ppm, voxel_size_mm)
-        return value, {"regularization": value, "regularization_rule": "noise-proportional", "noise_ppm": noise_ppm}
+        weighted = np.asarray(field_ppm, dtype=np.float32)[mask]
+        if weight is not None:
+            weighted = weighted * np.asarray(weight, dtype=np.float32)[mask]
+        field_rms_ppm = float(weighted.std()) if weighted.size else 0.0
+        value = noise_proportional_regularization(noise_ppm, field_rms_ppm, voxel_size_mm)
+        return value, {"regularization": value, "regularization_rule": "noise-proportional", "noise_ppm": noise_ppm,
+                       "field_rms_ppm": field_rms_ppm}
     value = float(regularization)
     if not (value > 0 and np.isfinite(value)):
         raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")

@@ -31,13 +31,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .. import _fft
+from .._morphology import erode
 from .._operators import conjugate_gradient, data_weight, gradient, gradient_adjoint, gradient_eigenvalues
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
-from ._regularization import field_noise, noise_proportional_regularization
+from ._regularization import tv_regularization
 
 
 def tfi(
@@ -51,6 +52,8 @@ def tfi(
     regularization: Union[float, str] = "auto",
     outside_weight: float = 0.1,
     margin_mm: float = 16.0,
+    boundary_mm: float = 0.0,
+    edge_mm: Optional[float] = None,
     data_penalty: float = 0.1,
     penalty: Optional[float] = None,
     max_iterations: int = 100,
@@ -78,7 +81,8 @@ def tfi(
     regularization : float or "auto"
         ``lambda`` in ppm mm, as in :func:`QSMLib.inversion.tv.tv`; ``"auto"``
         chooses it from the noise of the field
-        (:func:`~QSMLib.inversion._regularization.noise_proportional_regularization`).
+        (:func:`~QSMLib.inversion._regularization.tv_regularization`) of the field the
+        outside sources leave, a local field estimate.
     outside_weight : float
         ``omega`` outside the mask: how strongly the background sources are
         held to be piecewise constant (0 leaves them free, as projection
@@ -86,6 +90,15 @@ def tfi(
     margin_mm : float
         Thickness of the shell of background sources around the mask's
         bounding box, mm.
+    boundary_mm : float
+        Width (mm) of the mask's outer layer whose total variation is
+        weighted like the outside: its voxels hold partial volumes of bone
+        and air, strong sources that a tissue prior would spread inwards.
+    edge_mm : float, optional
+        chi is reported on the mask eroded by this much (mm): the outer
+        layer's voxels hold partial volumes of bone, air and scalp, which
+        TFI reconstructs as the strong sources they are, not as tissue.
+        Default: one voxel (the largest voxel dimension).
     data_penalty, penalty : float
         ADMM penalties of the data split (``mu``) and gradient split
         (``rho``, default ``300 lambda``), as in :func:`QSMLib.inversion.tv.tv`.
@@ -97,9 +110,9 @@ def tfi(
     Returns
     -------
     InversionResult
-        Susceptibility in ppm inside ``mask`` (not referenced); ``parameters``
-        records ``lambda``, the rule that chose it, the noise and the
-        iterations.
+        Susceptibility in ppm on ``mask`` less its outer ``edge_mm`` (not
+        referenced), that valid mask, and ``parameters``: ``lambda``, the
+        rule that chose it, the noise and the iterations.
 
     References
     ----------
@@ -146,39 +159,34 @@ def tfi(
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
 
     inside = frame(mask) > 0
+    tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside
     field = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
     weight = frame(data_weight(mask, field_weight))
-    parameters: dict = {}
-    if isinstance(regularization, str):
-        if regularization != "auto":
-            raise QSMInputError(f"TFI: regularization must be a positive number or 'auto', got {regularization!r}.")
-        # the background is smooth at the finest scale, so the total field's detail is the noise's
-        noise_ppm = field_noise(field, inside, weight)
-        regularization = noise_proportional_regularization(noise_ppm, voxel_size_mm)
-        parameters.update(regularization_rule="noise-proportional", noise_ppm=noise_ppm)
-    if not regularization > 0:
-        raise QSMInputError(f"TFI: regularization must be positive, got {regularization!r}.")
+    weight_squared = weight * weight
+    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    chi = _background_sources(field, weight_squared, inside, kernel, shape, pdf_iterations, cancel)
+    spectrum = _fft.rfftn(chi)
+    spectrum *= kernel
+    background = _fft.irfftn(spectrum, shape).astype(np.float32)
+    del spectrum
+    # what the outside sources leave is a local field estimate: its noise and size set lambda
+    regularization, parameters = tv_regularization(
+        regularization, np.where(inside, field - background, 0), inside, weight, voxel_size_mm, "TFI")
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = np.float32(data_penalty)
-    threshold = np.where(inside, np.float32(regularization / rho), np.float32(outside_weight * regularization / rho))
+    threshold = np.where(tissue, np.float32(regularization / rho), np.float32(outside_weight * regularization / rho))
     threshold = threshold.astype(np.float32)
 
-    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
     denominator = mu * kernel * kernel + np.float32(rho) * gradient_eigenvalues(shape, voxel_size_mm)
     denominator[0, 0, 0] = 1.0
     data_factor = (mu * kernel / denominator).astype(np.float32)
     gradient_factor = (np.float32(rho) / denominator).astype(np.float32)
     del denominator
-    weight_squared = weight * weight
     weighted_field = weight_squared * field
     inverse = (np.float32(1) / (weight_squared + mu)).astype(np.float32)
-    del weight
+    del weight, weight_squared
 
-    chi = _background_sources(field, weight_squared, inside, kernel, shape, pdf_iterations, cancel)
-    spectrum = _fft.rfftn(chi)
-    spectrum *= kernel
-    y = _fft.irfftn(spectrum, shape).astype(np.float32)
-    del spectrum
+    y = background
     y[inside] = field[inside]
     del field
     u = np.zeros(shape, dtype=np.float32)
@@ -216,12 +224,15 @@ def tfi(
         report(progress, iterations / max_iterations, f"TFI iteration {iterations}, change {change:.1e}")
         if change < tolerance:
             break
+    valid = erode(mask, float(max(voxel_size_mm)) if edge_mm is None else float(edge_mm), voxel_size_mm)
+    if not valid.any():
+        raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = _fft.crop(chi, box_shape)
-    result[~mask] = 0
+    result[~valid] = 0
     report(progress, 1.0, "TFI done")
     parameters.update(regularization=float(regularization), iterations=iterations)
-    return InversionResult(result, parameters)
+    return InversionResult(result, parameters, valid)
 
 
 def _shrink_varying(vectors: np.ndarray, threshold: np.ndarray, work: np.ndarray) -> None:
