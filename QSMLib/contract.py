@@ -50,6 +50,7 @@ PIPELINE_INPUTS: dict[str, str] = {
     "invalid": "bool (n0, n1, n2): voxels that were NaN or infinite in the input",
     "field_weight": "echo-fit reliability in [0, 1] (inverse field standard deviation, normalised)",
     "fit_residual_rad": "RMS phase residual of the echo fit, radians",
+    "field_sd_hz": "noise standard deviation of the echo fit's field per voxel, Hz (0 where undetermined)",
     "romeo_quality": "ROMEO's voxel quality in [0, 1]",
     "total_field_hz": "total field of the echo fit, Hz (for stages after it that do not take it positionally)",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",

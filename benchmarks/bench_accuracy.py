@@ -100,7 +100,9 @@ def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
     Each echo is unwrapped against echo 1 plus the true field's phase
     evolution, then fitted with an intercept (the phase offset); bipolar
     acquisitions use their odd echoes only (the even ones carry the readout
-    error). The noise is the fit minus the true total field.
+    error). The noise is the fit minus the true total field; the fit's own noise SD
+    map (``field_sd_hz``, from its residuals) comes with it, as the pipeline
+    passes it.
     """
     acquisition = case.acquisition
     echoes = list(range(0, acquisition.n_echoes, 2)) if acquisition.bipolar else list(range(acquisition.n_echoes))
@@ -109,7 +111,8 @@ def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
     model = phase[0][None] + np.float32(2 * np.pi) * case.total_field_hz[None] * (times - times[0]).reshape(-1, 1, 1, 1)
     unwrapped = phase + np.float32(2 * np.pi) * np.round((model - phase) / np.float32(2 * np.pi))
     fitted, maps = weighted_linear(unwrapped, acquisition.magnitude[echoes], times, mask=case.brain_mask)
-    return (fitted - case.total_field_hz).astype(np.float32), maps["field_weight"].astype(np.float32)
+    return (fitted - case.total_field_hz).astype(np.float32), maps["field_weight"].astype(np.float32), maps.get(
+        "field_sd_hz")
 
 
 def edge_band(mask: np.ndarray, voxel_size_mm, width_mm: float = EDGE_BAND_MM) -> np.ndarray:
@@ -213,7 +216,7 @@ def evaluate_case(
                              "brain_kept": float(region.sum() / brain.sum())})
                 log(f"{case.spec.name}: background {method} ({input_name}) {rows[-1]['local_nrmse']:.1f} %")
     if "inversion" in stages:
-        noise, weight = echo_fit_noise(case) if "noisy" in inputs else (None, None)
+        noise, weight, field_sd = echo_fit_noise(case) if "noisy" in inputs else (None, None, None)
         sources = {"exact": lambda: (case.local_field_hz, brain, None),
                    "noisy": lambda: (np.where(brain, case.local_field_hz + noise, 0).astype(np.float32), brain,
                                      weight),
@@ -230,8 +233,10 @@ def evaluate_case(
                 single_step = getattr(INVERSION_METHODS[method], "takes_total_field", False)
                 local, mask, field_weight = (total_sources if single_step else sources)[input_name]()
                 began = time.perf_counter()
+                fit_sd = field_sd if input_name == "noisy" else (
+                    pipeline.maps.get("field_sd_hz") if input_name == "pipeline" else None)
                 chi, valid, chosen = call_method(INVERSION_METHODS[method], local, mask, voxel,
-                                                 dict(available, field_weight=field_weight),
+                                                 dict(available, field_weight=field_weight, field_sd_hz=fit_sd),
                                                  parameters.get(method, {}))
                 row = {**base, "stage": "inversion", "input": input_name, "method": method,
                        "seconds": time.perf_counter() - began, "chosen": chosen}

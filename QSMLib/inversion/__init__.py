@@ -22,12 +22,12 @@ _GEOMETRY = ("b0_direction", "b0_tesla")
 METHODS = {
     "tkd": Method(tkd, inputs=_GEOMETRY),
     "l2": Method(l2, inputs=_GEOMETRY),
-    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight")),
-    "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight", "echo_times_s", "magnitude")),
+    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz")),
+    "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "echo_times_s", "magnitude")),
     "rts": Method(rts, inputs=_GEOMETRY),
-    "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "magnitude", "echo_times_s")),
+    "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "echo_times_s")),
     # single step: inverts the total field, the pipeline skips background removal
-    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight"), takes_total_field=True),
+    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz"), takes_total_field=True),
 }
 
 __all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tfi", "tkd", "tv"]

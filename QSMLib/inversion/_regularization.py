@@ -167,6 +167,7 @@ def tv_regularization(
     weight: Optional[np.ndarray],
     voxel_size_mm: Sequence[float],
     label: str,
+    field_sd_ppm: Optional[np.ndarray] = None,
 ) -> tuple[float, dict[str, Any]]:
     """Resolve a TV-family ``regularization`` argument: a positive number, or ``"auto"`` (from the noise).
 
@@ -185,6 +186,13 @@ def tv_regularization(
         Voxel size in mm per array axis.
     label : str
         Method name for error messages.
+    field_sd_ppm : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (ppm, 0 where unknown). The noise
+        of the weighted data term is then ``1 / mean(1 / SD)`` (the weight is
+        the inverse SD scaled to mean 1); the larger of that and the
+        estimate from the field's finest detail is used, since spatially
+        correlated noise (k-space filtering, coil combination) hides from the
+        finest detail but not from the fit's residuals.
 
     Returns
     -------
@@ -205,13 +213,20 @@ def tv_regularization(
     if isinstance(regularization, str):
         if regularization != "auto":
             raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
-        noise_ppm = field_noise(field_ppm, mask, weight)
+        detail_noise_ppm = field_noise(field_ppm, mask, weight)
+        fit_noise_ppm = 0.0
+        if field_sd_ppm is not None:
+            sd = np.asarray(field_sd_ppm, dtype=np.float64)[mask]
+            sd = sd[sd > 0]
+            fit_noise_ppm = float(1.0 / np.mean(1.0 / sd)) if sd.size else 0.0
+        noise_ppm = max(detail_noise_ppm, fit_noise_ppm)
         weighted = np.asarray(field_ppm, dtype=np.float32)[mask]
         if weight is not None:
             weighted = weighted * np.asarray(weight, dtype=np.float32)[mask]
         field_rms_ppm = float(weighted.std()) if weighted.size else 0.0
         value = noise_proportional_regularization(noise_ppm, field_rms_ppm, voxel_size_mm)
         return value, {"regularization": value, "regularization_rule": "noise-proportional", "noise_ppm": noise_ppm,
+                       "detail_noise_ppm": detail_noise_ppm, "fit_noise_ppm": fit_noise_ppm,
                        "field_rms_ppm": field_rms_ppm}
     value = float(regularization)
     if not (value > 0 and np.isfinite(value)):

@@ -79,6 +79,7 @@ def medi(
     b0_tesla: float,
     magnitude: Optional[np.ndarray] = None,
     field_weight: Optional[np.ndarray] = None,
+    field_sd_hz: Optional[np.ndarray] = None,
     echo_times_s: Optional[Sequence[float]] = None,
     regularization: Union[float, str] = 100.0,
     echo_time_s: Optional[float] = None,
@@ -114,6 +115,8 @@ def medi(
     field_weight : numpy.ndarray, optional
         Reliability of the field per voxel (inverse noise SD, any scale),
         MEDI's SNR weighting; scaled to mean 1 in the mask.
+    field_sd_hz : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (Hz), for ``"auto"``.
     echo_times_s : sequence of float, optional
         The scan's echo times (s), from which the effective echo time comes.
     regularization : float or "auto"
@@ -171,8 +174,9 @@ def medi(
     chosen: dict = {"echo_time_s": echo_time_s, "echo_time_rule": echo_time_rule}
     if isinstance(regularization, str):
         field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0).astype(np.float32)
-        tv_lambda, rule = tv_regularization(regularization, field_ppm, mask, data_weight(mask, field_weight),
-                                            voxel_size_mm, "MEDI")
+        tv_lambda, rule = tv_regularization(
+            regularization, field_ppm, mask, data_weight(mask, field_weight), voxel_size_mm, "MEDI",
+            None if field_sd_hz is None else hz_to_ppm(field_sd_hz, b0_tesla))
         regularization = 1.0 / (2.0 * tv_lambda * scale)
         chosen.update(rule, regularization=regularization, tv_equivalent_regularization=tv_lambda)
     else:

@@ -49,6 +49,7 @@ def tfi(
     b0_direction: Sequence[float],
     b0_tesla: float,
     field_weight: Optional[np.ndarray] = None,
+    field_sd_hz: Optional[np.ndarray] = None,
     regularization: Union[float, str] = "auto",
     outside_weight: float = 0.1,
     margin_mm: float = 16.0,
@@ -78,6 +79,8 @@ def tfi(
         Field strength in tesla.
     field_weight : numpy.ndarray, optional
         Reliability of the field per voxel (inverse noise SD, any scale).
+    field_sd_hz : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (Hz), for ``"auto"``.
     regularization : float or "auto"
         ``lambda`` in ppm mm, as in :func:`QSMLib.inversion.tv.tv`; ``"auto"``
         chooses it from the noise of the field
@@ -171,7 +174,8 @@ def tfi(
     del spectrum
     # what the outside sources leave is a local field estimate: its noise and size set lambda
     regularization, parameters = tv_regularization(
-        regularization, np.where(inside, field - background, 0), inside, weight, voxel_size_mm, "TFI")
+        regularization, np.where(inside, field - background, 0), inside, weight, voxel_size_mm, "TFI",
+        None if field_sd_hz is None else frame(np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0)))
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = np.float32(data_penalty)
     threshold = np.where(tissue, np.float32(regularization / rho), np.float32(outside_weight * regularization / rho))

@@ -70,6 +70,7 @@ def _admm_tv(
     b0_direction: Sequence[float],
     field_weight: Optional[np.ndarray],
     *,
+    field_sd_ppm: Optional[np.ndarray],
     regularization: Union[float, str],
     penalty: Optional[float],
     data_penalty: float,
@@ -94,7 +95,8 @@ def _admm_tv(
     field = to_frame(np.where(mask, field_ppm, 0), box, shape)
     weight = to_frame(data_weight(mask, field_weight), box, shape)
     regularization, chosen = tv_regularization(
-        regularization, field, to_frame(mask.astype(np.float32), box, shape) > 0, weight, voxel_size_mm, label
+        regularization, field, to_frame(mask.astype(np.float32), box, shape) > 0, weight, voxel_size_mm, label,
+        None if field_sd_ppm is None else to_frame(np.where(mask, field_sd_ppm, 0), box, shape),
     )
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = float(data_penalty)
@@ -176,6 +178,7 @@ def tv(
     b0_direction: Sequence[float],
     b0_tesla: float,
     field_weight: Optional[np.ndarray] = None,
+    field_sd_hz: Optional[np.ndarray] = None,
     regularization: Union[float, str] = "auto",
     penalty: Optional[float] = None,
     data_penalty: float = 0.1,
@@ -207,6 +210,9 @@ def tv(
     field_weight : numpy.ndarray, optional
         Reliability of the field per voxel (any non-negative scale); the
         mask alone when omitted.
+    field_sd_hz : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (Hz): with ``"auto"``, its level
+        enters the noise estimate.
     regularization : float or "auto"
         ``lambda`` in ppm mm (the gradient is per mm); larger is flatter.
         ``"auto"`` (default) chooses it from the noise of the weighted field
@@ -238,6 +244,7 @@ def tv(
     report(progress, 0.0, "TV inversion")
     chi, chosen = _admm_tv(
         hz_to_ppm(local_field_hz, b0_tesla), mask, voxel_size_mm, b0_direction, field_weight,
+        field_sd_ppm=None if field_sd_hz is None else hz_to_ppm(field_sd_hz, b0_tesla),
         regularization=regularization, penalty=penalty, data_penalty=data_penalty,
         max_iterations=max_iterations, tolerance=tolerance, pad_factor=pad_factor,
         data_update=_linear_update, label="TV", progress=progress, cancel=cancel,
@@ -286,6 +293,7 @@ def nltv(
     b0_direction: Sequence[float],
     b0_tesla: float,
     field_weight: Optional[np.ndarray] = None,
+    field_sd_hz: Optional[np.ndarray] = None,
     echo_times_s: Optional[Sequence[float]] = None,
     magnitude: Optional[np.ndarray] = None,
     regularization: Union[float, str] = "auto",
@@ -312,7 +320,7 @@ def nltv(
 
     Parameters
     ----------
-    local_field_hz, mask, voxel_size_mm, b0_direction, b0_tesla, field_weight
+    local_field_hz, mask, voxel_size_mm, b0_direction, b0_tesla, field_weight, field_sd_hz
         As :func:`tv`.
     echo_times_s : sequence of float, optional
         The scan's echo times (s), from which the effective echo time comes.
@@ -350,6 +358,7 @@ def nltv(
     report(progress, 0.0, "Nonlinear TV inversion")
     chi, chosen = _admm_tv(
         hz_to_ppm(local_field_hz, b0_tesla), mask, voxel_size_mm, b0_direction, field_weight,
+        field_sd_ppm=None if field_sd_hz is None else hz_to_ppm(field_sd_hz, b0_tesla),
         regularization=regularization, penalty=penalty, data_penalty=data_penalty,
         max_iterations=max_iterations, tolerance=tolerance, pad_factor=pad_factor,
         data_update=_nonlinear_update(scale, int(newton_iterations)), label="Nonlinear TV",
