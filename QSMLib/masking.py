@@ -226,7 +226,11 @@ def field_jump_islands(
     Edges between face neighbours of the mask whose field differs by more
     than ``jump_hz`` are cut; every connected region except the largest is
     returned, so islands of wrong field at the brain's edge leave the mask
-    whole instead of voxel by voxel.
+    whole instead of voxel by voxel. With ``jump_hz = 0.5 / TE_1`` a cut
+    edge is one whose phase at the first echo steps by more than pi: where
+    the true field does that (steep fields next to air at high field),
+    spatial unwrapping is ambiguous (Itoh's condition), so a region that
+    only such edges join to the brain is not trustworthy either.
 
     Parameters
     ----------

@@ -93,7 +93,7 @@ class QSMProcessingParameterNode:
     backgroundMethod: Annotated[str, Choice(list(Parameters.BACKGROUND_METHODS))] = Parameters.BACKGROUND_METHODS[0]
     backgroundRadiusMm: Annotated[float, WithinRange(1.0, 30.0), Decimals(1)] = 12.0
     inversionMethod: Annotated[str, Choice(list(Parameters.INVERSION_METHODS))] = Parameters.INVERSION_METHODS[0]
-    inversionParameter: Annotated[float, WithinRange(0.0, 1000.0), Decimals(6)] = 100.0
+    inversionParameter: Annotated[float, WithinRange(0.0, 1000.0), Decimals(6)] = 0.0
     referenceMethod: Annotated[str, Choice(list(Parameters.REFERENCE_METHODS))] = Parameters.REFERENCE_METHODS[0]
     outputTotalField: bool = False
     outputLocalField: bool = False
@@ -228,12 +228,13 @@ class QSMProcessingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showInversionMethod(self, method: str) -> None:
         """Name the inversion's main parameter; reset it to the method's default when the user switched."""
         keyword, default = Parameters.INVERSION_MAIN_PARAMETER[method]
+        automatic = Parameters.isAutomatic(method)
         self.ui.inversionParameterLabel.text = keyword.replace("_", " ").capitalize() + (
-            " (0: automatic):" if default is None else ":")
+            " (0: automatic):" if automatic else ":")
         userSwitched = self._shownInversionMethod is not None
         self._shownInversionMethod = method
         if userSwitched:
-            self._parameterNode.inversionParameter = 0.0 if default is None else default
+            self._parameterNode.inversionParameter = 0.0 if automatic else default
 
     def onApplyButton(self) -> None:
         if self._run is not None:

@@ -15,21 +15,28 @@ CUSTOM_PRESET = "custom"
 
 #: Methods offered per stage in the Advanced section (QSMLib registry names).
 UNWRAP_METHODS = ("romeo", "laplacian")
-BACKGROUND_METHODS = ("vsharp", "pdf", "lbv")
-INVERSION_METHODS = ("medi", "tv", "nltv", "rts", "l2", "tkd")
+BACKGROUND_METHODS = ("ismv", "vsharp", "resharp", "pdf", "lbv")
+#: ``tfi`` (the default) inverts the total field: the background method is then not used.
+INVERSION_METHODS = ("tfi", "tv", "nltv", "medi", "rts", "l2", "tkd")
 REFERENCE_METHODS = ("whole_brain", "csf")
 
 #: The one main parameter per method the Advanced section exposes: (keyword, QSMLib default).
-#: A default of None means QSMLib chooses the value itself (shown and entered as 0).
+#: A default of None or "auto" means QSMLib chooses the value itself (shown and entered as 0).
 BACKGROUND_MAIN_PARAMETER = {"vsharp": ("max_radius_mm", 12.0)}
 INVERSION_MAIN_PARAMETER = {
-    "tv": ("regularization", 2e-4),
-    "nltv": ("regularization", 2e-4),
+    "tfi": ("regularization", "auto"),
+    "tv": ("regularization", "auto"),
+    "nltv": ("regularization", "auto"),
     "medi": ("regularization", 100.0),
     "rts": ("delta", 0.15),
     "l2": ("regularization", None),
     "tkd": ("threshold", 0.19),
 }
+
+
+def isAutomatic(inversionMethod: str) -> bool:
+    """Whether QSMLib chooses the inversion's main parameter itself by default (entered as 0)."""
+    return INVERSION_MAIN_PARAMETER[inversionMethod][1] in (None, "auto")
 
 
 def customConfig(
@@ -66,7 +73,7 @@ def customConfig(
     for stage, (method, offered) in choices.items():
         if method not in offered:
             raise ValueError(f"Unknown {stage} method {method!r}; choose one of {', '.join(offered)}.")
-    automatic = INVERSION_MAIN_PARAMETER[inversionMethod][1] is None and inversionParameter == 0
+    automatic = isAutomatic(inversionMethod) and inversionParameter == 0
     if backgroundRadiusMm <= 0 or (inversionParameter <= 0 and not automatic):
         raise ValueError("The background radius and the inversion parameter must be positive.")
     config: dict[str, Any] = {stage: {"method": method, "params": {}} for stage, (method, _) in choices.items()}
