@@ -53,6 +53,7 @@ PIPELINE_INPUTS: dict[str, str] = {
     "field_sd_hz": "noise standard deviation of the echo fit's field per voxel, Hz (0 where undetermined)",
     "romeo_quality": "ROMEO's voxel quality in [0, 1]",
     "total_field_hz": "total field of the echo fit, Hz (for stages after it that do not take it positionally)",
+    "background_removed": "True when the field a single-step inversion gets is already a local field",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",
     "mask": "the brain mask (for stages that do not take it positionally)",
     "labels": "int label map (0 = background), when the user gave one",

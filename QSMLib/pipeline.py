@@ -438,9 +438,10 @@ def run_pipeline_from_field(
         total_field_hz: Optional[np.ndarray] = field_hz
         chi, local_field_hz, local_mask = _invert(run, field_hz, brain_mask, voxel_size_mm, inputs)
     elif single_step:
-        # a single-step method sees a local field as a total field without background
+        # told that the field is already local, a single-step method looks for no outside sources
         total_field_hz = None
-        chi, local_field_hz, local_mask = _invert(run, field_hz, brain_mask, voxel_size_mm, inputs)
+        chi, local_field_hz, local_mask = _invert(run, field_hz, brain_mask, voxel_size_mm,
+                                                  dict(inputs, background_removed=True))
     else:
         local_field_hz, local_mask, total_field_hz = np.where(brain_mask, field_hz, 0), brain_mask, None
         chi = run("inversion", local_field_hz, local_mask, voxel_size_mm, inputs=inputs).chi_ppm

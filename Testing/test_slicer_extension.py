@@ -176,5 +176,7 @@ def test_echo_times_typed_in_ms_become_seconds():
 def test_automatic_l2_regularization_is_left_to_qsmlib():
     config = Parameters.customConfig("romeo", "pdf", 12.0, "l2", 0.0, "csf")
     assert config["inversion"] == {"method": "l2", "params": {}}
+    automatic_tv = Parameters.customConfig("romeo", "pdf", 12.0, "tv", 0.0, "csf")
+    assert automatic_tv["inversion"] == {"method": "tv", "params": {}}
     with pytest.raises(ValueError, match="positive"):
-        Parameters.customConfig("romeo", "pdf", 12.0, "tv", 0.0, "whole_brain")
+        Parameters.customConfig("romeo", "pdf", 12.0, "tkd", 0.0, "whole_brain")

@@ -27,7 +27,8 @@ METHODS = {
     "rts": Method(rts, inputs=_GEOMETRY),
     "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "echo_times_s")),
     # single step: inverts the total field, the pipeline skips background removal
-    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz"), takes_total_field=True),
+    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "background_removed"),
+                  takes_total_field=True),
 }
 
 __all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tfi", "tkd", "tv"]

@@ -50,6 +50,7 @@ def tfi(
     b0_tesla: float,
     field_weight: Optional[np.ndarray] = None,
     field_sd_hz: Optional[np.ndarray] = None,
+    background_removed: bool = False,
     regularization: Union[float, str] = "auto",
     outside_weight: float = 0.1,
     margin_mm: float = 16.0,
@@ -81,6 +82,10 @@ def tfi(
         Reliability of the field per voxel (inverse noise SD, any scale).
     field_sd_hz : numpy.ndarray, optional
         The echo fit's noise SD per voxel (Hz), for ``"auto"``.
+    background_removed : bool
+        The field is already a local field (no outside sources): no warm
+        start, and the outside is regularised like the tissue (then this is
+        linear TV on the padded frame).
     regularization : float or "auto"
         ``lambda`` in ppm mm, as in :func:`QSMLib.inversion.tv.tv`; ``"auto"``
         chooses it from the noise of the field
@@ -101,7 +106,8 @@ def tfi(
         chi is reported on the mask eroded by this much (mm): the outer
         layer's voxels hold partial volumes of bone, air and scalp, which
         TFI reconstructs as the strong sources they are, not as tissue.
-        Default: one voxel (the largest voxel dimension).
+        Default: one voxel (the largest voxel dimension); none when
+        ``background_removed``.
     data_penalty, penalty : float
         ADMM penalties of the data split (``mu``) and gradient split
         (``rho``, default ``300 lambda``), as in :func:`QSMLib.inversion.tv.tv`.
@@ -167,7 +173,11 @@ def tfi(
     weight = frame(data_weight(mask, field_weight))
     weight_squared = weight * weight
     kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
-    chi = _background_sources(field, weight_squared, inside, kernel, shape, pdf_iterations, cancel)
+    if background_removed:
+        outside_weight = 1.0
+        chi = np.zeros(shape, dtype=np.float32)
+    else:
+        chi = _background_sources(field, weight_squared, inside, kernel, shape, pdf_iterations, cancel)
     spectrum = _fft.rfftn(chi)
     spectrum *= kernel
     background = _fft.irfftn(spectrum, shape).astype(np.float32)
@@ -228,7 +238,9 @@ def tfi(
         report(progress, iterations / max_iterations, f"TFI iteration {iterations}, change {change:.1e}")
         if change < tolerance:
             break
-    valid = erode(mask, float(max(voxel_size_mm)) if edge_mm is None else float(edge_mm), voxel_size_mm)
+    if edge_mm is None:
+        edge_mm = 0.0 if background_removed else float(max(voxel_size_mm))
+    valid = erode(mask, float(edge_mm), voxel_size_mm)
     if not valid.any():
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
