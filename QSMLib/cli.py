@@ -70,6 +70,18 @@ class ProgressPrinter:
             sys.stdout.write(json.dumps({"event": kind, **fields}) + "\n")
             sys.stdout.flush()
 
+    def chosen(self, parameters: dict[str, Any]) -> None:
+        """Report what the stages chose from the data (e.g. the inversion's lambda and its rule)."""
+        if not parameters:
+            return
+        if self.mode == "json":
+            self.event("chosen", parameters=parameters)
+        elif self.mode == "bar":
+            self.finish_line()
+            for stage, values in parameters.items():
+                text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+                sys.stderr.write(f"{stage} chose: {text}\n")
+
     def warn(self, message: str) -> None:
         if self.mode == "json":
             self.event("warning", message=message)
@@ -294,6 +306,7 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
         result = run_pipeline(acquisition, config, mask=mask, labels=labels, label_names=names,
                               progress=printer, cancel=cancel)
     _flush_warnings(caught, printer)
+    printer.chosen(result.parameters)
     return write_outputs(args.out, _result_maps(result, requested), affine,
                          roi_rows=result.roi if result.roi else None, provenance=result.provenance(inputs))
 

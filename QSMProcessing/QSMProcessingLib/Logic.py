@@ -166,6 +166,9 @@ class QSMRun:
         elif kind == "warning":
             self.warnings.append(str(event.get("message", "")))
             logging.warning("QSM: %s", event.get("message", ""))
+        elif kind == "chosen":
+            # values QSMLib chose from the data (e.g. the inversion's regularization and its rule)
+            logging.info("QSM chose: %s", json.dumps(event.get("parameters", {}), sort_keys=True))
         elif kind == "done":
             self._outputFiles = {str(k): str(v) for k, v in dict(event.get("outputs", {})).items()}
         elif kind == "error":
