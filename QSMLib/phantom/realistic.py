@@ -275,6 +275,14 @@ class RealisticModel:
             brain_label[is_lesion] = np.where(lesion_value[is_lesion] < 0, _CALC, _HAEM)
             chi_brain = np.where(is_lesion, lesion_value, chi_brain)
         label = np.where(brain, brain_label, label)
+        # the head ends with the model grid (the neck is cut there): air beyond it, not the edge values repeated
+        beyond = np.zeros(shape, bool)
+        for coordinate, origin, n in zip((x, y, z), _ORIGIN_MNI, _MODEL_SHAPE):
+            beyond = beyond | (coordinate < origin) | (coordinate > origin + n - 1)
+        beyond = beyond.reshape(-1)
+        label[beyond] = 0
+        brain[beyond] = False
+        is_vein[beyond] = False
         chi_local = np.where(brain, chi_brain, 0.0).astype(np.float32)
         # veins outside the brain (dural sinuses) are background sources
         outside_vein = ~brain & is_vein & (label != _AIR) & (label != 0)
