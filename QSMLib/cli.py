@@ -65,6 +65,18 @@ class ProgressPrinter:
             sys.stdout.write(json.dumps({"event": kind, **fields}) + "\n")
             sys.stdout.flush()
 
+    def chosen(self, parameters: dict[str, Any]) -> None:
+        """Report what the stages chose from the data (e.g. the inversion's lambda and its rule)."""
+        if not parameters:
+            return
+        if self.mode == "json":
+            self.event("chosen", parameters=parameters)
+        elif self.mode == "bar":
+            self.finish_line()
+            for stage, values in parameters.items():
+                text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+                sys.stderr.write(f"{stage} chose: {text}\n")
+
     def warn(self, message: str) -> None:
         if self.mode == "json":
             self.event("warning", message=message)
@@ -271,6 +283,7 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
     check_output_folder(args.out, run.planned_run_files(inputs, requested), args.overwrite)
     result = run.reconstruct(inputs, config, requested=requested, progress=printer, cancel=cancel)
     _flush_warnings(caught, printer)
+    printer.chosen(result.parameters)
     written = run.write_run(args.out, result, inputs, requested,
                             provenance={"command": " ".join(sys.argv), "config_source": args.config})
     _flush_warnings(caught, printer)

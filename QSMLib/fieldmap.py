@@ -46,6 +46,8 @@ def weighted_linear(
         Frequency offset in Hz.
     maps : dict
         ``fit_residual_rad``: RMS weighted residual (radians) per voxel;
+        ``field_sd_hz``: noise SD of the field per voxel (Hz), from the
+        residuals (with at least one degree of freedom left);
         ``field_weight``: relative reliability in [0, 1] (proportional to the
         inverse standard deviation of the fitted field, 1 at the 99th
         percentile inside ``mask`` or the volume). (The two come as a
@@ -113,7 +115,41 @@ def weighted_linear(
     return FieldMapResult((slope / np.float32(2.0 * np.pi)).astype(np.float32), {
         "fit_residual_rad": residual_rms.astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information), mask),
+        **_field_sd(information, residual_sum, len(times) - (2 if fit_intercept else 1), mask),
     })
+
+
+def _field_sd(
+    information: np.ndarray, residual_sum: np.ndarray, degrees_of_freedom: int, mask: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """``field_sd_hz``: the fitted field's noise SD per voxel, from the fit's own residuals.
+
+    With complex noise of SD ``sigma`` (real and imaginary parts), the
+    weighted residual sum ``sum |S_n|^2 r_n^2`` of a voxel is ``sigma^2``
+    times a chi-square variable with ``echoes - parameters`` degrees of
+    freedom; its median over the tissue (voxels with a mask, or with at
+    least a quarter of the best reliability) divided by that distribution's
+    median estimates ``sigma^2`` robustly, whatever the spatial correlation
+    of the noise. The field's SD is then ``sigma / (2 pi sqrt(information))``
+    Hz (0 where the fit has no information). Nothing is returned when the
+    fit leaves no degree of freedom.
+    """
+    if degrees_of_freedom < 1:
+        return {}
+    root = np.sqrt(np.maximum(information, 0)).astype(np.float32)
+    if mask is not None and np.any(mask):
+        region = np.asarray(mask, dtype=bool) & (root > 0)
+    else:
+        positive = root[root > 0]
+        region = root >= 0.25 * float(np.percentile(positive, 99)) if positive.size else root > 0
+    if not region.any():
+        return {}
+    k = float(degrees_of_freedom)
+    # Wilson-Hilferty: the median of a chi-square with k degrees of freedom
+    chi_square_median = k * (1.0 - 2.0 / (9.0 * k)) ** 3
+    sigma = float(np.sqrt(np.median(residual_sum[region]) / chi_square_median))
+    sd = np.where(root > 0, np.float32(sigma / (2.0 * np.pi)) / np.maximum(root, np.float32(1e-30)), 0)
+    return {"field_sd_hz": sd.astype(np.float32)}
 
 
 def _normalised_weight(inverse_sd: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -254,6 +290,8 @@ def nonlinear_complex(
     return FieldMapResult((slope / two_pi).reshape(shape).astype(np.float32), {
         "fit_residual_rad": residual_rms.reshape(shape).astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information).reshape(shape), mask),
+        **_field_sd(information.reshape(shape), residual_sum.reshape(shape), len(times) - (2 if with_offset else 1),
+                    mask),
     })
 
 

@@ -173,11 +173,11 @@ def test_index_is_well_formed_and_links_only_existing_files(local_run):
 
 def test_methods_names_the_algorithms_parameters_versions_and_papers(local_run):
     text = (local_run["out"] / "methods.md").read_text()
-    for expected in ("`romeo`", "`weighted_linear` (intercept = False)", "`vsharp`", "`tv`", "`whole_brain`",
+    for expected in ("`romeo`", "`weighted_linear` (intercept = False)", "`ismv`", "`tv`", "`whole_brain`",
                      f"QSMLib {__version__}", "3 multi-echo", "2/3/4 echoes", "the `fast` preset"):
         assert expected in text, expected
     # each method's paper, as its own documentation gives it
-    for stage, method in (("background", "vsharp"), ("inversion", "tv")):
+    for stage, method in (("background", "ismv"), ("inversion", "tv")):
         assert method_reference(stage, method) and method_reference(stage, method).rstrip(".") in text
     assert "bipolar" not in text.lower()  # configured but never run: the data are monopolar
     assert "consensus recommendations" not in text  # the fast preset is not the consensus

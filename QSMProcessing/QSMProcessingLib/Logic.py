@@ -255,6 +255,12 @@ class QSMRun:
             self.warnings.append(message)
             logging.warning("QSM: %s", message)
             self._log(f"Warning: {message}")
+        elif kind == "chosen":
+            # values QSMLib chose from the data (e.g. the inversion's regularization and its rule)
+            for stage, values in dict(event.get("parameters", {})).items():
+                text = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                                 for key, value in dict(values).items())
+                self._log(f"{stage} chose from the data: {text}")
         elif kind == "done":
             self._outputFiles = {str(k): str(v) for k, v in dict(event.get("outputs", {})).items()}
         elif kind == "error":
