@@ -73,7 +73,7 @@ def weighted_linear(
     >>> field_hz, maps = weighted_linear(phase, acq.magnitude, acq.echo_times_s, intercept=False)
     >>> error = (field_hz - scan.local_field_hz)[scan.brain_mask]
     >>> bool(abs(error).max() < 0.5), sorted(maps)
-    (True, ['field_weight', 'fit_residual_rad'])
+    (True, ['field_sd_hz', 'field_weight', 'fit_residual_rad'])
     """
     del progress
     check_cancel(cancel)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Sequence, Union
 
 #: Named QSMLib presets the module offers, with the names shown in the Preset box.
 PRESETS = {
