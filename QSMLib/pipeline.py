@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
+from ._threads import check_thread_count, limit_threads
 from ._version import __version__
 from .acquisition import MultiEchoGRE
 from .background import METHODS as BACKGROUND_METHODS
@@ -79,6 +80,10 @@ class PipelineConfig:
     per_echo : bool
         Invert every echo's field separately and average the maps (the
         seed document's approach) instead of fitting one total field first.
+    threads : int
+        Threads of the FFTs (and of BLAS where ``threadpoolctl`` is
+        installed) while the stages run; 0 (default) uses every core. Results
+        do not depend on it.
     """
 
     phase_offset: StageConfig = field(default_factory=lambda: StageConfig("mcpc3ds"))
@@ -92,6 +97,7 @@ class PipelineConfig:
     reference: StageConfig = field(default_factory=lambda: StageConfig("whole_brain"))
     relaxometry: StageConfig = field(default_factory=lambda: StageConfig("none"))
     per_echo: bool = False
+    threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-serialisable)."""
@@ -136,7 +142,8 @@ class PipelineConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Check every method name and parameter name against the registry."""
+        """Check every method name and parameter name against the registry, and the thread count."""
+        check_thread_count(self.threads)
         for stage in REGISTRY:
             choice: StageConfig = getattr(self, stage)
             accepted = _lookup(stage, choice.method).tunable_parameters()
@@ -261,7 +268,8 @@ class _Stages:
         arguments = {name: inputs[name] for name in method.inputs if inputs.get(name) is not None}
         arguments.update({name: control[name] for name in method.accepts_control()})
         began = time.perf_counter()
-        result = method(*data, **arguments, **choice.params)
+        with limit_threads(self.config.threads):
+            result = method(*data, **arguments, **choice.params)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - began
         chosen = getattr(result, "parameters", None)
         if chosen:
@@ -331,7 +339,8 @@ def run_pipeline(
     }
     maps: dict[str, np.ndarray] = {}
 
-    phase = acquisition.phase * np.float32(acquisition.phase_sign)
+    # Stages never write into their inputs: the acquisition's own phase goes in unless its sign flips.
+    phase = acquisition.phase if acquisition.phase_sign == 1 else -acquisition.phase
     for stage in phase_stages:
         phase_result = run(stage, phase, magnitude, echo_times, voxel, inputs=inputs)
         phase = phase_result.phase

@@ -28,8 +28,8 @@ from QSMLib.batch import (
 )
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, main
 from QSMLib.errors import QSMCancelled, QSMInputError
+from QSMLib.io.files import file_checksum
 from QSMLib.io.nifti import read_volume, write_volume
-from QSMLib.io.results import file_checksum
 from QSMLib.phantom import deep_grey_matter_labels, simulate_head
 from QSMLib.pipeline import load_config
 from QSMLib.report import method_reference
