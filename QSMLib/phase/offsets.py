@@ -24,6 +24,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from .._morphology import otsu_threshold
+from .._parallel import for_each_slab
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from .._wrapping import exclude_non_finite, wrap_in_place
 from ..contract import PhaseResult
@@ -258,9 +259,14 @@ def mcpc3ds(
     del hip, signal_first
     report(progress, 0.7, "MCPC-3D-S: removing the offset")
     corrected = np.empty_like(phase)
-    for echo in range(phase.shape[0]):
-        check_cancel(cancel)
-        corrected[echo] = wrap_in_place(phase[echo] - offset)
-    corrected[:, invalid] = np.nan
+
+    def correct_slab(slab: slice) -> None:
+        for echo in range(phase.shape[0]):
+            check_cancel(cancel)
+            corrected[echo, slab] = wrap_in_place(phase[echo, slab] - offset[slab])
+
+    for_each_slab(correct_slab, phase.shape[1])
+    if invalid.any():
+        corrected[:, invalid] = np.nan
     report(progress, 1.0, "MCPC-3D-S done")
     return PhaseResult(corrected, {"phase_offset_rad": offset})

@@ -8,10 +8,12 @@ range is mapped linearly onto [-pi, pi); no values are inserted or clipped.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Optional
 
 import numpy as np
 
+from .._threads import thread_count
 from ..errors import QSMInputError
 
 PhaseScale = Literal["auto", "radians", "degrees", "integer", "range"]
@@ -180,7 +182,8 @@ def phase_to_radians(
     elif out.shape != values.shape or out.dtype != np.float32:
         raise QSMInputError(f"out must be a float32 array of the phase's shape {values.shape}.")
     half_period, start = integer_phase_range(low, high) if applied == "integer" else (0.0, 0.0)
-    for piece in _volumes(values.shape):
+
+    def convert(piece: tuple) -> None:
         radians = values[piece].astype(np.float64)
         if applied == "degrees":
             np.deg2rad(radians, out=radians)
@@ -198,4 +201,9 @@ def phase_to_radians(
         np.mod(radians, 2.0 * np.pi, out=radians)
         radians -= np.pi
         out[piece] = radians
+
+    pieces = _volumes(values.shape)
+    # Volumes are independent: convert them side by side (NumPy releases the GIL in its loops).
+    with ThreadPoolExecutor(max(1, min(thread_count(), len(pieces)))) as pool:
+        list(pool.map(convert, pieces))
     return out, applied
