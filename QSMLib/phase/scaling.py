@@ -169,7 +169,7 @@ def phase_to_radians(
     Examples
     --------
     >>> radians, applied = phase_to_radians(np.array([-4096, 0, 2048, 4095]), "integer")
-    >>> applied, radians.round(4).tolist()
+    >>> applied, [round(float(value), 4) for value in radians]
     ('integer', [-3.1416, 0.0, 1.5708, 3.1408])
     """
     values = np.asarray(phase)
