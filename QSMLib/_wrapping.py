@@ -42,7 +42,11 @@ def exclude_non_finite(phase: np.ndarray, magnitude: np.ndarray) -> tuple[np.nda
     """
     phase = np.asarray(phase, dtype=np.float32)
     magnitude = np.asarray(magnitude, dtype=np.float32)
-    invalid = np.any(~np.isfinite(phase), axis=0) | np.any(~np.isfinite(magnitude), axis=0)
+    # An echo at a time: no 4D boolean temporaries (this check runs in every phase stage).
+    invalid = np.zeros(phase.shape[1:], dtype=bool)
+    for echo in range(phase.shape[0]):
+        invalid |= ~np.isfinite(phase[echo])
+        invalid |= ~np.isfinite(magnitude[echo])
     if invalid.any():
         phase = np.where(invalid, np.float32(0.0), phase)
         magnitude = np.where(invalid, np.float32(0.0), magnitude)
