@@ -49,10 +49,12 @@ def _child(bids_root: str, out_dir: str, config_name: str) -> None:
 
 
 def _simulate(voxel_size_mm: float, echoes: int):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _head import realistic_head
+    """The benchmark head (a 256 x 256 x 176 mm field of view, echoes every 4 ms) at ``voxel_size_mm``."""
+    from QSMLib.phantom import simulate_head
 
-    return realistic_head(echoes, voxel_size_mm)[0].acquisition
+    echo_times = tuple(0.004 + 0.004 * n for n in range(echoes))
+    return simulate_head(voxel_size_mm=(voxel_size_mm,) * 3, fov_mm=(256.0, 256.0, 176.0),
+                         echo_times_s=echo_times).acquisition
 
 
 def _write_dataset(root: Path, acquisition, echoes: int) -> None:

@@ -26,7 +26,7 @@ import scipy.ndimage as ndi
 from .._morphology import otsu_threshold
 from .._parallel import for_each_slab
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
-from .._wrapping import exclude_non_finite, wrap_in_place
+from .._wrapping import exclude_non_finite, polar, wrap_in_place
 from ..contract import PhaseResult
 from ..errors import QSMInputError
 from ..unwrap.romeo import romeo_unwrap_volume
@@ -247,8 +247,8 @@ def mcpc3ds(
     phase, magnitude, invalid = exclude_non_finite(phase, magnitude)
     first, second = check_echo_pair(echo_times_s, phase.shape[0], offset_echoes)
     report(progress, 0.0, "MCPC-3D-S: estimating the phase offset")
-    signal_first = (magnitude[first] * np.exp(1j * phase[first])).astype(np.complex64)
-    signal_second = (magnitude[second] * np.exp(1j * phase[second])).astype(np.complex64)
+    signal_first = polar(magnitude[first], phase[first])
+    signal_second = polar(magnitude[second], phase[second])
     hip = signal_second * np.conj(signal_first)
     del signal_second
     ratio = echo_times_s[first] / (echo_times_s[second] - echo_times_s[first])
