@@ -20,6 +20,12 @@ PhaseScale = Literal["auto", "radians", "degrees", "integer", "range"]
 
 #: Relative tolerance when comparing a data range with a known convention.
 _RANGE_TOLERANCE = 0.05
+#: The float32 values next to -pi (the first at or above it) and below pi: float32 radians in between are
+#: already wrapped.
+_FLOAT32_BELOW_MINUS_PI = np.nextafter(np.float32(-np.pi), np.float32(0.0))
+_FLOAT32_BELOW_PI = np.nextafter(np.float32(np.pi), np.float32(0.0))
+#: Below this magnitude (and above 0) ``(x + pi) - pi`` in double precision no longer rounds back to float32 x.
+_TINY_RADIANS = np.float32(2.0e-8)
 
 
 def detect_phase_scale(phase: np.ndarray) -> str:
@@ -184,6 +190,19 @@ def phase_to_radians(
     half_period, start = integer_phase_range(low, high) if applied == "integer" else (0.0, 0.0)
 
     def convert(piece: tuple) -> None:
+        if applied == "radians" and values.dtype == np.float32:
+            # float32 radians in [-pi, pi) come out of the double-precision wrap unchanged, except
+            # values so close to 0 that adding pi loses their bits: only those (and any outside) are computed.
+            kept = values[piece]
+            recompute = (kept < _FLOAT32_BELOW_MINUS_PI) | (kept > _FLOAT32_BELOW_PI) | (
+                (np.abs(kept) < _TINY_RADIANS) & (kept != 0))
+            if out is not values:
+                out[piece] = kept
+            if recompute.any():
+                radians = kept[recompute].astype(np.float64) + np.pi
+                with np.errstate(invalid="ignore"):  # infinite stays non-finite (NaN)
+                    out[piece][recompute] = np.mod(radians, 2.0 * np.pi) - np.pi
+            return
         radians = values[piece].astype(np.float64)
         if applied == "degrees":
             np.deg2rad(radians, out=radians)
@@ -198,7 +217,8 @@ def phase_to_radians(
                 radians -= low
                 radians *= 2.0 * np.pi / (high - low)
         radians += np.pi
-        np.mod(radians, 2.0 * np.pi, out=radians)
+        with np.errstate(invalid="ignore"):  # infinite stays non-finite (NaN)
+            np.mod(radians, 2.0 * np.pi, out=radians)
         radians -= np.pi
         out[piece] = radians
 
