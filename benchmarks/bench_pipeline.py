@@ -19,7 +19,9 @@ fresh child process, which reports for itself:
   sampled every 10 ms within each segment;
 - a cProfile of the run (the slowest functions by cumulative time and by
   own time; ``--profile-top 0`` runs without the profiler, whose overhead
-  is a few per cent).
+  is a few per cent). cProfile sees the main thread only: work that QSMLib
+  hands to its threads (reading files, slab-parallel stages, writing) shows
+  there as waiting (``acquire``), and is in the segments' CPU times.
 
 Stage boundaries come from the progress events ``qsm run --progress json``
 emits. The machine's load average before and after is printed, because wall
@@ -252,7 +254,8 @@ def main() -> None:
     for warning in report["warnings"]:
         print(f"  warning: {warning}")
     if report["profile"]:
-        print("\nprofile (cProfile, seconds of wall time; by cumulative time, then by own time):")
+        print("\nprofile (cProfile of the main thread, seconds of wall time; by cumulative time, then by own "
+              "time; 'acquire' is waiting for QSMLib's worker threads):")
         print(_shorten(report["profile"]))
 
 
