@@ -437,6 +437,18 @@ def test_local_cluster_is_sized_by_cores_tasks_and_memory():
     assert too_big.n_workers == 1 and "may run out of memory" in too_big.note
 
 
+def test_the_thread_count_does_not_make_finished_acquisitions_stale(tmp_path):
+    from QSMLib.batch.tasks import task_signature
+
+    image = tmp_path / "sub-01_echo-1_part-mag_MEGRE.nii.gz"
+    image.write_bytes(b"data")
+    acquisition = Acquisition(entities=(("sub", "01"),), magnitude=(str(image),), phase=(str(image),))
+    config = load_config("fast").to_dict()
+    signature = task_signature(acquisition, {**config, "threads": 1}, [], 1)
+    assert signature == task_signature(acquisition, {**config, "threads": 4}, [], 1)
+    assert signature != task_signature(acquisition, {**config, "per_echo": True}, [], 1)
+
+
 def test_workers_times_threads_stay_within_the_cores():
     gib = 2**30
     for workers, threads, tasks in [(None, 0, 10), (None, 0, 3), (None, 2, 10), (4, 0, 10), (2, 4, 10), (3, 3, 10)]:
