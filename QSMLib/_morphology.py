@@ -40,7 +40,25 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample (maximises between-class variance)."""
+    """Otsu's threshold of a 1D sample (maximises between-class variance).
+
+    A sample without spread (all values equal to float precision, e.g. the
+    magnitude of a noise-free uniform object) has no two classes: its
+    value is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> values = np.array([1.0, 1.0, 1.0, 5.0, 5.0, 5.0])
+    >>> (values > otsu_threshold(values)).tolist()
+    [False, False, False, True, True, True]
+    >>> otsu_threshold(np.full(10, 0.7, np.float32))
+    0.699999988079071
+    """
+    values = np.asarray(values)
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 1e-6 * max(abs(low), abs(high), 1e-30):
+        return low
     histogram, edges = np.histogram(values, bins=bins)
     centres = 0.5 * (edges[:-1] + edges[1:])
     weight_low = np.cumsum(histogram)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -11,6 +12,151 @@ import numpy as np
 from ._progress import CancelToken, ProgressCallback
 from .dipole import unit_vector
 from .errors import QSMInputError, QSMWarning
+from .units import GAMMA_BAR_HZ_PER_T
+
+#: Echo times that gradient-echo QSM can have, seconds: from ultrashort readouts (tens of
+#: microseconds) to the longest useful echo (brain T2* is 20-70 ms; by 200 ms nothing is left).
+ECHO_TIME_RANGE_S = (1e-5, 0.2)
+#: Share of negative magnitude voxels above which the image cannot be a magnitude (interpolated or
+#: denoised magnitudes may dip a little below 0; phase in the magnitude's place is negative in half).
+MAX_NEGATIVE_MAGNITUDE_FRACTION = 0.05
+#: Field strengths of MRI scanners, tesla (very low field systems to preclinical magnets).
+FIELD_STRENGTH_RANGE_T = (0.05, 25.0)
+
+
+def check_echo_times(
+    echo_times_s: Sequence[float], *, n_echoes: Optional[int] = None, source: str = "echo times"
+) -> tuple[float, ...]:
+    """Validate echo times in seconds: numbers, positive, increasing and plausible for GRE.
+
+    The one check shared by every way in (``--te``, BIDS sidecars, the Slicer
+    module, field maps' sidecars): values outside :data:`ECHO_TIME_RANGE_S`
+    are refused with the unit mistake they most likely come from.
+
+    Parameters
+    ----------
+    echo_times_s : sequence of float
+        Echo times, seconds.
+    n_echoes : int, optional
+        How many there must be.
+    source : str
+        Where they came from (``--te``, ``the JSON sidecars``...), for the message.
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    QSMInputError
+        Naming the problem and the fix.
+
+    Examples
+    --------
+    >>> check_echo_times([0.004, 0.008])
+    (0.004, 0.008)
+    >>> check_echo_times([4, 8])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    QSMLib.errors.QSMInputError: Echo times [4.0, 8.0] (echo times) look like milliseconds: give them in seconds...
+    """
+    try:
+        times = np.asarray(echo_times_s, dtype=np.float64)
+        if times.ndim > 1:
+            raise ValueError
+        times = times.reshape(-1)
+    except (TypeError, ValueError):
+        raise QSMInputError(f"Echo times ({source}) must be numbers in seconds, got {echo_times_s!r}.") from None
+    if n_echoes is not None and times.size != n_echoes:
+        raise QSMInputError(
+            f"{times.size} echo time(s) given for {n_echoes} echo(es) ({source}): give exactly one echo "
+            "time per echo (seconds), e.g. --te 0.004,0.008,0.012."
+        )
+    if times.size == 0:
+        raise QSMInputError(f"No echo times ({source}): give them in seconds, e.g. --te 0.004,0.008,0.012.")
+    listed = times.tolist()
+    if not np.all(np.isfinite(times)) or np.any(times <= 0):
+        raise QSMInputError(f"Echo times must be positive seconds, got {listed} ({source}).")
+    if np.any(np.diff(times) <= 0):
+        raise QSMInputError(
+            f"Echo times must be strictly increasing, got {listed} ({source}): list the echoes in acquisition order."
+        )
+    low, high = ECHO_TIME_RANGE_S
+    if times.max() > 1.0:
+        raise QSMInputError(
+            f"Echo times {listed} ({source}) look like milliseconds: give them in seconds, e.g. "
+            f"{', '.join(f'{t / 1000:g}' for t in times)}."
+        )
+    in_ms = ", ".join(f"{1000 * t:g}" for t in times)
+    if times.max() > high:
+        raise QSMInputError(
+            f"Echo times {in_ms} ms ({source}) are longer than gradient-echo QSM uses (up to {1000 * high:g} ms; "
+            f"brain T2* is 20-70 ms). A slipped decimal point? Divided by 100 they would be "
+            f"{', '.join(f'{10 * t:g}' for t in times)} ms. Give the echo times in seconds, e.g. 0.004."
+        )
+    if times.min() < low:
+        raise QSMInputError(
+            f"Echo times {', '.join(f'{1e6 * t:g}' for t in times)} microseconds ({source}) are shorter than any "
+            f"gradient-echo readout (at least {1e6 * low:g} us): they look converted from milliseconds to seconds "
+            f"twice. Times 1000 they would be {', '.join(f'{1e6 * t:g}' for t in times)} ms, i.e. "
+            f"{', '.join(f'{1000 * t:g}' for t in times)} s."
+        )
+    return tuple(float(t) for t in times)
+
+
+def check_field_strength(b0_tesla: float, *, source: str = "field strength") -> float:
+    """Validate the main field strength in tesla; implausible values name the likely unit mistake.
+
+    Shared by every way in (``--b0``, sidecar ``MagneticFieldStrength`` and
+    ``ImagingFrequency``, field-map runs, the phantom).
+
+    Parameters
+    ----------
+    b0_tesla : float
+        Field strength, tesla.
+    source : str
+        Where it came from, for the message.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    QSMInputError
+        Outside :data:`FIELD_STRENGTH_RANGE_T`, not a number, or not finite.
+
+    Examples
+    --------
+    >>> check_field_strength(2.89)
+    2.89
+    """
+    try:
+        value = float(b0_tesla)
+    except (TypeError, ValueError):
+        raise QSMInputError(f"The field strength ({source}) must be a number in tesla, got {b0_tesla!r}.") from None
+    if isinstance(b0_tesla, bool):
+        raise QSMInputError(f"The field strength ({source}) must be a number in tesla, got {b0_tesla!r}.")
+    low, high = FIELD_STRENGTH_RANGE_T
+    if math.isfinite(value) and low <= value <= high:
+        return value
+    if not math.isfinite(value) or value == 0:
+        hint = "Give B0 in tesla, e.g. --b0 3."
+    elif value < 0:
+        hint = ("B0 is positive: give it in tesla, e.g. --b0 3 (the handedness of the phase is set with "
+                "--phase-sign, not with the sign of B0).")
+    elif value > high:
+        as_frequency = value * 1e6 / GAMMA_BAR_HZ_PER_T
+        readings = [f"as {unit} it would be {tesla:.3g} T" for unit, tesla in (
+            ("a proton imaging frequency in MHz", as_frequency), ("gauss", value / 1e4), ("millitesla", value / 1e3))
+            if low <= tesla <= high]
+        hint = (f"Read {'; or '.join(readings)}. " if readings else "") + "Give B0 in tesla, e.g. --b0 3."
+    else:
+        hint = (f"Times 1000 it would be {1000 * value:.3g} T. " if low <= 1000 * value <= high else "") + (
+            "Give B0 in tesla, e.g. --b0 3.")
+    raise QSMInputError(
+        f"Field strength {value:g} T ({source}) is not a plausible MRI field ({low:g}-{high:g} T). {hint}"
+    )
 
 
 def b0_direction_from_affine(affine: np.ndarray) -> np.ndarray:
@@ -72,6 +218,15 @@ class MultiEchoGRE:
     invalid_voxels : numpy.ndarray of bool, shape (n0, n1, n2)
         Voxels where any echo of either image was not finite. Their values
         are set to 0 and they are excluded from every mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> magnitude = np.ones((3, 8, 8, 8), np.float32)
+    >>> phase = np.random.default_rng(0).uniform(-np.pi, np.pi, (3, 8, 8, 8)).astype(np.float32)
+    >>> acquisition = MultiEchoGRE(magnitude, phase, (0.004, 0.008, 0.012), 3.0, voxel_size_mm=(1.0, 1.0, 2.0))
+    >>> acquisition.n_echoes, acquisition.spatial_shape, acquisition.b0_direction
+    (3, (8, 8, 8), (0.0, 0.0, 1.0))
     """
 
     magnitude: np.ndarray
@@ -93,31 +248,8 @@ class MultiEchoGRE:
                 f"Magnitude has shape {self.magnitude.shape} but phase has shape {self.phase.shape}: "
                 "they must match (echo, x, y, z). Check that both files come from the same series."
             )
-        n_echoes = self.phase.shape[0]
-        echo_times = np.asarray(self.echo_times_s, dtype=np.float64).reshape(-1)
-        if echo_times.size != n_echoes:
-            raise QSMInputError(
-                f"{echo_times.size} echo time(s) given for {n_echoes} echo(es): give exactly one echo "
-                "time per echo (seconds), e.g. --te 0.004,0.008,0.012."
-            )
-        if not np.all(np.isfinite(echo_times)) or np.any(echo_times <= 0):
-            raise QSMInputError(f"Echo times must be positive seconds, got {echo_times.tolist()}.")
-        if np.any(np.diff(echo_times) <= 0):
-            raise QSMInputError(
-                f"Echo times must be strictly increasing, got {echo_times.tolist()}: "
-                "list the echoes in acquisition order."
-            )
-        if np.max(echo_times) > 1.0:
-            raise QSMInputError(
-                f"Echo times {echo_times.tolist()} look like milliseconds: give them in seconds."
-            )
-        self.echo_times_s = tuple(float(t) for t in echo_times)
-
-        if not np.isfinite(self.b0_tesla) or not 0.05 <= float(self.b0_tesla) <= 20.0:
-            raise QSMInputError(
-                f"Field strength {self.b0_tesla!r} T is not plausible: give B0 in tesla (e.g. 3)."
-            )
-        self.b0_tesla = float(self.b0_tesla)
+        self.echo_times_s = check_echo_times(self.echo_times_s, n_echoes=self.phase.shape[0])
+        self.b0_tesla = check_field_strength(self.b0_tesla)
         if self.phase_sign not in (1, -1):
             raise QSMInputError(f"phase_sign must be +1 or -1, got {self.phase_sign!r}.")
 
@@ -267,8 +399,19 @@ class MultiEchoGRE:
                     f"Phase of echo {echo + 1} is constant ({low:g}): this is not phase data. "
                     "Check that the phase and magnitude files are not swapped or blank."
                 )
-        if not any(np.any((echo if valid is None else echo[valid]) > 0) for echo in self.magnitude):
-            raise QSMInputError("Magnitude is zero everywhere: check the magnitude file.")
+        # Invalid voxels hold 0 by now, so whole-echo counts need no masked copy of the magnitude.
+        n_valid = self.invalid_voxels.size - int(np.count_nonzero(self.invalid_voxels))
+        negative = sum(int(np.count_nonzero(echo < 0)) for echo in self.magnitude) / (self.n_echoes * n_valid)
+        if not any(np.any(echo > 0) for echo in self.magnitude):
+            raise QSMInputError(
+                "Magnitude is negative everywhere: magnitude images are never negative. Check the magnitude file "
+                "and that magnitude and phase are not swapped." if negative == 1.0 else
+                "Magnitude is zero everywhere (or zero and negative): check the magnitude file.")
+        if negative > MAX_NEGATIVE_MAGNITUDE_FRACTION:
+            raise QSMInputError(
+                f"Magnitude is negative in {100 * negative:.0f} % of the voxels, as phase is: magnitude images are "
+                "never negative. Check that magnitude and phase are not swapped (--mag, --phase)."
+            )
 
 
 def _as_echo_array(values: np.ndarray, name: str) -> np.ndarray:

@@ -3,12 +3,18 @@
 Exit codes: 0 success, 2 bad input (one-paragraph message, no traceback),
 3 some acquisitions of a cohort (or DICOM series) failed and the others
 succeeded, 130 cancelled, 1 internal error.
+
+A reader that goes away (``qsm bids ... | head -1``) does not stop the
+work: output to the closed pipe stops quietly, the run finishes, and the
+exit code is the run's own (0 when it succeeded).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import signal
 import sys
 import threading
@@ -71,6 +77,45 @@ class ProgressPrinter:
         if self.mode == "bar" and self.last_fraction >= 0:
             sys.stderr.write("\n")
             self.last_fraction = -1.0
+
+
+class QuietPipe:
+    """A text stream that goes quiet when its reader has gone (a closed pipe) instead of raising.
+
+    The file descriptor is pointed at the null device, so that the
+    interpreter's final flush does not complain either.
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self.reader_gone = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # not a real file (tests)
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _parse_floats(text: str, what: str) -> list[float]:
@@ -158,35 +203,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``qsm`` console script."""
-    args = build_parser().parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = QuietPipe(sys.stdout), QuietPipe(sys.stderr)
+    try:
+        return _main(build_parser().parse_args(argv))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main(args: argparse.Namespace) -> int:
     mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
     printer = ProgressPrinter(mode)
     cancel = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             handlers: dict[str, Callable[..., dict]] = {
                 "demo": _demo, "run": _run, "bids": _bids, "dicom2bids": _dicom2bids}
             outputs = handlers[args.command](args, printer, cancel, caught)
+        _flush_warnings(caught, printer)
         printer.finish_line()
         printer.event("done", outputs={k: str(v) for k, v in outputs.items()})
         return EXIT_OK
     except QSMInputError as error:
-        return _fail(printer, EXIT_INPUT, f"Error: {error}")
+        return _fail(printer, caught, EXIT_INPUT, f"Error: {error}")
     except SomeFailed as failed:
-        return _fail(printer, EXIT_SOME_FAILED, f"Error: {failed}")
+        return _fail(printer, caught, EXIT_SOME_FAILED, f"Error: {failed}")
     except (QSMCancelled, KeyboardInterrupt):
         detail = ("acquisitions that finished before are complete; a rerun does the rest"
                   if args.command == "bids" else "no output was written")
-        return _fail(printer, EXIT_CANCELLED, f"Cancelled: {detail}.")
+        return _fail(printer, caught, EXIT_CANCELLED, f"Cancelled: {detail}.")
     except MemoryError:
-        return _fail(printer, EXIT_INTERNAL, "Out of memory: process a smaller volume or free memory.")
+        return _fail(printer, caught, EXIT_INTERNAL, "Out of memory: process a smaller volume or free memory.")
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fail(printer: ProgressPrinter, code: int, message: str) -> int:
+def _fail(printer: ProgressPrinter, caught: list, code: int, message: str) -> int:
+    _flush_warnings(caught, printer)  # what was noticed before the failure can explain it
     printer.finish_line()
     printer.event("error", message=message)
     sys.stderr.write(message + "\n")
@@ -244,7 +302,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     from . import metrics
     from .io.nifti import write_volume
     from .phantom import BRAIN_LABELS, deep_grey_matter_labels, simulate_head
-    from .report import qc_montage, write_png
+    from .report import reconstruction_qc, write_png
 
     config = _load_config(args)
     out = check_output_folder(args.out, planned_files([], True) + ["qc.png"], args.overwrite)
@@ -256,11 +314,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     result = run_pipeline(acquisition, config, labels=labels, label_names=brain_labels,
                           progress=printer, cancel=cancel)
     _flush_warnings(caught, printer)
-    qc = qc_montage(
-        [("magnitude", acquisition.magnitude[0], None), ("total field (Hz)", result.total_field_hz, None),
-         ("local field (Hz)", result.local_field_hz, None), ("chi (ppm)", result.chi_ppm, (-0.15, 0.25))],
-        acquisition.affine, mask=result.mask,
-    )
+    qc = reconstruction_qc(result, acquisition, name=f"QSM demo, head phantom{', oblique' if args.oblique else ''}")
     inputs_dir = out / "inputs"
     inputs_dir.mkdir(parents=True, exist_ok=True)
     for name, volume in (("magnitude", acquisition.magnitude), ("phase", acquisition.phase)):
@@ -291,7 +345,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
         print("  chi vs truth: " + ", ".join(f"{k} {v:.3g}" for k, v in accuracy.items()))
         print("  deep grey matter ROI mean error (ppb): " + ", ".join(f"{k} {v:+.1f}" for k, v in errors.items()))
         print(f"  outputs in {out.resolve()} (qc.png: rows magnitude, total field, local field, chi; "
-              "columns axial, coronal, sagittal)")
+              "columns axial, coronal, sagittal; each row's window on its colour bar)")
         print(f"  inputs for 'qsm run' in {inputs_dir.resolve()}")
     return outputs
 
@@ -304,12 +358,15 @@ def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
         if record["status"] == "failed" and printer.mode != "json":
             printer.warn(f"{record['name']} failed: {record['reason']}")
 
+    def progress(fraction: float, message: str) -> None:
+        _flush_warnings(caught, printer)  # e.g. about the dataset, shown before hours of work, not after
+        printer(fraction, message)
+
     summary = run_cohort(
         args.bids_root, args.out_dir, participant_labels=args.participant_label, config=args.config,
         outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
         phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
-        threads=args.threads,
-        progress=printer, on_record=on_record, cancel=cancel,
+        threads=args.threads, progress=progress, on_record=on_record, cancel=cancel,
     )
     _flush_warnings(caught, printer)
     printer.finish_line()

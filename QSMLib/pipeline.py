@@ -22,9 +22,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
-from ._threads import check_thread_count, limit_threads
+from ._threads import limit_threads
+from ._validation import check_parameter
 from ._version import __version__
-from .acquisition import MultiEchoGRE
+from .acquisition import MultiEchoGRE, check_field_strength
 from .background import METHODS as BACKGROUND_METHODS
 from .contract import Method
 from .errors import QSMInputError, QSMWarning
@@ -61,7 +62,13 @@ _STAGE_WEIGHTS = {
 
 @dataclass
 class StageConfig:
-    """One stage: the method's registry name and keyword arguments for it."""
+    """One stage: the method's registry name and keyword arguments for it.
+
+    Examples
+    --------
+    >>> StageConfig("vsharp", {"max_radius_mm": 10.0})
+    StageConfig(method='vsharp', params={'max_radius_mm': 10.0})
+    """
 
     method: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +91,14 @@ class PipelineConfig:
         Threads of the FFTs (and of BLAS where ``threadpoolctl`` is
         installed) while the stages run; 0 (default) uses every core. Results
         do not depend on it.
+
+    Examples
+    --------
+    >>> config = PipelineConfig.from_dict({"inversion": {"method": "tv", "params": {"max_iterations": 80}}})
+    >>> config.inversion
+    StageConfig(method='tv', params={'max_iterations': 80})
+    >>> PipelineConfig.from_json(config.to_json()) == config
+    True
     """
 
     phase_offset: StageConfig = field(default_factory=lambda: StageConfig("mcpc3ds"))
@@ -109,50 +124,108 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
-        """Build from plain data; unknown keys, stages or methods raise :class:`QSMInputError`."""
+        """Build from plain data; anything unknown or of the wrong type raises :class:`QSMInputError`.
+
+        Every problem is listed in one message (stage, method, parameter,
+        the value received and what is allowed); see :meth:`validate`.
+        """
         if not isinstance(data, Mapping):
-            raise QSMInputError("A pipeline configuration must be a JSON object.")
+            raise QSMInputError(f"A pipeline configuration must be a JSON object, got {_json_kind(data)}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise QSMInputError(
-                f"Unknown configuration key(s) {sorted(unknown)}; allowed: {sorted(known)}."
-            )
+        problems = [f"Unknown configuration key {key!r}; allowed: {', '.join(sorted(known))}"
+                    for key in data if key not in known]
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             if name in REGISTRY:
-                if isinstance(value, str):
-                    value = {"method": value}
-                if not isinstance(value, Mapping) or "method" not in value:
-                    raise QSMInputError(f"Stage {name!r} needs {{\"method\": ..., \"params\": {{...}}}}.")
-                kwargs[name] = StageConfig(str(value["method"]), dict(value.get("params") or {}))
-            else:
+                stage = _stage_from_data(name, value, problems)
+                if stage is not None:
+                    kwargs[name] = stage
+            elif name in known:
                 kwargs[name] = value
+        if problems:
+            raise QSMInputError(_problem_text(problems))
         config = cls(**kwargs)
         config.validate()
         return config
 
     @classmethod
-    def from_json(cls, text: str) -> PipelineConfig:
-        """Parse JSON text (see :meth:`from_dict`)."""
+    def from_json(cls, text: Union[str, bytes]) -> PipelineConfig:
+        """Parse JSON text, or bytes in UTF-8, UTF-16 or UTF-32 (see :meth:`from_dict`)."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (ValueError, RecursionError) as error:  # syntax, encoding, or absurd nesting
             raise QSMInputError(f"The configuration is not valid JSON: {error}.") from None
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Check every method name and parameter name against the registry, and the thread count."""
-        check_thread_count(self.threads)
+        """Check every method name, parameter name, type and range against the registry, and the thread count.
+
+        Parameter values are checked against their method's signature and
+        documented choices (:func:`QSMLib._validation.check_parameter`); a
+        whole-number float given for an integer parameter is stored as int.
+        """
+        problems = []
+        if not isinstance(self.per_echo, bool):
+            problems.append(f"per_echo must be true or false, got {json.dumps(self.per_echo, default=repr)}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            problems.append(f"threads must be a whole number >= 0 (0 = every core), got "
+                            f"{json.dumps(self.threads, default=repr)}")
         for stage in REGISTRY:
-            choice: StageConfig = getattr(self, stage)
-            accepted = _lookup(stage, choice.method).tunable_parameters()
-            unknown = set(choice.params) - accepted
-            if unknown:
-                raise QSMInputError(
-                    f"Stage {stage!r}, method {choice.method!r} has no parameter(s) {sorted(unknown)}; "
-                    f"it accepts {sorted(accepted)}."
-                )
+            choice = getattr(self, stage)
+            if not isinstance(choice, StageConfig) or not isinstance(choice.method, str):
+                problems.append(f"Stage {stage!r} must be a StageConfig(method, params), got {choice!r}")
+                continue
+            if choice.method not in REGISTRY[stage]:
+                problems.append(f"Unknown {stage} method {choice.method!r}; available: "
+                                f"{', '.join(sorted(REGISTRY[stage]))}")
+                continue
+            if not isinstance(choice.params, dict):
+                problems.append(f"Stage {stage!r}: params must be an object, got {choice.params!r}")
+                continue
+            entry = REGISTRY[stage][choice.method]
+            accepted = entry.tunable_parameters()
+            for name, value in choice.params.items():
+                if name not in accepted:
+                    problems.append(f"Stage {stage!r}, method {choice.method!r} has no parameter {name!r}; it "
+                                    f"accepts {', '.join(sorted(accepted)) or 'none'}")
+                    continue
+                checked, allowed = check_parameter(entry.function, name, value)
+                if allowed is not None:
+                    problems.append(f"Stage {stage!r}, method {choice.method!r}, parameter {name!r}: got "
+                                    f"{json.dumps(value, default=repr)}, allowed: {allowed}")
+                else:
+                    choice.params[name] = checked
+        if problems:
+            raise QSMInputError(_problem_text(problems))
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _problem_text(problems: Sequence[str]) -> str:
+    if len(problems) == 1:
+        return f"{problems[0]}."
+    return "Invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _stage_from_data(stage: str, value: Any, problems: list[str]) -> Optional[StageConfig]:
+    """A stage's ``"method"`` or ``{"method": ..., "params": {...}}``, or None with the problem noted."""
+    if isinstance(value, str):
+        value = {"method": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("method"), str):
+        problems.append(f'Stage {stage!r} needs "method name" or {{"method": "name", "params": {{...}}}}, '
+                        f"got {json.dumps(value, default=repr)}")
+        return None
+    extra = sorted(set(value) - {"method", "params"})
+    if extra:
+        problems.append(f"Stage {stage!r} has unknown key(s) {extra}; a stage has only \"method\" and \"params\"")
+    params = value.get("params")
+    if params is not None and not isinstance(params, Mapping):
+        problems.append(f"Stage {stage!r}: params must be an object of parameter names and values, got "
+                        f"{json.dumps(params, default=repr)}")
+        return None
+    return StageConfig(value["method"], dict(params or {}))
 
 
 def _lookup(stage: str, method: str) -> Method:
@@ -181,7 +254,13 @@ DEFAULT_PRESET = "consensus"
 
 
 def load_config(name_or_path: Union[str, Path, None]) -> PipelineConfig:
-    """A preset by name, or a JSON configuration file (partial files inherit the defaults)."""
+    """A preset by name, or a JSON configuration file (partial files inherit the defaults).
+
+    Examples
+    --------
+    >>> load_config("fast").inversion.method
+    'tv'
+    """
     if name_or_path is None:
         return PRESETS[DEFAULT_PRESET]()
     text = str(name_or_path)
@@ -192,7 +271,14 @@ def load_config(name_or_path: Union[str, Path, None]) -> PipelineConfig:
         raise QSMInputError(
             f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing JSON configuration file."
         )
-    return PipelineConfig.from_json(path.read_text())
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise QSMInputError(f"Cannot read the configuration file {path} ({error.strerror}).") from None
+    try:
+        return PipelineConfig.from_json(content)
+    except QSMInputError as error:
+        raise QSMInputError(f"{path}: {error}") from None
 
 
 @dataclass
@@ -203,6 +289,16 @@ class QSMResult:
     ``chi_ppm`` is referenced; fields are in Hz; masks are bool.
     ``parameters`` holds, per stage, the values its method chose from the
     data (e.g. the inversion's regularisation) and how.
+
+    Examples
+    --------
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()
+    >>> result = run_pipeline(scan.acquisition, PRESETS["fast"]())
+    >>> sorted(result.timings_s)[:3], result.chi_ppm.dtype
+    (['background', 'echo_fit', 'inversion'], dtype('float32'))
+    >>> sorted(result.provenance())
+    ['chosen_parameters', 'config', 'created', 'inputs', 'reference', 'software', 'timings_s']
     """
 
     chi_ppm: np.ndarray
@@ -411,9 +507,20 @@ def run_pipeline_from_field(
     QSMResult
         Without ``unwrapped_phase`` (and without ``total_field_hz`` when
         starting from a local field).
+
+    Examples
+    --------
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()
+    >>> config = PipelineConfig.from_dict({"inversion": {"method": "tkd"}})
+    >>> result = run_pipeline_from_field(scan.local_field_hz, scan.brain_mask, field_kind="local",
+    ...                                  voxel_size_mm=(1, 1, 1), b0_direction=(0, 0, 1), b0_tesla=3.0, config=config)
+    >>> result.chi_ppm.shape, result.reference["reference"]
+    ((32, 32, 32), 'whole_brain')
     """
     if field_kind not in ("total", "local"):
         raise QSMInputError(f"field_kind must be 'total' or 'local', got {field_kind!r}.")
+    b0_tesla = check_field_strength(b0_tesla, source="b0_tesla")
     field_hz = np.asarray(field_hz, dtype=np.float32)
     if field_hz.ndim != 3:
         raise QSMInputError(f"The field map must be 3D, got shape {field_hz.shape}.")

@@ -28,6 +28,22 @@ def whole_brain(
         Referenced map, zero outside ``mask``.
     info : dict
         ``reference`` (name), ``offset_ppm`` (value subtracted), ``voxels``.
+        (The two come as a :class:`QSMLib.contract.ReferenceResult`.)
+
+    References
+    ----------
+    QSM Consensus Organization Committee. Recommended implementation of quantitative susceptibility
+    mapping for clinical research in the brain: a consensus of the ISMRM electro-magnetic tissue
+    properties study group. Magn Reson Med 2024;91:1834-1862.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chi = np.array([[[0.1, 0.3, 5.0]]], np.float32)
+    >>> mask = np.array([[[True, True, False]]])
+    >>> referenced, info = whole_brain(chi, mask)
+    >>> [round(float(v), 3) for v in referenced.ravel()], info["reference"], round(info["offset_ppm"], 3)
+    ([-0.1, 0.1, 0.0], 'whole_brain', 0.2)
     """
     mask = np.asarray(mask, dtype=bool)
     offset = float(chi_ppm[mask].mean())
@@ -43,7 +59,29 @@ def label(
     label_names: Optional[Mapping[int, str]] = None,
     reference_label: int | str = 0,
 ) -> ReferenceResult:
-    """Subtract the mean susceptibility of one label (by index or name) inside ``mask``."""
+    """Subtract the mean susceptibility of one label (by index or name) inside ``mask``.
+
+    Returns
+    -------
+    ReferenceResult
+        The referenced map (zero outside ``mask``) and ``reference``
+        (``label:<name or index>``), ``offset_ppm``, ``voxels``.
+
+    References
+    ----------
+    QSM Consensus Organization Committee. Recommended implementation of quantitative susceptibility
+    mapping for clinical research in the brain: a consensus of the ISMRM electro-magnetic tissue
+    properties study group. Magn Reson Med 2024;91:1834-1862.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chi = np.array([[[0.1, 0.3, 0.5]]], np.float32)
+    >>> labels = np.array([[[1, 2, 2]]])
+    >>> referenced, info = label(chi, chi > 0, labels=labels, label_names={1: "csf"}, reference_label="csf")
+    >>> [round(float(v), 3) for v in referenced.ravel()], info["reference"]
+    ([0.0, 0.2, 0.4], 'label:csf')
+    """
     region = _label_region(labels, label_names, reference_label, np.asarray(mask, dtype=bool))
     offset = float(chi_ppm[region].mean())
     referenced = np.where(mask, chi_ppm - np.float32(offset), 0).astype(np.float32)
@@ -100,6 +138,25 @@ def csf(
     info : dict
         ``reference`` ("csf"), ``csf_source`` (the label used, or
         "automatic"), ``offset_ppm``, ``voxels``.
+        (The two come as a :class:`QSMLib.contract.ReferenceResult`.)
+
+    References
+    ----------
+    Liu Z, Spincemaille P, Yao Y, Zhang Y, Wang Y. MEDI+0: morphology enabled dipole inversion with
+    automatic uniform cerebrospinal fluid zero reference for quantitative susceptibility mapping.
+    Magn Reson Med 2018;79:2795-2803.
+    QSM Consensus Organization Committee. Recommended implementation of quantitative susceptibility
+    mapping for clinical research in the brain: a consensus of the ISMRM electro-magnetic tissue
+    properties study group. Magn Reson Med 2024;91:1834-1862.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chi = np.array([[[0.02, 0.04, 0.10, 0.20]]], np.float32)
+    >>> labels = np.array([[[8, 8, 1, 1]]])
+    >>> referenced, info = csf(chi, chi > 0, labels=labels, label_names={8: "ventricles", 1: "caudate"})
+    >>> [round(float(v), 3) for v in referenced.ravel()], info["csf_source"]
+    ([-0.01, 0.01, 0.07, 0.17], 'label:ventricles')
     """
     mask = np.asarray(mask, dtype=bool)
     region, source = None, ""

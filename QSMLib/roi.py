@@ -43,6 +43,15 @@ def roi_statistics(
     -------
     list of dict
         One row per label with the keys of :data:`COLUMNS`, sorted by label.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chi = np.array([[[0.1, 0.2, 0.3, 0.05]]], np.float32)
+    >>> labels = np.array([[[1, 1, 2, 0]]])
+    >>> rows = roi_statistics(chi, labels, (1.0, 1.0, 1.0), label_names={1: "caudate", 2: "putamen"})
+    >>> [(row["name"], row["voxels"], round(row["mean_ppm"], 3)) for row in rows]
+    [('caudate', 2, 0.15), ('putamen', 1, 0.3)]
     """
     labels = np.asarray(labels)
     if labels.shape != values.shape:
@@ -51,6 +60,9 @@ def roi_statistics(
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise QSMInputError("The label map must hold whole numbers (one integer per region).")
     labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise QSMInputError(f"The label map has negative labels (down to {labels.min()}): labels are 0 for "
+                            "background and positive whole numbers for regions.")
     inside = labels > 0 if mask is None else (labels > 0) & np.asarray(mask, dtype=bool)
     voxel_ml = float(np.prod(voxel_size_mm)) / 1000.0
     present = set(int(v) for v in np.unique(labels[labels > 0]))

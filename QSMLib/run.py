@@ -17,9 +17,21 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback
-from .acquisition import MultiEchoGRE, b0_direction_from_affine, voxel_size_from_affine
+from .acquisition import (
+    MultiEchoGRE,
+    b0_direction_from_affine,
+    check_echo_times,
+    check_field_strength,
+    voxel_size_from_affine,
+)
 from .errors import QSMInputError, QSMWarning
-from .io.bids import field_strength_from_sidecars, read_sidecar
+from .io.bids import (
+    check_echo_pairs,
+    echo_times_from_sidecars,
+    field_strength_from_sidecars,
+    order_echo_files,
+    read_sidecar,
+)
 from .io.files import file_checksum
 from .io.nifti import load_acquisition, read_map_like, read_volume
 from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, planned_files, write_outputs
@@ -27,6 +39,7 @@ from .masking import validate_user_mask
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .pipeline import PipelineConfig, QSMResult, StageConfig, run_pipeline, run_pipeline_from_field
 from .roi import read_label_names
+from .units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
 
 PathLike = Union[str, Path]
 
@@ -117,6 +130,21 @@ def read_acquisition(
     QSMWarning
         When the even echoes look like a bipolar readout but ``bipolar`` is False.
     """
+    magnitude, phase = order_echo_files(magnitude, "magnitude"), order_echo_files(phase, "phase")
+    check_echo_pairs(magnitude, phase)
+    sidecar_times = (echo_times_from_sidecars([read_sidecar(p) for p in phase])
+                     or echo_times_from_sidecars([read_sidecar(p) for p in magnitude]))
+    if echo_times_s is not None:
+        echo_times_s = list(check_echo_times(echo_times_s, source="--te"))
+        if sidecar_times is not None and len(sidecar_times) == len(echo_times_s) and not np.allclose(
+                sidecar_times, echo_times_s, rtol=0.01, atol=1e-6):
+            warnings.warn(
+                f"--te gives echo times {_ms(echo_times_s)} ms but the JSON sidecars say {_ms(sidecar_times)} ms: "
+                "using --te. Check which is right.", QSMWarning, stacklevel=2)
+    elif sidecar_times is not None:
+        check_echo_times(sidecar_times, source="EchoTime in the JSON sidecars")
+    if b0_tesla is not None:
+        b0_tesla = check_field_strength(b0_tesla, source="--b0")
     acquisition, info = load_acquisition(
         list(magnitude), list(phase), echo_times_s=echo_times_s, b0_tesla=b0_tesla, phase_scale=phase_scale,
         phase_sign=phase_sign, bipolar=bipolar, b0_direction=b0_direction,
@@ -188,16 +216,49 @@ def read_field(
         b0_tesla, _ = field_strength_from_sidecars([read_sidecar(Path(field_map))])
         if b0_tesla is None:
             raise QSMInputError("No field strength for the field map: give --b0 in tesla.")
+    else:
+        b0_tesla = check_field_strength(b0_tesla, source="--b0")
     shape = tuple(field_hz.shape)
     direction = tuple(b0_direction) if b0_direction is not None else tuple(b0_direction_from_affine(affine))
     inputs = RunInputs(
         affine=affine, shape=shape, voxel_size_mm=tuple(voxel_size_from_affine(affine)), b0_direction=direction,
         b0_tesla=float(b0_tesla), field_hz=field_hz, field_kind=field_kind, mask=_read_mask(mask, affine, shape),
     )
+    _warn_implausible_field(field_hz, inputs.mask, inputs.b0_tesla, field_kind, field_map)
     inputs.labels, inputs.label_names = read_labels(labels, label_names, affine, shape)
     inputs.provenance = {"field_kind": field_kind, "b0_tesla": float(b0_tesla), "b0_direction": list(direction),
                          "files": checksums([field_map, mask, labels])}
     return inputs
+
+
+#: Range (ppm of B0) of the 99th percentile of |field| in the mask that a field map in Hz can have, per kind.
+#: Measured: total fields 0.53 ppm (phantom) and 0.61 ppm (toy head); the phantom's local field 0.044 ppm;
+#: in vivo total fields near the sinuses reach a few ppm. The same maps in ppm read as Hz are 128 times
+#: smaller at 3 T (total 0.004-0.02, local 0.0004), maps scaled by 1e6 far larger.
+PLAUSIBLE_FIELD_PPM = {"total": (0.03, 50.0), "local": (0.005, 10.0)}
+
+
+def _warn_implausible_field(field_hz: np.ndarray, mask: np.ndarray, b0_tesla: float, kind: str,
+                            path: PathLike) -> None:
+    """Warn when a field map's spread is implausible for Hz at ``b0_tesla`` (ppm, radians or scaled maps)."""
+    inside = field_hz[mask & np.isfinite(field_hz)]
+    if inside.size == 0:
+        return
+    spread_hz = float(np.percentile(np.abs(inside), 99))
+    spread_ppm = float(hz_to_ppm(spread_hz, b0_tesla))
+    low, high = PLAUSIBLE_FIELD_PPM[kind]
+    hz_per_ppm = GAMMA_BAR_HZ_PER_T * b0_tesla * 1e-6
+    if spread_ppm < low:
+        warnings.warn(
+            f"The {kind} field map {path} is implausibly small for Hz: 99 % of |field| in the mask is below "
+            f"{spread_hz:.3g}, which as Hz is {spread_ppm:.2g} ppm at {b0_tesla:g} T. Is it in ppm (multiply by "
+            f"{hz_per_ppm:.4g} Hz/ppm) or in radians (divide by 2 pi TE)? Convert it to Hz, or the susceptibility "
+            "will be too small.", QSMWarning, stacklevel=3)
+    elif spread_ppm > high:
+        warnings.warn(
+            f"The {kind} field map {path} is implausibly large for Hz: 99 % of |field| in the mask reaches "
+            f"{spread_hz:.3g}, which as Hz is {spread_ppm:.3g} ppm at {b0_tesla:g} T. Is it scaled (e.g. by 1e6) or "
+            "in another unit? Convert it to Hz, or the susceptibility will be too large.", QSMWarning, stacklevel=3)
 
 
 def read_labels(
@@ -215,6 +276,14 @@ def read_labels(
     values = read_map_like(labels, affine, shape, "label map")
     if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or np.any(values != np.round(values))):
         raise QSMInputError(f"The label map {labels} must hold whole numbers (one integer per region).")
+    if values.min() < 0:
+        raise QSMInputError(
+            f"The label map {labels} has negative labels (down to {values.min():g}): labels are 0 for background "
+            "and positive whole numbers for regions. Renumber them (e.g. with their absolute value).")
+    if not values.any():
+        raise QSMInputError(f"The label map {labels} is all 0 (background): it has no region to measure.")
+    if values.max() > np.iinfo(np.int32).max:
+        raise QSMInputError(f"The label map {labels} has labels above {np.iinfo(np.int32).max}: renumber them.")
     names_path = Path(label_names) if label_names else _sibling_tsv(Path(labels))
     return values.astype(np.int32), (read_label_names(names_path) if names_path else None)
 
@@ -230,6 +299,10 @@ def _read_mask(path: Optional[PathLike], affine: np.ndarray, shape: Sequence[int
     if not path:
         return None
     return validate_user_mask(read_map_like(path, affine, shape, "mask"), shape)
+
+
+def _ms(times_s: Sequence[float]) -> str:
+    return ", ".join(f"{1000 * t:g}" for t in times_s)
 
 
 def checksums(paths: Sequence[Optional[PathLike]]) -> dict[str, str]:

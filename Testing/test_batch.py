@@ -183,14 +183,25 @@ def test_methods_names_the_algorithms_parameters_versions_and_papers(local_run):
     assert "consensus recommendations" not in text  # the fast preset is not the consensus
 
 
-def test_qc_figures_are_five_row_montages(local_run):
-    figures = sorted(Path(local_run["out"]).rglob("*_desc-qc_Chimap.png"))
-    assert len(figures) == len(GOOD)
-    for path in figures:
+def test_qc_figures_are_labelled_five_row_montages(local_run):
+    from test_report_qc import find, text_image
+
+    def written(text, value=255):  # as write_png enlarges the figure: each pixel becomes 2 x 2
+        return np.kron(text_image(text, value=value), np.ones((2, 2), np.uint8))
+
+    figures = {path.name.split("_desc-qc")[0]: path for path in Path(local_run["out"]).rglob("*_desc-qc_Chimap.png")}
+    assert sorted(figures) == sorted(GOOD)
+    for name, path in figures.items():
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        # rows: magnitude, total field, local field, chi, mask outline; columns: three orthogonal slices
-        assert image.dtype == np.uint8 and image.ndim == 2 and image.shape[0] > 1.2 * image.shape[1]
-        assert image.max() == 255 and image.std() > 20
+        assert image.dtype == np.uint8 and image.ndim == 2 and image.max() == 255 and image.std() > 20
+        # titled with the acquisition; rows magnitude, total field, local field, chi, mask outline, each with
+        # its unit and the window on its colour bar; columns axial, coronal, sagittal
+        assert find(image, written(f"{name}:"))[0][0] < 20
+        for text in ("axial", "coronal", "sagittal", "magnitude", "(a.u.)", "total field", "local field", "(Hz)",
+                     "chi", "(ppm)", "brain mask", "0.25 ppm", "-0.15 ppm", "0 a.u."):
+            assert find(image, written(text)), (name, text)
+        assert len(find(image, written("auto window", value=170))) == 5  # four rows and the footnote
+        assert len(find(image, written("fixed window", value=170))) == 1  # chi, so that figures compare
 
 
 def test_good_acquisitions_give_valid_derivatives_and_bad_ones_are_reported(local_run):
@@ -279,7 +290,7 @@ def test_rerun_skips_complete_acquisitions_and_redoes_partial_ones(local_run, da
     mtime = untouched.stat().st_mtime_ns
     # sub-01 as a killed run leaves it: outputs moved in, provenance not yet written (plus a work folder)
     (out / "sub-01/anat/sub-01_provenance.json").unlink()
-    (out / "sub-01/anat/.qsm-work-sub-01-killed").mkdir()
+    (out / ".qsm-work/sub-01-killed").mkdir(parents=True)
     # sub-02 with an output that no longer matches its provenance
     chi = out / "sub-02/anat/sub-02_Chimap.nii.gz"
     chi.write_bytes(chi.read_bytes()[:-10] + b"0123456789")
@@ -289,7 +300,7 @@ def test_rerun_skips_complete_acquisitions_and_redoes_partial_ones(local_run, da
     assert statuses(events) == {"sub-01": "processed", "sub-02": "processed", "sub-03_ses-b_run-1": "skipped",
                                 "sub-04": "failed", "sub-05": "failed"}
     assert untouched.stat().st_mtime_ns == mtime
-    assert not (out / "sub-01/anat/.qsm-work-sub-01-killed").exists()
+    assert not (out / ".qsm-work").exists()
     original, _ = read_volume(local_run["out"] / "sub-02/anat/sub-02_Chimap.nii.gz")
     assert np.array_equal(read_volume(chi)[0], original)
 

@@ -175,9 +175,12 @@ def test_demo_reconstructs_the_phantom_and_writes_reproducible_inputs(tmp_path, 
     assert provenance["inputs"]["accuracy"]["correlation"] > 0.6
     assert "globus_pallidus" in provenance["inputs"]["roi_error_ppb"] and "nrmse" in stdout
     import SimpleITK as sitk
+    from test_report_qc import find, text_image
 
     qc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "qc.png")))
     assert qc.ndim == 2 and qc.std() > 10  # an image with content, not a blank
+    for text in ("QSM demo, head phantom:", "axial", "sagittal", "chi", "(ppm)", "0.25 ppm", "local field", "(Hz)"):
+        assert find(qc, np.kron(text_image(text), np.ones((2, 2), np.uint8))), text  # labelled (upscaled twice)
     names = [line.split("\t")[1] for line in (out / "roi_stats.tsv").read_text().splitlines()[1:]]
     assert names[:3] == ["caudate", "putamen", "globus_pallidus"] and not any(n.startswith("label_") for n in names)
     inputs = out / "inputs"

@@ -348,7 +348,7 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
         "one per echo": dict(echoTimesSeconds=[0.004, 0.008]),
         "share one voxel grid": dict(phaseNodes=[*phase[:2], small]),
         "'moved' is not on the same voxel grid": dict(magnitudeNodes=[moved, *magnitude[1:]]),
-        "not plausible": dict(fieldStrengthTesla=300.0),
+        "not a plausible MRI field": dict(fieldStrengthTesla=300.0),
         "overlap": dict(roiSegmentation=overlapping),
         "Unknown output": dict(outputs=("chi", "swi")),
         "neither a preset": dict(config="best"),

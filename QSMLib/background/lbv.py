@@ -199,9 +199,28 @@ def lbv(
     -------
     local_field_hz : numpy.ndarray of float32
         Local field (Hz), zero outside the valid mask.
-    valid_mask : numpy.ndarray of bool
+    mask : numpy.ndarray of bool
         The interior (one boundary layer removed) of ``mask`` eroded by
         ``erosion_mm``.
+    parameters : mapping
+        Values chosen from the data (none for this method). The three come as a
+        :class:`QSMLib.contract.BackgroundResult`.
+
+    References
+    ----------
+    Zhou D, Liu T, Spincemaille P, Wang Y. Background field removal by solving the Laplacian boundary
+    value problem. NMR Biomed 2014;27:312-319.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()  # the local field of a paramagnetic sphere, Hz
+    >>> background = np.broadcast_to(np.linspace(-20, 20, 32, dtype=np.float32)[:, None, None], (32, 32, 32))
+    >>> local, valid, chosen = lbv(scan.local_field_hz + background, scan.brain_mask, (1.0, 1.0, 1.0))
+    >>> without_background = lbv(scan.local_field_hz, scan.brain_mask, (1.0, 1.0, 1.0)).local_field_hz
+    >>> bool(np.abs(local - without_background).max() < 0.05)  # a harmonic background is removed, Hz
+    True
     """
     mask = np.asarray(mask, dtype=bool)
     if tolerance <= 0 or max_iterations < 1 or smoothing_steps < 1 or erosion_mm < 0:

@@ -70,8 +70,32 @@ def vsharp(
     -------
     local_field_hz : numpy.ndarray of float32
         Local field (Hz), zero outside the returned mask.
-    valid_mask : numpy.ndarray of bool
+    mask : numpy.ndarray of bool
         ``mask`` eroded by the smallest radius: where the local field is valid.
+    parameters : mapping
+        Values chosen from the data (none for this method). The three come as a
+        :class:`QSMLib.contract.BackgroundResult`.
+
+    References
+    ----------
+    Schweser F, Deistung A, Lehr BW, Reichenbach JR. Quantitative imaging of intrinsic magnetic tissue
+    properties using MRI signal phase: an approach to in vivo brain iron metabolism? NeuroImage
+    2011;54:2789-2807.
+    Li W, Wu B, Liu C. Quantitative susceptibility mapping of human brain reflects spatial variation in
+    tissue composition. NeuroImage 2011;55:1645-1656.
+    Wu B, Li W, Guidon A, Liu C. Whole brain susceptibility mapping using compressed sensing. Magn
+    Reson Med 2012;67:137-147.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()  # the local field of a paramagnetic sphere, Hz
+    >>> background = np.broadcast_to(np.linspace(-20, 20, 32, dtype=np.float32)[:, None, None], (32, 32, 32))
+    >>> local, valid, chosen = vsharp(scan.local_field_hz + background, scan.brain_mask, (1.0, 1.0, 1.0))
+    >>> without_background = vsharp(scan.local_field_hz, scan.brain_mask, (1.0, 1.0, 1.0)).local_field_hz
+    >>> bool(np.abs(local - without_background).max() < 0.05)  # a harmonic background is removed, Hz
+    True
     """
     mask = np.asarray(mask, dtype=bool)
     radii = sorted((float(r) for r in (radii_mm or default_radii_mm(voxel_size_mm, max_radius_mm))), reverse=True)

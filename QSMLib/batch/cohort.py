@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -9,14 +10,14 @@ from typing import Callable, Optional, Sequence, Union
 from .._progress import CancelToken, ProgressCallback
 from .._threads import available_cores, check_thread_count
 from .._version import __version__
-from ..errors import QSMInputError
+from ..errors import QSMInputError, QSMWarning
 from ..io.bids import dataset_description, write_json_atomic
 from ..io.results import check_output_folder
 from ..pipeline import load_config
 from .discovery import find_acquisitions
-from .layout import OPTIONAL, Acquisition, CohortSummary, PathLike, Record, empty_record
+from .layout import OPTIONAL, WORK_FOLDER, Acquisition, CohortSummary, PathLike, Record, empty_record
 from .reports import write_reports
-from .scheduling import Client, import_distributed, plan_local_cluster, run_tasks
+from .scheduling import Client, check_scheduler_address, import_distributed, plan_local_cluster, run_tasks
 from .tasks import completed_record
 
 
@@ -80,8 +81,10 @@ def run_cohort(
         failed with the reason) and the report files written.
     """
     out = Path(out_dir).resolve()
-    if scheduler and n_workers:
+    if scheduler is not None and n_workers is not None:
         raise QSMInputError("Give either --scheduler (an existing Dask cluster) or --workers (a local one), not both.")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     if n_workers is not None and n_workers < 1:
         raise QSMInputError(f"--workers must be at least 1, got {n_workers}.")
     if phase_sign not in (1, -1):
@@ -94,12 +97,14 @@ def run_cohort(
         config_dict["threads"] = check_thread_count(threads)
     import_distributed()
     acquisitions = find_acquisitions(bids_root, participant_labels, labels_dir)
-    if out == Path(bids_root).resolve():
+    root = Path(bids_root).resolve()
+    if out == root:
         raise QSMInputError("The output folder is the BIDS dataset itself: write the derivatives to their own "
                             "folder, e.g. BIDS_ROOT/derivatives/qsm.")
+    if not (root / "dataset_description.json").is_file():
+        warnings.warn(f"{root} has no dataset_description.json: is it the root of a BIDS dataset? Processing the "
+                      "sub-* folders found there.", QSMWarning, stacklevel=2)
     check_output_folder(out, [], overwrite=True)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"dataset_description": write_description(out, Path(bids_root).resolve())}
 
     records: dict[str, Record] = {}
     todo: list[Acquisition] = []
@@ -111,14 +116,12 @@ def run_cohort(
             records[acquisition.name] = done
         else:
             todo.append(acquisition)
-    for record in records.values():
-        if on_record is not None:
-            on_record(record)
     description = "none (every acquisition complete or unusable)"
+    client = None
     if todo:
         import psutil
 
-        plan = None if scheduler else plan_local_cluster(
+        plan = None if scheduler is not None else plan_local_cluster(
             max(a.memory_bytes() for a in todo), len(todo), cpu_count=available_cores(),
             available_bytes=psutil.virtual_memory().available, requested_workers=n_workers,
             requested_threads=config_dict["threads"])
@@ -126,18 +129,50 @@ def run_cohort(
             config_dict["threads"] = plan.threads_per_task
             if plan.note:
                 warnings.warn(plan.note, stacklevel=2)
-        client = Client(scheduler, plan, out)
+        # Nothing is written before the cluster answers: an unreachable scheduler leaves no trace.
+        client = Client(scheduler, plan)
         description = client.description
-        try:
+    try:
+        files = _start_derivatives(out, root, client)
+        for record in records.values():
+            if on_record is not None:
+                on_record(record)
+        if client is not None:
             finished = run_tasks(client.client, todo, out, config_dict, outputs, phase_sign, progress, on_record,
-                                  cancel)
-        finally:
+                                 cancel)
+            records.update((r["name"], r) for r in finished)
+    finally:
+        if client is not None:
             client.close()
-        records.update((r["name"], r) for r in finished)
+        _remove_empty_work_folder(out)
     ordered = [records[a.name] for a in acquisitions]
     summary = CohortSummary(out, ordered, files, description)
     summary.files.update(write_reports(summary, config_dict, config_name=str(config or "consensus")))
     return summary
+
+
+def _start_derivatives(out: Path, bids_root: Path, client: Optional[Client]) -> dict[str, Path]:
+    """Create the derivatives folder and its description; with a cluster, check its workers see it first.
+
+    A folder this call created is removed again when the workers fail the check.
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if client is not None:
+        try:
+            client.check_workers(out)
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    return {"dataset_description": write_description(out, bids_root)}
+
+
+def _remove_empty_work_folder(out: Path) -> None:
+    try:
+        (out / WORK_FOLDER).rmdir()
+    except OSError:  # absent, or holds the work of a task still being cancelled
+        pass
 
 
 def write_description(out: Path, bids_root: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -48,16 +49,29 @@ def find_acquisitions(
                                 f"found {', '.join(p.name for p in subjects) or 'none'}.")
         subjects = [p for p in subjects if p.name[4:] in wanted]
     groups: dict[tuple[tuple[str, str], ...], dict[str, dict[Optional[str], Path]]] = {}
+    misplaced: list[str] = []
     for subject in subjects:
         for anat in [subject / "anat", *sorted(subject.glob("ses-*/anat"))]:
+            folders = {"sub": subject.name[4:], "ses": anat.parent.name[4:] if anat.parent != subject else None}
             for path in sorted(anat.glob("*_MEGRE.nii*")):
                 parsed = parse_bids_name(path.name)
                 if parsed is None or parsed[2] not in (".nii", ".nii.gz"):
                     continue
                 entities = dict(parsed[0])
+                wrong = [_disagreement(key, entities.get(key), folders[key])
+                         for key in ("sub", "ses") if entities.get(key) != folders[key]]
+                if wrong:
+                    misplaced.append(f"{path.relative_to(root).as_posix()} says {' and '.join(wrong)}")
+                    continue
                 part = entities.pop("part", "mag")
                 echo = entities.pop("echo", None)
                 groups.setdefault(tuple(entities.items()), {}).setdefault(part, {})[echo] = path
+    if misplaced:
+        shown = "; ".join(misplaced[:5]) + (f"; and {len(misplaced) - 5} more" if len(misplaced) > 5 else "")
+        raise QSMInputError(
+            f"File names disagree with the folders they are in: {shown}. In BIDS the sub- and ses- entities of a "
+            "file name are those of its folders: rename or move these files."
+        )
     acquisitions = [_acquisition(key, parts, labels_dir) for key, parts in groups.items()]
     if not acquisitions:
         raise QSMInputError(
@@ -65,6 +79,11 @@ def find_acquisitions(
             "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz and ..._part-phase_MEGRE.nii.gz."
         )
     return sorted(acquisitions, key=lambda a: a.name)
+
+
+def _disagreement(key: str, in_name: Optional[str], in_folder: Optional[str]) -> str:
+    name = f"{key}-{in_name}" if in_name is not None else f"no {key}- entity"
+    return f"{name} (folder: {f'{key}-{in_folder}' if in_folder is not None else f'no {key}- folder'})"
 
 
 def _acquisition(key: tuple[tuple[str, str], ...], parts: dict[str, dict[Optional[str], Path]],
@@ -87,8 +106,10 @@ def _acquisition(key: tuple[tuple[str, str], ...], parts: dict[str, dict[Optiona
     if None not in numbers and not all(n.isdigit() for n in numbers):
         return problem(f"echo entities {_echo_list(parts['mag'])} are not integers.")
     order = sorted(numbers, key=lambda n: int(n) if n is not None else 0)
-    magnitude = tuple(str(parts["mag"][n].resolve()) for n in order)
-    phase = tuple(str(parts["phase"][n].resolve()) for n in order)
+    # Absolute but not resolved: in a DataLad/git-annex dataset the images are links into the annex, and
+    # their sidecars lie next to the links, not next to the annexed content.
+    magnitude = tuple(os.path.abspath(parts["mag"][n]) for n in order)
+    phase = tuple(os.path.abspath(parts["phase"][n]) for n in order)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(magnitude[0])
@@ -126,5 +147,5 @@ def _find_labels(labels_dir: PathLike, entities: dict[str, str]) -> tuple[Option
         if matches:
             names = sidecar_path(matches[0]).with_suffix(".tsv")
             names = names if names.is_file() else root / "dseg.tsv"
-            return str(matches[0].resolve()), (str(names.resolve()) if names.is_file() else None), None
+            return os.path.abspath(matches[0]), (os.path.abspath(names) if names.is_file() else None), None
     return None, None, None

@@ -33,7 +33,9 @@ DERIVATIVES: dict[str, tuple[dict[str, str], str, str, dict[str, Any]]] = {
 #: Maps that every acquisition writes; ``local_mask``, ``r2star`` and ``t2star`` on request.
 ALWAYS = ("chi", "mask", "total_field", "local_field")
 OPTIONAL = ("local_mask", "r2star", "t2star")
-QC_WINDOW_CHI_PPM = (-0.15, 0.25)
+#: Hidden folder of the derivatives root where tasks write before publishing (so a killed task leaves no
+#: empty subject folders behind).
+WORK_FOLDER = ".qsm-work"
 GROUP_TABLE = "group_roi_stats.tsv"
 SUMMARY_FILE = "summary.json"
 INDEX_FILE = "index.html"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -103,17 +105,50 @@ def _worker_environment(out_dir: str) -> tuple[str, bool]:
     return __version__, os.path.isdir(out_dir)
 
 
-class Client:
-    """A Dask client on a new local cluster or an existing scheduler; closes what it started."""
+#: Address forms a Dask client connects to: ``[protocol://]host:port`` (IPv6 hosts in brackets).
+_SCHEDULER_ADDRESS = re.compile(r"^(?:(?P<protocol>tcp|tls|ws|wss|ucx)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|"
+                                r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
+#: Seconds to wait for a TCP connection to the scheduler before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
 
-    def __init__(self, scheduler: Optional[str], plan: Optional[ClusterPlan], out_dir: Path):
+
+def check_scheduler_address(address: str) -> tuple[str, int]:
+    """Host and port of a Dask scheduler address, or :class:`QSMInputError` saying how to write one.
+
+    Examples
+    --------
+    >>> check_scheduler_address("tcp://node1:8786")
+    ('node1', 8786)
+    """
+    match = _SCHEDULER_ADDRESS.match(address.strip())
+    port = int(match.group("port")) if match else 0
+    if match is None or not 0 < port < 65536:
+        hint = (f" (with its port: tcp://{address.strip()}:8786 if the scheduler listens on Dask's default port)"
+                if re.fullmatch(r"[A-Za-z0-9.-]+", address.strip()) else "")
+        raise QSMInputError(f"--scheduler {address!r} is not a Dask scheduler address: give it as tcp://HOST:PORT"
+                            f"{hint}, as `dask scheduler` prints it, e.g. tcp://node1:8786.")
+    return match.group("host").strip("[]"), port
+
+
+class Client:
+    """A Dask client on a new local cluster or an existing scheduler; closes what it started.
+
+    Connecting writes nothing; :meth:`check_workers` then checks that the
+    workers run this QSMLib and see the (existing) output folder.
+    """
+
+    def __init__(self, scheduler: Optional[str], plan: Optional[ClusterPlan]):
         distributed = import_distributed()
         self.cluster = None
-        if scheduler:
+        if scheduler is not None:
+            host, port = check_scheduler_address(scheduler)
             try:
+                if not scheduler.startswith("ucx://"):  # fail in seconds, not after the client's timeout
+                    socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
                 self.client = distributed.Client(scheduler, timeout="20s", set_as_default=False)
-            except (OSError, TimeoutError) as error:
-                raise QSMInputError(f"Cannot reach the Dask scheduler at {scheduler} ({error}). Start one with "
+            except (OSError, TimeoutError, ValueError) as error:
+                reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+                raise QSMInputError(f"Cannot reach the Dask scheduler at {scheduler} ({reason}). Start one with "
                                     "`dask scheduler` and workers with `dask worker ADDRESS`, or leave out "
                                     "--scheduler to use this machine.") from None
             self.description = f"Dask scheduler {scheduler}"
@@ -128,20 +163,17 @@ class Client:
             self.description = (f"local Dask cluster: {plan.n_workers} worker(s), "
                                 f"{plan.memory_limit_bytes / 2**30:.1f} GiB and {plan.threads_per_task} "
                                 f"thread(s) per task")
-        try:
-            self._check_workers(scheduler, str(out_dir))
-        except BaseException:
-            self.close()
-            raise
+        self.scheduler = scheduler
 
-    def _check_workers(self, scheduler: Optional[str], out_dir: str) -> None:
+    def check_workers(self, out_dir: Path) -> None:
+        """Refuse workers that are missing, run another QSMLib, or cannot see ``out_dir``."""
         try:
             self.client.wait_for_workers(1, timeout=60)
         except TimeoutError:
-            raise QSMInputError(f"The Dask scheduler {scheduler} has no workers: start some with "
-                                f"`dask worker {scheduler}`.") from None
+            raise QSMInputError(f"The Dask scheduler {self.scheduler} has no workers: start some with "
+                                f"`dask worker {self.scheduler}`.") from None
         try:
-            environments = self.client.run(_worker_environment, out_dir)
+            environments = self.client.run(_worker_environment, str(out_dir))
         except ImportError as error:
             raise QSMInputError(f"The Dask workers cannot import QSMLib ({error}): install the same qsmlib in "
                                 "the workers' environment.") from None

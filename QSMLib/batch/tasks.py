@@ -23,9 +23,9 @@ from ..io.files import file_checksum
 from ..io.nifti import read_volume
 from ..io.results import MAP_FILES, write_outputs
 from ..pipeline import PipelineConfig
-from ..report import qc_montage, write_png
+from ..report import reconstruction_qc, write_png
 from ..roi import COLUMNS as ROI_COLUMNS
-from .layout import ALWAYS, DERIVATIVES, QC_WINDOW_CHI_PPM, Acquisition, PathLike, Record, empty_record
+from .layout import ALWAYS, DERIVATIVES, WORK_FOLDER, Acquisition, PathLike, Record, empty_record
 
 
 def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs: Sequence[str],
@@ -75,16 +75,16 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
     began = time.perf_counter()
     record: Record = empty_record(acquisition)
     anat = Path(out_dir) / acquisition.anat_dir
+    work_root = Path(out_dir) / WORK_FOLDER
     try:
-        anat.mkdir(parents=True, exist_ok=True)
         # A rerun must never trust a set that this run is about to replace, and a killed run's
         # private folder is garbage: both go before any work.
         (Path(out_dir) / acquisition.output_path("provenance")).unlink(missing_ok=True)
-        for stale in anat.glob(f".qsm-work-{acquisition.name}-*"):
+        for stale in work_root.glob(f"{acquisition.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         with warnings.catch_warnings(record=True) as caught, limit_threads(_task_threads(config)):
             warnings.simplefilter("always")
-            record.update(_reconstruct(acquisition, Path(out_dir), anat, config, outputs, phase_sign))
+            record.update(_reconstruct(acquisition, Path(out_dir), work_root, config, outputs, phase_sign))
         record["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
         record["status"] = "processed"
     except QSMInputError as error:
@@ -138,7 +138,7 @@ def _remove_empty_folders(folder: Path, root: Path) -> None:
         folder = folder.parent
 
 
-def _reconstruct(acquisition: Acquisition, out_dir: Path, anat: Path, config: Mapping[str, Any],
+def _reconstruct(acquisition: Acquisition, out_dir: Path, work_root: Path, config: Mapping[str, Any],
                  outputs: Sequence[str], phase_sign: int) -> Record:
     # QSMLib.run is the path `qsm run` takes too, so that a cohort task and `qsm run` give the same files.
     signature = task_signature(acquisition, config, outputs, phase_sign)
@@ -158,15 +158,13 @@ def _reconstruct(acquisition: Acquisition, out_dir: Path, anat: Path, config: Ma
     sidecars = {f"sidecar-{key}.json": json.dumps({**DERIVATIVES[key][3], "Sources": sources}, indent=2).encode()
                 for key in maps}
     provenance = result.provenance({**inputs.provenance, "command": "qsm bids", "acquisition": acquisition.name})
-    work = Path(tempfile.mkdtemp(prefix=f".qsm-work-{acquisition.name}-", dir=anat))
+    # Written outside the subject's folders, which appear only when the files are published.
+    work_root.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{acquisition.name}-", dir=work_root))
     try:
         written = write_outputs(work, maps, loaded.affine, roi_rows=result.roi if result.roi else None,
                                 provenance=provenance, extra_files=sidecars)
-        montage = qc_montage(
-            [("magnitude", loaded.magnitude[0], None), ("total field (Hz)", result.total_field_hz, None),
-             ("local field (Hz)", result.local_field_hz, None), ("chi (ppm)", result.chi_ppm, QC_WINDOW_CHI_PPM)],
-            loaded.affine, mask=result.mask, outline=result.mask,
-        )
+        montage = reconstruction_qc(result, loaded, name=acquisition.name, mask_outline=True)
         written["qc"] = write_png(work / "qc.png", montage)
         published = _publish(acquisition, out_dir, written, signature, sorted(maps))
     finally:

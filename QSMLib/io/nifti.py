@@ -107,6 +107,8 @@ def _inspect(path: Path) -> _Layout:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise QSMInputError(f"Cannot read {path} as an image ({str(error).strip().splitlines()[-1]}).") from None
+    if reader.GetDimension() < 3:
+        raise QSMInputError(f"{path} is a 2D image (size {reader.GetSize()}); QSM needs 3D volumes.")
     if reader.GetDimension() > 5 or reader.GetNumberOfComponents() != 1:
         raise QSMInputError(
             f"{path} has {reader.GetDimension()} dimensions and {reader.GetNumberOfComponents()} "
@@ -180,6 +182,14 @@ def read_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         reads them as 0).
     affine : numpy.ndarray, shape (4, 4)
         Array-index -> RAS mm for the spatial axes.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> path = write_volume(pathlib.Path(tempfile.mkdtemp()) / "mask.nii.gz", np.ones((2, 3, 4), np.uint8), np.eye(4))
+    >>> volume, affine = read_volume(path)
+    >>> volume.shape, volume.dtype
+    ((2, 3, 4), dtype('uint8'))
     """
     layout = _inspect(Path(path))
     array = np.empty(layout.shape, layout.dtype)
@@ -276,6 +286,16 @@ def write_volume(path: PathLike, array: np.ndarray, affine: np.ndarray, *, compr
     of the size for about 50 % more time), any other name is written as
     SimpleITK writes it. The file appears complete or not at all, with the
     permissions of any new file (the umask's).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    >>> path = write_volume(folder / "chi.nii.gz", np.zeros((4, 5, 6), np.float32), affine)
+    >>> volume, read_affine = read_volume(path)
+    >>> volume.shape, bool(np.allclose(read_affine, affine))
+    ((4, 5, 6), True)
     """
     path = Path(path)
     image = image_from_array(array, affine)
@@ -412,9 +432,27 @@ def load_acquisition(
         number of non-finite voxels, ``checksums`` (absolute path -> SHA-256
         of every file read, hashed on the same read) and, for coil data,
         ``coils_combined``.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan(echo_times_s=(0.004, 0.008))
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> files = {"mag": [], "phase": []}
+    >>> acq = scan.acquisition
+    >>> for part, volumes in (("mag", acq.magnitude), ("phase", acq.phase)):
+    ...     for echo, (volume, te) in enumerate(zip(volumes, acq.echo_times_s), start=1):
+    ...         path = write_volume(folder / f"sub-1_echo-{echo}_part-{part}_MEGRE.nii.gz", volume, acq.affine)
+    ...         sidecar = {"EchoTime": te, "MagneticFieldStrength": 3}
+    ...         _ = path.with_name(path.name[:-7] + ".json").write_text(json.dumps(sidecar))
+    ...         files[part].append(path)
+    >>> acquisition, info = load_acquisition(files["mag"], files["phase"], phase_scale="radians")
+    >>> acquisition.echo_times_s, acquisition.b0_tesla, info["phase_scale"]
+    ((0.004, 0.008), 3.0, 'radians')
     """
     from ..acquisition import MultiEchoGRE
-    from ..phase.scaling import phase_to_radians
+    from ..phase.scaling import check_not_magnitude, phase_to_radians
     from .bids import echo_times_from_sidecars, field_strength_from_sidecars, read_sidecar
 
     magnitude_files = [Path(p) for p in magnitude_paths]
@@ -454,6 +492,8 @@ def load_acquisition(
         info["b0_source"] = "argument"
 
     (magnitude, phase_raw), checksums = _read_echo_arrays([magnitude_plan, phase_plan])
+    if phase_scale == "auto":
+        check_not_magnitude(phase_raw)
     # The raw phase is ours: float32 phase becomes radians where it lies, with no second 4D array.
     in_place = phase_raw.dtype == np.float32
     phase, info["phase_scale"] = phase_to_radians(phase_raw, phase_scale, out=phase_raw if in_place else None)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..acquisition import MultiEchoGRE, b0_direction_from_affine
+from ..acquisition import MultiEchoGRE, b0_direction_from_affine, check_echo_times, check_field_strength
 from ..errors import QSMInputError
 from ..units import ppm_to_hz
 from .anatomy import BRAIN_LABELS, DEEP_GREY_MATTER, LABEL_NAMES, _lookup, susceptibility_tables
@@ -184,15 +184,10 @@ def simulate_head(
     if int(supersample) != supersample or supersample < 1:
         raise QSMInputError(f"supersample must be a positive integer, got {supersample!r}.")
     s = int(supersample)
-    echo_times = np.asarray(echo_times_s, np.float64).reshape(-1)
-    if echo_times.size == 0 or np.any(echo_times <= 0) or np.any(np.diff(echo_times) <= 0):
-        raise QSMInputError(f"Echo times must be positive, increasing seconds, got {echo_times.tolist()}.")
+    echo_times = np.asarray(check_echo_times(echo_times_s), np.float64)
+    check_field_strength(b0_tesla)
     if snr is not None and not snr > 0:
         raise QSMInputError(f"snr must be positive (or None for no noise), got {snr!r}.")
-    if echo_times.max() > 1.0:
-        raise QSMInputError(f"Echo times {echo_times.tolist()} look like milliseconds: give them in seconds.")
-    if not 0.05 <= float(b0_tesla) <= 20.0:
-        raise QSMInputError(f"Field strength {b0_tesla!r} T is not plausible: give B0 in tesla (e.g. 3).")
     if not math.isfinite(float(oblique_deg)):
         raise QSMInputError(f"oblique_deg must be a finite angle in degrees, got {oblique_deg!r}.")
     if not math.isfinite(float(acquisition_tilt_deg)):

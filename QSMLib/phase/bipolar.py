@@ -220,6 +220,7 @@ def linear_bipolar_correction(
         Corrected phase, radians in [-pi, pi).
     maps : dict
         ``bipolar_error_rad``: the removed even-echo error, (n0, n1, n2).
+        (The two come as a :class:`QSMLib.contract.PhaseResult`.)
 
     References
     ----------
@@ -228,6 +229,18 @@ def linear_bipolar_correction(
     mapping. MAGMA 2015;28:347-355.
     Eckstein K, Dymerska B, Bachrata B, et al. Computationally efficient combination of multi-channel
     phase data from multi-echo acquisitions (ASPIRE). MRM 2018;79:2996-3006.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan(echo_times_s=(0.004, 0.008, 0.012, 0.016))
+    >>> phase = scan.acquisition.phase.copy()
+    >>> phase[1::2] += 0.5  # a constant error on the even echoes
+    >>> corrected, maps = linear_bipolar_correction(phase, scan.acquisition.magnitude,
+    ...                                             scan.acquisition.echo_times_s, (1.0, 1.0, 1.0))
+    >>> round(float(np.median(maps["bipolar_error_rad"][scan.brain_mask])), 2)
+    0.5
     """
     report(progress, 0.0, "Bipolar correction: estimating the even-echo error")
     beta, _ = estimate_bipolar_error(

@@ -232,12 +232,25 @@ def mcpc3ds(
         the estimate).
     maps : dict
         ``phase_offset_rad``: the removed offset ``phi0``, (n0, n1, n2).
+        (The two come as a :class:`QSMLib.contract.PhaseResult`.)
 
     References
     ----------
     Eckstein K, Dymerska B, Bachrata B, et al. Computationally efficient
     combination of multi-channel phase data from multi-echo acquisitions
     (ASPIRE). MRM 2018;79:2996-3006.
+
+    Examples
+    --------
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()  # a paramagnetic sphere, 4 echoes, 1 mm
+    >>> corrected, maps = mcpc3ds(scan.acquisition.phase, scan.acquisition.magnitude,
+    ...                            scan.acquisition.echo_times_s, scan.acquisition.voxel_size_mm)
+    >>> corrected.shape, sorted(maps)
+    ((4, 32, 32, 32), ['phase_offset_rad'])
+    >>> brain = scan.brain_mask
+    >>> bool(abs(maps["phase_offset_rad"][16, 16, 16] - 0.3) < 0.05)  # the simulated offset at the centre
+    True
     """
     if np.ndim(phase) != 4 or np.shape(magnitude) != np.shape(phase):
         raise QSMInputError(

@@ -83,8 +83,23 @@ def laplacian(
 
     Returns
     -------
-    numpy.ndarray of float32, shape (echo, n0, n1, n2)
-        Unwrapped phase per echo, each up to an unknown constant.
+    PhaseResult
+        ``phase``: unwrapped phase per echo, float32 (echo, n0, n1, n2), each up
+        to an unknown constant; no maps.
+
+    References
+    ----------
+    Schofield MA, Zhu Y. Fast phase unwrapping algorithm for interferometric applications. Opt Lett
+    2003;28:1194-1196.
+
+    Examples
+    --------
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()  # a paramagnetic sphere, 4 echoes, 1 mm
+    >>> acq = scan.acquisition
+    >>> unwrapped = laplacian(acq.phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm).phase
+    >>> unwrapped.shape
+    (4, 32, 32, 32)
     """
     del magnitude, echo_times_s, mask
     unwrapped = np.empty(phase.shape, dtype=np.float32)

@@ -499,11 +499,23 @@ def romeo(
         ``romeo_quality``: voxel quality in [0, 1] of the template echo's
         edges (high in reliable tissue, low in noise and at phase
         discontinuities), shape (n0, n1, n2).
+        (The two come as a :class:`QSMLib.contract.PhaseResult`.)
 
     References
     ----------
     Dymerska B, Eckstein K, Bachrata B, et al. Phase unwrapping with a rapid
     opensource minimum spanning tree algorithm (ROMEO). MRM 2021;85:2294-2308.
+
+    Examples
+    --------
+    >>> from QSMLib.phantom.sphere import sphere_scan
+    >>> scan = sphere_scan()  # a paramagnetic sphere, 4 echoes, 1 mm
+    >>> from QSMLib.phase import mcpc3ds
+    >>> acq = scan.acquisition
+    >>> offset_free = mcpc3ds(acq.phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm).phase
+    >>> unwrapped, maps = romeo(offset_free, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm)
+    >>> sorted(maps), unwrapped.dtype
+    (['romeo_quality'], dtype('float32'))
     """
     del voxel_size_mm
     times = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)

@@ -57,6 +57,16 @@ def temporal_unwrap(
     -------
     numpy.ndarray of float32, shape (echo, n0, n1, n2)
         Unwrapped phase; the template echo is ``template`` itself.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> times = (0.004, 0.008, 0.012)
+    >>> true = np.stack([np.full((2, 2, 2), 2 * np.pi * 100.0 * t, np.float32) for t in times])  # 100 Hz
+    >>> wrapped = np.angle(np.exp(1j * true)).astype(np.float32)
+    >>> unwrapped = temporal_unwrap(wrapped, np.ones_like(wrapped), times, true[0], template_echo=0)
+    >>> bool(np.allclose(unwrapped, true, atol=1e-4))
+    True
     """
     times = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
     if phase.shape[0] != times.size or magnitude.shape != phase.shape or template.shape != phase.shape[1:]:

@@ -428,8 +428,9 @@ class QSMProcessingLogic:
             phaseList + magnitudeList, database)
         if b0 is None:
             raise ValueError("The field strength is unknown: give it in tesla (e.g. 3.0).")
-        if not 0.1 <= float(b0) <= 20.0:
-            raise ValueError(f"Field strength {b0} T is not plausible: give B0 in tesla (e.g. 3.0).")
+        from QSMLib.acquisition import check_field_strength
+
+        b0 = check_field_strength(b0, source="Slicer module")
         requested = _checkOutputs(outputs)
         configArgument = _checkConfig(config)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
@@ -580,11 +581,10 @@ def _resolveEchoTimes(
                 "(DICOM, MultiVolume or QSM.EchoTime attribute). Type the echo times (ms) in the module, "
                 "or pass echoTimesSeconds=[...] in seconds."
             )
-    if any(not math.isfinite(t) or t <= 0 for t in times) or any(b <= a for a, b in zip(times, times[1:])):
-        raise ValueError(f"Echo times must be positive and increasing, got {times} s: list echoes in order.")
-    if max(times) > 1.0:
-        raise ValueError(f"Echo times {times} look like milliseconds: give them in seconds.")
-    return times
+    from QSMLib.acquisition import check_echo_times
+
+    # The check every way into QSMLib shares (it raises QSMInputError, a ValueError).
+    return list(check_echo_times(times, source="Slicer module"))
 
 
 def _checkOutputs(outputs: Sequence[str]) -> tuple[str, ...]:

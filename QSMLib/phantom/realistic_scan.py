@@ -1,0 +1,357 @@
+"""Multi-echo GRE of the realistic head (:mod:`.realistic`), simulated on a finer grid than the output.
+
+The field is computed on a box that holds the field of view plus a margin,
+sampled ``supersample`` times finer per axis and averaged down in k-space
+(:func:`.forward.supersampled_fields`). Everything the fine box does not
+hold, the rest of the head (neck, face, the brain above and below a slab) and
+the periodic copies that FFT convolution adds, is added from a coarse
+simulation of the whole isolated head (:func:`outside_field_correction`).
+The signal model is that of :func:`.head.simulate_head`: a second-order shim
+over the brain, intravoxel dephasing, an echo-independent phase offset, an
+optional bipolar readout error and complex Gaussian noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import scipy.fft
+
+from .. import _fft
+from ..acquisition import MultiEchoGRE
+from ..errors import QSMInputError
+from ..units import ppm_to_hz
+from .forward import _linear_weights, _smooth_dipole_field, shim_field, supersampled_fields
+from .head import HeadPhantom, _three_positive
+from .realistic import _BRAIN_LABEL_MAX, REALISTIC_LABEL_NAMES, RealisticModel, realistic_model, rotation_about_axes
+from .signal import bipolar_error_map, dephasing_factor, gre_signal, phase_offset_map
+
+#: MNI point at the centre of the default field of view.
+DEFAULT_CENTRE_MNI = (0.0, -18.0, 6.0)
+
+
+def grid_geometry(
+    shape: Sequence[int],
+    voxel_size_mm: Sequence[float],
+    *,
+    centre_mni: Sequence[float] = DEFAULT_CENTRE_MNI,
+    head_rotation_deg: Sequence[float] = (0.0, 0.0),
+    slab_rotation_deg: Sequence[float] = (0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Affine, B0 direction and grid-to-MNI rotation of an acquisition of the realistic head.
+
+    The scanner frame has B0 along z. The head is rotated in the scanner by
+    ``head_rotation_deg`` (pitch about left-right, roll about
+    anterior-posterior), the voxel grid by ``slab_rotation_deg``. Equal
+    rotations: the grid follows the head and B0 is oblique to both (a tilted
+    head); a slab rotation alone: oblique slices through an upright head.
+
+    Returns
+    -------
+    affine : numpy.ndarray, shape (4, 4)
+        Array index -> scanner mm; the MNI point ``centre_mni`` at the grid centre.
+    b0_direction : numpy.ndarray, shape (3,)
+        B0 in array-axis coordinates.
+    grid_to_mni : numpy.ndarray, shape (3, 3)
+        Rotation from grid-frame offsets (mm) to MNI offsets.
+    """
+    head = rotation_about_axes(*head_rotation_deg)
+    grid = rotation_about_axes(*slab_rotation_deg)
+    matrix = grid @ np.diag([float(v) for v in voxel_size_mm])
+    affine = np.eye(4)
+    affine[:3, :3] = matrix
+    affine[:3, 3] = head @ np.asarray(centre_mni, np.float64) - matrix @ ((np.asarray(shape, np.float64) - 1.0) / 2.0)
+    b0_direction = grid.T @ np.array([0.0, 0.0, 1.0])
+    return affine, b0_direction, head.T @ grid
+
+
+def _head_extent_in_grid(model: RealisticModel, grid_to_mni: np.ndarray, centre_mni: np.ndarray):
+    low, high = model.head_bounds_mni()
+    corners = np.array([[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
+    grid = (corners - centre_mni) @ grid_to_mni  # rows: grid_to_mni.T @ (corner - centre)
+    return grid.min(axis=0), grid.max(axis=0)
+
+
+def sample_on_grid(
+    model: RealisticModel,
+    axes_mm: Sequence[np.ndarray],
+    grid_to_mni: np.ndarray,
+    centre_mni: Sequence[float],
+    *,
+    lesions: bool = True,
+) -> dict[str, np.ndarray]:
+    """Model properties at the points of a grid (see :meth:`.realistic.RealisticModel.sample`).
+
+    ``axes_mm`` are grid-frame positions per array axis (mm, origin at
+    ``centre_mni``); ``grid_to_mni`` rotates grid-frame offsets into MNI.
+    An unrotated grid is interpolated axis by axis (much faster).
+    """
+    rotation = np.asarray(grid_to_mni, np.float64)
+    centre = np.asarray(centre_mni, np.float64)
+    g = [np.asarray(a, np.float64).reshape([-1 if j == i else 1 for j in range(3)]) for i, a in enumerate(axes_mm)]
+    if np.allclose(rotation, np.eye(3), rtol=0.0, atol=1e-12):
+        points = [(centre[i] + g[i]).astype(np.float32) for i in range(3)]
+    else:
+        shape = tuple(len(a) for a in axes_mm)
+        points = [np.broadcast_to(centre[i] + rotation[i, 0] * g[0] + rotation[i, 1] * g[1] + rotation[i, 2] * g[2],
+                                  shape).astype(np.float32) for i in range(3)]
+    return model.sample(*points, lesions=lesions)
+
+
+def outside_field_correction(
+    model: RealisticModel,
+    box_shape: Sequence[int],
+    voxel_size_mm: Sequence[float],
+    b0_direction: Sequence[float],
+    grid_to_mni: np.ndarray,
+    centre_mni: Sequence[float],
+    *,
+    pad_factor: float,
+    lesions: bool = True,
+    resolution_mm: float = 3.0,
+    far_pad_factor: float = 3.0,
+) -> list[np.ndarray]:
+    """Field of what a padded FFT convolution over the box misses, on the box's voxel centres.
+
+    The fine simulation sees only the box (air around it) and adds the field
+    of its periodic copies. This returns, for the total and the local
+    susceptibility, the field of the isolated whole head minus that of the
+    box's contents repeated with the simulation's period, both computed on a
+    coarse lattice of spacing about ``resolution_mm`` and interpolated
+    linearly. Both terms are smooth inside the box where the margin keeps the
+    outside sources away (see :func:`.forward.isolation_correction`, the same
+    idea for a head that fits in the box).
+
+    Returns
+    -------
+    list of 2 numpy.ndarray of float32, shape ``box_shape``
+        Corrections of the total field (ppm, relative to air) and of the
+        local field (ppm), in array axes.
+    """
+    box_shape = tuple(int(n) for n in box_shape)
+    voxel = np.asarray(voxel_size_mm, np.float64)
+    centre = np.asarray(centre_mni, np.float64)
+    period_mm = np.asarray(_fft.padded_shape(box_shape, pad_factor)) * voxel
+    samples = np.array([scipy.fft.next_fast_len(int(math.ceil(p / resolution_mm)), real=True) for p in period_mm])
+    spacing = period_mm / samples
+    box_low = -(np.asarray(box_shape) / 2.0) * voxel
+    box_high = box_low + np.asarray(box_shape) * voxel
+    head_low, head_high = _head_extent_in_grid(model, grid_to_mni, centre)
+    first = np.minimum(np.floor((head_low - box_low) / spacing).astype(int) - 1, 0)
+    last = np.maximum(np.ceil((head_high - box_low) / spacing).astype(int) + 1, samples)
+    far_counts = last - first
+
+    def lattice_chi(start: np.ndarray, counts: np.ndarray, inside_box_only: bool) -> list[np.ndarray]:
+        # two sub-samples per lattice cell and axis, averaged: the cell's mean susceptibility
+        axes = [box_low[i] + (start[i] + (np.arange(2 * counts[i]) + 0.5) / 2.0) * spacing[i] for i in range(3)]
+        values = {"chi_air_ppm": [], "chi_local_ppm": []}
+        for plane in range(0, axes[0].size, 16):
+            sampled = sample_on_grid(model, (axes[0][plane:plane + 16], axes[1], axes[2]), grid_to_mni, centre,
+                                     lesions=lesions)
+            g0 = axes[0][plane:plane + 16][:, None, None]
+            g1, g2 = axes[1][None, :, None], axes[2][None, None, :]
+            if inside_box_only:
+                outside = ((g0 < box_low[0]) | (g0 >= box_high[0])) | ((g1 < box_low[1]) | (g1 >= box_high[1]))
+                outside = outside | ((g2 < box_low[2]) | (g2 >= box_high[2]))
+                outside = np.broadcast_to(outside, sampled["label"].shape)
+            for key in values:
+                part = sampled[key]
+                if inside_box_only:
+                    part = np.where(outside, 0.0, part)
+                values[key].append(part.astype(np.float32))
+        result = []
+        for key in ("chi_air_ppm", "chi_local_ppm"):
+            fine = np.concatenate(values[key], axis=0)
+            n0, n1, n2 = (s // 2 for s in fine.shape)
+            result.append(fine.reshape(n0, 2, n1, 2, n2, 2).mean(axis=(1, 3, 5), dtype=np.float32))
+        return result
+
+    near = lattice_chi(np.zeros(3, int), samples, True)
+    far = lattice_chi(first, far_counts, False)
+    far_shape = _fft.padded_shape(tuple(int(c) for c in far_counts), far_pad_factor)
+    # lattice cell j of the near domain is cell j - first of the far domain
+    offset = tuple(slice(-f, -f + s) for f, s in zip(first, samples))
+    weights = [
+        _linear_weights(((np.arange(n) + 0.5) * v) / w - 0.5, m)
+        for n, v, w, m in zip(box_shape, voxel, spacing, samples)
+    ]
+    corrections = []
+    for near_chi, far_chi in zip(near, far):
+        near_field = _smooth_dipole_field(near_chi, spacing, b0_direction, tuple(int(s) for s in samples))
+        far_field = _smooth_dipole_field(far_chi, spacing, b0_direction, far_shape)[offset]
+        difference = far_field - near_field
+        difference = np.tensordot(weights[0], difference, axes=(1, 0))
+        difference = np.tensordot(weights[1], difference, axes=(1, 1)).transpose(1, 0, 2)
+        flat = np.ascontiguousarray(difference).reshape(-1, difference.shape[2]) @ weights[2].T
+        corrections.append(flat.reshape(box_shape).astype(np.float32, copy=False))
+    return corrections
+
+
+def simulate_realistic_head(
+    *,
+    voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    fov_mm: Sequence[float] = (192.0, 224.0, 176.0),
+    centre_mni: Sequence[float] = DEFAULT_CENTRE_MNI,
+    echo_times_s: Sequence[float] = (0.004, 0.008, 0.012, 0.016, 0.020),
+    b0_tesla: float = 3.0,
+    snr: Optional[float] = 100.0,
+    head_rotation_deg: Sequence[float] = (0.0, 0.0),
+    slab_rotation_deg: Sequence[float] = (0.0, 0.0),
+    bipolar: bool = False,
+    phase_offset: bool = True,
+    supersample: int = 2,
+    seed: int = 0,
+    shim_order: Optional[int] = 2,
+    lesions: bool = True,
+    margin_mm: float = 24.0,
+    pad_factor: float = 1.3,
+) -> HeadPhantom:
+    """Simulate a multi-echo GRE scan of the realistic head.
+
+    Parameters
+    ----------
+    voxel_size_mm : sequence of 3 float
+        Output voxel size in mm per array axis (anisotropic allowed).
+    fov_mm : sequence of 3 float
+        Field of view per array axis, mm; shape = ``round(fov / voxel)``.
+        The head spans about 180 x 235 x 255 mm with the neck; the brain
+        145 x 180 x 155 mm. A thin FOV along an axis is a slab.
+    centre_mni : sequence of 3 float
+        MNI point (mm) at the centre of the FOV.
+    echo_times_s : sequence of float
+        Echo times in seconds.
+    b0_tesla : float
+        Field strength in tesla (fields and R2* scale with it).
+    snr : float or None
+        Mean brain M0 over the noise standard deviation of the real and of
+        the imaginary part. None: no noise.
+    head_rotation_deg, slab_rotation_deg : sequence of 2 float
+        (pitch, roll) of the head and of the voxel grid in the scanner, see
+        :func:`grid_geometry`.
+    bipolar : bool
+        Add a bipolar readout error to even echoes.
+    phase_offset : bool
+        Add a smooth echo-independent phase offset.
+    supersample : int
+        Fine samples per output voxel and axis (2 or more: no inverse crime).
+    seed : int
+        Seed of the phase offset and the noise (the anatomy is fixed).
+    shim_order : int or None
+        Order of the shim over the brain (0, 1, 2) or None.
+    lesions : bool
+        Include the calcification and the haemorrhages.
+    margin_mm : float
+        Margin around the FOV simulated on the fine grid; the rest of the
+        head enters through :func:`outside_field_correction`.
+    pad_factor : float
+        Zero padding of the fine convolution per axis.
+
+    Returns
+    -------
+    HeadPhantom
+        Acquisition and ground truth on the output grid; ``label_names`` are
+        :data:`.realistic.REALISTIC_LABEL_NAMES`, the brain mask holds labels
+        1-20, ``chi_ppm`` is relative to CSF.
+    """
+    voxel = _three_positive(voxel_size_mm, "voxel_size_mm")
+    fov = _three_positive(fov_mm, "fov_mm")
+    shape = tuple(int(round(f / v)) for f, v in zip(fov, voxel))
+    echo_times = np.asarray(echo_times_s, np.float64).reshape(-1)
+    if echo_times.size == 0 or np.any(echo_times <= 0) or np.any(np.diff(echo_times) <= 0) or echo_times.max() > 1:
+        raise QSMInputError(f"Echo times must be positive, increasing seconds, got {echo_times.tolist()}.")
+    if int(supersample) != supersample or supersample < 1:
+        raise QSMInputError(f"supersample must be a positive integer, got {supersample!r}.")
+    if snr is not None and not snr > 0:
+        raise QSMInputError(f"snr must be positive (or None for no noise), got {snr!r}.")
+    s = int(supersample)
+    model = realistic_model()
+    centre = np.asarray(centre_mni, np.float64)
+    affine, b0_direction, grid_to_mni = grid_geometry(
+        shape, voxel, centre_mni=centre, head_rotation_deg=head_rotation_deg, slab_rotation_deg=slab_rotation_deg)
+    head_low, head_high = _head_extent_in_grid(model, grid_to_mni, centre)
+    margin = []
+    for n, v, lo, hi in zip(shape, voxel, head_low, head_high):
+        beyond = max(-lo, hi) - n * v / 2.0  # mm of head outside the FOV on the worse side
+        margin.append(int(math.ceil(min(margin_mm, max(beyond, 0.0)) / v)))
+    box_shape = tuple(n + 2 * m for n, m in zip(shape, margin))
+    rng = np.random.default_rng(seed)
+
+    # --- fine sampling of the box, slab by slab: fine susceptibility kept, the rest averaged per voxel
+    fine_axes = [((np.arange(s * n) + 0.5) / s - 0.5 - (n - 1) / 2.0) * v for n, v in zip(box_shape, voxel)]
+    fine_air = np.empty(tuple(s * n for n in box_shape), np.float32)
+    fine_local = np.empty_like(fine_air)
+    crop = tuple(slice(m, m + n) for m, n in zip(margin, shape))
+    chi_local_mean = np.zeros(box_shape, np.float32)
+    chi_air_mean = np.zeros(box_shape, np.float32)
+    amplitude = np.zeros((echo_times.size, *box_shape), np.float32)
+    m0_mean = np.zeros(box_shape, np.float32)
+    r2_scale = np.float32(b0_tesla / 3.0)
+    planes = 4 * s
+    for plane in range(0, fine_axes[0].size, planes):
+        sampled = sample_on_grid(model, (fine_axes[0][plane:plane + planes], fine_axes[1], fine_axes[2]),
+                                 grid_to_mni, centre, lesions=lesions)
+        piece_shape = sampled["label"].shape
+        fine_air[plane:plane + planes] = sampled["chi_air_ppm"]
+        fine_local[plane:plane + planes] = sampled["chi_local_ppm"]
+        coarse = slice(plane // s, (plane + piece_shape[0]) // s)
+
+        def block(values: np.ndarray) -> np.ndarray:
+            n0, n1, n2 = (k // s for k in values.shape)
+            return values.reshape(n0, s, n1, s, n2, s).mean(axis=(1, 3, 5), dtype=np.float32)
+
+        chi_local_mean[coarse] = block(sampled["chi_local_ppm"])
+        chi_air_mean[coarse] = block(sampled["chi_air_ppm"])
+        m0_mean[coarse] = block(sampled["m0"])
+        for echo, te in enumerate(echo_times):
+            amplitude[echo, coarse] = block(sampled["m0"] * np.exp(-sampled["r2star_3t"] * r2_scale * np.float32(te)))
+    del sampled
+
+    total_ppm, local_ppm = supersampled_fields([fine_air, fine_local], voxel, b0_direction, supersample=s,
+                                               pad_factor=pad_factor)
+    del fine_air, fine_local
+    total_correction, local_correction = outside_field_correction(
+        model, box_shape, voxel, b0_direction, grid_to_mni, centre, pad_factor=pad_factor, lesions=lesions)
+    total_hz = ppm_to_hz((total_ppm + total_correction)[crop], b0_tesla)
+    local_hz = ppm_to_hz((local_ppm + local_correction)[crop], b0_tesla)
+    del total_ppm, local_ppm, total_correction, local_correction
+
+    axes = [((np.arange(n) - (n - 1) / 2.0) * v) for n, v in zip(shape, voxel)]
+    labels = _labels_at_centres(model, axes, grid_to_mni, centre, lesions)
+    brain_mask = (labels > 0) & (labels <= _BRAIN_LABEL_MAX)
+    chi_relative = np.where(brain_mask, chi_local_mean[crop], 0.0).astype(np.float32)
+    shim = np.zeros(shape, np.float32) if shim_order is None else shim_field(total_hz, brain_mask, axes, shim_order)
+    total_hz += shim
+    background_hz = total_hz - local_hz
+
+    amplitude = np.ascontiguousarray(amplitude[(slice(None), *crop)])
+    for echo, te in enumerate(echo_times):
+        amplitude[echo] *= dephasing_factor(total_hz, float(te))
+    phi0_model = phase_offset_map(axes, rng, grid_to_mni)
+    phi0 = phi0_model if phase_offset else np.zeros(shape, np.float32)
+    beta = bipolar_error_map(axes, fov[0]) if bipolar else np.zeros(shape, np.float32)
+    noisy = snr is not None and math.isfinite(float(snr))
+    sigma = float(m0_mean[crop][brain_mask].mean()) / float(snr) if noisy else 0.0
+    magnitude, phase = gre_signal(
+        amplitude, total_hz, echo_times, phase_offset_rad=phi0 if phase_offset else None,
+        bipolar_error_rad=beta if bipolar else None, noise_sigma=sigma, rng=rng,
+    )
+    acquisition = MultiEchoGRE(
+        magnitude=magnitude, phase=phase, echo_times_s=tuple(float(t) for t in echo_times),
+        b0_tesla=float(b0_tesla), affine=affine, bipolar=bool(bipolar),
+    )
+    return HeadPhantom(
+        acquisition=acquisition, chi_ppm=chi_relative, total_field_hz=total_hz.astype(np.float32),
+        local_field_hz=local_hz.astype(np.float32), background_field_hz=background_hz.astype(np.float32),
+        brain_mask=brain_mask, labels=labels, label_names=dict(REALISTIC_LABEL_NAMES), phase_offset_rad=phi0,
+        bipolar_error_rad=beta, chi_air_ppm=chi_air_mean[crop].copy(), shim_field_hz=shim,
+    )
+
+
+
+def _labels_at_centres(model: RealisticModel, axes: Sequence[np.ndarray], grid_to_mni: np.ndarray,
+                       centre: np.ndarray, lesions: bool) -> np.ndarray:
+    planes = [sample_on_grid(model, (axes[0][plane:plane + 16], axes[1], axes[2]), grid_to_mni, centre,
+                             lesions=lesions)["label"] for plane in range(0, axes[0].size, 16)]
+    return np.concatenate(planes, axis=0)

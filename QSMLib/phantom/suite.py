@@ -1,0 +1,328 @@
+"""The validation suite: heads the defaults are chosen on, with their ground truth.
+
+Three kinds of case:
+
+- ``realistic``: the realistic head (:mod:`.realistic`) through our forward
+  model (:func:`.realistic_scan.simulate_realistic_head`): supersampled
+  field, shim, dephasing, phase offset, bipolar error, noise.
+- ``qsm_forward``: the same anatomy through the independent forward model of
+  the ``qsm-forward`` package (Stewart et al.; its dipole kernel, padding,
+  Legendre shim, phase offset, SPGR signal with R1, peak-SNR noise and
+  optional k-space cropping to a coarser output grid).
+- ``invivo``: the real in-vivo crop kept in Testing/data (no ground truth:
+  plausibility checks only).
+
+Every realistic case's truths: ``chi_ppm`` (relative to CSF, brain only),
+total and local field (Hz), brain mask, labels with names (deep grey matter
+left and right). Cases are cached on disk keyed by their parameters and the
+code that made them (:func:`load_case`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .._version import __version__
+from ..acquisition import MultiEchoGRE
+from ..errors import QSMInputError
+from .realistic import _BRAIN_LABEL_MAX, REALISTIC_DEEP_GREY_MATTER, REALISTIC_LABEL_NAMES, realistic_model
+from .realistic_scan import grid_geometry, sample_on_grid, simulate_realistic_head
+
+_ms = 1e-3
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """A suite case: its kind, parameters and a one-line description."""
+
+    name: str
+    kind: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _echoes(first_ms: float, spacing_ms: float, count: int) -> tuple[float, ...]:
+    return tuple(round((first_ms + spacing_ms * n) * _ms, 6) for n in range(count))
+
+
+#: The suite (at least 8 cases with ground truth, voxel 0.7-2 mm, 1.5/3/7 T, 3-9 echoes, SNR 20-200).
+CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
+    CaseSpec("axial_1mm_3T", "realistic", "1 mm, 3 T, 5 echoes 4-20 ms, SNR 100, axial, monopolar",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 4, 5), snr=100.0, seed=1)),
+    CaseSpec("low_field_2mm_1p5T", "realistic", "2 mm, 1.5 T, 4 echoes 10-40 ms, SNR 50, axial",
+             dict(voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
+                  echo_times_s=_echoes(10, 10, 4), snr=50.0, seed=2)),
+    CaseSpec("slab_0p7mm_7T", "realistic", "0.7 mm, 7 T, 4 echoes 4-16 ms, SNR 60, 42 mm axial slab through "
+             "the basal ganglia", dict(voxel_size_mm=(0.7, 0.7, 0.7), fov_mm=(168.0, 201.6, 42.0), b0_tesla=7.0,
+                                       centre_mni=(0.0, -12.0, 2.0), echo_times_s=_echoes(4, 4, 4), snr=60.0,
+                                       seed=3)),
+    CaseSpec("bipolar_oblique_9echo", "realistic", "1 mm, 3 T, 9 echoes 4-36 ms bipolar, 15 deg oblique slab, "
+             "SNR 80 (the seed protocol)",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 4, 9), snr=80.0, bipolar=True, slab_rotation_deg=(15.0, 0.0), seed=4)),
+    CaseSpec("noisy_1p5mm_3echo", "realistic", "1.5 mm, 3 T, 3 echoes 5-15 ms, SNR 20, axial",
+             dict(voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(5, 5, 3), snr=20.0, seed=5)),
+    CaseSpec("aniso_tilted_1x1x2", "realistic", "1 x 1 x 2 mm, 3 T, 6 echoes 3-28 ms, head tilted 20 deg "
+             "(pitch) and 10 deg (roll), SNR 200",
+             dict(voxel_size_mm=(1.0, 1.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(3, 5, 6), snr=200.0, head_rotation_deg=(20.0, 10.0),
+                  slab_rotation_deg=(20.0, 10.0), seed=6)),
+    CaseSpec("qsmforward_1p06mm_2p89T", "qsm_forward", "qsm-forward: 1.06 mm, 2.89 T, 5 echoes 4-24 ms, peak "
+             "SNR 100, chi sampled on the output grid (as QSM-CI does)",
+             dict(voxel_mm=1.06, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=2.89,
+                  echo_times_s=_echoes(4, 5, 5), peak_snr=100.0, model_factor=1, seed=7)),
+    CaseSpec("qsmforward_7T_kspace", "qsm_forward", "qsm-forward: 7 T, 1 mm model cropped in k-space to 2 mm, "
+             "4 echoes 5-20 ms, peak SNR 80",
+             dict(voxel_mm=2.0, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=7.0,
+                  echo_times_s=_echoes(5, 5, 4), peak_snr=80.0, model_factor=2, seed=8)),
+    CaseSpec("invivo_crop", "invivo", "real 3 T in-vivo crop (51x51x41, 0.47x0.47x1 mm, 3 echoes): no ground "
+             "truth, plausibility only", dict(echo_times_s=_echoes(4, 4, 3), b0_tesla=3.0)),
+)}
+
+#: Small variants that generate in seconds, for unit tests.
+SMALL_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
+    CaseSpec("small_axial", "realistic", "3 mm, 3 T, 3 echoes, SNR 100, 120 x 150 x 72 mm around the basal ganglia",
+             dict(voxel_size_mm=(3.0, 3.0, 3.0), fov_mm=(120.0, 150.0, 72.0), centre_mni=(0.0, -15.0, 5.0),
+                  b0_tesla=3.0, echo_times_s=_echoes(4, 5, 3), snr=100.0, seed=11)),
+    CaseSpec("small_qsmforward", "qsm_forward", "qsm-forward: 3 mm, 3 T, 3 echoes, peak SNR 100",
+             dict(voxel_mm=3.0, fov_mm=(192.0, 240.0, 222.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 5, 3), peak_snr=100.0, model_factor=1, seed=12)),
+)}
+
+
+@dataclass
+class SuiteCase:
+    """One generated case.
+
+    Attributes
+    ----------
+    spec : CaseSpec
+    acquisition : MultiEchoGRE
+    chi_ppm, total_field_hz, local_field_hz : numpy.ndarray of float32 or None
+        Truths (None for the in-vivo case): susceptibility relative to CSF
+        inside the brain (0 outside), fields in Hz.
+    brain_mask : numpy.ndarray of bool or None
+    labels : numpy.ndarray of int16 or None
+        :data:`.realistic.REALISTIC_LABEL_NAMES`.
+    label_names : dict of int to str
+    seconds : float
+        Time the generation took (not the cache load).
+    """
+
+    spec: CaseSpec
+    acquisition: MultiEchoGRE
+    chi_ppm: Optional[np.ndarray] = None
+    total_field_hz: Optional[np.ndarray] = None
+    local_field_hz: Optional[np.ndarray] = None
+    brain_mask: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether the case has a ground truth (all but the in-vivo case)."""
+        return self.chi_ppm is not None
+
+    @property
+    def deep_grey_matter(self) -> dict[int, str]:
+        """Label value -> name of the deep grey matter structures present."""
+        if self.labels is None:
+            return {}
+        present = set(np.unique(self.labels).tolist())
+        return {k: v for k, v in REALISTIC_DEEP_GREY_MATTER.items() if k in present}
+
+
+def spec_by_name(name: str) -> CaseSpec:
+    """The suite or small case of that name."""
+    for table in (CASES, SMALL_CASES):
+        if name in table:
+            return table[name]
+    raise QSMInputError(f"Unknown suite case {name!r}; known: {', '.join(list(CASES) + list(SMALL_CASES))}.")
+
+
+def generate_case(spec: Union[CaseSpec, str]) -> SuiteCase:
+    """Generate a case (no cache); see :func:`load_case`."""
+    spec = spec_by_name(spec) if isinstance(spec, str) else spec
+    began = time.perf_counter()
+    if spec.kind == "realistic":
+        phantom = simulate_realistic_head(**spec.parameters)
+        case = SuiteCase(spec, phantom.acquisition, phantom.chi_ppm, phantom.total_field_hz, phantom.local_field_hz,
+                         phantom.brain_mask, phantom.labels, dict(phantom.label_names))
+    elif spec.kind == "qsm_forward":
+        case = _qsm_forward_case(spec)
+    elif spec.kind == "invivo":
+        case = _invivo_case(spec)
+    else:
+        raise QSMInputError(f"Unknown case kind {spec.kind!r}.")
+    case.seconds = time.perf_counter() - began
+    return case
+
+
+def _code_version() -> str:
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256(__version__.encode())
+    for name in ("realistic.py", "realistic_scan.py", "suite.py", "forward.py", "signal.py"):
+        digest.update((here / name).read_bytes())
+    try:
+        import qsm_forward
+
+        digest.update(str(qsm_forward.get_version()).encode())
+    except Exception:  # noqa: BLE001 - any failure just means "no qsm-forward" in the key
+        digest.update(b"no-qsm-forward")
+    return digest.hexdigest()[:12]
+
+
+def cache_key(spec: CaseSpec) -> str:
+    """File stem of a case in the cache: name, parameters and code version."""
+    parameters = json.dumps({"kind": spec.kind, **spec.parameters}, sort_keys=True, default=list)
+    return f"{spec.name}-{hashlib.sha256(parameters.encode()).hexdigest()[:8]}-{_code_version()}"
+
+
+def load_case(spec: Union[CaseSpec, str], cache_dir: Optional[Union[str, Path]] = None) -> SuiteCase:
+    """A case from the cache, or generated (and cached when ``cache_dir`` is given).
+
+    Parameters
+    ----------
+    spec : CaseSpec or str
+        The case or its name (see :data:`CASES`, :data:`SMALL_CASES`).
+    cache_dir : path, optional
+        Folder of cached cases (e.g. ``benchmarks/results/suite_cache``).
+
+    Returns
+    -------
+    SuiteCase
+    """
+    spec = spec_by_name(spec) if isinstance(spec, str) else spec
+    if cache_dir is None:
+        return generate_case(spec)
+    path = Path(cache_dir) / f"{cache_key(spec)}.npz"
+    if path.is_file():
+        return _read(spec, path)
+    case = generate_case(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    _write(case, temporary)
+    temporary.replace(path)
+    return case
+
+
+_ARRAYS = ("chi_ppm", "total_field_hz", "local_field_hz", "brain_mask", "labels")
+
+
+def _write(case: SuiteCase, path: Path) -> None:
+    acquisition = case.acquisition
+    arrays = {name: getattr(case, name) for name in _ARRAYS if getattr(case, name) is not None}
+    meta = {"echo_times_s": list(acquisition.echo_times_s), "b0_tesla": acquisition.b0_tesla,
+            "bipolar": acquisition.bipolar, "label_names": {str(k): v for k, v in case.label_names.items()},
+            "seconds": case.seconds}
+    with open(path, "wb") as handle:
+        np.savez(handle, magnitude=acquisition.magnitude, phase=acquisition.phase, affine=acquisition.affine,
+                 meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _read(spec: CaseSpec, path: Path) -> SuiteCase:
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        acquisition = MultiEchoGRE(magnitude=data["magnitude"], phase=data["phase"],
+                                   echo_times_s=tuple(meta["echo_times_s"]), b0_tesla=meta["b0_tesla"],
+                                   affine=data["affine"], bipolar=meta["bipolar"])
+        arrays = {name: data[name] for name in _ARRAYS if name in data.files}
+    return SuiteCase(spec, acquisition, label_names={int(k): v for k, v in meta["label_names"].items()},
+                     seconds=float(meta["seconds"]), **arrays)
+
+
+def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return values
+    n0, n1, n2 = (n // factor for n in values.shape)
+    return values.reshape(n0, factor, n1, factor, n2, factor).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
+    """The realistic anatomy through qsm-forward's field, shim, signal and noise models."""
+    try:
+        import qsm_forward
+    except ImportError:
+        raise QSMInputError("qsm_forward cases need the package 'qsm-forward' (pip install 'qsmlib[test]').") from None
+    p = spec.parameters
+    factor = int(p["model_factor"])
+    output_voxel = float(p["voxel_mm"])
+    model_voxel = output_voxel / factor
+    shape = tuple(int(round(f / output_voxel)) * factor for f in p["fov_mm"])
+    output_shape = tuple(n // factor for n in shape)
+    model = realistic_model()
+    _, _, grid_to_mni = grid_geometry(shape, (model_voxel,) * 3, centre_mni=p["centre_mni"])
+    # partial volumes: two sub-samples per model voxel and axis
+    sub_axes = [((np.arange(2 * n) + 0.5) / 2 - 0.5 - (n - 1) / 2.0) * model_voxel for n in shape]
+    sums: dict[str, list[np.ndarray]] = {k: [] for k in ("chi_air_ppm", "chi_local_ppm", "m0", "r2star_3t", "r1")}
+    for plane in range(0, sub_axes[0].size, 16):
+        sampled = sample_on_grid(model, (sub_axes[0][plane:plane + 16], sub_axes[1], sub_axes[2]), grid_to_mni,
+                                 p["centre_mni"])
+        label = sampled["label"]
+        # longitudinal relaxation rate (1/s at 3 T), only used by qsm-forward's SPGR weighting
+        r1 = np.select([label == 16, (label > 0) & (label <= 14), label == 17, label == 31, label == 32],
+                       [1.15, 0.9, 0.75, 2.0, 1.0], 0.3).astype(np.float32)
+        sampled["r1"] = r1
+        for key in sums:
+            sums[key].append(_block_mean(sampled[key], 2))
+    maps = {key: np.concatenate(value, axis=0) for key, value in sums.items()}
+    axes = [((np.arange(n) - (n - 1) / 2.0) * output_voxel) for n in output_shape]
+    labels = np.concatenate([sample_on_grid(model, (axes[0][i:i + 16], axes[1], axes[2]), grid_to_mni,
+                                            p["centre_mni"])["label"] for i in range(0, len(axes[0]), 16)], axis=0)
+    brain_output = (labels > 0) & (labels <= _BRAIN_LABEL_MAX)
+    model_axes = [((np.arange(n) - (n - 1) / 2.0) * model_voxel) for n in shape]
+    brain_model = np.concatenate([
+        sample_on_grid(model, (model_axes[0][i:i + 16], model_axes[1], model_axes[2]), grid_to_mni,
+                       p["centre_mni"])["label"] for i in range(0, len(model_axes[0]), 16)], axis=0)
+    brain_model = (brain_model > 0) & (brain_model <= _BRAIN_LABEL_MAX)
+    b0 = float(p["b0_tesla"])
+    voxel = [model_voxel] * 3
+    field_ppm = qsm_forward.generate_field(maps["chi_air_ppm"].astype(np.float64), voxel_size=voxel, B0_dir=[0, 0, 1])
+    local_ppm = qsm_forward.generate_field(maps["chi_local_ppm"].astype(np.float64), voxel_size=voxel,
+                                           B0_dir=[0, 0, 1])
+    _, shimmed_ppm, _ = qsm_forward.generate_shimmed_field(field_ppm, brain_model, order=2)
+    del field_ppm
+    gamma_hz_per_ppm_tesla = 42.58  # qsm-forward's own constant, so the truth matches its phase
+    phase_offset = qsm_forward.generate_phase_offset(maps["m0"], brain_model, shape)
+    rng = np.random.default_rng(int(p["seed"]))
+    r2star = maps["r2star_3t"] * np.float32(b0 / 3.0)
+    magnitude, phase = [], []
+    for te in p["echo_times_s"]:
+        signal = qsm_forward.generate_signal(field=shimmed_ppm, B0=b0, TR=0.05, TE=float(te), flip_angle=15,
+                                             phase_offset=phase_offset, R1=maps["r1"], R2star=r2star, M0=maps["m0"])
+        if factor > 1:
+            signal = qsm_forward.crop_kspace(signal, output_shape)
+        signal = qsm_forward.add_noise(signal, peak_snr=float(p["peak_snr"]), rng=rng)
+        magnitude.append(np.abs(signal).astype(np.float32))
+        phase.append(np.angle(signal).astype(np.float32))
+    total_hz = _block_mean((shimmed_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
+    local_hz = _block_mean((local_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
+    chi = np.where(brain_output, _block_mean(maps["chi_local_ppm"], factor), 0.0).astype(np.float32)
+    affine = np.diag([output_voxel] * 3 + [1.0])
+    affine[:3, 3] = -output_voxel * (np.asarray(output_shape) - 1) / 2.0
+    acquisition = MultiEchoGRE(magnitude=np.stack(magnitude), phase=np.stack(phase),
+                               echo_times_s=tuple(p["echo_times_s"]), b0_tesla=b0, affine=affine)
+    return SuiteCase(spec, acquisition, chi, total_hz, local_hz, brain_output, labels.astype(np.int16),
+                     dict(REALISTIC_LABEL_NAMES))
+
+
+def _invivo_case(spec: CaseSpec) -> SuiteCase:
+    from ..io.nifti import load_acquisition
+
+    folder = Path(__file__).resolve().parents[2] / "Testing" / "data" / "invivo_3echo_crop"
+    if not (folder / "mag.nii.gz").is_file():
+        raise QSMInputError(f"The in-vivo crop is not at {folder} (it ships with the repository's Testing/data).")
+    acquisition, _ = load_acquisition([folder / "mag.nii.gz"], [folder / "phase.nii.gz"],
+                                      echo_times_s=list(spec.parameters["echo_times_s"]),
+                                      b0_tesla=float(spec.parameters["b0_tesla"]))
+    return SuiteCase(spec, acquisition)

@@ -1,0 +1,138 @@
+"""The validation suite's realistic head, its metrics and the accuracy benchmark runner (issue 9)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qsm_forward
+import scipy.ndimage as ndi
+
+from QSMLib import _fft, metrics
+from QSMLib.contract import InversionResult, Method
+from QSMLib.dipole import dipole_kernel
+from QSMLib.phantom.forward import shim_field
+from QSMLib.phantom.realistic_scan import grid_geometry, sample_on_grid, simulate_realistic_head
+from QSMLib.phantom.suite import load_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_accuracy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    return load_case("small_axial")
+
+
+def test_xsim_is_one_for_identical_maps_and_falls_with_noise(small_case):
+    truth, brain = small_case.chi_ppm, small_case.brain_mask
+    rng = np.random.default_rng(0)
+    scores = [metrics.xsim(truth + rng.normal(0, sd, truth.shape), truth, brain) for sd in (0.0, 0.02, 0.05)]
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[0] > scores[1] > scores[2]
+    # a blank map scores below a noisy correct one (measured 0.012 vs 0.48) and has NRMSE 100 %
+    blank = np.zeros_like(truth)
+    assert metrics.xsim(blank, truth, brain) < 0.05 < scores[1]
+
+
+def test_xsim_of_a_doubled_map_is_near_the_ssim_value_0_64():
+    # luminance and contrast terms are each 2a/(1+a^2) = 0.8 for a = 2 when the constants are negligible
+    truth = ndi.gaussian_filter(np.random.default_rng(1).normal(0, 1, (24, 24, 24)), 1.0) * 20
+    assert metrics.xsim(2 * truth, truth, np.ones(truth.shape, bool)) == pytest.approx(0.64, abs=0.01)
+
+
+def test_roi_slope_of_a_scaled_estimate():
+    truth = {"a": 0.05, "b": 0.2, "c": -0.01}
+    assert metrics.roi_slope({k: 0.8 * v + 0.3 for k, v in truth.items()}, truth) == pytest.approx(0.8)
+
+
+def test_our_field_of_the_head_agrees_with_plain_convolution_and_qsm_forward():
+    # whole head in the FOV at 4 mm, sampled on the output grid (supersample 1), no shim, no noise
+    phantom = simulate_realistic_head(voxel_size_mm=(4.0,) * 3, fov_mm=(200.0, 240.0, 264.0), centre_mni=(0, -18, -12),
+                                      echo_times_s=(0.01,), snr=None, supersample=1, shim_order=None,
+                                      phase_offset=False)
+    brain, chi_air = phantom.brain_mask, phantom.chi_air_ppm
+    axes = [(np.arange(n) - (n - 1) / 2.0) * 4.0 for n in brain.shape]
+
+    def shimmed(field):
+        return field + shim_field(field, brain, axes, 2)
+
+    padded = _fft.padded_shape(chi_air.shape, 6.0)  # copies five head lengths away: an isolated head
+    isolated = _fft.crop(_fft.irfftn(_fft.rfftn(_fft.pad(chi_air, padded)) * dipole_kernel(padded, (4, 4, 4)),
+                                     padded), chi_air.shape) * np.float32(3.0 * 42.577478)
+    # measured 0.43 Hz RMS unshimmed, 0.02 Hz shimmed (the total field SD in the brain is about 40 Hz)
+    assert np.sqrt(np.mean((phantom.total_field_hz - isolated)[brain] ** 2)) < 0.6
+    independent = qsm_forward.generate_field(chi_air.astype(np.float64), voxel_size=[4, 4, 4], B0_dir=[0, 0, 1])
+    independent = (independent * 3.0 * 42.577478).astype(np.float32)
+    # qsm-forward keeps its periodic copies (2x padding); after a shim they differ little: measured 0.32 Hz RMS
+    assert np.sqrt(np.mean((shimmed(phantom.total_field_hz) - shimmed(independent))[brain] ** 2)) < 0.5
+    local = qsm_forward.generate_field(np.where(brain, phantom.chi_ppm, 0).astype(np.float64), voxel_size=[4, 4, 4])
+    assert metrics.nrmse(phantom.local_field_hz, (local * 3.0 * 42.577478).astype(np.float32), brain) < 0.5
+
+
+def test_truths_are_consistent(small_case):
+    case = small_case
+    assert np.all(case.chi_ppm[~case.brain_mask] == 0)
+    assert np.all(np.isfinite(case.total_field_hz)) and np.all(np.isfinite(case.acquisition.phase))
+    # the skull-base air and bone make background fields of tens of Hz at 3 T, local fields are a few Hz
+    assert np.percentile(np.abs(case.total_field_hz[case.brain_mask]), 99) > 30
+    assert 0.5 < case.local_field_hz[case.brain_mask].std() < 5
+
+
+def test_nuclei_ordering_and_white_matter_variation(small_case):
+    case = small_case
+    means = metrics.roi_means_ppm(case.chi_ppm, case.labels, case.deep_grey_matter, case.labels == 15)
+    side = {name: (means[f"{name}_left"] + means[f"{name}_right"]) / 2 for name in
+            ("globus_pallidus", "substantia_nigra", "red_nucleus", "dentate", "caudate", "putamen", "thalamus")}
+    order = ["globus_pallidus", "substantia_nigra", "red_nucleus", "dentate", "caudate", "putamen", "thalamus"]
+    assert [side[n] for n in order] == sorted(side.values(), reverse=True)
+    assert abs(side["thalamus"]) < 0.01
+    white = case.chi_ppm[case.labels == 16]
+    assert -0.045 < white.mean() < -0.02 and white.std() > 0.008
+
+
+def test_iron_rises_towards_the_pallidum_core_and_along_the_putamen():
+    axes = [np.arange(-40.0, 41.0, 1.0), np.arange(-30.0, 31.0, 1.0), np.arange(-15.0, 16.0, 1.0)]
+    _, _, rotation = grid_geometry((81, 61, 31), (1, 1, 1), centre_mni=(0, -5, 0))
+    from QSMLib.phantom.realistic import realistic_model
+
+    sampled = sample_on_grid(realistic_model(), axes, rotation, (0, -5, 0), lesions=False)
+    pallidum = sampled["label"] == 6
+    depth = ndi.distance_transform_edt(pallidum)
+    assert np.corrcoef(depth[pallidum], sampled["chi_local_ppm"][pallidum])[0, 1] > 0.7
+    putamen = sampled["label"] == 4
+    x = np.broadcast_to(axes[0][:, None, None], putamen.shape)[putamen]
+    y = np.broadcast_to(axes[1][None, :, None] - 5.0, putamen.shape)[putamen]
+    assert np.corrcoef(np.abs(x) - y, sampled["chi_local_ppm"][putamen])[0, 1] > 0.8
+
+
+def test_magnitude_edges_follow_chi_edges_only_partly(small_case):
+    case = small_case
+    inner = ndi.binary_erosion(case.brain_mask, iterations=2)
+    chi_edges = np.linalg.norm(np.gradient(case.chi_ppm), axis=0)[inner]
+    magnitude_edges = np.linalg.norm(np.gradient(case.acquisition.magnitude[0]), axis=0)[inner]
+    # measured 0.33: related (same anatomy) but far from the analytic phantom's coincident edges
+    assert 0.15 < np.corrcoef(chi_edges, magnitude_edges)[0, 1] < 0.6
+
+
+def test_benchmark_runner_end_to_end_on_a_small_case(small_case):
+    rows = bench_accuracy.evaluate_case(small_case, stages=("background", "inversion"), inputs=("exact",),
+                                        background_methods=["vsharp"], inversion_methods=["tv"])
+    assert {(r["stage"], r["method"]) for r in rows} == {("background", "vsharp"), ("inversion", "tv")}
+    inversion = next(r for r in rows if r["stage"] == "inversion")
+    assert len(inversion["roi_errors_ppb"]) == 14 and all(np.isfinite(list(inversion["roi_errors_ppb"].values())))
+    assert inversion["nrmse"] < 40  # measured 28.5 % (TV from the exact local field)
+    text = bench_accuracy.markdown(rows, [bench_accuracy.case_info(small_case)])
+    assert "Mean and worst case" in text and "small_axial" in text
+
+
+def test_benchmark_calls_contract_methods_and_reads_their_results(small_case):
+    def scaled(local_field_hz, mask, voxel_size_mm, *, b0_tesla, factor=1.0):
+        return InversionResult(np.where(mask, factor * local_field_hz / b0_tesla, 0).astype(np.float32),
+                               {"factor": factor})
+
+    chi, valid, chosen = bench_accuracy.call_method(
+        Method(scaled, inputs=("b0_tesla",)), small_case.local_field_hz, small_case.brain_mask, (3, 3, 3),
+        {"b0_tesla": 3.0, "magnitude": None}, {"factor": 2.0})
+    assert chosen == {"factor": 2.0} and valid is small_case.brain_mask
+    np.testing.assert_allclose(chi[valid], 2.0 * small_case.local_field_hz[valid] / 3.0, rtol=1e-6)

@@ -1,0 +1,417 @@
+"""Accuracy of every stage and method on the validation suite (issue 9).
+
+    python benchmarks/bench_accuracy.py                          # every case, stage and method
+    python benchmarks/bench_accuracy.py --cases axial_1mm_3T --stages inversion --methods tv,nltv
+    python benchmarks/bench_accuracy.py --param tv.regularization=3e-4 --methods tv --stages inversion
+    python benchmarks/bench_accuracy.py --small                  # the small test cases (seconds)
+    python benchmarks/bench_accuracy.py --markdown out.md --json out.json
+
+Cases (QSMLib.phantom.suite.CASES) are generated once and cached in
+benchmarks/results/suite_cache (keyed by their parameters and the phantom
+code). For each case with ground truth it prints:
+
+- ``pipeline``: the whole pipeline from raw phase (``--preset``, default
+  consensus): total-field error (Hz, RMS after removing the median offset,
+  inside the brain and in a 3 mm band at the brain edge; max and count of
+  voxels off by more than 20 Hz there), mask Dice, local-field NRMSE, chi
+  metrics and deep grey matter ROI errors;
+- ``background``: every registered background method, from the exact total
+  field with the true brain mask (``exact``) and from the pipeline's total
+  field and mask (``pipeline``): local-field NRMSE (%) on the valid brain
+  voxels, and the share of the brain kept;
+- ``inversion``: every registered inversion method from the exact local field
+  (``exact``), the exact local field plus the echo fit's noise (``noisy``,
+  with its reliability weight) and the pipeline's local field
+  (``pipeline``): chi NRMSE, detrended NRMSE, HFEN (%), XSIM, correlation, the
+  ROI slope and every deep grey matter ROI error (ppb).
+
+Chi and fields are compared on the voxels where both are defined (true
+brain mask and the method's mask), each map demeaned there (ROI means are
+referenced to that mean). Then per stage, input and method: mean and worst
+case over the cases. The in-vivo crop (no truth) gets plausibility numbers
+only. Methods come from the registries, so new ones appear automatically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import scipy.ndimage as ndi
+
+# benchmark this checkout, whatever QSMLib the environment has installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from QSMLib import metrics  # noqa: E402
+from QSMLib.background import METHODS as BACKGROUND_METHODS  # noqa: E402
+from QSMLib.fieldmap import weighted_linear  # noqa: E402
+from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
+from QSMLib.phantom.suite import CASES, SMALL_CASES, SuiteCase, load_case  # noqa: E402
+from QSMLib.pipeline import PRESETS, run_pipeline  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / "results" / "suite_cache"
+STAGES = ("pipeline", "background", "inversion")
+EDGE_BAND_MM = 3.0
+FIELD_OUTLIER_HZ = 20.0
+CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_slope", "roi_abs_max_ppb")
+
+
+def _function(entry: Any) -> Callable[..., Any]:
+    """The plain function of a registry entry (a function, or a contract ``Method``)."""
+    return getattr(entry, "function", entry)
+
+
+def call_method(entry: Any, field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm, available: dict,
+                parameters: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run one registry entry with the pipeline inputs it takes; normalise the result.
+
+    Returns (map, mask, chosen parameters): the local field and its mask for
+    background methods, chi and the input mask for inversion methods. Old
+    tuple results and the contract's BackgroundResult/InversionResult are
+    both understood.
+    """
+    function = _function(entry)
+    accepted = inspect.signature(function).parameters
+    declared = getattr(entry, "inputs", None)
+    names = set(declared) if declared is not None else set(accepted)
+    keyword = {name for name, p in accepted.items() if p.kind == p.KEYWORD_ONLY}
+    inputs = {k: v for k, v in available.items() if k in names and k in keyword}
+    result = function(field_hz, mask, tuple(voxel_size_mm), **inputs, **parameters)
+    if hasattr(result, "local_field_hz"):
+        return result.local_field_hz, result.mask, dict(getattr(result, "parameters", {}) or {})
+    if hasattr(result, "chi_ppm"):
+        return result.chi_ppm, mask, dict(getattr(result, "parameters", {}) or {})
+    if isinstance(result, tuple):
+        return result[0], result[1], {}
+    return result, mask, {}
+
+
+def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
+    """The echo fit's field noise (Hz) and reliability weight, from phase unwrapped with the true field.
+
+    Each echo is unwrapped against echo 1 plus the true field's phase
+    evolution, then fitted with an intercept (the phase offset); bipolar
+    acquisitions use their odd echoes only (the even ones carry the readout
+    error). The noise is the fit minus the true total field.
+    """
+    acquisition = case.acquisition
+    echoes = list(range(0, acquisition.n_echoes, 2)) if acquisition.bipolar else list(range(acquisition.n_echoes))
+    times = np.asarray(acquisition.echo_times_s, np.float32)[echoes]
+    phase = acquisition.phase[echoes] * np.float32(acquisition.phase_sign)
+    model = phase[0][None] + np.float32(2 * np.pi) * case.total_field_hz[None] * (times - times[0]).reshape(-1, 1, 1, 1)
+    unwrapped = phase + np.float32(2 * np.pi) * np.round((model - phase) / np.float32(2 * np.pi))
+    fitted, maps = weighted_linear(unwrapped, acquisition.magnitude[echoes], times, mask=case.brain_mask)
+    return (fitted - case.total_field_hz).astype(np.float32), maps["field_weight"].astype(np.float32)
+
+
+def edge_band(mask: np.ndarray, voxel_size_mm, width_mm: float = EDGE_BAND_MM) -> np.ndarray:
+    """Voxels of ``mask`` within ``width_mm`` of its boundary."""
+    distance = ndi.distance_transform_edt(mask, sampling=tuple(float(v) for v in voxel_size_mm))
+    return mask & (distance <= width_mm)
+
+
+def chi_scores(chi: np.ndarray, case: SuiteCase, region: np.ndarray) -> dict[str, Any]:
+    """Chi metrics and deep grey matter ROI errors (ppb) on ``region``."""
+    scores: dict[str, Any] = metrics.summary(chi, case.chi_ppm, region)
+    dgm = case.deep_grey_matter
+    estimated = metrics.roi_means_ppm(chi, np.where(region, case.labels, 0), dgm, region)
+    true = metrics.roi_means_ppm(case.chi_ppm, np.where(region, case.labels, 0), dgm, region)
+    errors = {name: 1000.0 * (estimated[name] - true[name]) for name in true if name in estimated}
+    scores["roi_slope"] = metrics.roi_slope(estimated, true)
+    scores["roi_abs_max_ppb"] = max((abs(v) for v in errors.values()), default=float("nan"))
+    scores["roi_errors_ppb"] = errors
+    return scores
+
+
+def _field_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray, edge: np.ndarray) -> dict[str, float]:
+    error = estimate - truth
+    offset = float(np.median(error[region]))
+    error = error - offset
+    inside = error[region & ~edge]
+    at_edge = np.abs(error[region & edge])
+    return {"field_offset_hz": offset, "field_rms_hz": float(np.sqrt(np.mean(inside**2))),
+            "edge_rms_hz": float(np.sqrt(np.mean(at_edge**2))) if at_edge.size else float("nan"),
+            "edge_max_hz": float(at_edge.max()) if at_edge.size else float("nan"),
+            "edge_outliers": int((at_edge > FIELD_OUTLIER_HZ).sum())}
+
+
+def evaluate_case(
+    case: SuiteCase,
+    *,
+    stages=STAGES,
+    background_methods: Optional[list[str]] = None,
+    inversion_methods: Optional[list[str]] = None,
+    parameters: Optional[dict[str, dict]] = None,
+    preset: str = "consensus",
+    inputs: tuple[str, ...] = ("exact", "noisy", "pipeline"),
+    log: Callable[[str], None] = lambda message: None,
+) -> list[dict[str, Any]]:
+    """All rows (one dict per stage, input and method) for one case.
+
+    ``inputs`` selects the inputs of the background (exact, pipeline) and
+    inversion (exact, noisy, pipeline) stages; the pipeline runs only when
+    its stage or its input is asked for.
+    """
+    parameters = parameters or {}
+    background_methods = list(BACKGROUND_METHODS) if background_methods is None else background_methods
+    inversion_methods = list(INVERSION_METHODS) if inversion_methods is None else inversion_methods
+    acquisition = case.acquisition
+    voxel = acquisition.voxel_size_mm
+    rows: list[dict[str, Any]] = []
+    base = {"case": case.spec.name}
+    need_pipeline = "pipeline" in stages or "pipeline" in inputs
+    pipeline = None
+    if need_pipeline:
+        began = time.perf_counter()
+        pipeline = run_pipeline(acquisition, PRESETS[preset]())
+        seconds = time.perf_counter() - began
+        log(f"{case.spec.name}: pipeline {seconds:.0f} s")
+        if not case.has_truth:
+            chi = pipeline.chi_ppm[pipeline.local_mask]
+            rows.append({**base, "stage": "pipeline", "input": "raw", "method": preset, "seconds": seconds,
+                         "mask_fraction": float(pipeline.mask.mean()), "chi_p1_ppm": float(np.percentile(chi, 1)),
+                         "chi_p99_ppm": float(np.percentile(chi, 99)), "chi_sd_ppm": float(chi.std()),
+                         "finite": bool(np.all(np.isfinite(pipeline.chi_ppm)))})
+            return rows
+    if not case.has_truth:
+        return rows
+    brain = case.brain_mask
+    edge = edge_band(brain, voxel)
+    if "pipeline" in stages:
+        region = pipeline.local_mask & brain
+        row = {**base, "stage": "pipeline", "input": "raw", "method": preset, "seconds": seconds,
+               "mask_dice": float(2 * (pipeline.mask & brain).sum() / (pipeline.mask.sum() + brain.sum())),
+               "mask_outside_brain": int((pipeline.mask & ~brain).sum()),
+               "local_nrmse": metrics.nrmse(pipeline.local_field_hz, case.local_field_hz, region)}
+        row.update(_field_error(pipeline.total_field_hz, case.total_field_hz, pipeline.mask & brain, edge))
+        row.update(chi_scores(pipeline.chi_ppm, case, region))
+        rows.append(row)
+    available = {"b0_direction": tuple(acquisition.b0_direction), "b0_tesla": acquisition.b0_tesla,
+                 "magnitude": acquisition.magnitude, "echo_times_s": acquisition.echo_times_s,
+                 "voxel_size_mm": tuple(voxel)}
+    if "background" in stages:
+        sources = {"exact": lambda: (case.total_field_hz, brain, None),
+                   "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask, pipeline.maps.get("field_weight"))}
+        for input_name in [name for name in sources if name in inputs]:
+            total, mask, weight = sources[input_name]()
+            for method in background_methods:
+                began = time.perf_counter()
+                local, valid, chosen = call_method(BACKGROUND_METHODS[method], total, mask, voxel,
+                                                   dict(available, field_weight=weight), parameters.get(method, {}))
+                region = valid & brain
+                rows.append({**base, "stage": "background", "input": input_name, "method": method,
+                             "seconds": time.perf_counter() - began, "chosen": chosen,
+                             "local_nrmse": metrics.nrmse(local, case.local_field_hz, region),
+                             "brain_kept": float(region.sum() / brain.sum())})
+                log(f"{case.spec.name}: background {method} ({input_name}) {rows[-1]['local_nrmse']:.1f} %")
+    if "inversion" in stages:
+        noise, weight = echo_fit_noise(case) if "noisy" in inputs else (None, None)
+        sources = {"exact": lambda: (case.local_field_hz, brain, None),
+                   "noisy": lambda: (np.where(brain, case.local_field_hz + noise, 0).astype(np.float32), brain,
+                                     weight),
+                   "pipeline": lambda: (pipeline.local_field_hz, pipeline.local_mask,
+                                        pipeline.maps.get("field_weight"))}
+        for input_name in [name for name in sources if name in inputs]:
+            local, mask, field_weight = sources[input_name]()
+            for method in inversion_methods:
+                began = time.perf_counter()
+                chi, valid, chosen = call_method(INVERSION_METHODS[method], local, mask, voxel,
+                                                 dict(available, field_weight=field_weight),
+                                                 parameters.get(method, {}))
+                row = {**base, "stage": "inversion", "input": input_name, "method": method,
+                       "seconds": time.perf_counter() - began, "chosen": chosen}
+                if input_name == "noisy":
+                    row["noise_sd_hz"] = float(noise[brain].std())
+                row.update(chi_scores(chi, case, valid & brain))
+                rows.append(row)
+                log(f"{case.spec.name}: inversion {method} ({input_name}) {row['nrmse']:.1f} %")
+    return rows
+
+
+# ---------------------------------------------------------------- reporting
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _table(header: list[str], lines: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_format(v) for v in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, input and method: mean and worst case of each metric over the cases."""
+    worst_is_max = {"nrmse", "detrended_nrmse", "hfen", "local_nrmse", "field_rms_hz", "edge_rms_hz", "edge_max_hz",
+                    "edge_outliers", "roi_abs_max_ppb", "mask_outside_brain"}
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["stage"] == "pipeline" and "nrmse" not in row:
+            continue
+        groups.setdefault((row["stage"], row["input"], row["method"]), []).append(row)
+    summary: dict[str, list[dict[str, Any]]] = {}
+    for (stage, input_name, method), members in groups.items():
+        entry = {"stage": stage, "input": input_name, "method": method, "cases": len(members)}
+        for key in members[0]:
+            values = [m[key] for m in members if isinstance(m.get(key), (int, float)) and not isinstance(m[key], bool)]
+            if not values:
+                continue
+            values = [float(v) for v in values]
+            entry[f"{key}_mean"] = float(np.mean(values))
+            if key in worst_is_max:
+                entry[f"{key}_worst"] = float(np.max(values))
+            elif key == "roi_slope":
+                entry[f"{key}_worst"] = float(values[int(np.argmax([abs(v - 1) for v in values]))])
+            else:
+                entry[f"{key}_worst"] = float(np.min(values))
+        summary.setdefault(stage, []).append(entry)
+    return summary
+
+
+def case_info(case: SuiteCase) -> dict[str, Any]:
+    """What the cases table shows of a case."""
+    return {"case": case.spec.name, "kind": case.spec.kind, "description": case.spec.description,
+            "matrix": "x".join(map(str, case.acquisition.spatial_shape)), "generation_s": case.seconds}
+
+
+def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
+    """README-ready tables: the cases (:func:`case_info`), per stage per case, then mean and worst case."""
+    parts = ["## Cases\n", _table(["case", "kind", "description", "matrix", "generation (s)"],
+                                  [[c["case"], c["kind"], c["description"], c["matrix"], c["generation_s"]]
+                                   for c in cases])]
+    chi_header = ["NRMSE %", "dNRMSE %", "HFEN %", "XSIM", "corr", "ROI slope", "max abs ROI err (ppb)"]
+    pipeline_rows = [r for r in rows if r["stage"] == "pipeline" and "nrmse" in r]
+    if pipeline_rows:
+        parts += ["\n## Whole pipeline from raw phase\n", _table(
+            ["case", "preset", "s", "field RMS Hz", "edge RMS Hz", "edge max Hz", f"edge >{FIELD_OUTLIER_HZ:g} Hz",
+             "mask Dice", "local NRMSE %"] + chi_header,
+            [[r["case"], r["method"], r["seconds"], r["field_rms_hz"], r["edge_rms_hz"], r["edge_max_hz"],
+              r["edge_outliers"], r["mask_dice"], r["local_nrmse"]] + [r[k] for k in CHI_METRICS]
+             for r in pipeline_rows])]
+    plausibility = [r for r in rows if r["stage"] == "pipeline" and "nrmse" not in r]
+    if plausibility:
+        parts += ["\n## No ground truth (plausibility)\n", _table(
+            ["case", "preset", "s", "finite", "mask fraction", "chi p1 ppm", "chi p99 ppm", "chi SD ppm"],
+            [[r["case"], r["method"], r["seconds"], r["finite"], r["mask_fraction"], r["chi_p1_ppm"],
+              r["chi_p99_ppm"], r["chi_sd_ppm"]] for r in plausibility])]
+    background = [r for r in rows if r["stage"] == "background"]
+    if background:
+        parts += ["\n## Background removal (local-field NRMSE %)\n", _table(
+            ["case", "input", "method", "s", "local NRMSE %", "brain kept"],
+            [[r["case"], r["input"], r["method"], r["seconds"], r["local_nrmse"], r["brain_kept"]]
+             for r in background])]
+    inversion = [r for r in rows if r["stage"] == "inversion"]
+    if inversion:
+        parts += ["\n## Dipole inversion\n", _table(
+            ["case", "input", "method", "s"] + chi_header,
+            [[r["case"], r["input"], r["method"], r["seconds"]] + [r[k] for k in CHI_METRICS] for r in inversion])]
+        names = sorted({name for r in inversion for name in r["roi_errors_ppb"]})
+        parts += ["\n### Deep grey matter ROI errors (ppb)\n", _table(
+            ["case", "input", "method"] + names,
+            [[r["case"], r["input"], r["method"]] + [r["roi_errors_ppb"].get(n, float("nan")) for n in names]
+             for r in inversion + pipeline_rows])]
+    summary = summarise(rows)
+    case_names = sorted({r["case"] for r in rows if "nrmse" in r or "local_nrmse" in r})
+    parts.append(f"\n## Mean and worst case over the suite ({', '.join(case_names)})\n")
+    for stage, entries in summary.items():
+        keys = ["local_nrmse"] if stage == "background" else ["nrmse", "hfen", "xsim", "roi_slope", "roi_abs_max_ppb"]
+        if stage == "pipeline":
+            keys = ["field_rms_hz", "edge_max_hz", "local_nrmse"] + keys
+        header = ["stage", "input", "method", "cases"] + [f"{k} {w}" for k in keys for w in ("mean", "worst")]
+        parts.append(_table(header, [[e["stage"], e["input"], e["method"], e["cases"]]
+                                     + [e.get(f"{k}_{w}", float("nan")) for k in keys for w in ("mean", "worst")]
+                                     for e in entries]) + "\n")
+    return "\n".join(parts) + "\n"
+
+
+def _parse_parameters(items: list[str]) -> dict[str, dict]:
+    parameters: dict[str, dict] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        method, _, key = name.partition(".")
+        if not key or not value:
+            raise SystemExit(f"--param expects METHOD.NAME=VALUE, got {item!r}")
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        parameters.setdefault(method, {})[key] = parsed
+    return parameters
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", help="comma-separated case names (default: the whole suite)")
+    parser.add_argument("--small", action="store_true", help="run the small test cases instead of the suite")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated: pipeline,background,inversion")
+    parser.add_argument("--methods", help="comma-separated background/inversion method names (default: all)")
+    parser.add_argument("--param", action="append", default=[], help="METHOD.NAME=VALUE (JSON value), repeatable")
+    parser.add_argument("--preset", default="consensus", help="pipeline preset (default consensus)")
+    parser.add_argument("--inputs", default="exact,noisy,pipeline",
+                        help="inputs of the background/inversion stages: exact,noisy,pipeline (pipeline runs the "
+                             "whole pipeline first)")
+    parser.add_argument("--cache-dir", default=str(CACHE), help="folder of cached cases")
+    parser.add_argument("--markdown", help="also write the markdown tables to this file")
+    parser.add_argument("--json", help="also write every row as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--from-json", help="comma-separated JSON files of earlier runs: print their tables together")
+    arguments = parser.parse_args(argv)
+    if arguments.from_json:
+        rows, infos = [], []
+        for path in arguments.from_json.split(","):
+            saved = json.loads(Path(path).read_text())
+            rows += saved["rows"]
+            infos += saved["cases"]
+        text = markdown(rows, infos)
+        print(text)
+        if arguments.markdown:
+            Path(arguments.markdown).write_text(text)
+        return rows
+    table = SMALL_CASES if arguments.small else CASES
+    names = arguments.cases.split(",") if arguments.cases else list(table)
+    stages = tuple(s for s in arguments.stages.split(",") if s)
+    methods = arguments.methods.split(",") if arguments.methods else None
+    unknown = [m for m in methods or [] if m not in BACKGROUND_METHODS and m not in INVERSION_METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}")
+    background = [m for m in methods if m in BACKGROUND_METHODS] if methods else None
+    inversion = [m for m in methods if m in INVERSION_METHODS] if methods else None
+
+    def log(message: str) -> None:
+        if not arguments.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    rows: list[dict[str, Any]] = []
+    cases = []
+    for name in names:
+        began = time.perf_counter()
+        case = load_case(table[name] if name in table else name, arguments.cache_dir)
+        log(f"{name}: loaded in {time.perf_counter() - began:.0f} s (generated in {case.seconds:.0f} s)")
+        cases.append(case)
+        rows += evaluate_case(case, stages=stages, background_methods=background, inversion_methods=inversion,
+                              parameters=_parse_parameters(arguments.param), preset=arguments.preset,
+                              inputs=tuple(arguments.inputs.split(",")), log=log)
+    infos = [case_info(case) for case in cases]
+    text = markdown(rows, infos)
+    print(text)
+    if arguments.markdown:
+        Path(arguments.markdown).write_text(text)
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps({"cases": infos, "rows": rows, "summary": summarise(rows)},
+                                                   indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
