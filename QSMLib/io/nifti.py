@@ -282,9 +282,9 @@ def write_volume(path: PathLike, array: np.ndarray, affine: np.ndarray, *, compr
     """Write a 3D array in (k, j, i) order atomically; returns the path written.
 
     A ``.nii.gz`` name is gzip-compressed at ``compression_level`` (1
-    fastest, 9 smallest; measured on chi and field maps, 9 saves under 5 %
-    of the size for about 50 % more time), any other name is written as
-    SimpleITK writes it. The file appears complete or not at all, with the
+    fastest, 9 smallest; measured on the 1 mm head's chi, field maps and
+    mask, 9 makes them 1 % smaller in total, chi 3 %, for 1.5 times the
+    time), any other name is written as SimpleITK writes it. The file appears complete or not at all, with the
     permissions of any new file (the umask's).
 
     Examples

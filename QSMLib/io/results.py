@@ -47,7 +47,7 @@ ALWAYS_WRITTEN = ("chi", "mask", "total_field", "local_field")
 ROI_FILE = "roi_stats.tsv"
 PROVENANCE_FILE = "provenance.json"
 #: ``--compress`` choices: gzip level of the maps, or None for uncompressed ``.nii`` files. Measured on
-#: the 1 mm head's maps, level 9 makes them at most 5 % smaller than level 1 and takes about 1.5 times as long.
+#: the 1 mm head's four maps, level 9 makes them 1 % smaller than level 1 (chi 3 %) for 1.5 times the time.
 COMPRESSION_LEVELS = {"fast": 1, "best": 9, "none": None}
 
 
