@@ -34,10 +34,12 @@ MIB = 2**20
 
 def _child(bids_root: str, out_dir: str, config_name: str) -> None:
     from QSMLib.batch.discovery import find_acquisitions
+    from QSMLib.batch.layout import WORK_FOLDER
     from QSMLib.batch.tasks import process_acquisition
     from QSMLib.pipeline import load_config
 
     [acquisition] = find_acquisitions(bids_root)
+    (Path(out_dir) / WORK_FOLDER).mkdir(parents=True)  # as run_cohort prepares the derivatives folder
     began = time.perf_counter()
     record = process_acquisition(acquisition, out_dir, load_config(config_name).to_dict())
     if record["status"] != "processed":
