@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._parallel import for_each_slab
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import FieldMapResult, Method
 from .errors import QSMInputError
@@ -83,37 +84,43 @@ def weighted_linear(
             f"{len(times)} echo times for {unwrapped_phase.shape[0]} echoes in the phase."
         )
     fit_intercept = intercept and len(times) >= 2
-    # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
     shape = unwrapped_phase.shape[1:]
-    s0, s1, s2, y0, y1 = (np.zeros(shape, dtype=np.float32) for _ in range(5))
-    for echo, te in enumerate(times):
-        weight = np.square(magnitude[echo], dtype=np.float32)
-        phase = unwrapped_phase[echo]
-        s0 += weight
-        s1 += weight * np.float32(te)
-        s2 += weight * np.float32(te * te)
-        y0 += weight * phase
-        y1 += weight * np.float32(te) * phase
-    if fit_intercept:
-        determinant = s0 * s2 - s1 * s1
-        safe = determinant > 1e-12 * np.maximum(s0 * s2, 1e-30)
-        determinant = np.where(safe, determinant, 1.0)
-        slope = np.where(safe, (s0 * y1 - s1 * y0) / determinant, 0.0).astype(np.float32)
-        offset = np.where(safe, (s2 * y0 - s1 * y1) / determinant, 0.0).astype(np.float32)
-        # Var(slope) = s0 / det for unit noise per weight: information = det / s0.
-        information = np.where(safe, determinant / np.maximum(s0, 1e-30), 0.0)
-    else:
-        safe = s2 > 0
-        slope = np.where(safe, y1 / np.where(safe, s2, 1.0), 0.0).astype(np.float32)
-        offset = np.zeros_like(slope)
-        information = s2
-    residual_sum = np.zeros(shape, dtype=np.float32)
-    for echo, te in enumerate(times):
-        residual = unwrapped_phase[echo] - offset - slope * np.float32(te)
-        residual_sum += np.square(magnitude[echo], dtype=np.float32) * residual * residual
-    residual_rms = np.sqrt(residual_sum / np.maximum(s0, 1e-30))
+    slope, residual_rms = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    information = np.empty(shape, np.float32)
+
+    def fit_slab(slab: slice) -> None:
+        # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
+        s0, s1, s2, y0, y1 = (np.zeros(slope[slab].shape, dtype=np.float32) for _ in range(5))
+        for echo, te in enumerate(times):
+            weight = np.square(magnitude[echo, slab], dtype=np.float32)
+            phase = unwrapped_phase[echo, slab]
+            s0 += weight
+            s1 += weight * np.float32(te)
+            s2 += weight * np.float32(te * te)
+            y0 += weight * phase
+            y1 += weight * np.float32(te) * phase
+        if fit_intercept:
+            determinant = s0 * s2 - s1 * s1
+            safe = determinant > 1e-12 * np.maximum(s0 * s2, 1e-30)
+            determinant = np.where(safe, determinant, 1.0)
+            slope[slab] = np.where(safe, (s0 * y1 - s1 * y0) / determinant, 0.0)
+            offset = np.where(safe, (s2 * y0 - s1 * y1) / determinant, 0.0).astype(np.float32)
+            # Var(slope) = s0 / det for unit noise per weight: information = det / s0.
+            information[slab] = np.where(safe, determinant / np.maximum(s0, 1e-30), 0.0)
+        else:
+            safe = s2 > 0
+            slope[slab] = np.where(safe, y1 / np.where(safe, s2, 1.0), 0.0)
+            offset = np.zeros_like(slope[slab])
+            information[slab] = s2
+        residual_sum = np.zeros(offset.shape, dtype=np.float32)
+        for echo, te in enumerate(times):
+            residual = unwrapped_phase[echo, slab] - offset - slope[slab] * np.float32(te)
+            residual_sum += np.square(magnitude[echo, slab], dtype=np.float32) * residual * residual
+        residual_rms[slab] = np.sqrt(residual_sum / np.maximum(s0, 1e-30))
+
+    for_each_slab(fit_slab, shape[0])
     return FieldMapResult((slope / np.float32(2.0 * np.pi)).astype(np.float32), {
-        "fit_residual_rad": residual_rms.astype(np.float32),
+        "fit_residual_rad": residual_rms,
         "field_weight": _normalised_weight(np.sqrt(information), mask),
         **_field_sd(information, residual_sum, len(times) - (2 if fit_intercept else 1), mask),
     })

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _fft
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
+from ._threads import limit_threads
 from ._validation import check_parameter
 from ._version import __version__
 from .acquisition import MultiEchoGRE, check_field_strength
@@ -89,6 +90,10 @@ class PipelineConfig:
     per_echo : bool
         Invert every echo's field separately and average the maps (the
         seed document's approach) instead of fitting one total field first.
+    threads : int
+        Threads of the FFTs (and of BLAS where ``threadpoolctl`` is
+        installed) while the stages run; 0 (default) uses every core. Results
+        do not depend on it.
 
     Examples
     --------
@@ -113,6 +118,7 @@ class PipelineConfig:
     reference: StageConfig = field(default_factory=lambda: StageConfig("whole_brain"))
     relaxometry: StageConfig = field(default_factory=lambda: StageConfig("none"))
     per_echo: bool = False
+    threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-serialisable)."""
@@ -158,7 +164,7 @@ class PipelineConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Check every method name, parameter name, type and range against the registry.
+        """Check every method name, parameter name, type and range against the registry, and the thread count.
 
         Parameter values are checked against their method's signature and
         documented choices (:func:`QSMLib._validation.check_parameter`); a
@@ -167,6 +173,9 @@ class PipelineConfig:
         problems = []
         if not isinstance(self.per_echo, bool):
             problems.append(f"per_echo must be true or false, got {json.dumps(self.per_echo, default=repr)}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            problems.append(f"threads must be a whole number >= 0 (0 = every core), got "
+                            f"{json.dumps(self.threads, default=repr)}")
         for stage in REGISTRY:
             choice = getattr(self, stage)
             if not isinstance(choice, StageConfig) or not isinstance(choice.method, str):
@@ -362,7 +371,8 @@ class _Stages:
         arguments = {name: inputs[name] for name in method.inputs if inputs.get(name) is not None}
         arguments.update({name: control[name] for name in method.accepts_control()})
         began = time.perf_counter()
-        result = method(*data, **arguments, **choice.params)
+        with limit_threads(self.config.threads):
+            result = method(*data, **arguments, **choice.params)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - began
         chosen = getattr(result, "parameters", None)
         if chosen:
@@ -434,7 +444,8 @@ def run_pipeline(
     }
     maps: dict[str, np.ndarray] = {}
 
-    phase = acquisition.phase * np.float32(acquisition.phase_sign)
+    # Stages never write into their inputs: the acquisition's own phase goes in unless its sign flips.
+    phase = acquisition.phase if acquisition.phase_sign == 1 else -acquisition.phase
     for stage in phase_stages:
         phase_result = run(stage, phase, magnitude, echo_times, voxel, inputs=inputs)
         phase = phase_result.phase

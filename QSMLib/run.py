@@ -32,8 +32,9 @@ from .io.bids import (
     order_echo_files,
     read_sidecar,
 )
+from .io.files import file_checksum
 from .io.nifti import load_acquisition, read_map_like, read_volume
-from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, file_checksum, planned_files, write_outputs
+from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, planned_files, write_outputs
 from .masking import validate_user_mask
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .pipeline import PipelineConfig, QSMResult, StageConfig, run_pipeline, run_pipeline_from_field
@@ -149,7 +150,10 @@ def read_acquisition(
         phase_sign=phase_sign, bipolar=bipolar, b0_direction=b0_direction,
     )
     if not bipolar:
-        score = bipolar_score(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s)
+        # Every other voxel per axis: the score is a smooth fit, an eighth of the data estimates it as well.
+        subsampled = (slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
+        score = bipolar_score(acquisition.phase[subsampled], acquisition.magnitude[subsampled],
+                              acquisition.echo_times_s)
         if score > BIPOLAR_THRESHOLD_RAD:
             warnings.warn(
                 f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
@@ -162,10 +166,12 @@ def read_acquisition(
         mask=_read_mask(mask, acquisition.affine, shape),
     )
     inputs.labels, inputs.label_names = read_labels(labels, label_names, acquisition.affine, shape)
+    # The images were hashed as they were read; mask and labels are small.
+    image_checksums = info.pop("checksums")
     inputs.provenance = {
         **info, "echo_times_s": list(acquisition.echo_times_s), "b0_tesla": acquisition.b0_tesla,
         "b0_direction": list(acquisition.b0_direction), "voxel_size_mm": list(acquisition.voxel_size_mm),
-        "files": checksums([*magnitude, *phase, mask, labels]),
+        "files": {**image_checksums, **checksums([mask, labels])},
     }
     return inputs
 
@@ -313,9 +319,9 @@ def requested_outputs(names: Union[str, Sequence[str]]) -> list[str]:
     return requested
 
 
-def planned_run_files(inputs: RunInputs, requested: Sequence[str]) -> list[str]:
+def planned_run_files(inputs: RunInputs, requested: Sequence[str], compression: str = "fast") -> list[str]:
     """File names a run will write into its output folder (to check before the work)."""
-    return planned_files(requested, inputs.labels is not None)
+    return planned_files(requested, inputs.labels is not None, compression)
 
 
 def reconstruct(
@@ -372,12 +378,16 @@ def write_run(
     requested: Sequence[str] = (),
     *,
     provenance: Optional[Mapping[str, Any]] = None,
+    compression: str = "fast",
 ) -> dict[str, Path]:
     """Write the maps, the ROI table and ``provenance.json`` of one run (staged, then moved into place).
 
-    ``provenance`` adds entries (e.g. the command line) to the inputs' record.
+    ``provenance`` adds entries (e.g. the command line) to the inputs' record;
+    ``compression`` is ``fast``, ``best`` or ``none`` (see
+    :data:`QSMLib.io.results.COMPRESSION_LEVELS`). The files of an earlier run
+    in ``out_dir`` that this run does not write again are removed.
     """
     return write_outputs(
         out_dir, output_maps(result, requested), inputs.affine, roi_rows=result.roi if result.roi else None,
-        provenance=result.provenance({**inputs.provenance, **dict(provenance or {})}),
+        provenance=result.provenance({**inputs.provenance, **dict(provenance or {})}), compression=compression,
     )

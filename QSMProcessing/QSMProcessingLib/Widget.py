@@ -271,7 +271,8 @@ class QSMProcessingPanel(VTKObservationMixin):
                 list(node.magnitudeVolumes), list(node.phaseVolumes), Parameters.parseEchoTimesMs(node.echoTimesMs),
                 fieldStrengthTesla=node.fieldStrengthTesla, maskSegmentation=node.maskSegmentation,
                 roiSegmentation=node.roiSegmentation, config=config, outputs=outputs, wait=False,
-                progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog)
+                progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog,
+                threads=node.threads)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the computation; the scene is left as it was.")
             self.ui.progressBar.value = 0
