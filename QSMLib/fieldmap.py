@@ -86,7 +86,7 @@ def weighted_linear(
     fit_intercept = intercept and len(times) >= 2
     shape = unwrapped_phase.shape[1:]
     slope, residual_rms = np.empty(shape, np.float32), np.empty(shape, np.float32)
-    information = np.empty(shape, np.float32)
+    information, residual_sum = np.empty(shape, np.float32), np.empty(shape, np.float32)
 
     def fit_slab(slab: slice) -> None:
         # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
@@ -112,11 +112,12 @@ def weighted_linear(
             slope[slab] = np.where(safe, y1 / np.where(safe, s2, 1.0), 0.0)
             offset = np.zeros_like(slope[slab])
             information[slab] = s2
-        residual_sum = np.zeros(offset.shape, dtype=np.float32)
+        slab_sum = np.zeros(offset.shape, dtype=np.float32)
         for echo, te in enumerate(times):
             residual = unwrapped_phase[echo, slab] - offset - slope[slab] * np.float32(te)
-            residual_sum += np.square(magnitude[echo, slab], dtype=np.float32) * residual * residual
-        residual_rms[slab] = np.sqrt(residual_sum / np.maximum(s0, 1e-30))
+            slab_sum += np.square(magnitude[echo, slab], dtype=np.float32) * residual * residual
+        residual_sum[slab] = slab_sum
+        residual_rms[slab] = np.sqrt(slab_sum / np.maximum(s0, 1e-30))
 
     for_each_slab(fit_slab, shape[0])
     return FieldMapResult((slope / np.float32(2.0 * np.pi)).astype(np.float32), {
