@@ -1,7 +1,8 @@
 """FFT helpers: zero padding to fast lengths, multi-threaded real FFTs.
 
-All transforms use :mod:`scipy.fft` with every available core, on the last
-three axes, and keep float32/complex64 inputs in single precision.
+All transforms use :mod:`scipy.fft` on the last three axes with the threads
+that :func:`QSMLib._threads.thread_count` allows (every core unless
+``threads`` is set), and keep float32/complex64 inputs in single precision.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import scipy.fft
 
-WORKERS = -1  # all cores
+from ._threads import thread_count
 
 
 def padded_shape(shape: Sequence[int], pad_factor: float = 1.5) -> tuple[int, ...]:
@@ -39,22 +40,22 @@ def crop(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def rfftn(volume: np.ndarray) -> np.ndarray:
     """3D real FFT of the last three axes."""
-    return scipy.fft.rfftn(volume, axes=(-3, -2, -1), workers=WORKERS)
+    return scipy.fft.rfftn(volume, axes=(-3, -2, -1), workers=thread_count())
 
 
 def irfftn(spectrum: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Inverse of :func:`rfftn` for a real volume of spatial ``shape``."""
-    return scipy.fft.irfftn(spectrum, s=tuple(shape), axes=(-3, -2, -1), workers=WORKERS)
+    return scipy.fft.irfftn(spectrum, s=tuple(shape), axes=(-3, -2, -1), workers=thread_count())
 
 
 def fftn(volume: np.ndarray) -> np.ndarray:
     """3D complex FFT of the last three axes."""
-    return scipy.fft.fftn(volume, axes=(-3, -2, -1), workers=WORKERS)
+    return scipy.fft.fftn(volume, axes=(-3, -2, -1), workers=thread_count())
 
 
 def ifftn(spectrum: np.ndarray) -> np.ndarray:
     """3D inverse complex FFT of the last three axes."""
-    return scipy.fft.ifftn(spectrum, axes=(-3, -2, -1), workers=WORKERS)
+    return scipy.fft.ifftn(spectrum, axes=(-3, -2, -1), workers=thread_count())
 
 
 def frequency_grids(

@@ -38,14 +38,15 @@ def gradient_adjoint(
     if out is None:
         out = np.empty(vectors.shape[1:], dtype=np.float32)
     out.fill(0)
+    scaled = np.empty(vectors.shape[1:], dtype=np.float32)  # one scaled copy per axis, not three
     for axis, voxel in enumerate(voxel_size_mm):
         target = np.moveaxis(out, axis, 0)
-        source = np.moveaxis(vectors[axis], axis, 0)
-        scale = np.float32(1.0 / voxel)
+        source = np.multiply(np.moveaxis(vectors[axis], axis, 0), np.float32(1.0 / voxel),
+                             out=np.moveaxis(scaled, axis, 0))
         # (G^T v)_i = (v_{i-1} - v_i) / h with periodic wrap.
-        target[1:] += source[:-1] * scale
-        target[:1] += source[-1:] * scale
-        target -= source * scale
+        target[1:] += source[:-1]
+        target[:1] += source[-1:]
+        target -= source
     return out
 
 

@@ -190,10 +190,12 @@ class MultiEchoGRE:
     Parameters
     ----------
     magnitude : numpy.ndarray, shape (echo, n0, n1, n2)
-        Magnitude images (any positive scale); stored as float32.
+        Magnitude images (any positive scale); stored as float32 (float32
+        arrays are kept, not copied, and never written into).
     phase : numpy.ndarray, shape (echo, n0, n1, n2)
-        Phase in radians (wrapped or not); stored as float32. Use
-        :func:`QSMLib.phase.scaling.phase_to_radians` for raw scanner ranges.
+        Phase in radians (wrapped or not); stored as float32 like the
+        magnitude. Use :func:`QSMLib.phase.scaling.phase_to_radians` for raw
+        scanner ranges.
     echo_times_s : sequence of float
         Echo times in seconds, positive and strictly increasing, one per echo.
     b0_tesla : float
@@ -364,8 +366,11 @@ class MultiEchoGRE:
         )
 
     def _handle_non_finite(self) -> None:
-        bad = ~np.isfinite(self.magnitude) | ~np.isfinite(self.phase)
-        invalid = np.any(bad, axis=0)
+        # An echo at a time: no 4D boolean temporaries.
+        invalid = np.zeros(self.spatial_shape, dtype=bool)
+        for echo in range(self.n_echoes):
+            invalid |= ~np.isfinite(self.magnitude[echo])
+            invalid |= ~np.isfinite(self.phase[echo])
         n_invalid = int(invalid.sum())
         if n_invalid == invalid.size:
             raise QSMInputError(
@@ -379,22 +384,25 @@ class MultiEchoGRE:
                 QSMWarning,
                 stacklevel=3,
             )
-            self.magnitude[bad] = 0.0
-            self.phase[bad] = 0.0
+            # New arrays, not in place: the caller's arrays may be these very ones.
+            self.magnitude = np.where(np.isfinite(self.magnitude), self.magnitude, np.float32(0.0))
+            self.phase = np.where(np.isfinite(self.phase), self.phase, np.float32(0.0))
         self.invalid_voxels = invalid
 
     def _check_phase_varies(self) -> None:
-        valid = ~self.invalid_voxels
+        valid = None if not self.invalid_voxels.any() else ~self.invalid_voxels
         for echo in range(self.n_echoes):
-            values = self.phase[echo][valid]
-            if float(values.max() - values.min()) <= 1e-6 * max(1.0, float(np.abs(values).max())):
+            values = self.phase[echo] if valid is None else self.phase[echo][valid]
+            low, high = float(values.min()), float(values.max())
+            if high - low <= 1e-6 * max(1.0, abs(low), abs(high)):
                 raise QSMInputError(
-                    f"Phase of echo {echo + 1} is constant ({float(values[0]):g}): this is not phase data. "
+                    f"Phase of echo {echo + 1} is constant ({low:g}): this is not phase data. "
                     "Check that the phase and magnitude files are not swapped or blank."
                 )
-        # Invalid voxels hold 0 by now, so whole-array counts need no masked copy of the magnitude.
-        negative = np.count_nonzero(self.magnitude < 0) / (self.n_echoes * np.count_nonzero(valid))
-        if not np.any(self.magnitude > 0):
+        # Invalid voxels hold 0 by now, so whole-echo counts need no masked copy of the magnitude.
+        n_valid = self.invalid_voxels.size - int(np.count_nonzero(self.invalid_voxels))
+        negative = sum(int(np.count_nonzero(echo < 0)) for echo in self.magnitude) / (self.n_echoes * n_valid)
+        if not any(np.any(echo > 0) for echo in self.magnitude):
             raise QSMInputError(
                 "Magnitude is negative everywhere: magnitude images are never negative. Check the magnitude file "
                 "and that magnitude and phase are not swapped." if negative == 1.0 else
@@ -427,4 +435,5 @@ def _as_echo_array(values: np.ndarray, name: str) -> np.ndarray:
         )
     if min(array.shape[1:]) < 2:
         raise QSMInputError(f"{name} has shape {array.shape}: each spatial axis needs at least 2 voxels.")
-    return np.array(array, dtype=np.float32, copy=True)
+    # No copy of float32 input (a 4D array can be gigabytes): the acquisition never writes into its arrays.
+    return np.asarray(array, dtype=np.float32)

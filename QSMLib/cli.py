@@ -27,10 +27,11 @@ import numpy as np
 
 from . import run
 from ._progress import sub_progress
+from ._threads import check_thread_count, set_threads
 from ._version import __version__
 from .errors import QSMCancelled, QSMInputError
-from .io.results import MAP_FILES, check_output_folder, planned_files, write_outputs
-from .pipeline import PRESETS, load_config, run_pipeline
+from .io.results import COMPRESSION_LEVELS, MAP_FILES, check_output_folder, planned_files, write_outputs
+from .pipeline import PRESETS, PipelineConfig, load_config, run_pipeline
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 EXIT_SOME_FAILED = 3
@@ -65,6 +66,18 @@ class ProgressPrinter:
         if self.mode == "json":
             sys.stdout.write(json.dumps({"event": kind, **fields}) + "\n")
             sys.stdout.flush()
+
+    def chosen(self, parameters: dict[str, Any]) -> None:
+        """Report what the stages chose from the data (e.g. the inversion's lambda and its rule)."""
+        if not parameters:
+            return
+        if self.mode == "json":
+            self.event("chosen", parameters=parameters)
+        elif self.mode == "bar":
+            self.finish_line()
+            for stage, values in parameters.items():
+                text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+                sys.stderr.write(f"{stage} chose: {text}\n")
 
     def warn(self, message: str) -> None:
         if self.mode == "json":
@@ -133,6 +146,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
 
 
+def _add_threads(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"threads for FFTs, BLAS and reading and writing files (default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qsm", description="Quantitative susceptibility mapping (QSMLib).")
     parser.add_argument("--version", action="version", version=f"QSMLib {__version__}")
@@ -144,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--oblique", type=float, default=0.0,
                       help="head tilt against B0 in degrees, about the left-right axis (default 0)")
     _add_common(demo)
+    _add_threads(demo, "the configuration's 'threads'; 0 = every core")
 
     run_parser = commands.add_parser("run", help="process one multi-echo GRE acquisition (or a field map)")
     run_parser.add_argument("--mag", nargs="+", metavar="FILE", help="magnitude: one 4D file or one 3D file per echo")
@@ -169,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--outputs", default="",
                             help=f"extra maps to write, comma-separated: {', '.join(MAP_FILES)}")
     run_parser.add_argument("--out", required=True, help="output folder")
+    run_parser.add_argument("--compress", choices=tuple(COMPRESSION_LEVELS), default="fast",
+                            help="output maps: gzip fast (default) or best, or none (.nii files, quickest)")
     _add_common(run_parser)
+    _add_threads(run_parser, "the configuration's 'threads'; 0 = every core")
 
     bids = commands.add_parser("bids", help="process every multi-echo GRE run of a BIDS dataset on Dask")
     bids.add_argument("bids_root", help="BIDS dataset root (sub-*/[ses-*/]anat/*_part-{mag,phase}_MEGRE.nii.gz)")
@@ -185,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://node1:8786")
     where.add_argument("--workers", type=int, help="local cluster workers (default: cores, limited by memory)")
     _add_common(bids)
+    _add_threads(bids, "per acquisition, the configuration's 'threads' or else cores / workers; "
+                       "workers x threads stays <= cores")
 
     dicom = commands.add_parser("dicom2bids", help="convert multi-echo GRE DICOM to BIDS magnitude/phase + sidecars")
     dicom.add_argument("dicom_dir", help="folder searched recursively for DICOM files")
@@ -261,7 +285,7 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
         raise QSMInputError("Give either --mag/--phase or a field map, not both.")
     if not field_file and not (args.mag and args.phase):
         raise QSMInputError("Give --mag and --phase (multi-echo GRE), or --total-field/--local-field with --mask.")
-    config = load_config(args.config)
+    config = _load_config(args)
     requested = run.requested_outputs(args.outputs)
     b0_direction = _parse_floats(args.b0_direction, "--b0-direction") if args.b0_direction else None
     if field_file:
@@ -277,7 +301,8 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
         )
     run.check_rois(args.rois, inputs)
     _flush_warnings(caught, printer)
-    check_output_folder(args.out, run.planned_run_files(inputs, requested, args.rois), args.overwrite)
+    check_output_folder(args.out, run.planned_run_files(inputs, requested, args.compress, rois=args.rois),
+                        args.overwrite)
     # the atlas registration takes the last part of the progress bar
     result = run.reconstruct(inputs, config, requested=requested, cancel=cancel,
                              progress=sub_progress(printer, 0.0, 0.85) if args.rois else printer)
@@ -285,10 +310,20 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
     if args.rois:
         rois = run.add_atlas_rois(inputs, result, progress=sub_progress(printer, 0.85, 1.0), cancel=cancel)
     _flush_warnings(caught, printer)
-    written = run.write_run(args.out, result, inputs, requested, rois=rois,
+    printer.chosen(result.parameters)
+    written = run.write_run(args.out, result, inputs, requested, compression=args.compress, rois=rois,
                             provenance={"command": " ".join(sys.argv), "config_source": args.config})
     _flush_warnings(caught, printer)
     return written
+
+
+def _load_config(args: argparse.Namespace) -> PipelineConfig:
+    """The configuration, with ``--threads`` (when given) in place of its ``threads``; sets the threads for I/O."""
+    config = load_config(args.config)
+    if args.threads is not None:
+        config.threads = check_thread_count(args.threads)
+    set_threads(config.threads)
+    return config
 
 
 def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.Event, caught: list) -> dict:
@@ -297,7 +332,7 @@ def _demo(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     from .phantom import BRAIN_LABELS, deep_grey_matter_labels, simulate_head
     from .report import reconstruction_qc, write_png
 
-    config = load_config(args.config)
+    config = _load_config(args)
     out = check_output_folder(args.out, planned_files([], True) + ["qc.png"], args.overwrite)
     printer(0.0, "phantom: simulating head")
     phantom = simulate_head(voxel_size_mm=(args.voxel_size,) * 3, oblique_deg=args.oblique)
@@ -360,7 +395,7 @@ def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
         outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
         rois=args.rois,
         phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
-        progress=progress, on_record=on_record, cancel=cancel,
+        threads=args.threads, progress=progress, on_record=on_record, cancel=cancel,
     )
     _flush_warnings(caught, printer)
     printer.finish_line()

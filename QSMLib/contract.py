@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -50,7 +50,10 @@ PIPELINE_INPUTS: dict[str, str] = {
     "invalid": "bool (n0, n1, n2): voxels that were NaN or infinite in the input",
     "field_weight": "echo-fit reliability in [0, 1] (inverse field standard deviation, normalised)",
     "fit_residual_rad": "RMS phase residual of the echo fit, radians",
+    "field_sd_hz": "noise standard deviation of the echo fit's field per voxel, Hz (0 where undetermined)",
     "romeo_quality": "ROMEO's voxel quality in [0, 1]",
+    "total_field_hz": "total field of the echo fit, Hz (for stages after it that do not take it positionally)",
+    "background_removed": "True when the field a single-step inversion gets is already a local field",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",
     "mask": "the brain mask (for stages that do not take it positionally)",
     "labels": "int label map (0 = background), when the user gave one",
@@ -80,6 +83,11 @@ class Method:
         Keyword arguments that the pipeline supplies (names from
         :data:`PIPELINE_INPUTS`); each must be a keyword-only parameter of
         ``function``.
+    takes_total_field : bool
+        For inversion methods: the positional field is the total field
+        (background included) and the method removes the background itself
+        (single-step QSM such as total field inversion), so the pipeline
+        skips background removal.
 
     Examples
     --------
@@ -92,6 +100,7 @@ class Method:
 
     function: Callable[..., Any]
     inputs: tuple[str, ...] = ()
+    takes_total_field: bool = False
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.inputs if name not in PIPELINE_INPUTS]
@@ -183,10 +192,15 @@ class InversionResult(NamedTuple):
         Values the method chose from the data (e.g. ``regularization`` and
         the rule that chose it, the effective echo time) for provenance and
         the Slicer log; empty when nothing was chosen.
+    mask : numpy.ndarray of bool, optional
+        Where chi is valid when that is less than the input mask (a
+        single-step method that leaves out the mask's outer layer); None:
+        the input mask.
     """
 
     chi_ppm: np.ndarray
     parameters: Mapping[str, Any] = _NOTHING
+    mask: Optional[np.ndarray] = None
 
 
 class ReferenceResult(NamedTuple):

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._parallel import for_each_slab
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import FieldMapResult, Method
 from .errors import QSMInputError
@@ -46,6 +47,8 @@ def weighted_linear(
         Frequency offset in Hz.
     maps : dict
         ``fit_residual_rad``: RMS weighted residual (radians) per voxel;
+        ``field_sd_hz``: noise SD of the field per voxel (Hz), from the
+        residuals (with at least one degree of freedom left);
         ``field_weight``: relative reliability in [0, 1] (proportional to the
         inverse standard deviation of the fitted field, 1 at the 99th
         percentile inside ``mask`` or the volume). (The two come as a
@@ -71,7 +74,7 @@ def weighted_linear(
     >>> field_hz, maps = weighted_linear(phase, acq.magnitude, acq.echo_times_s, intercept=False)
     >>> error = (field_hz - scan.local_field_hz)[scan.brain_mask]
     >>> bool(abs(error).max() < 0.5), sorted(maps)
-    (True, ['field_weight', 'fit_residual_rad'])
+    (True, ['field_sd_hz', 'field_weight', 'fit_residual_rad'])
     """
     del progress
     check_cancel(cancel)
@@ -81,39 +84,80 @@ def weighted_linear(
             f"{len(times)} echo times for {unwrapped_phase.shape[0]} echoes in the phase."
         )
     fit_intercept = intercept and len(times) >= 2
-    # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
     shape = unwrapped_phase.shape[1:]
-    s0, s1, s2, y0, y1 = (np.zeros(shape, dtype=np.float32) for _ in range(5))
-    for echo, te in enumerate(times):
-        weight = np.square(magnitude[echo], dtype=np.float32)
-        phase = unwrapped_phase[echo]
-        s0 += weight
-        s1 += weight * np.float32(te)
-        s2 += weight * np.float32(te * te)
-        y0 += weight * phase
-        y1 += weight * np.float32(te) * phase
-    if fit_intercept:
-        determinant = s0 * s2 - s1 * s1
-        safe = determinant > 1e-12 * np.maximum(s0 * s2, 1e-30)
-        determinant = np.where(safe, determinant, 1.0)
-        slope = np.where(safe, (s0 * y1 - s1 * y0) / determinant, 0.0).astype(np.float32)
-        offset = np.where(safe, (s2 * y0 - s1 * y1) / determinant, 0.0).astype(np.float32)
-        # Var(slope) = s0 / det for unit noise per weight: information = det / s0.
-        information = np.where(safe, determinant / np.maximum(s0, 1e-30), 0.0)
-    else:
-        safe = s2 > 0
-        slope = np.where(safe, y1 / np.where(safe, s2, 1.0), 0.0).astype(np.float32)
-        offset = np.zeros_like(slope)
-        information = s2
-    residual_sum = np.zeros(shape, dtype=np.float32)
-    for echo, te in enumerate(times):
-        residual = unwrapped_phase[echo] - offset - slope * np.float32(te)
-        residual_sum += np.square(magnitude[echo], dtype=np.float32) * residual * residual
-    residual_rms = np.sqrt(residual_sum / np.maximum(s0, 1e-30))
+    slope, residual_rms = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    information, residual_sum = np.empty(shape, np.float32), np.empty(shape, np.float32)
+
+    def fit_slab(slab: slice) -> None:
+        # Weighted sums accumulated one echo at a time: no (echo, ...) temporaries.
+        s0, s1, s2, y0, y1 = (np.zeros(slope[slab].shape, dtype=np.float32) for _ in range(5))
+        for echo, te in enumerate(times):
+            weight = np.square(magnitude[echo, slab], dtype=np.float32)
+            phase = unwrapped_phase[echo, slab]
+            s0 += weight
+            s1 += weight * np.float32(te)
+            s2 += weight * np.float32(te * te)
+            y0 += weight * phase
+            y1 += weight * np.float32(te) * phase
+        if fit_intercept:
+            determinant = s0 * s2 - s1 * s1
+            safe = determinant > 1e-12 * np.maximum(s0 * s2, 1e-30)
+            determinant = np.where(safe, determinant, 1.0)
+            slope[slab] = np.where(safe, (s0 * y1 - s1 * y0) / determinant, 0.0)
+            offset = np.where(safe, (s2 * y0 - s1 * y1) / determinant, 0.0).astype(np.float32)
+            # Var(slope) = s0 / det for unit noise per weight: information = det / s0.
+            information[slab] = np.where(safe, determinant / np.maximum(s0, 1e-30), 0.0)
+        else:
+            safe = s2 > 0
+            slope[slab] = np.where(safe, y1 / np.where(safe, s2, 1.0), 0.0)
+            offset = np.zeros_like(slope[slab])
+            information[slab] = s2
+        slab_sum = np.zeros(offset.shape, dtype=np.float32)
+        for echo, te in enumerate(times):
+            residual = unwrapped_phase[echo, slab] - offset - slope[slab] * np.float32(te)
+            slab_sum += np.square(magnitude[echo, slab], dtype=np.float32) * residual * residual
+        residual_sum[slab] = slab_sum
+        residual_rms[slab] = np.sqrt(slab_sum / np.maximum(s0, 1e-30))
+
+    for_each_slab(fit_slab, shape[0])
     return FieldMapResult((slope / np.float32(2.0 * np.pi)).astype(np.float32), {
-        "fit_residual_rad": residual_rms.astype(np.float32),
+        "fit_residual_rad": residual_rms,
         "field_weight": _normalised_weight(np.sqrt(information), mask),
+        **_field_sd(information, residual_sum, len(times) - (2 if fit_intercept else 1), mask),
     })
+
+
+def _field_sd(
+    information: np.ndarray, residual_sum: np.ndarray, degrees_of_freedom: int, mask: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """``field_sd_hz``: the fitted field's noise SD per voxel, from the fit's own residuals.
+
+    With complex noise of SD ``sigma`` (real and imaginary parts), the
+    weighted residual sum ``sum |S_n|^2 r_n^2`` of a voxel is ``sigma^2``
+    times a chi-square variable with ``echoes - parameters`` degrees of
+    freedom; its median over the tissue (voxels with a mask, or with at
+    least a quarter of the best reliability) divided by that distribution's
+    median estimates ``sigma^2`` robustly, whatever the spatial correlation
+    of the noise. The field's SD is then ``sigma / (2 pi sqrt(information))``
+    Hz (0 where the fit has no information). Nothing is returned when the
+    fit leaves no degree of freedom.
+    """
+    if degrees_of_freedom < 1:
+        return {}
+    root = np.sqrt(np.maximum(information, 0)).astype(np.float32)
+    if mask is not None and np.any(mask):
+        region = np.asarray(mask, dtype=bool) & (root > 0)
+    else:
+        positive = root[root > 0]
+        region = root >= 0.25 * float(np.percentile(positive, 99)) if positive.size else root > 0
+    if not region.any():
+        return {}
+    k = float(degrees_of_freedom)
+    # Wilson-Hilferty: the median of a chi-square with k degrees of freedom
+    chi_square_median = k * (1.0 - 2.0 / (9.0 * k)) ** 3
+    sigma = float(np.sqrt(np.median(residual_sum[region]) / chi_square_median))
+    sd = np.where(root > 0, np.float32(sigma / (2.0 * np.pi)) / np.maximum(root, np.float32(1e-30)), 0)
+    return {"field_sd_hz": sd.astype(np.float32)}
 
 
 def _normalised_weight(inverse_sd: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -254,6 +298,8 @@ def nonlinear_complex(
     return FieldMapResult((slope / two_pi).reshape(shape).astype(np.float32), {
         "fit_residual_rad": residual_rms.reshape(shape).astype(np.float32),
         "field_weight": _normalised_weight(np.sqrt(information).reshape(shape), mask),
+        **_field_sd(information.reshape(shape), residual_sum.reshape(shape), len(times) - (2 if with_offset else 1),
+                    mask),
     })
 
 

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from ._morphology import dilate, erode, largest_component, otsu_threshold
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
@@ -130,8 +132,11 @@ def phase_quality_mask(
     *,
     romeo_quality: np.ndarray | None = None,
     fit_residual_rad: np.ndarray | None = None,
+    total_field_hz: np.ndarray | None = None,
+    echo_times_s: Sequence[float] | None = None,
     quality_threshold: float = 0.3,
     residual_threshold_rad: float = 0.5,
+    jump_fraction: float = 0.5,
     threshold_scale: float = 1.0,
     opening_mm: float = 4.0,
     erosion_mm: float = 0.0,
@@ -159,10 +164,20 @@ def phase_quality_mask(
         Voxel quality in [0, 1] from ROMEO unwrapping (pipeline map).
     fit_residual_rad : numpy.ndarray, shape (n0, n1, n2), optional
         RMS residual of the echo fit, radians (pipeline map).
+    total_field_hz : numpy.ndarray, shape (n0, n1, n2), optional
+        Total field of the echo fit, Hz (pipeline input). With
+        ``echo_times_s``, regions cut off from the brain by field jumps larger
+        than ``jump_fraction / TE_1`` are removed (:func:`field_jump_islands`):
+        unwrapping errors at the brain's edge that the fit residual cannot see.
+    echo_times_s : sequence of float, optional
+        Echo times in seconds (pipeline input).
     quality_threshold : float
         Minimum ROMEO quality, [0, 1].
     residual_threshold_rad : float
         Maximum echo-fit residual, radians.
+    jump_fraction : float
+        Largest credible field step between neighbours as a fraction of
+        ``1 / TE_1`` (a whole unwrapping error at the first echo): 0.5.
     threshold_scale, opening_mm
         Passed to :func:`magnitude_mask`.
     erosion_mm : float
@@ -207,11 +222,85 @@ def phase_quality_mask(
     if fit_residual_rad is not None:
         mask &= np.asarray(fit_residual_rad) <= residual_threshold_rad
     check_cancel(cancel)
+    mask = largest_component(ndi.binary_fill_holes(mask))
+    if total_field_hz is not None and echo_times_s is not None:
+        if np.shape(total_field_hz) != shape:
+            raise QSMInputError(f"The total field has shape {np.shape(total_field_hz)}, the images {shape}: they must "
+                                "match.")
+        first_echo_s = float(np.min(np.asarray(echo_times_s, dtype=np.float64)))
+        mask &= ~field_jump_islands(total_field_hz, mask, float(jump_fraction) / first_echo_s)
     return _finalise(
-        largest_component(ndi.binary_fill_holes(mask)), invalid, erosion_mm, voxel_size_mm, progress,
+        mask, invalid, erosion_mm, voxel_size_mm, progress,
         "The phase-quality mask is empty: the phase is unreliable everywhere at these thresholds. Lower "
         "quality_threshold / raise residual_threshold_rad, use the 'magnitude' mask, or give a mask (--mask).",
     )
+
+
+def field_jump_islands(
+    total_field_hz: np.ndarray,
+    mask: np.ndarray,
+    jump_hz: float,
+) -> np.ndarray:
+    """Voxels cut off from the mask's main region by jumps of the field larger than ``jump_hz``.
+
+    Inside tissue the field changes by a few Hz per voxel, near air by tens;
+    a voxel whose phase was unwrapped with one cycle too many or too few (in
+    the template echo, so the error is consistent across echoes and leaves
+    no fit residual) is off by ``1 / TE`` of that echo, hundreds of Hz.
+    Edges between face neighbours of the mask whose field differs by more
+    than ``jump_hz`` are cut; every connected region except the largest is
+    returned, so islands of wrong field at the brain's edge leave the mask
+    whole instead of voxel by voxel. With ``jump_hz = 0.5 / TE_1`` a cut
+    edge is one whose phase at the first echo steps by more than pi: where
+    the true field does that (steep fields next to air at high field),
+    spatial unwrapping is ambiguous (Itoh's condition), so a region that
+    only such edges join to the brain is not trustworthy either.
+
+    Parameters
+    ----------
+    total_field_hz : numpy.ndarray, shape (n0, n1, n2)
+        Total field in Hz.
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        Current mask.
+    jump_hz : float
+        Largest credible field difference between neighbours, Hz.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n0, n1, n2)
+        Mask voxels outside the main region.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> field = np.zeros((10, 10, 10), np.float32)
+    >>> field[0:2, 0:2, 0:2] = 250.0  # an island unwrapped one cycle off (TE 4 ms)
+    >>> int(field_jump_islands(field, np.ones(field.shape, bool), 125.0).sum())
+    8
+    """
+    mask = np.asarray(mask, dtype=bool)
+    field = np.asarray(total_field_hz, dtype=np.float32)
+    index = -np.ones(mask.shape, dtype=np.int64)
+    count = int(mask.sum())
+    index[mask] = np.arange(count)
+    rows, cols = [], []
+    for axis in range(3):
+        low = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis], high[axis] = slice(0, -1), slice(1, None)
+        low, high = tuple(low), tuple(high)
+        keep = mask[low] & mask[high] & (np.abs(field[low] - field[high]) <= np.float32(jump_hz))
+        rows.append(index[low][keep])
+        cols.append(index[high][keep])
+    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(rows_all.size, dtype=np.int8), (rows_all, cols_all)), shape=(count, count)
+    )
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    main = int(np.argmax(np.bincount(component)))
+    islands = np.zeros(mask.shape, dtype=bool)
+    islands[mask] = component != main
+    return islands
 
 
 def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -233,5 +322,6 @@ def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 #: entry declares the maps of earlier stages it takes (e.g. ``fit_residual_rad``).
 METHODS = {
     "magnitude": Method(magnitude_mask, inputs=("invalid",)),
-    "phase_quality": Method(phase_quality_mask, inputs=("invalid", "romeo_quality", "fit_residual_rad")),
+    "phase_quality": Method(phase_quality_mask, inputs=(
+        "invalid", "romeo_quality", "fit_residual_rad", "total_field_hz", "echo_times_s")),
 }

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ._progress import CancelToken, ProgressCallback
+from ._threads import thread_count
 from .acquisition import (
     MultiEchoGRE,
     b0_direction_from_affine,
@@ -33,8 +34,9 @@ from .io.bids import (
     order_echo_files,
     read_sidecar,
 )
+from .io.files import file_checksum
 from .io.nifti import load_acquisition, read_map_like, read_volume
-from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, file_checksum, planned_files, write_outputs
+from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, map_file_name, planned_files, write_outputs
 from .masking import validate_user_mask
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .pipeline import PipelineConfig, QSMResult, StageConfig, run_pipeline, run_pipeline_from_field
@@ -47,8 +49,8 @@ from .units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
 PathLike = Union[str, Path]
 #: Where automatic ROIs can come from (``--rois``).
 ROI_SOURCES = ("atlas",)
-#: Files of automatic ROIs: label map on the input grid, its names (index, name) and the QC figure.
-ATLAS_FILES = {"rois": "rois.nii.gz", "rois_table": "rois.tsv", "rois_qc": "rois_qc.png"}
+#: Files of automatic ROIs besides their label map (``rois.nii.gz``): its names (index, name) and the QC figure.
+ATLAS_FILES = {"rois_table": "rois.tsv", "rois_qc": "rois_qc.png"}
 
 #: Output name -> key of ``QSMResult.maps`` for the maps that stages produce.
 STAGE_MAP_OUTPUTS = {
@@ -157,7 +159,10 @@ def read_acquisition(
         phase_sign=phase_sign, bipolar=bipolar, b0_direction=b0_direction,
     )
     if not bipolar:
-        score = bipolar_score(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s)
+        # Every other voxel per axis: the score is a smooth fit, an eighth of the data estimates it as well.
+        subsampled = (slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
+        score = bipolar_score(acquisition.phase[subsampled], acquisition.magnitude[subsampled],
+                              acquisition.echo_times_s)
         if score > BIPOLAR_THRESHOLD_RAD:
             warnings.warn(
                 f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
@@ -170,10 +175,12 @@ def read_acquisition(
         mask=_read_mask(mask, acquisition.affine, shape),
     )
     inputs.labels, inputs.label_names = read_labels(labels, label_names, acquisition.affine, shape)
+    # The images were hashed as they were read; mask and labels are small.
+    image_checksums = info.pop("checksums")
     inputs.provenance = {
         **info, "echo_times_s": list(acquisition.echo_times_s), "b0_tesla": acquisition.b0_tesla,
         "b0_direction": list(acquisition.b0_direction), "voxel_size_mm": list(acquisition.voxel_size_mm),
-        "files": checksums([*magnitude, *phase, mask, labels]),
+        "files": {**image_checksums, **checksums([mask, labels])},
     }
     return inputs
 
@@ -321,10 +328,13 @@ def requested_outputs(names: Union[str, Sequence[str]]) -> list[str]:
     return requested
 
 
-def planned_run_files(inputs: RunInputs, requested: Sequence[str], rois: Optional[str] = None) -> list[str]:
+def planned_run_files(inputs: RunInputs, requested: Sequence[str], compression: str = "fast", *,
+                      rois: Optional[str] = None) -> list[str]:
     """File names a run will write into its output folder (to check before the work)."""
-    files = planned_files(requested, inputs.labels is not None or bool(rois))
-    return files + (list(ATLAS_FILES.values()) if rois else [])
+    files = planned_files(requested, inputs.labels is not None or bool(rois), compression)
+    if rois:
+        files += [map_file_name("rois", compression), ATLAS_FILES["rois_table"], ATLAS_FILES["rois_qc"]]
+    return files
 
 
 def check_rois(rois: Optional[str], inputs: RunInputs) -> None:
@@ -354,12 +364,14 @@ def add_atlas_rois(inputs: RunInputs, result: QSMResult, *, progress: ProgressCa
 
     The statistics (chi over each ROI inside the local mask, then each
     structure's left and right together) are those of
-    :func:`QSMLib.rois.structure_statistics`.
+    :func:`QSMLib.rois.structure_statistics`. The registration uses the
+    process's thread count (``--threads``, :mod:`QSMLib._threads`).
     """
     acquisition = inputs.acquisition
     if acquisition is None:
         raise QSMInputError("Automatic ROIs need the magnitude of a multi-echo GRE acquisition.")
-    rois = atlas_rois(acquisition.magnitude, inputs.affine, result.mask, progress=progress, cancel=cancel)
+    rois = atlas_rois(acquisition.magnitude, inputs.affine, result.mask, threads=thread_count(), progress=progress,
+                      cancel=cancel)
     result.roi = structure_statistics(result.chi_ppm, rois.labels, inputs.voxel_size_mm, mask=result.local_mask)
     return rois
 
@@ -434,13 +446,17 @@ def write_run(
     requested: Sequence[str] = (),
     *,
     provenance: Optional[Mapping[str, Any]] = None,
+    compression: str = "fast",
     rois: Optional[AtlasROIs] = None,
 ) -> dict[str, Path]:
     """Write the maps, the ROI table and ``provenance.json`` of one run (staged, then moved into place).
 
     ``provenance`` adds entries (e.g. the command line) to the inputs' record;
-    ``rois`` (from :func:`add_atlas_rois`) adds ``rois.nii.gz``, ``rois.tsv``
-    and ``rois_qc.png``, and the registration's record to the provenance.
+    ``compression`` is ``fast``, ``best`` or ``none`` (see
+    :data:`QSMLib.io.results.COMPRESSION_LEVELS`). The files of an earlier run
+    in ``out_dir`` that this run does not write again are removed. ``rois``
+    (from :func:`add_atlas_rois`) adds ``rois.nii.gz``, ``rois.tsv`` and
+    ``rois_qc.png``, and the registration's record to the provenance.
     """
     maps = output_maps(result, requested)
     extra: dict[str, bytes] = {}
@@ -450,4 +466,4 @@ def write_run(
         maps.update(roi_maps)
         record["rois"] = rois.provenance()
     return write_outputs(out_dir, maps, inputs.affine, roi_rows=result.roi if result.roi else None,
-                         provenance=record, extra_files=extra)
+                         provenance=record, extra_files=extra, compression=compression)

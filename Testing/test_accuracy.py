@@ -13,19 +13,23 @@ from QSMLib.phantom import DEEP_GREY_MATTER, simulate_head
 from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
 
 VOXEL_MM = 2.0
-# Bounds a little above what the consensus preset (V-SHARP + MEDI) measures at 2 mm,
-# seed 1: chi NRMSE 40.4 %, correlation 0.915, local field NRMSE 47.6 %, deep grey
-# matter within 23 ppb. Background removal dominates the error: the phase stage is
-# exact to 0.3 Hz and, from the true local field, the inversions reach 10-12 %
-# (test_inversion_accuracy.py), while V-SHARP from the true total field loses
-# the smooth part of the local field.
-LOCAL_FIELD_NRMSE_MAX = 60.0
-CHI_NRMSE_MAX = 50.0
-CHI_CORRELATION_MIN = 0.88
-ROI_ERROR_MAX_PPB = 30.0
+# Bounds a little above what the consensus preset (total field inversion, automatic
+# lambda) measures at 2 mm, seed 1: chi NRMSE 51.6 %, correlation 0.858, local field
+# (the field of TFI's tissue chi) NRMSE 39.1 %, deep grey matter within 7.7 ppb.
+# The previous default (V-SHARP + MEDI) measured 40.4 %, 0.915, 47.6 % and 23 ppb here:
+# this phantom is piecewise constant with magnitude edges on the chi edges, which suits
+# MEDI's edge prior; the default was chosen on the realistic validation suite instead
+# (README, "Measured accuracy"), where TFI is the most accurate from raw phase. The chi
+# NRMSE and correlation bounds are therefore looser than before and the local-field and
+# deep-grey-matter bounds tighter.
+LOCAL_FIELD_NRMSE_MAX = 45.0
+CHI_NRMSE_MAX = 55.0
+CHI_CORRELATION_MIN = 0.84
+ROI_ERROR_MAX_PPB = 18.0
 # Head tilt (oblique_deg, B0 oblique to the anatomy: different physics) measures
-# 42.9 % and 0.903; oblique slices (acquisition_tilt_deg, same physics on a grid
-# tilted by 20 degrees) 43.9 % and 0.899.
+# 48.6 % and 0.876; oblique slices (acquisition_tilt_deg, same physics on a grid
+# tilted by 20 degrees) 53.8 % and 0.845. From the true local field (TFI told the
+# background is removed, i.e. linear TV): 16.7 % axial, 18.3 % head tilt.
 OBLIQUE_NRMSE_SLACK = 6.0
 OBLIQUE_DIPOLE_NRMSE_SLACK = 5.0
 TILTED_NRMSE_SLACK = 6.0
@@ -120,9 +124,7 @@ def test_ignoring_the_oblique_b0_is_measurably_worse(oblique):
 
 def test_oblique_slices_are_as_accurate_as_axial(axial, tilted):
     # Same physics as the axial phantom, only the grid is rotated, so this isolates the
-    # geometry handling (B0 from the affine). With linear TV instead of MEDI the tilted
-    # grid measured 61 % against 44 %: TV's finite-difference prior favours edges along
-    # the grid axes, which is why the consensus preset inverts with MEDI.
+    # geometry handling (B0 from the affine): 53.8 % against 51.6 % axial with TFI.
     assert np.linalg.norm(tilted["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
     assert tilted["coverage"] > 0.85 and tilted["outside"] < 0.05
     assert tilted["chi"]["nrmse"] < axial["chi"]["nrmse"] + TILTED_NRMSE_SLACK

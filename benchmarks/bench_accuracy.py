@@ -87,7 +87,8 @@ def call_method(entry: Any, field_hz: np.ndarray, mask: np.ndarray, voxel_size_m
     if hasattr(result, "local_field_hz"):
         return result.local_field_hz, result.mask, dict(getattr(result, "parameters", {}) or {})
     if hasattr(result, "chi_ppm"):
-        return result.chi_ppm, mask, dict(getattr(result, "parameters", {}) or {})
+        valid = mask if getattr(result, "mask", None) is None else result.mask
+        return result.chi_ppm, valid, dict(getattr(result, "parameters", {}) or {})
     if isinstance(result, tuple):
         return result[0], result[1], {}
     return result, mask, {}
@@ -99,7 +100,9 @@ def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
     Each echo is unwrapped against echo 1 plus the true field's phase
     evolution, then fitted with an intercept (the phase offset); bipolar
     acquisitions use their odd echoes only (the even ones carry the readout
-    error). The noise is the fit minus the true total field.
+    error). The noise is the fit minus the true total field; the fit's own noise SD
+    map (``field_sd_hz``, from its residuals) comes with it, as the pipeline
+    passes it.
     """
     acquisition = case.acquisition
     echoes = list(range(0, acquisition.n_echoes, 2)) if acquisition.bipolar else list(range(acquisition.n_echoes))
@@ -108,7 +111,8 @@ def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
     model = phase[0][None] + np.float32(2 * np.pi) * case.total_field_hz[None] * (times - times[0]).reshape(-1, 1, 1, 1)
     unwrapped = phase + np.float32(2 * np.pi) * np.round((model - phase) / np.float32(2 * np.pi))
     fitted, maps = weighted_linear(unwrapped, acquisition.magnitude[echoes], times, mask=case.brain_mask)
-    return (fitted - case.total_field_hz).astype(np.float32), maps["field_weight"].astype(np.float32)
+    return (fitted - case.total_field_hz).astype(np.float32), maps["field_weight"].astype(np.float32), maps.get(
+        "field_sd_hz")
 
 
 def edge_band(mask: np.ndarray, voxel_size_mm, width_mm: float = EDGE_BAND_MM) -> np.ndarray:
@@ -212,18 +216,27 @@ def evaluate_case(
                              "brain_kept": float(region.sum() / brain.sum())})
                 log(f"{case.spec.name}: background {method} ({input_name}) {rows[-1]['local_nrmse']:.1f} %")
     if "inversion" in stages:
-        noise, weight = echo_fit_noise(case) if "noisy" in inputs else (None, None)
+        noise, weight, field_sd = echo_fit_noise(case) if "noisy" in inputs else (None, None, None)
         sources = {"exact": lambda: (case.local_field_hz, brain, None),
                    "noisy": lambda: (np.where(brain, case.local_field_hz + noise, 0).astype(np.float32), brain,
                                      weight),
                    "pipeline": lambda: (pipeline.local_field_hz, pipeline.local_mask,
                                         pipeline.maps.get("field_weight"))}
+        # single-step methods (takes_total_field) invert the total field with the same noise and mask
+        total_sources = {"exact": lambda: (case.total_field_hz, brain, None),
+                         "noisy": lambda: (np.where(brain, case.total_field_hz + noise, 0).astype(np.float32), brain,
+                                           weight),
+                         "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask,
+                                              pipeline.maps.get("field_weight"))}
         for input_name in [name for name in sources if name in inputs]:
-            local, mask, field_weight = sources[input_name]()
             for method in inversion_methods:
+                single_step = getattr(INVERSION_METHODS[method], "takes_total_field", False)
+                local, mask, field_weight = (total_sources if single_step else sources)[input_name]()
                 began = time.perf_counter()
+                fit_sd = field_sd if input_name == "noisy" else (
+                    pipeline.maps.get("field_sd_hz") if input_name == "pipeline" else None)
                 chi, valid, chosen = call_method(INVERSION_METHODS[method], local, mask, voxel,
-                                                 dict(available, field_weight=field_weight),
+                                                 dict(available, field_weight=field_weight, field_sd_hz=fit_sd),
                                                  parameters.get(method, {}))
                 row = {**base, "stage": "inversion", "input": input_name, "method": method,
                        "seconds": time.perf_counter() - began, "chosen": chosen}

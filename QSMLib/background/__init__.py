@@ -12,14 +12,18 @@ smallest sphere.
 """
 
 from ..contract import Method
+from .ismv import ismv
 from .lbv import lbv
 from .pdf import pdf
+from .resharp import resharp
 from .vsharp import vsharp
 
 METHODS = {
     "vsharp": Method(vsharp),
     "pdf": Method(pdf, inputs=("b0_direction", "field_weight")),
     "lbv": Method(lbv),
+    "resharp": Method(resharp),
+    "ismv": Method(ismv),
 }
 
-__all__ = ["METHODS", "lbv", "pdf", "vsharp"]
+__all__ = ["METHODS", "ismv", "lbv", "pdf", "resharp", "vsharp"]

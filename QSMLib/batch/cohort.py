@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from .._progress import CancelToken, ProgressCallback
+from .._threads import available_cores, check_thread_count
 from .._version import __version__
 from ..errors import QSMInputError, QSMWarning
 from ..io.bids import dataset_description, write_json_atomic
@@ -35,6 +36,7 @@ def run_cohort(
     scheduler: Optional[str] = None,
     n_workers: Optional[int] = None,
     overwrite: bool = False,
+    threads: Optional[int] = None,
     progress: ProgressCallback = None,
     on_record: Optional[Callable[[Record], None]] = None,
     cancel: CancelToken = None,
@@ -65,6 +67,11 @@ def run_cohort(
         Local cluster workers (default: cores, limited by memory).
     overwrite : bool
         Redo acquisitions whose derivatives are already complete.
+    threads : int, optional
+        Threads of each task (FFTs, BLAS, file I/O); default the
+        configuration's ``threads``, and when that is 0, cores / workers on
+        a local cluster (workers x threads <= cores), or cores / the worker's
+        Dask threads on an existing scheduler.
     progress : callable(fraction, message), optional
         Overall progress (finished tasks / tasks, with an ETA).
     on_record : callable(record), optional
@@ -97,6 +104,8 @@ def run_cohort(
             raise QSMInputError("Give either label maps (--labels) or automatic ROIs (--rois atlas), not both.")
         check_atlas_available()
     config_dict = load_config(config).to_dict()
+    if threads is not None:
+        config_dict["threads"] = check_thread_count(threads)
     import_distributed()
     acquisitions = find_acquisitions(bids_root, participant_labels, labels_dir)
     root = Path(bids_root).resolve()
@@ -124,10 +133,13 @@ def run_cohort(
         import psutil
 
         plan = None if scheduler is not None else plan_local_cluster(
-            max(a.memory_bytes() for a in todo), len(todo), cpu_count=psutil.cpu_count() or 1,
-            available_bytes=psutil.virtual_memory().available, requested_workers=n_workers)
-        if plan is not None and plan.note:
-            warnings.warn(plan.note, stacklevel=2)
+            max(a.memory_bytes() for a in todo), len(todo), cpu_count=available_cores(),
+            available_bytes=psutil.virtual_memory().available, requested_workers=n_workers,
+            requested_threads=config_dict["threads"])
+        if plan is not None:
+            config_dict["threads"] = plan.threads_per_task
+            if plan.note:
+                warnings.warn(plan.note, stacklevel=2)
         # Nothing is written before the cluster answers: an unreachable scheduler leaves no trace.
         client = Client(scheduler, plan)
         description = client.description

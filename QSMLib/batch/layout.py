@@ -47,15 +47,17 @@ SUMMARY_FILE = "summary.json"
 INDEX_FILE = "index.html"
 METHODS_FILE = "methods.md"
 
-#: Memory of one task: a fixed part for the interpreter, libraries and the
-#: Dask worker, plus a part per voxel and per voxel and echo. Measured peak
-#: RSS of :func:`process_acquisition` in a fresh process (heads of 0.9, 2.2 and
-#: 7.6 M voxels, 5 and 9 echoes, see docs/cohort.md): 160 MiB + voxels x
-#: (290 + 14 echoes) B for ``consensus``, (12 + 40 echoes) B for ``fast``;
-#: these constants cover both with about 30 % to spare.
-TASK_BASE_BYTES = 400 * 2**20
-TASK_BYTES_PER_VOXEL = 400
-TASK_BYTES_PER_VOXEL_ECHO = 40
+#: Memory of one task: a fixed part for the interpreter and libraries, plus a
+#: part per voxel and per voxel and echo. Fitted to the peak RSS of
+#: :func:`process_acquisition` in a fresh process that
+#: ``python benchmarks/bench_cohort_memory.py --config consensus|fast`` measures
+#: (heads of 1.44, 3.42 and 11.5 M voxels, 5 and 9 echoes): 380 MiB + voxels x
+#: (56 + 15.2 echoes) B for ``consensus``, 328 MiB + voxels x (98 + 12.4 echoes)
+#: B for ``fast``. Each constant is the larger of the two presets' with 25 %
+#: added, which covers every measured peak by 35 % or more.
+TASK_BASE_BYTES = 476 * 2**20
+TASK_BYTES_PER_VOXEL = 123
+TASK_BYTES_PER_VOXEL_ECHO = 19
 
 MISSING_DASK = (
     "Cohort processing runs on Dask, which is not installed. Install the optional dependencies with "

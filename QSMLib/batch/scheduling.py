@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from .._threads import blas_environment
 from .._version import __version__
 from ..errors import QSMInputError
 from .layout import MISSING_DASK, Acquisition, Record, empty_record
@@ -23,17 +24,20 @@ from .tasks import process_acquisition
 class ClusterPlan:
     """Size of a local Dask cluster: one single-threaded worker per concurrent task.
 
-    A worker runs one task at a time (one thread), so its memory limit bounds
-    one task; the FFTs inside a task use every core by themselves.
+    A worker runs one task at a time (one Dask thread), so its memory limit
+    bounds one task; inside, the task's FFTs, BLAS and file I/O use
+    ``threads_per_task`` threads, and ``n_workers * threads_per_task`` stays
+    within the cores unless the user asked for more.
     """
 
     n_workers: int
     memory_limit_bytes: int
     note: str = ""
+    threads_per_task: int = 1
 
 
 def plan_local_cluster(task_bytes: int, n_tasks: int, *, cpu_count: int, available_bytes: int,
-                       requested_workers: Optional[int] = None) -> ClusterPlan:
+                       requested_workers: Optional[int] = None, requested_threads: int = 0) -> ClusterPlan:
     """As many workers as cores (or as requested) and tasks, but no more than fit in memory.
 
     Parameters
@@ -47,28 +51,45 @@ def plan_local_cluster(task_bytes: int, n_tasks: int, *, cpu_count: int, availab
     available_bytes : int
         Memory free now; 10 % of it is left to the client and the system.
     requested_workers : int, optional
-        ``--workers`` (default ``cpu_count``); fewer, with a note, when that
-        many would not fit in memory.
+        ``--workers`` (default ``cpu_count // requested_threads``, or
+        ``cpu_count``); fewer, with a note, when that many would not fit in
+        memory.
+    requested_threads : int
+        ``--threads`` per task (0: ``cpu_count // workers``, at least 1); fewer,
+        with a note, when ``requested_workers`` times it exceeds the cores.
 
     Returns
     -------
     ClusterPlan
-        Workers and each one's memory limit (the usable memory shared out,
-        at least ``task_bytes``).
+        Workers, each one's memory limit (the usable memory shared out, at
+        least ``task_bytes``) and the threads of each task.
+
+    Examples
+    --------
+    >>> plan = plan_local_cluster(2**30, 10, cpu_count=8, available_bytes=64 * 2**30, requested_threads=2)
+    >>> plan.n_workers, plan.threads_per_task
+    (4, 2)
     """
     usable = int(available_bytes * 0.9)
     fit = max(1, usable // max(task_bytes, 1))
-    wanted = requested_workers or cpu_count
+    wanted = requested_workers or max(1, cpu_count // requested_threads if requested_threads else cpu_count)
     n_workers = max(1, min(wanted, n_tasks, fit))
+    # Tasks that leave cores idle (few tasks, or few fit in memory) use more threads each.
+    threads = requested_threads or max(1, cpu_count // n_workers)
     gib = 2.0**30
-    note = ""
+    notes = []
     if task_bytes > usable:
-        note = (f"one task needs about {task_bytes / gib:.1f} GiB but only {usable / gib:.1f} GiB are free: "
-                "it may run out of memory.")
+        notes.append(f"one task needs about {task_bytes / gib:.1f} GiB but only {usable / gib:.1f} GiB are free: "
+                     "it may run out of memory.")
     elif n_workers < min(wanted, n_tasks):
-        note = (f"workers reduced from {min(wanted, n_tasks)} to {n_workers}: each task needs about "
-                f"{task_bytes / gib:.1f} GiB and {usable / gib:.1f} GiB are free.")
-    return ClusterPlan(n_workers, max(task_bytes, usable // n_workers), note)
+        notes.append(f"workers reduced from {min(wanted, n_tasks)} to {n_workers}: each task needs about "
+                     f"{task_bytes / gib:.1f} GiB and {usable / gib:.1f} GiB are free.")
+    if n_workers * threads > cpu_count and threads > 1:
+        fewer = max(1, cpu_count // n_workers)
+        notes.append(f"threads per task reduced from {threads} to {fewer}: {n_workers} workers x {threads} "
+                     f"threads would oversubscribe the {cpu_count} cores.")
+        threads = fewer
+    return ClusterPlan(n_workers, max(task_bytes, usable // n_workers), " ".join(notes), threads)
 
 
 def import_distributed() -> Any:
@@ -136,10 +157,12 @@ class Client:
             self.cluster = distributed.LocalCluster(
                 n_workers=plan.n_workers, threads_per_worker=1, memory_limit=plan.memory_limit_bytes,
                 processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                env=blas_environment(plan.threads_per_task),
             )
             self.client = distributed.Client(self.cluster, set_as_default=False)
-            self.description = (f"local Dask cluster: {plan.n_workers} worker(s) x 1 thread, "
-                                f"{plan.memory_limit_bytes / 2**30:.1f} GiB each")
+            self.description = (f"local Dask cluster: {plan.n_workers} worker(s), "
+                                f"{plan.memory_limit_bytes / 2**30:.1f} GiB and {plan.threads_per_task} "
+                                f"thread(s) per task")
         self.scheduler = scheduler
 
     def check_workers(self, out_dir: Path) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from .. import run
+from .._threads import available_cores, limit_threads
 from ..errors import QSMInputError
 from ..io.bids import sidecar_path, write_json_atomic
+from ..io.files import file_checksum
 from ..io.nifti import read_volume
-from ..io.results import MAP_FILES, file_checksum, write_outputs
+from ..io.results import MAP_FILES, write_outputs
 from ..pipeline import PipelineConfig
 from ..report import reconstruction_qc, write_png
 from ..roi import COLUMNS as ROI_COLUMNS
@@ -30,16 +32,18 @@ def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs:
                    phase_sign: int, rois: Optional[str] = None) -> dict[str, Any]:
     """Everything an acquisition's derivatives depend on, as JSON-ready data.
 
-    The configuration, the requested outputs, the phase sign, the automatic
-    ROIs asked for (``rois``, only when asked: older signatures stay valid), and the SHA-256
-    of every input (images in echo order, their sidecars, label map and
+    The configuration (but its ``threads``, which changes the speed, not the
+    results), the requested outputs, the phase sign, the automatic ROIs asked
+    for (``rois``, only when asked: older signatures stay valid), and the SHA-256 of
+    every input (images in echo order, their sidecars, label map and
     names), as a list because the order of the echoes matters.
     """
     inputs = [*acquisition.magnitude, *acquisition.phase]
     inputs += [str(sidecar_path(Path(p))) for p in inputs]
     inputs += [p for p in (acquisition.labels, acquisition.label_names) if p]
     signature = {
-        "config": dict(config), "outputs": sorted(outputs), "phase_sign": int(phase_sign),
+        "config": {key: value for key, value in config.items() if key != "threads"},
+        "outputs": sorted(outputs), "phase_sign": int(phase_sign),
         "inputs": [[Path(p).name, file_checksum(p) if Path(p).is_file() else None] for p in inputs],
     }
     if rois:
@@ -83,7 +87,7 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
         (Path(out_dir) / acquisition.output_path("provenance")).unlink(missing_ok=True)
         for stale in work_root.glob(f"{acquisition.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, limit_threads(_task_threads(config)):
             warnings.simplefilter("always")
             record.update(_reconstruct(acquisition, Path(out_dir), work_root, config, outputs, phase_sign, rois))
         record["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
@@ -101,6 +105,20 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
     if record["status"] == "failed":
         _remove_empty_folders(anat, Path(out_dir))
     return record
+
+
+def _task_threads(config: Mapping[str, Any]) -> int:
+    """The configuration's ``threads``; when 0, the cores shared out among the Dask worker's task slots."""
+    threads = int(config.get("threads") or 0)
+    if threads:
+        return threads
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):  # not in a Dask worker: every core
+        return 0
+    return max(1, available_cores() // max(int(slots), 1))
 
 
 def _unreadable_input(acquisition: Acquisition, error: BaseException) -> str:
@@ -186,6 +204,7 @@ def _publish(acquisition: Acquisition, out_dir: Path, written: Mapping[str, Path
         checksums[target.as_posix()] = file_checksum(source)
         os.replace(source, out_dir / target)
     provenance = json.loads(Path(written["provenance"]).read_text())
+    del provenance["outputs"]  # names in the private folder; the published paths follow
     provenance["derivatives"] = {"acquisition": acquisition.name, "signature": signature, "outputs": checksums}
     write_json_atomic(out_dir / acquisition.output_path("provenance"), provenance)
     published = {key: target.as_posix() for key, target in targets.items()}

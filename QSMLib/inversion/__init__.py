@@ -13,6 +13,7 @@ from ..dipole import dipole_kernel, forward_field
 from .l2 import l2
 from .medi import medi
 from .rts import rts
+from .tfi import tfi
 from .tkd import tkd
 from .tv import nltv, tv
 
@@ -21,10 +22,13 @@ _GEOMETRY = ("b0_direction", "b0_tesla")
 METHODS = {
     "tkd": Method(tkd, inputs=_GEOMETRY),
     "l2": Method(l2, inputs=_GEOMETRY),
-    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight")),
-    "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight")),
+    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz")),
+    "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "echo_times_s", "magnitude")),
     "rts": Method(rts, inputs=_GEOMETRY),
-    "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "magnitude")),
+    "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "echo_times_s")),
+    # single step: inverts the total field, the pipeline skips background removal
+    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "background_removed"),
+                  takes_total_field=True),
 }
 
-__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tkd", "tv"]
+__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tfi", "tkd", "tv"]

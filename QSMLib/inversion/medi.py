@@ -18,7 +18,7 @@ to a uniform value.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
+from ._regularization import echo_time, tv_regularization
 from .l2 import default_regularization
 
 #: Smoothing of |grad x| in the IRLS weights, rad^2/mm^2 (MEDI's ``e = 1e-6``).
@@ -78,8 +79,10 @@ def medi(
     b0_tesla: float,
     magnitude: Optional[np.ndarray] = None,
     field_weight: Optional[np.ndarray] = None,
-    regularization: float = 100.0,
-    echo_time_s: float = 0.02,
+    field_sd_hz: Optional[np.ndarray] = None,
+    echo_times_s: Optional[Sequence[float]] = None,
+    regularization: Union[float, str] = 100.0,
+    echo_time_s: Optional[float] = None,
     edge_fraction: float = 0.3,
     merit: bool = True,
     csf_regularization: float = 0.0,
@@ -112,14 +115,25 @@ def medi(
     field_weight : numpy.ndarray, optional
         Reliability of the field per voxel (inverse noise SD, any scale),
         MEDI's SNR weighting; scaled to mean 1 in the mask.
-    regularization : float
+    field_sd_hz : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (Hz), for ``"auto"``.
+    echo_times_s : sequence of float, optional
+        The scan's echo times (s), from which the effective echo time comes.
+    regularization : float or "auto"
         ``lambda``, the weight of the data term (MEDI's convention: larger
         follows the data more closely) for phases in radians at
         ``echo_time_s``. 100 at 20 ms corresponds to MEDI's 500 at 4 ms
         (``lambda s`` is what matters) and gave the lowest NRMSE on the
-        numerical head phantom.
-    echo_time_s : float
+        numerical head phantom. ``"auto"`` takes the TV rule's ``lambda_TV``
+        from the noise of the field
+        (:func:`~QSMLib.inversion._regularization.tv_regularization`) and
+        converts it: for small phase errors MEDI's functional is
+        ``2 lambda s^2`` times TV's with ``lambda_TV = 1 / (2 lambda s)``.
+    echo_time_s : float, optional
         Echo time (s) at which field and model are compared as phase.
+        Default: the scan's effective echo time
+        (:func:`~QSMLib.inversion._regularization.effective_echo_time`),
+        20 ms when no echo times are known.
     edge_fraction : float
         Share of magnitude gradient components treated as edges (not
         regularised); MEDI's default.
@@ -179,6 +193,18 @@ def medi(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise QSMInputError("MEDI: the mask is empty, so there is no field to invert. Check the mask.")
+    echo_time_s, echo_time_rule = echo_time(echo_time_s, echo_times_s, magnitude, mask)
+    scale = 2.0 * np.pi * GAMMA_BAR_HZ_PER_T * float(b0_tesla) * 1e-6 * float(echo_time_s)
+    chosen: dict = {"echo_time_s": echo_time_s, "echo_time_rule": echo_time_rule}
+    if isinstance(regularization, str):
+        field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0).astype(np.float32)
+        tv_lambda, rule = tv_regularization(
+            regularization, field_ppm, mask, data_weight(mask, field_weight), voxel_size_mm, "MEDI",
+            None if field_sd_hz is None else hz_to_ppm(field_sd_hz, b0_tesla))
+        regularization = 1.0 / (2.0 * tv_lambda * scale)
+        chosen.update(rule, regularization=regularization, tv_equivalent_regularization=tv_lambda)
+    else:
+        chosen.update(regularization=float(regularization), regularization_rule="fixed")
     for name, value in (("regularization", regularization), ("echo_time_s", echo_time_s),
                         ("pad_factor", pad_factor)):
         if not value > 0:
@@ -191,7 +217,6 @@ def medi(
         raise QSMInputError(f"MEDI: initial must be 'l2' or 'zero', got {initial!r}.")
     check_cancel(cancel)
     report(progress, 0.0, "MEDI: weights")
-    scale = 2.0 * np.pi * GAMMA_BAR_HZ_PER_T * float(b0_tesla) * 1e-6 * float(echo_time_s)
     box, shape = inversion_frame(mask, pad_factor)
     phase = to_frame(np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0), box, shape) * np.float32(scale)
     frame_mask = to_frame(mask.astype(np.float32), box, shape) > 0
@@ -259,7 +284,7 @@ def medi(
         if ratio < tolerance:
             break
     report(progress, 1.0, "MEDI done")
-    return InversionResult(from_frame(x / np.float32(scale), box, mask))
+    return InversionResult(from_frame(x / np.float32(scale), box, mask), chosen)
 
 
 def _merit(weight: np.ndarray, model: np.ndarray, phase: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -20,6 +19,7 @@ import numpy as np
 from ..acquisition import check_field_strength
 from ..errors import QSMInputError, QSMWarning
 from ..units import b0_from_imaging_frequency
+from .files import temporary_beside
 
 
 def sidecar_path(image_path: Path) -> Path:
@@ -310,10 +310,9 @@ def write_text_atomic(path: Union[str, Path], text: str) -> Path:
     Readers see either the old file or the complete new one, never a part.
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = temporary_beside(path)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

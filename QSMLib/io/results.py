@@ -3,21 +3,25 @@
 Every file is first written into a staging folder inside the output
 folder and moved into place only when all of them are complete, so a failed
 or cancelled run never leaves a half-written set, and earlier files are
-never touched unless the caller allows overwriting.
+never touched unless the caller allows overwriting. A new set replaces the
+previous run's whole set: files that the previous ``provenance.json`` lists
+as its outputs and the new run does not write are removed (nothing else in
+the folder is). Maps are compressed in parallel threads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
 
+from .._threads import thread_count
 from ..errors import QSMInputError
 from ..roi import format_tsv
 from .bids import json_value
@@ -42,11 +46,27 @@ RELAXOMETRY_OUTPUTS = ("r2star", "t2star")
 ALWAYS_WRITTEN = ("chi", "mask", "total_field", "local_field")
 ROI_FILE = "roi_stats.tsv"
 PROVENANCE_FILE = "provenance.json"
+#: ``--compress`` choices: gzip level of the maps, or None for uncompressed ``.nii`` files. Measured on
+#: the 1 mm head's four maps, level 9 makes them 1 % smaller than level 1 (chi 3 %) for 1.5 times the time.
+COMPRESSION_LEVELS = {"fast": 1, "best": 9, "none": None}
 
 
-def planned_files(outputs: Iterable[str], with_roi: bool) -> list[str]:
+def map_file_name(output: str, compression: str = "fast") -> str:
+    """File name of an output map: ``.nii.gz``, or ``.nii`` when not compressed."""
+    name = MAP_FILES.get(output, f"{output}.nii.gz")
+    return name[:-3] if check_compression(compression) is None else name
+
+
+def check_compression(compression: str) -> Union[int, None]:
+    """The gzip level of a ``--compress`` choice (None: uncompressed), or :class:`QSMInputError`."""
+    if compression not in COMPRESSION_LEVELS:
+        raise QSMInputError(f"Unknown compression {compression!r}; choose from {', '.join(COMPRESSION_LEVELS)}.")
+    return COMPRESSION_LEVELS[compression]
+
+
+def planned_files(outputs: Iterable[str], with_roi: bool, compression: str = "fast") -> list[str]:
     """File names a run will write for the requested outputs."""
-    names = [MAP_FILES[o] if o in MAP_FILES else f"{o}.nii.gz" for o in dict.fromkeys([*ALWAYS_WRITTEN, *outputs])]
+    names = [map_file_name(o, compression) for o in dict.fromkeys([*ALWAYS_WRITTEN, *outputs])]
     return names + ([ROI_FILE] if with_roi else []) + [PROVENANCE_FILE]
 
 
@@ -77,15 +97,6 @@ def check_output_folder(out_dir: Union[str, Path], files: Iterable[str], overwri
     return out_dir
 
 
-def file_checksum(path: Union[str, Path]) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_outputs(
     out_dir: Union[str, Path],
     maps: Mapping[str, np.ndarray],
@@ -94,12 +105,36 @@ def write_outputs(
     roi_rows: Union[list, None],
     provenance: Mapping[str, Any],
     extra_files: Mapping[str, bytes] = None,
+    compression: str = "fast",
 ) -> dict[str, Path]:
     """Stage every output, then move them into ``out_dir``; returns name -> final path.
 
-    Maps are returned under their name (``chi``...), the ROI table as
-    ``roi_stats``, ``extra_files`` under their file name.
+    Parameters
+    ----------
+    out_dir : path
+        Output folder (created).
+    maps : mapping of str to numpy.ndarray
+        Output name (:data:`MAP_FILES` key, or any name) -> 3D map in (k, j, i) order.
+    affine : numpy.ndarray, shape (4, 4)
+        Array index -> RAS mm of every map.
+    roi_rows : list of dict or None
+        ROI statistics for ``roi_stats.tsv``.
+    provenance : mapping
+        Written as ``provenance.json``, with ``outputs`` (the names of the
+        files of this set) added.
+    extra_files : mapping of str to bytes, optional
+        Further files (name -> content).
+    compression : {"fast", "best", "none"}
+        gzip level of the maps (:data:`COMPRESSION_LEVELS`); ``none``
+        writes ``.nii`` files.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        Final paths: maps under their name (``chi``...), the ROI table as
+        ``roi_stats``, ``extra_files`` under their file name, and ``provenance``.
     """
+    level = check_compression(compression)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,23 +142,50 @@ def write_outputs(
         raise QSMInputError(f"Cannot create the output folder {out_dir} ({error.strerror}).") from None
     staging = Path(tempfile.mkdtemp(prefix=".qsm-staging-", dir=out_dir))
     try:
-        staged: dict[str, Path] = {}
-        for name, volume in maps.items():
-            file_name = MAP_FILES.get(name, f"{name}.nii.gz")
-            staged[name] = write_volume(staging / file_name, np.asarray(volume), affine)
+        staged: dict[str, Path] = {name: staging / map_file_name(name, compression) for name in maps}
+
+        def write_map(name: str) -> None:
+            # The level only applies to .nii.gz names; "none" stages .nii files.
+            write_volume(staged[name], np.asarray(maps[name]), affine, compression_level=level or 1)
+
+        # zlib and SimpleITK's writer release the GIL: maps compress side by side.
+        with ThreadPoolExecutor(max(1, min(thread_count(), len(maps)))) as pool:
+            list(pool.map(write_map, maps))
         if roi_rows is not None:
             staged["roi_stats"] = staging / ROI_FILE
             staged["roi_stats"].write_text(format_tsv(roi_rows))
         for file_name, content in (extra_files or {}).items():
             staged[file_name] = staging / file_name
             (staging / file_name).write_bytes(content)
+        written = [path.name for path in staged.values()]
         staged["provenance"] = staging / PROVENANCE_FILE
-        staged["provenance"].write_text(json.dumps(provenance, indent=2, default=json_value))
+        staged["provenance"].write_text(json.dumps({**provenance, "outputs": written}, indent=2, default=json_value))
+        previous = previous_outputs(out_dir)
         final = {}
+        # The provenance goes last: until it is replaced, the old one still names every file of the old set.
         for key, path in staged.items():
+            if key == "provenance":
+                for stale in sorted(previous - set(written)):
+                    (out_dir / stale).unlink(missing_ok=True)
             target = out_dir / path.name
             os.replace(path, target)
             final[key] = target.resolve()
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def previous_outputs(out_dir: Path) -> set[str]:
+    """Names of the files the folder's current ``provenance.json`` lists as its run's outputs (empty when none).
+
+    Only plain file names directly in ``out_dir`` count, so a damaged or
+    foreign provenance file cannot name anything elsewhere.
+    """
+    try:
+        listed = json.loads((out_dir / PROVENANCE_FILE).read_text()).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(listed, list):
+        return set()
+    return {name for name in listed if isinstance(name, str) and name not in ("", ".", "..", PROVENANCE_FILE)
+            and Path(name).name == name and (out_dir / name).is_file()}

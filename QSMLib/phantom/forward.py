@@ -10,6 +10,7 @@ import numpy as np
 import scipy.fft
 
 from .. import _fft
+from .._threads import thread_count
 from ..dipole import dipole_kernel, dipole_response, unit_vector
 from ..errors import QSMInputError
 from .rasterise import block_mean, head_labels
@@ -75,7 +76,7 @@ def supersampled_fields(
         spectrum.real[region] = pair[0]
         if len(pair) == 2:
             spectrum.imag[region] = pair[1]
-        spectrum = scipy.fft.fftn(spectrum, workers=_fft.WORKERS, overwrite_x=True)
+        spectrum = scipy.fft.fftn(spectrum, workers=thread_count(), overwrite_x=True)
         folded = np.zeros(padded_coarse, np.complex64)
         for alias in itertools.product(range(s), repeat=3):
             block = tuple(slice(a * n, (a + 1) * n) for a, n in zip(alias, padded_coarse))
@@ -99,7 +100,7 @@ def supersampled_fields(
         p0, p1, p2 = (np.exp(1j * np.pi * np.arange(n) * (s - 1) / (s * n)).astype(np.complex64) for n in padded_coarse)
         folded *= (p0[:, None] * p1[None, :])[:, :, None] * np.float32(1.0 / s**3)
         folded *= p2[None, None, :]
-        field = scipy.fft.ifftn(folded, workers=_fft.WORKERS, overwrite_x=True)[tuple(slice(0, n) for n in coarse)]
+        field = scipy.fft.ifftn(folded, workers=thread_count(), overwrite_x=True)[tuple(slice(0, n) for n in coarse)]
         fields.append(np.ascontiguousarray(field.real, dtype=np.float32))
         if len(pair) == 2:
             fields.append(np.ascontiguousarray(field.imag, dtype=np.float32))

@@ -24,8 +24,9 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from .._morphology import otsu_threshold
+from .._parallel import for_each_slab
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
-from .._wrapping import exclude_non_finite, wrap_in_place
+from .._wrapping import exclude_non_finite, polar, wrap_in_place
 from ..contract import PhaseResult
 from ..errors import QSMInputError
 from ..unwrap.romeo import romeo_unwrap_volume
@@ -259,8 +260,8 @@ def mcpc3ds(
     phase, magnitude, invalid = exclude_non_finite(phase, magnitude)
     first, second = check_echo_pair(echo_times_s, phase.shape[0], offset_echoes)
     report(progress, 0.0, "MCPC-3D-S: estimating the phase offset")
-    signal_first = (magnitude[first] * np.exp(1j * phase[first])).astype(np.complex64)
-    signal_second = (magnitude[second] * np.exp(1j * phase[second])).astype(np.complex64)
+    signal_first = polar(magnitude[first], phase[first])
+    signal_second = polar(magnitude[second], phase[second])
     hip = signal_second * np.conj(signal_first)
     del signal_second
     ratio = echo_times_s[first] / (echo_times_s[second] - echo_times_s[first])
@@ -271,9 +272,14 @@ def mcpc3ds(
     del hip, signal_first
     report(progress, 0.7, "MCPC-3D-S: removing the offset")
     corrected = np.empty_like(phase)
-    for echo in range(phase.shape[0]):
-        check_cancel(cancel)
-        corrected[echo] = wrap_in_place(phase[echo] - offset)
-    corrected[:, invalid] = np.nan
+
+    def correct_slab(slab: slice) -> None:
+        for echo in range(phase.shape[0]):
+            check_cancel(cancel)
+            corrected[echo, slab] = wrap_in_place(phase[echo, slab] - offset[slab])
+
+    for_each_slab(correct_slab, phase.shape[1])
+    if invalid.any():
+        corrected[:, invalid] = np.nan
     report(progress, 1.0, "MCPC-3D-S done")
     return PhaseResult(corrected, {"phase_offset_rad": offset})

@@ -7,16 +7,25 @@ range is mapped linearly onto [-pi, pi); no values are inserted or clipped.
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, Optional
 
 import numpy as np
 
+from .._threads import thread_count
 from ..errors import QSMInputError
 
 PhaseScale = Literal["auto", "radians", "degrees", "integer", "range"]
 
 #: Relative tolerance when comparing a data range with a known convention.
 _RANGE_TOLERANCE = 0.05
+#: The float32 values next to -pi (the first at or above it) and below pi: float32 radians in between are
+#: already wrapped.
+_FLOAT32_BELOW_MINUS_PI = np.nextafter(np.float32(-np.pi), np.float32(0.0))
+_FLOAT32_BELOW_PI = np.nextafter(np.float32(np.pi), np.float32(0.0))
+#: Below this magnitude (and above 0) ``(x + pi) - pi`` in double precision no longer rounds back to float32 x.
+_TINY_RADIANS = np.float32(2.0e-8)
 
 
 def detect_phase_scale(phase: np.ndarray) -> str:
@@ -50,16 +59,15 @@ def detect_phase_scale(phase: np.ndarray) -> str:
     >>> detect_phase_scale(np.array([-180.0, 0.0, 179.5]))
     'degrees'
     """
-    values = np.asarray(phase)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        raise QSMInputError("Phase contains no finite values.")
-    low, high = float(finite.min()), float(finite.max())
+    return _classify(*_finite_range(np.asarray(phase)))
+
+
+def _classify(low: float, high: float, is_integer: bool) -> str:
+    """The convention of phase whose finite values run from ``low`` to ``high`` (see :func:`detect_phase_scale`)."""
     span = high - low
     if span <= 0:
         raise QSMInputError(f"Phase is constant ({low:g}): this is not phase data.")
-    is_integer = bool(np.all(finite == np.round(finite))) and span >= 255
-    if is_integer:
+    if is_integer and span >= 255:
         return "integer"
     two_pi = 2.0 * np.pi
     if _close(span, two_pi) and (low >= -np.pi * (1 + _RANGE_TOLERANCE) and high <= two_pi * 1.001):
@@ -78,6 +86,41 @@ def detect_phase_scale(phase: np.ndarray) -> str:
         "radians, degrees, an integer range nor a range centred on 0. Give the scaling explicitly "
         "(--phase-scale radians|degrees|integer|range, or phase_to_radians(..., scale=...))."
     )
+
+
+def _volumes(shape: tuple[int, ...], max_values: int = 1 << 23) -> list[tuple]:
+    """Index tuples that cut an array of ``shape`` into pieces of at most about ``max_values`` values.
+
+    Pieces run along the leading axes, so they are views of any strided array.
+    """
+    if len(shape) <= 1 or math.prod(shape[1:]) <= max_values:
+        step = max(1, max_values // max(math.prod(shape[1:]), 1))
+        return [(slice(start, start + step),) for start in range(0, shape[0] if shape else 1, step)] if shape else [()]
+    return [(index, *rest) for index in range(shape[0]) for rest in _volumes(shape[1:], max_values)]
+
+
+def _finite_range(values: np.ndarray) -> tuple[float, float, bool]:
+    """Smallest and largest finite value, and whether every finite value is a whole number, in one pass.
+
+    Raises
+    ------
+    QSMInputError
+        When no value is finite.
+    """
+    low, high, is_integer = math.inf, -math.inf, True
+    for piece in _volumes(values.shape):
+        chunk = values[piece]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            chunk = chunk[finite]
+        if chunk.size == 0:
+            continue
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        # Once a fraction is seen the data are not integer: later pieces need not be checked.
+        is_integer = is_integer and bool(np.all(chunk == np.round(chunk)))
+    if low > high:
+        raise QSMInputError("Phase contains no finite values.")
+    return low, high, is_integer
 
 
 #: Thresholds of :func:`check_not_magnitude`. Measured (signal voxels, consecutive echoes): magnitudes of the
@@ -170,7 +213,9 @@ def integer_phase_range(low: float, high: float) -> tuple[float, float]:
     return 2.0 ** int(np.ceil(np.log2(high + 1.0))) / 2.0, 0.0
 
 
-def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.ndarray, str]:
+def phase_to_radians(
+    phase: np.ndarray, scale: PhaseScale = "auto", *, out: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, str]:
     """Convert raw phase to radians in [-pi, pi).
 
     Parameters
@@ -187,11 +232,15 @@ def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.
         phase does not reach the extremes would be stretched). ``"range"``
         maps the observed extremes onto +-pi (symmetric data) or [0, max]
         onto [-pi, pi).
+    out : numpy.ndarray of float32, optional
+        Where to write the radians (``phase`` itself when it is float32 and
+        no longer needed: no second array of its size is made). The work is
+        done a volume at a time, in double precision.
 
     Returns
     -------
     radians : numpy.ndarray of float32
-        Phase wrapped to [-pi, pi).
+        Phase wrapped to [-pi, pi) (``out`` when given).
     scale : str
         The convention that was applied (useful for provenance).
 
@@ -203,25 +252,52 @@ def phase_to_radians(phase: np.ndarray, scale: PhaseScale = "auto") -> tuple[np.
     >>> applied, [round(float(v), 3) for v in radians]
     ('integer', [-3.142, -1.571, 0.0, 1.571, 3.14])
     """
-    values = np.asarray(phase, dtype=np.float64)
-    applied = detect_phase_scale(values) if scale == "auto" else scale
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        raise QSMInputError("Phase contains no finite values.")
-    low, high = float(finite.min()), float(finite.max())
-    if applied == "radians":
-        radians = values
-    elif applied == "degrees":
-        radians = np.deg2rad(values)
-    elif applied == "integer":
-        half_period, start = integer_phase_range(low, high)
-        radians = (values - start) * (np.pi / half_period) - np.pi
-    elif applied == "range":
-        half_span = max(abs(low), abs(high))
-        radians = values * (np.pi / half_span) if low < 0 else (values - low) * (2.0 * np.pi / (high - low))
-    else:
-        raise QSMInputError(
-            f"Unknown phase scale {scale!r}: use auto, radians, degrees, integer or range."
-        )
-    wrapped = np.mod(radians + np.pi, 2.0 * np.pi) - np.pi
-    return wrapped.astype(np.float32), applied
+    values = np.asarray(phase)
+    if scale not in ("auto", "radians", "degrees", "integer", "range"):
+        raise QSMInputError(f"Unknown phase scale {scale!r}: use auto, radians, degrees, integer or range.")
+    low, high, is_integer = _finite_range(values)
+    applied = _classify(low, high, is_integer) if scale == "auto" else scale
+    if out is None:
+        out = np.empty(values.shape, np.float32)
+    elif out.shape != values.shape or out.dtype != np.float32:
+        raise QSMInputError(f"out must be a float32 array of the phase's shape {values.shape}.")
+    half_period, start = integer_phase_range(low, high) if applied == "integer" else (0.0, 0.0)
+
+    def convert(piece: tuple) -> None:
+        if applied == "radians" and values.dtype == np.float32:
+            # float32 radians in [-pi, pi) come out of the double-precision wrap unchanged, except
+            # values so close to 0 that adding pi loses their bits: only those (and any outside) are computed.
+            kept = values[piece]
+            recompute = (kept < _FLOAT32_BELOW_MINUS_PI) | (kept > _FLOAT32_BELOW_PI) | (
+                (np.abs(kept) < _TINY_RADIANS) & (kept != 0))
+            if out is not values:
+                out[piece] = kept
+            if recompute.any():
+                radians = kept[recompute].astype(np.float64) + np.pi
+                with np.errstate(invalid="ignore"):  # infinite stays non-finite (NaN)
+                    out[piece][recompute] = np.mod(radians, 2.0 * np.pi) - np.pi
+            return
+        radians = values[piece].astype(np.float64)
+        if applied == "degrees":
+            np.deg2rad(radians, out=radians)
+        elif applied == "integer":
+            radians -= start
+            radians *= np.pi / half_period
+            radians -= np.pi
+        elif applied == "range":
+            if low < 0:
+                radians *= np.pi / max(abs(low), abs(high))
+            else:
+                radians -= low
+                radians *= 2.0 * np.pi / (high - low)
+        radians += np.pi
+        with np.errstate(invalid="ignore"):  # infinite stays non-finite (NaN)
+            np.mod(radians, 2.0 * np.pi, out=radians)
+        radians -= np.pi
+        out[piece] = radians
+
+    pieces = _volumes(values.shape)
+    # Volumes are independent: convert them side by side (NumPy releases the GIL in its loops).
+    with ThreadPoolExecutor(max(1, min(thread_count(), len(pieces)))) as pool:
+        list(pool.map(convert, pieces))
+    return out, applied

@@ -27,6 +27,7 @@ import scipy.ndimage as ndi
 import scipy.sparse
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
+from .._parallel import for_each_slab
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from .._wrapping import exclude_non_finite, wrap_in_place
 from ..contract import PhaseResult
@@ -43,12 +44,19 @@ _SIGNAL_QUALITY = 0.05
 _TWO_PI = np.float32(2.0 * np.pi)
 
 
-def _pair_slices(axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices of the voxels with a +1 neighbour along ``axis`` and of those neighbours."""
+def _pair_slices(axis: int, rows: Optional[slice] = None) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices of the voxels with a +1 neighbour along ``axis`` and of those neighbours.
+
+    With ``rows`` (a slice with start and stop along axis 0), only the voxels
+    of those rows: for ``axis`` 0 the rows of the lower voxels.
+    """
     low = [slice(None)] * 3
     high = [slice(None)] * 3
     low[axis] = slice(0, -1)
     high[axis] = slice(1, None)
+    if rows is not None:
+        low[0] = rows
+        high[0] = rows if axis else slice(rows.start + 1, rows.stop + 1)
     return tuple(low), tuple(high)
 
 
@@ -101,8 +109,9 @@ def edge_weights(
         magnitude = np.asarray(magnitude, dtype=np.float32)
         sample = magnitude.ravel()[:: max(1, magnitude.size // 1_000_000)]
         reference = np.float32(0.5 * max(float(np.percentile(sample, 99.9)), 1e-30))
-    for axis in range(3):
-        low, high = _pair_slices(axis)
+
+    def fill(axis: int, rows: slice) -> None:
+        low, high = _pair_slices(axis, rows)
         step = wrap_in_place(phase[high] - phase[low])
         weight = np.abs(step)
         weight *= np.float32(-0.9 / np.pi)
@@ -125,6 +134,10 @@ def edge_weights(
         if mask is not None:
             weight[~(mask[low] & mask[high])] = 0.0
         weights[axis][low] = weight
+
+    # Every edge's weight depends on its two voxels only: slabs of rows run on all threads.
+    for axis in range(3):
+        for_each_slab(lambda rows, axis=axis: fill(axis, rows), phase.shape[0] - (axis == 0))
     return weights
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._parallel import for_each_slab
 from .._progress import CancelToken, check_cancel
 from ..errors import QSMInputError
 
@@ -75,28 +76,32 @@ def temporal_unwrap(
             f"time(s) and {template.shape}."
         )
     unwrapped = np.empty(phase.shape, dtype=np.float32)
-    unwrapped[template_echo] = template
-    weight = np.square(magnitude[template_echo], dtype=np.float32)
     # A floor keeps the ratio defined where the magnitude is 0 (outside the object).
-    floor = np.float32(1e-12) * max(float(weight.max()), 1e-30)
-    weight += floor
-    te = np.float32(times[template_echo])
-    numerator = weight * (te * template)
-    denominator = weight * (te * te)
+    floor = np.float32(1e-12) * max(float(np.square(magnitude[template_echo], dtype=np.float32).max()), 1e-30)
     order = list(range(template_echo + 1, times.size)) + list(range(template_echo - 1, -1, -1))
-    for echo in order:
-        check_cancel(cancel)
-        te = np.float32(times[echo])
-        predicted = numerator / denominator
-        predicted *= te
-        wrapped = np.asarray(phase[echo], dtype=np.float32)
-        turns = wrapped - predicted
-        turns /= _TWO_PI
-        np.rint(turns, out=turns)
-        volume = wrapped - _TWO_PI * turns
-        unwrapped[echo] = volume
-        weight = np.square(magnitude[echo], dtype=np.float32)
+
+    def unwrap_slab(slab: slice) -> None:
+        unwrapped[template_echo, slab] = template[slab]
+        weight = np.square(magnitude[template_echo, slab], dtype=np.float32)
         weight += floor
-        numerator += weight * (te * volume)
-        denominator += weight * (te * te)
+        te = np.float32(times[template_echo])
+        numerator = weight * (te * template[slab])
+        denominator = weight * (te * te)
+        for echo in order:
+            check_cancel(cancel)
+            te = np.float32(times[echo])
+            predicted = numerator / denominator
+            predicted *= te
+            wrapped = np.asarray(phase[echo, slab], dtype=np.float32)
+            turns = wrapped - predicted
+            turns /= _TWO_PI
+            np.rint(turns, out=turns)
+            volume = wrapped - _TWO_PI * turns
+            unwrapped[echo, slab] = volume
+            weight = np.square(magnitude[echo, slab], dtype=np.float32)
+            weight += floor
+            numerator += weight * (te * volume)
+            denominator += weight * (te * te)
+
+    for_each_slab(unwrap_slab, phase.shape[1])
     return unwrapped

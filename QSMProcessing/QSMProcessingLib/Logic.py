@@ -262,6 +262,12 @@ class QSMRun:
             self.warnings.append(message)
             logging.warning("QSM: %s", message)
             self._log(f"Warning: {message}")
+        elif kind == "chosen":
+            # values QSMLib chose from the data (e.g. the inversion's regularization and its rule)
+            for stage, values in dict(event.get("parameters", {})).items():
+                text = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                                 for key, value in dict(values).items())
+                self._log(f"{stage} chose from the data: {text}")
         elif kind == "done":
             self._outputFiles = {str(k): str(v) for k, v in dict(event.get("outputs", {})).items()}
         elif kind == "error":
@@ -377,6 +383,7 @@ class QSMProcessingLogic:
         progressCallback: Optional[ProgressCallback] = None,
         outputVolume: Any = None,
         logCallback: Optional[LogCallback] = None,
+        threads: int = 0,
     ) -> Union[QSMOutputNodes, QSMRun]:
         """Compute a susceptibility map (ppm) and the requested intermediates.
 
@@ -416,6 +423,9 @@ class QSMProcessingLogic:
             Called with readable lines for a log: the inputs and configuration,
             each stage, warnings, and at the end the configuration and
             parameters QSMLib used (from its provenance).
+        threads : int
+            Processor threads of the computation (FFTs, BLAS, files); 0
+            (default) uses every core. The result does not depend on it.
 
         Raises
         ------
@@ -446,6 +456,8 @@ class QSMProcessingLogic:
             raise ValueError(f"Unknown automatic ROIs {automaticRois!r}; choose from {', '.join(AUTOMATIC_ROIS)}.")
         if automaticRois is not None and roiSegmentation is not None:
             raise ValueError("Choose either an ROI segmentation or automatic ROIs, not both.")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be a whole number >= 0 (0: every core), got {threads!r}.")
         frames = phaseFrames + magnitudeFrames
         _checkOutputVolume(outputVolume, magnitudeList + phaseList, frames)
         Nodes.checkSameGrid(frames)
@@ -476,13 +488,19 @@ class QSMProcessingLogic:
         try:
             arguments = self._writeInputs(
                 workDirectory, magnitudeFrames, phaseFrames, ijkToRas, mask, labels, segmentNames, configArgument)
+            # The outputs are read back at once and deleted: not compressed, they are quicker to write and read.
             if automaticRois is not None:
                 arguments += ["--rois", automaticRois]
             arguments += ["--te", ",".join(repr(t) for t in echoTimes), "--b0", repr(float(b0)),
                           "--outputs", ",".join(OUTPUTS[name][0] for name in requested),
-                          "--progress", "json", "--out", str(workDirectory / "output")]
-            process = self.runner.start(
-                [self._python(), "-m", "QSMLib.cli", "run", *arguments], _environmentWithQSMLib())
+                          "--progress", "json", "--compress", "none", "--out", str(workDirectory / "output")]
+            environment = _environmentWithQSMLib()
+            if threads:
+                from QSMLib._threads import blas_environment
+
+                arguments += ["--threads", str(threads)]
+                environment.update(blas_environment(threads))  # BLAS reads them when the engine imports numpy
+            process = self.runner.start([self._python(), "-m", "QSMLib.cli", "run", *arguments], environment)
         except BaseException:
             shutil.rmtree(workDirectory, ignore_errors=True)
             raise
@@ -516,12 +534,17 @@ class QSMProcessingLogic:
         segmentNames: Sequence[str],
         config: Union[str, Mapping[str, Any]],
     ) -> list[str]:
-        """Write the inputs as NIfTI (+ label names, config); return the CLI arguments for them."""
+        """Write the inputs as NIfTI (+ label names, config); return the CLI arguments for them.
+
+        The echoes are written uncompressed: they live only for this run, and
+        compressing them (and decompressing them in the engine) would cost
+        more time than the run's own reading.
+        """
         arguments: list[str] = []
         for flag, role, frames in (("--mag", "magnitude", magnitudeFrames), ("--phase", "phase", phaseFrames)):
             paths = []
             for index, frame in enumerate(frames):
-                path = directory / f"{role}_echo-{index + 1}.nii.gz"
+                path = directory / f"{role}_echo-{index + 1}.nii"
                 Nodes.writeVolumeFile(str(path), frame.voxels(), ijkToRas)
                 paths.append(str(path))
             arguments += [flag, *paths]

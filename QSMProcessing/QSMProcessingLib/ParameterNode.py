@@ -36,6 +36,8 @@ class QSMProcessingParameterNode:
     #: 0 is "Automatic": no value is passed and QSMLib's default decides.
     inversionParameter: Annotated[float, WithinRange(0.0, 1.0e6)] = 0.0
     referenceMethod: Annotated[str, Choice(list(Parameters.REFERENCE_METHODS))] = "whole_brain"
+    #: 0 is "Automatic": every core.
+    threads: Annotated[int, WithinRange(0, 256)] = 0
     outputTotalField: bool = False
     outputLocalField: bool = False
     outputMask: bool = False

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence, Union
 
 #: Named QSMLib presets the module offers, with the names shown in the Preset box.
 PRESETS = {
-    "consensus": "ISMRM consensus (2024)",
-    "fast": "Fast (linear TV inversion)",
+    "consensus": "ISMRM consensus (2024): total field inversion",
+    "fast": "Fast: iSMV + linear TV",
 }
 #: The preset built from the Advanced section.
 CUSTOM_PRESET = "custom"
@@ -28,11 +28,15 @@ PRESET_LABELS = {**PRESETS, CUSTOM_PRESET: "Custom (Advanced section)"}
 #: Methods offered per stage in the Advanced section: QSMLib registry name -> name shown.
 UNWRAP_METHODS = {"romeo": "ROMEO (path based)", "laplacian": "Laplacian"}
 BACKGROUND_METHODS = {
+    "ismv": "iSMV (iterative SMV)",
     "vsharp": "V-SHARP",
+    "resharp": "RESHARP",
     "pdf": "PDF (projection onto dipole fields)",
     "lbv": "LBV (Laplacian boundary value)",
 }
+#: ``tfi`` inverts the total field: the background method is then not used.
 INVERSION_METHODS = {
+    "tfi": "Total field inversion (no background step)",
     "medi": "MEDI",
     "tv": "Linear TV (FANSI)",
     "nltv": "Nonlinear TV (FANSI)",
@@ -69,8 +73,9 @@ class MethodParameter:
         Shown left of the field.
     unit : str
         Shown after the value ("" for a pure number).
-    default : float or None
-        QSMLib's default today; None where QSMLib derives it from the data.
+    default : float, str or None
+        QSMLib's default today; None or ``"auto"`` where QSMLib derives it
+        from the data.
     defaultText : str
         How the default is described in the field's tooltip.
     decimals, step : int, float
@@ -80,17 +85,19 @@ class MethodParameter:
     keyword: str
     label: str
     unit: str
-    default: Optional[float]
+    default: Union[float, str, None]
     defaultText: str
     decimals: int
     step: float
 
 
 _TV_REGULARIZATION = MethodParameter(
-    "regularization", "Regularization λ", "ppm·mm", 2e-4, "0.0002 ppm·mm", 5, 0.00005)
+    "regularization", "Regularization λ", "ppm·mm", "auto",
+    "chosen from the noise of the field and recorded in the log", 5, 0.00005)
 
 #: The inversion parameter per method. Its field's "Automatic" (0) passes nothing: QSMLib's default decides.
 INVERSION_PARAMETERS = {
+    "tfi": _TV_REGULARIZATION,
     "medi": MethodParameter("regularization", "Regularization λ", "", 100.0, "100 (data weight at a 20 ms echo)",
                             1, 10.0),
     "tv": _TV_REGULARIZATION,

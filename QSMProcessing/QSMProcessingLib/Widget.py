@@ -277,7 +277,8 @@ class QSMProcessingPanel(VTKObservationMixin):
                 fieldStrengthTesla=node.fieldStrengthTesla, maskSegmentation=node.maskSegmentation,
                 roiSegmentation=None if atlas else node.roiSegmentation, automaticRois="atlas" if atlas else None,
                 config=config, outputs=outputs, wait=False,
-                progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog)
+                progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog,
+                threads=node.threads)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the computation; the scene is left as it was.")
             self.ui.progressBar.value = 0

@@ -1,0 +1,260 @@
+"""Regularisation chosen from the data: the noise of a field map and rules that turn it into ``lambda``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import QSMInputError
+
+#: Gaussian consistency of the median absolute deviation: sigma = MAD / 0.6745.
+_MAD_TO_SIGMA = 0.6744897501960817
+
+
+def field_noise(field: np.ndarray, mask: np.ndarray, weight: Optional[np.ndarray] = None) -> float:
+    """Standard deviation of the white noise in a field map, from its finest-scale detail.
+
+    The 3D Haar detail of every 2x2x2 block that lies in ``mask``
+    (alternating signs over the eight voxels, divided by ``sqrt(8)``) has the
+    noise's standard deviation and cancels everything linear in space; its
+    median absolute value over the blocks (Donoho and Johnstone's robust
+    estimator) ignores the few blocks that hold an edge of the signal.
+
+    Parameters
+    ----------
+    field : numpy.ndarray, shape (n0, n1, n2)
+        Field map in any unit.
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        Where the field is valid.
+    weight : numpy.ndarray, optional
+        Data weight ``W``: the estimate is then the noise of ``W field``,
+        which is what a weighted data term sees.
+
+    Returns
+    -------
+    float
+        Noise standard deviation in the unit of ``field`` (0 when no whole
+        block lies in the mask).
+
+    References
+    ----------
+    Donoho DL, Johnstone IM. Ideal spatial adaptation by wavelet shrinkage.
+    Biometrika 1994;81:425-455.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> smooth = np.indices((40, 40, 40)).sum(axis=0).astype(np.float32)
+    >>> noisy = smooth + 0.3 * rng.standard_normal(smooth.shape).astype(np.float32)
+    >>> round(field_noise(noisy, np.ones(smooth.shape, bool)), 1)
+    0.3
+    """
+    values = np.asarray(field, dtype=np.float32)
+    if weight is not None:
+        values = values * np.asarray(weight, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    even = [n - n % 2 for n in values.shape]
+    values = values[: even[0], : even[1], : even[2]]
+    inside = mask[: even[0], : even[1], : even[2]]
+    detail = np.zeros([n // 2 for n in even], dtype=np.float32)
+    whole = np.ones(detail.shape, dtype=bool)
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):
+                sign = np.float32(1 - 2 * ((i + j + k) % 2))
+                detail += sign * values[i::2, j::2, k::2]
+                whole &= inside[i::2, j::2, k::2]
+    if not whole.any():
+        return 0.0
+    return float(np.median(np.abs(detail[whole])) / np.sqrt(8.0) / _MAD_TO_SIGMA)
+
+
+#: ``lambda / (sigma h)`` of the TV-family inversions (sigma the effective noise in ppm, h the voxel size in
+#: mm), measured as the NRMSE-optimal ratio across noise levels (see :func:`noise_proportional_regularization`).
+TV_LAMBDA_PER_NOISE = 0.07
+#: Model error of a field map as a fraction of its RMS: the floor of the effective noise (measured).
+MODEL_ERROR_FRACTION = 0.07
+
+
+def noise_proportional_regularization(
+    noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float]
+) -> float:
+    """TV ``lambda`` (ppm mm) proportional to the effective noise: ``k sqrt((sigma h)^2 + (e rms)^2)``.
+
+    Scaling the field and its noise by ``c`` scales the best ``chi`` and the
+    best ``lambda`` by ``c`` (both terms of the functional grow by ``c^2``),
+    so the best ``lambda`` is proportional to the noise; ``h`` (the geometric
+    mean voxel size, mm) keeps the total variation's weight per voxel the
+    same at any resolution. A field without noise still differs from the
+    dipole model (partial volumes, the discrete kernel, what background
+    removal left), by an amount that grows with the field: ``e`` times its
+    RMS (in mm ppm: the best ``lambda`` of noise-free fields measured the
+    same from 1 to 3 mm voxels), added in quadrature. ``k`` (:data:`TV_LAMBDA_PER_NOISE`) and ``e``
+    (:data:`MODEL_ERROR_FRACTION`) are measured on the validation suite.
+
+    Parameters
+    ----------
+    noise_ppm : float
+        Noise standard deviation of the (weighted) field, ppm (:func:`field_noise`).
+    field_rms_ppm : float
+        RMS of the (weighted, demeaned) field in the mask, ppm.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(noise_proportional_regularization(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
+    0.00014
+    """
+    mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
+    effective = float(np.hypot(max(float(noise_ppm), 0.0) * mean_voxel,
+                               MODEL_ERROR_FRACTION * max(float(field_rms_ppm), 0.0)))
+    if not effective > 0:
+        raise QSMInputError("The field is zero everywhere in the mask: there is nothing to invert. Check the field.")
+    return TV_LAMBDA_PER_NOISE * effective
+
+
+def effective_echo_time(
+    echo_times_s: Sequence[float], magnitude: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None
+) -> float:
+    """The echo time at which a multi-echo field is compared as phase by nonlinear data terms, seconds.
+
+    The weighted echo fit estimates the field from the echoes in proportion
+    to ``w_n TE_n`` (``w_n = |S_n|^2``, the inverse phase variance), so the
+    fitted field is a weighted average of per-echo fields with that weight;
+    its mean echo time, ``sum w_n TE_n^2 / sum w_n TE_n``, is where a phase
+    error of the fitted field matches the phase errors of the data. ``w_n``
+    is the median ``|S_n|^2`` inside ``mask`` (T2* decay), or uniform without
+    magnitude.
+
+    Parameters
+    ----------
+    echo_times_s : sequence of float
+        Echo times, seconds.
+    magnitude : numpy.ndarray, shape (echo, n0, n1, n2), optional
+        Multi-echo magnitude.
+    mask : numpy.ndarray of bool, shape (n0, n1, n2), optional
+        Brain mask for the median (whole volume without it).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(effective_echo_time([0.004, 0.008, 0.012, 0.016, 0.020]) * 1000, 2)
+    14.67
+    """
+    times = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
+    weights = np.ones_like(times)
+    if magnitude is not None and np.ndim(magnitude) == 4 and np.shape(magnitude)[0] == times.size:
+        region = np.ones(np.shape(magnitude)[1:], bool) if mask is None else np.asarray(mask, dtype=bool)
+        if region.any():
+            weights = np.array([float(np.median(np.square(echo[region], dtype=np.float64))) for echo in magnitude])
+    if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
+        weights = np.ones_like(times)
+    return float((weights * times * times).sum() / (weights * times).sum())
+
+
+def tv_regularization(
+    regularization: Union[float, str],
+    field_ppm: np.ndarray,
+    mask: np.ndarray,
+    weight: Optional[np.ndarray],
+    voxel_size_mm: Sequence[float],
+    label: str,
+    field_sd_ppm: Optional[np.ndarray] = None,
+) -> tuple[float, dict[str, Any]]:
+    """Resolve a TV-family ``regularization`` argument: a positive number, or ``"auto"`` (from the noise).
+
+    Parameters
+    ----------
+    regularization : float or "auto"
+        The user's choice.
+    field_ppm : numpy.ndarray, shape (n0, n1, n2)
+        The field the method inverts, ppm.
+    mask : numpy.ndarray of bool
+        Where the field is valid.
+    weight : numpy.ndarray, optional
+        The data weight of the method (mean 1 in the mask), so that the noise
+        is that of the weighted data term.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    label : str
+        Method name for error messages.
+    field_sd_ppm : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (ppm, 0 where unknown). The noise
+        of the weighted data term is then ``1 / mean(1 / SD)`` (the weight is
+        the inverse SD scaled to mean 1); the larger of that and the
+        estimate from the field's finest detail is used, since spatially
+        correlated noise (k-space filtering, coil combination) hides from the
+        finest detail but not from the fit's residuals.
+
+    Returns
+    -------
+    lambda : float
+        ``lambda`` in ppm mm.
+    parameters : dict
+        For provenance: ``regularization``, and with ``"auto"`` also
+        ``regularization_rule`` and ``noise_ppm``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> field = np.random.default_rng(0).normal(0, 1e-3, (20, 20, 20)).astype(np.float32)
+    >>> value, chosen = tv_regularization("auto", field, np.ones(field.shape, bool), None, (1, 1, 1), "TV")
+    >>> chosen["regularization_rule"], round(chosen["noise_ppm"] * 1e3, 1)
+    ('noise-proportional', 0.9)
+    """
+    if isinstance(regularization, str):
+        if regularization != "auto":
+            raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
+        detail_noise_ppm = field_noise(field_ppm, mask, weight)
+        fit_noise_ppm = 0.0
+        if field_sd_ppm is not None:
+            sd = np.asarray(field_sd_ppm, dtype=np.float64)[mask]
+            sd = sd[sd > 0]
+            fit_noise_ppm = float(1.0 / np.mean(1.0 / sd)) if sd.size else 0.0
+        noise_ppm = max(detail_noise_ppm, fit_noise_ppm)
+        weighted = np.asarray(field_ppm, dtype=np.float32)[mask]
+        if weight is not None:
+            weighted = weighted * np.asarray(weight, dtype=np.float32)[mask]
+        field_rms_ppm = float(weighted.std()) if weighted.size else 0.0
+        value = noise_proportional_regularization(noise_ppm, field_rms_ppm, voxel_size_mm)
+        return value, {"regularization": value, "regularization_rule": "noise-proportional", "noise_ppm": noise_ppm,
+                       "detail_noise_ppm": detail_noise_ppm, "fit_noise_ppm": fit_noise_ppm,
+                       "field_rms_ppm": field_rms_ppm}
+    value = float(regularization)
+    if not (value > 0 and np.isfinite(value)):
+        raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
+    return value, {"regularization": value, "regularization_rule": "fixed"}
+
+
+def echo_time(
+    echo_time_s: Optional[float],
+    echo_times_s: Optional[Sequence[float]],
+    magnitude: Optional[np.ndarray],
+    mask: Optional[np.ndarray],
+) -> tuple[float, str]:
+    """The echo time of a nonlinear data term and how it was chosen.
+
+    The user's ``echo_time_s`` if given, else the scan's
+    :func:`effective_echo_time`, else 20 ms (a field map given without echo
+    times).
+
+    Examples
+    --------
+    >>> echo_time(None, [0.004, 0.008, 0.012, 0.016, 0.020], None, None)[1]
+    'effective (echo-fit weighted mean)'
+    """
+    if echo_time_s is not None:
+        return float(echo_time_s), "fixed"
+    if echo_times_s is not None and len(echo_times_s) > 0:
+        return effective_echo_time(echo_times_s, magnitude, mask), "effective (echo-fit weighted mean)"
+    return 0.02, "default (no echo times given)"

@@ -1,0 +1,173 @@
+"""Issue 9 algorithms on the validation suite's small cases (3 mm realistic head and qsm-forward head).
+
+The cases come from :mod:`QSMLib.phantom.suite` (real MNI anatomy, fields on a
+finer grid or through qsm-forward's independent forward model, so no inverse
+crime). Bounds are the values measured on these cases plus a small margin;
+the full-size numbers are in README and /benchmarks/bench_accuracy.py.
+"""
+
+import numpy as np
+import pytest
+
+from QSMLib import metrics
+from QSMLib.background import METHODS as BACKGROUND
+from QSMLib.fieldmap import weighted_linear
+from QSMLib.inversion import METHODS as INVERSION
+from QSMLib.inversion._regularization import field_noise
+from QSMLib.masking import field_jump_islands, phase_quality_mask
+from QSMLib.phantom.suite import load_case
+from QSMLib.pipeline import PipelineConfig, run_pipeline, run_pipeline_from_field
+from QSMLib.units import hz_to_ppm
+
+CASES = ("small_axial", "small_qsmforward")
+
+
+@pytest.fixture(scope="module", params=CASES)
+def case(request, tmp_path_factory):
+    return load_case(request.param, tmp_path_factory.getbasetemp() / "suite_cache")
+
+
+def _inputs(case):
+    acquisition = case.acquisition
+    return {"b0_direction": acquisition.b0_direction, "b0_tesla": acquisition.b0_tesla}
+
+
+def _echo_fit_noise(case):
+    """The echo fit's field noise, weight and SD map, phase unwrapped with the true field (no unwrapping error)."""
+    acquisition = case.acquisition
+    times = np.asarray(acquisition.echo_times_s, np.float32).reshape(-1, 1, 1, 1)
+    phase = acquisition.phase
+    model = phase[0][None] + np.float32(2 * np.pi) * case.total_field_hz[None] * (times - times[0])
+    unwrapped = phase + np.float32(2 * np.pi) * np.round((model - phase) / np.float32(2 * np.pi))
+    fitted, maps = weighted_linear(unwrapped, acquisition.magnitude, acquisition.echo_times_s, mask=case.brain_mask)
+    return (fitted - case.total_field_hz).astype(np.float32), maps["field_weight"], maps["field_sd_hz"]
+
+
+#: Local-field NRMSE (%) from the exact total field and true mask, measured small_axial / small_qsmforward:
+#: RESHARP 49.7 / 46.1, iSMV 32.7 / 33.7 (V-SHARP 41.6 / 67.3).
+BACKGROUND_BOUNDS = {"resharp": {"small_axial": 53.0, "small_qsmforward": 49.0},
+                     "ismv": {"small_axial": 35.0, "small_qsmforward": 36.0}}
+
+
+@pytest.mark.parametrize("method", sorted(BACKGROUND_BOUNDS))
+def test_smv_background_removal_from_the_exact_total_field(case, method):
+    result = BACKGROUND[method](case.total_field_hz, case.brain_mask, case.acquisition.voxel_size_mm)
+    region = result.mask & case.brain_mask
+    assert metrics.nrmse(result.local_field_hz, case.local_field_hz, region) < BACKGROUND_BOUNDS[method][case.spec.name]
+    assert region.sum() > 0.55 * case.brain_mask.sum()
+
+
+def test_field_noise_sees_added_white_noise_and_little_of_the_anatomy(case):
+    """The finest-detail estimate: small on the exact local field, the added SD once noise dominates."""
+    mask = case.brain_mask
+    local_ppm = hz_to_ppm(case.local_field_hz, case.acquisition.b0_tesla)
+    exact = field_noise(local_ppm, mask)
+    assert exact < 0.1 * float(local_ppm[mask].std())
+    rng = np.random.default_rng(0)
+    sigma = 10 * exact
+    noisy = local_ppm + rng.normal(0, sigma, local_ppm.shape).astype(np.float32)
+    assert abs(field_noise(noisy, mask) - np.hypot(sigma, exact)) < 0.1 * sigma
+
+
+def test_echo_fit_noise_map_matches_the_actual_field_noise(case):
+    """field_sd_hz (from the fit residuals) against the fit's real error, over the brain (robust spread)."""
+    noise, _, sd = _echo_fit_noise(case)
+    mask = case.brain_mask
+    normalised = noise[mask] / sd[mask]
+    spread = float(np.median(np.abs(normalised - np.median(normalised)))) / 0.6745
+    assert 0.7 < spread < 1.4
+
+
+#: NRMSE of TV with the automatic lambda relative to the best of 8 fixed lambdas (1e-5 .. 1.28e-3).
+#: Measured small_axial exact 0.99, noisy 1.10; small_qsmforward exact 1.27, noisy 1.02 (at 3 mm the anatomy's
+#: own finest detail raises the noise-free estimate; on the 1-2 mm suite cases the gap is within 10 %).
+AUTO_BOUNDS = {("small_axial", "exact"): 1.03, ("small_axial", "noisy"): 1.13,
+               ("small_qsmforward", "exact"): 1.30, ("small_qsmforward", "noisy"): 1.05}
+
+
+@pytest.mark.parametrize("field", ["exact", "noisy"])
+def test_automatic_lambda_lands_near_the_best_fixed_lambda(case, field):
+    noise, weight, sd = _echo_fit_noise(case)
+    mask = case.brain_mask
+    local = case.local_field_hz if field == "exact" else np.where(mask, case.local_field_hz + noise, 0)
+    extra = {} if field == "exact" else {"field_weight": weight, "field_sd_hz": sd}
+    voxel = case.acquisition.voxel_size_mm
+
+    def error(regularization):
+        result = INVERSION["tv"](local, mask, voxel, **_inputs(case), **extra, regularization=regularization)
+        return metrics.nrmse(result.chi_ppm, case.chi_ppm, mask), result.parameters
+
+    best = min(error(value)[0] for value in 1e-5 * 2.0 ** np.arange(8))
+    automatic, chosen = error("auto")
+    assert chosen["regularization_rule"] == "noise-proportional" and chosen["regularization"] > 0
+    assert automatic < AUTO_BOUNDS[(case.spec.name, field)] * best
+
+
+#: TFI chi NRMSE (%) from the exact total field on its valid mask (the mask less one voxel layer),
+#: measured small_axial 62.6, small_qsmforward 53.8; the best chain there (iSMV + TV) measured 66.1 / 57.0.
+TFI_BOUNDS = {"small_axial": 65.0, "small_qsmforward": 56.0}
+
+
+def test_total_field_inversion_from_the_exact_total_field(case):
+    result = INVERSION["tfi"](case.total_field_hz, case.brain_mask, case.acquisition.voxel_size_mm, **_inputs(case))
+    region = result.mask & case.brain_mask
+    assert region.sum() > 0.85 * case.brain_mask.sum() and not np.any(result.chi_ppm[~result.mask])
+    assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < TFI_BOUNDS[case.spec.name]
+    assert result.parameters["regularization_rule"] == "noise-proportional"
+
+
+def test_tfi_in_the_pipeline_skips_background_removal_and_records_its_choices(case):
+    result = run_pipeline_from_field(
+        case.total_field_hz, case.brain_mask, field_kind="total", voxel_size_mm=case.acquisition.voxel_size_mm,
+        b0_direction=case.acquisition.b0_direction, b0_tesla=case.acquisition.b0_tesla,
+        config=PipelineConfig.from_dict({"inversion": "tfi", "background": "pdf"}),
+    )
+    assert "background" not in result.timings_s
+    assert "removes the background itself" in result.parameters["background"]["skipped"]
+    assert result.parameters["inversion"]["regularization"] > 0
+    # the implied local field (field of the tissue chi) is close to the true local field
+    assert metrics.nrmse(result.local_field_hz, case.local_field_hz, result.local_mask & case.brain_mask) < 60.0
+
+
+def test_nonlinear_data_terms_use_the_scans_effective_echo_time(case):
+    acquisition = case.acquisition
+    result = INVERSION["nltv"](
+        case.local_field_hz, case.brain_mask, acquisition.voxel_size_mm, **_inputs(case),
+        echo_times_s=acquisition.echo_times_s, magnitude=acquisition.magnitude, max_iterations=2,
+    )
+    times = np.asarray(acquisition.echo_times_s)
+    assert times[0] < result.parameters["echo_time_s"] < times[-1]
+    assert result.parameters["echo_time_rule"].startswith("effective")
+
+
+def test_field_jump_islands_leave_the_mask_and_correct_fields_stay(case):
+    """An island at the brain's edge unwrapped one cycle off in the template echo (field off by 1/TE1) is removed."""
+    acquisition = case.acquisition
+    mask = case.brain_mask
+    first_echo = min(acquisition.echo_times_s)
+    # the true field may lose only voxels whose phase at TE1 steps by more than pi to a neighbour (Itoh's
+    # condition for spatial unwrapping fails there): measured 4 of 43272 (small_axial), 0 (small_qsmforward)
+    assert field_jump_islands(case.total_field_hz, mask, 0.5 / first_echo).sum() <= 5
+    distance = np.linalg.norm(np.indices(mask.shape) - np.argwhere(mask)[0][:, None, None, None], axis=0)
+    island = mask & (distance < 2.5)
+    wrong = case.total_field_hz + np.where(island, np.float32(1.0 / first_echo), 0)
+    removed = field_jump_islands(wrong, mask, 0.5 / first_echo)
+    assert island.sum() >= 3 and np.all(removed[island]) and (removed & ~island).sum() <= 5
+    automatic = phase_quality_mask(acquisition.magnitude, acquisition.voxel_size_mm, total_field_hz=wrong,
+                                   echo_times_s=acquisition.echo_times_s)
+    assert not np.any(automatic & island)
+
+
+def test_default_pipeline_on_the_small_realistic_head():
+    """Raw phase to chi with the consensus preset: chi NRMSE bound (measured below) and chosen lambda recorded."""
+    case = load_case("small_axial")
+    result = run_pipeline(case.acquisition)
+    region = result.local_mask & case.brain_mask
+    assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < PIPELINE_BOUND
+    assert result.parameters["inversion"]["regularization_rule"] == "noise-proportional"
+
+
+#: consensus preset (TFI) on small_axial, 3 mm: measured 64.7 % (fast preset, iSMV + TV: 44.9 % on 70 % of the
+#: brain; at 3 mm TFI's one-voxel edge layer and the partial volumes weigh most; on the 1 mm suite cases TFI is
+#: the better one, see README).
+PIPELINE_BOUND = 68.0
