@@ -439,8 +439,9 @@ def atlas_qc(magnitude: np.ndarray, chi_ppm: np.ndarray, labels: np.ndarray, lab
 
     Two figures of :func:`qc_montage` one above the other, each with the
     outlines (white) over the magnitude and over chi: the first with slices
-    crossing at the centre of the caudate, putamen, globus pallidus and
-    thalamus ROIs, the second at the substantia nigra and red nucleus.
+    crossing at the centre of the left caudate, putamen, globus pallidus and
+    thalamus ROIs, the second at the left substantia nigra and red nucleus
+    (so that the sagittal slices cut through them).
 
     Parameters
     ----------
@@ -468,7 +469,7 @@ def atlas_qc(magnitude: np.ndarray, chi_ppm: np.ndarray, labels: np.ndarray, lab
     >>> volume = np.linspace(0.0, 1.0, 27000, dtype=np.float32).reshape(30, 30, 30)
     >>> labels = np.zeros((30, 30, 30), np.int16)
     >>> labels[10:14, 10:14, 10:14], labels[16:20, 16:20, 8:12] = 5, 9
-    >>> names = {5: "globus_pallidus_left", 9: "substantia_nigra_left"}
+    >>> names = {5: "globus_pallidus_left", 9: "substantia_nigra_left"}  # names end in _left / _right
     >>> figure = atlas_qc(volume, volume - 0.5, labels, names, np.eye(4), mask=volume > 0.2, title="ROIs")
     >>> figure.dtype, figure.ndim
     (dtype('uint8'), 2)
@@ -478,13 +479,16 @@ def atlas_qc(magnitude: np.ndarray, chi_ppm: np.ndarray, labels: np.ndarray, lab
     magnitude_window = auto_window(magnitude, mask)
     figures = []
     for caption, structures in _ATLAS_QC_VIEWS:
-        members = [label for label, name in label_names.items() if name.rsplit("_", 1)[0] in structures]
+        # the left structures' centre: the sagittal slice then cuts through them, not between the hemispheres
+        members = [label for label, name in label_names.items()
+                   if name.rsplit("_", 1)[0] in structures and name.endswith("_left")]
         centre_region = np.isin(labels, members)
         if not centre_region.any():
             continue
         maps = [QCMap("magnitude + ROI outlines", magnitude, "a.u.", magnitude_window, outline=outline),
                 QCMap("chi + ROI outlines", chi_ppm, "ppm", chi_window_ppm, outline=outline)]
-        heading = f"{title}. Slices through the {caption}" if not figures else f"Slices through the {caption}"
+        heading = f"Slices through the left {caption}"
+        heading = f"{title}. {heading}" if not figures else heading
         figures.append(qc_montage(maps, affine, mask=centre_region, title=heading))
     if not figures:
         raise QSMInputError("The ROI map is empty: there is nothing to show.")
