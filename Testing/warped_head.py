@@ -11,9 +11,15 @@ CASE = "warped_small_3mm"
 
 
 @pytest.fixture(scope="session")
-def warped_head(pytestconfig):
-    """The realistic head under a smooth random deformation, 3 mm, whole head (cached in pytest's cache folder)."""
-    return load_case(CASE, pytestconfig.cache.mkdir("suite_cache"))
+def warped_head(pytestconfig, tmp_path_factory):
+    """The realistic head under a smooth random deformation, 3 mm, whole head.
+
+    Kept in pytest's cache folder between runs when the cache plugin is on
+    (``-p no:cacheprovider`` turns it off: then in a temporary folder).
+    """
+    cache = getattr(pytestconfig, "cache", None)
+    folder = cache.mkdir("suite_cache") if cache is not None else tmp_path_factory.mktemp("suite_cache")
+    return load_case(CASE, folder)
 
 
 def write_warped_acquisition(case, folder):

@@ -25,6 +25,8 @@ import time
 from typing import IO, Any, Callable, Mapping, Optional, Protocol, Sequence
 
 #: Seconds the engine gets to stop cleanly (it cancels on SIGTERM) before it is killed.
+#: How long kill() waits for the group to disappear after SIGKILL.
+KILL_WAIT_SECONDS = 5.0
 TERMINATE_GRACE_SECONDS = 3.0
 #: Windows process creation flags (numeric so that the module imports on every platform).
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -188,6 +190,11 @@ class SubprocessProcess:
             except ProcessLookupError:
                 pass
         self._process.wait()
+        # SIGKILL is delivered asynchronously: on a busy machine a grandchild (the engine behind
+        # the launcher) can outlive the launcher's reaping by a moment. Wait for the whole group.
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _killWindowsTree(self) -> None:
         if self._process.poll() is None:
