@@ -196,6 +196,9 @@ def evaluate_case(
                "local_nrmse": metrics.nrmse(pipeline.local_field_hz, case.local_field_hz, region)}
         row.update(_field_error(pipeline.total_field_hz, case.total_field_hz, pipeline.mask & brain, edge))
         row.update(chi_scores(pipeline.chi_ppm, case, region))
+        # QSM-CI scores every voxel a pipeline reports, including those outside the true brain
+        row["nrmse_reported"] = metrics.nrmse(pipeline.chi_ppm, case.chi_ppm, pipeline.local_mask)
+        row["reported_outside_brain"] = int((pipeline.local_mask & ~brain).sum())
         rows.append(row)
     available = {"b0_direction": tuple(acquisition.b0_direction), "b0_tesla": acquisition.b0_tesla,
                  "magnitude": acquisition.magnitude, "echo_times_s": acquisition.echo_times_s,
@@ -267,7 +270,8 @@ def _table(header: list[str], lines: list[list[Any]]) -> str:
 def summarise(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per stage, input and method: mean and worst case of each metric over the cases."""
     worst_is_max = {"nrmse", "detrended_nrmse", "hfen", "local_nrmse", "field_rms_hz", "edge_rms_hz", "edge_max_hz",
-                    "edge_outliers", "roi_abs_max_ppb", "mask_outside_brain"}
+                    "edge_outliers", "roi_abs_max_ppb", "mask_outside_brain", "nrmse_reported",
+                    "reported_outside_brain"}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if row["stage"] == "pipeline" and "nrmse" not in row:
@@ -308,9 +312,10 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     if pipeline_rows:
         parts += ["\n## Whole pipeline from raw phase\n", _table(
             ["case", "preset", "s", "field RMS Hz", "edge RMS Hz", "edge max Hz", f"edge >{FIELD_OUTLIER_HZ:g} Hz",
-             "mask Dice", "local NRMSE %"] + chi_header,
+             "mask Dice", "local NRMSE %"] + chi_header + ["NRMSE % on all reported voxels", "reported outside brain"],
             [[r["case"], r["method"], r["seconds"], r["field_rms_hz"], r["edge_rms_hz"], r["edge_max_hz"],
               r["edge_outliers"], r["mask_dice"], r["local_nrmse"]] + [r[k] for k in CHI_METRICS]
+             + [r.get("nrmse_reported", float("nan")), r.get("reported_outside_brain", float("nan"))]
              for r in pipeline_rows])]
     plausibility = [r for r in rows if r["stage"] == "pipeline" and "nrmse" not in r]
     if plausibility:
@@ -340,7 +345,7 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     for stage, entries in summary.items():
         keys = ["local_nrmse"] if stage == "background" else ["nrmse", "hfen", "xsim", "roi_slope", "roi_abs_max_ppb"]
         if stage == "pipeline":
-            keys = ["field_rms_hz", "edge_max_hz", "local_nrmse"] + keys
+            keys = ["field_rms_hz", "edge_max_hz", "local_nrmse"] + keys + ["nrmse_reported"]
         header = ["stage", "input", "method", "cases"] + [f"{k} {w}" for k in keys for w in ("mean", "worst")]
         parts.append(_table(header, [[e["stage"], e["input"], e["method"], e["cases"]]
                                      + [e.get(f"{k}_{w}", float("nan")) for k in keys for w in ("mean", "worst")]

@@ -106,8 +106,11 @@ def tfi(
         chi is reported on the mask eroded by this much (mm): the outer
         layer's voxels hold partial volumes of bone, air and scalp, which
         TFI reconstructs as the strong sources they are, not as tissue.
-        Default: one voxel (the largest voxel dimension); none when
-        ``background_removed``.
+        Default: two voxels (twice the mean voxel size); none when
+        ``background_removed``. On the validation suite the outer 2 mm
+        held 29-43 % of the squared error of ~1 mm maps (RMS 40-54 ppb,
+        against 8-9 ppb deeper than 8 mm), and the mask's voxels outside
+        the brain (extracerebral CSF, RMS error 90 ppb) lie there.
     data_penalty, penalty : float
         ADMM penalties of the data split (``mu``) and gradient split
         (``rho``, default ``300 lambda``), as in :func:`QSMLib.inversion.tv.tv`.
@@ -239,7 +242,7 @@ def tfi(
         if change < tolerance:
             break
     if edge_mm is None:
-        edge_mm = 0.0 if background_removed else float(max(voxel_size_mm))
+        edge_mm = 0.0 if background_removed else 2.0 * float(np.mean(voxel_size_mm))
     valid = erode(mask, float(edge_mm), voxel_size_mm)
     if not valid.any():
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
