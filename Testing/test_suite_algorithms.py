@@ -103,9 +103,9 @@ def test_automatic_lambda_lands_near_the_best_fixed_lambda(case, field):
     assert automatic < AUTO_BOUNDS[(case.spec.name, field)] * best
 
 
-#: TFI chi NRMSE (%) from the exact total field on its valid mask (the mask less one voxel layer),
-#: measured small_axial 62.6, small_qsmforward 53.8; the best chain there (iSMV + TV) measured 66.1 / 57.0.
-TFI_BOUNDS = {"small_axial": 65.0, "small_qsmforward": 56.0}
+#: TFI chi NRMSE (%) from the exact total field on its valid mask (the mask less its outer 3 mm voxel layer),
+#: measured small_axial 61.8, small_qsmforward 51.5; the best chain there (iSMV + TV) measured 66.1 / 57.0.
+TFI_BOUNDS = {"small_axial": 64.0, "small_qsmforward": 54.0}
 
 
 def test_total_field_inversion_from_the_exact_total_field(case):
@@ -113,7 +113,7 @@ def test_total_field_inversion_from_the_exact_total_field(case):
     region = result.mask & case.brain_mask
     assert region.sum() > 0.85 * case.brain_mask.sum() and not np.any(result.chi_ppm[~result.mask])
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < TFI_BOUNDS[case.spec.name]
-    assert result.parameters["regularization_rule"] == "noise-proportional"
+    assert result.parameters["regularization_rule"] == "noise-proportional x1.5"
 
 
 def test_tfi_in_the_pipeline_skips_background_removal_and_records_its_choices(case):
@@ -164,10 +164,10 @@ def test_default_pipeline_on_the_small_realistic_head():
     result = run_pipeline(case.acquisition)
     region = result.local_mask & case.brain_mask
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < PIPELINE_BOUND
-    assert result.parameters["inversion"]["regularization_rule"] == "noise-proportional"
+    assert result.parameters["inversion"]["regularization_rule"] == "noise-proportional x1.5"
 
 
-#: consensus preset (TFI) on small_axial, 3 mm: measured 64.7 % (fast preset, iSMV + TV: 44.9 % on 70 % of the
+#: consensus preset (TFI) on small_axial, 3 mm: measured 63.4 % (fast preset, iSMV + TV: 44.9 % on 70 % of the
 #: brain; at 3 mm TFI's one-voxel edge layer and the partial volumes weigh most; on the 1 mm suite cases TFI is
 #: the better one, see README).
-PIPELINE_BOUND = 68.0
+PIPELINE_BOUND = 66.0

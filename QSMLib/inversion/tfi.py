@@ -42,6 +42,10 @@ from ._regularization import tv_regularization
 
 # full-grid CG iterations after the coarse-grid start of the background sources
 FINE_ITERATIONS = 8
+# TFI's automatic lambda is this times linear TV's rule: whole pipeline on the six suite cases, chi NRMSE
+# 0.4-1.5 points lower on every case than with the TV rule itself (mean 39.3 against 40.3 %), worst deep
+# grey matter ROI error 22.3 against 25.5 ppb; 2x was as good on the two noisiest cases and 0.5-0.7x worse
+AUTO_LAMBDA_FACTOR = 1.5
 
 
 def tfi(
@@ -91,7 +95,8 @@ def tfi(
         linear TV on the padded frame).
     regularization : float or "auto"
         ``lambda`` in ppm mm, as in :func:`QSMLib.inversion.tv.tv`; ``"auto"``
-        chooses it from the noise of the field
+        chooses it (``AUTO_LAMBDA_FACTOR`` times TV's rule, or TV's rule itself when
+        ``background_removed``) from the noise of the field
         (:func:`~QSMLib.inversion._regularization.tv_regularization`) of the field the
         outside sources leave, a local field estimate.
     outside_weight : float
@@ -197,6 +202,10 @@ def tfi(
     regularization, parameters = tv_regularization(
         regularization, np.where(inside, field - background, 0), inside, weight, voxel_size_mm, "TFI",
         None if field_sd_hz is None else frame(np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0)))
+    if parameters.get("regularization_rule") == "noise-proportional" and not background_removed:
+        regularization *= AUTO_LAMBDA_FACTOR
+        parameters.update(regularization=regularization,
+                          regularization_rule=f"noise-proportional x{AUTO_LAMBDA_FACTOR:g}")
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = np.float32(data_penalty)
     threshold = np.where(tissue, np.float32(regularization / rho), np.float32(outside_weight * regularization / rho))
