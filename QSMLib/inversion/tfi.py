@@ -26,13 +26,21 @@ eroded away and errors of a background removal step do not propagate.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import _fft
+from .. import _backend, _fft
+from .._backend import Device, resolve_device
 from .._morphology import erode
-from .._operators import conjugate_gradient, data_weight, gradient, gradient_adjoint, gradient_eigenvalues
+from .._operators import (
+    conjugate_gradient,
+    data_weight,
+    gradient,
+    gradient_adjoint,
+    gradient_eigenvalues,
+    shrink,
+)
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
 from ..dipole import dipole_kernel
@@ -61,6 +69,7 @@ def tfi(
     max_iterations: int = 100,
     tolerance: float = 1e-2,
     pdf_iterations: int = 30,
+    device: Union[str, Device] = "cpu",
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> InversionResult:
@@ -115,6 +124,11 @@ def tfi(
         Upper bound on ADMM iterations.
     tolerance : float
         Stop when the relative change of ``chi`` inside the mask falls below it.
+    device : str or Device
+        Where the solver runs: ``"cpu"`` (numpy), ``"cuda"`` (a GPU through
+        PyTorch or CuPy, ``pip install "qsmlib[gpu]"``) or ``"auto"`` (the
+        GPU when there is one); see :mod:`QSMLib._backend`. Results agree
+        with the CPU's to float32 rounding.
 
     Returns
     -------
@@ -155,6 +169,7 @@ def tfi(
             raise QSMInputError(f"TFI: {name} must be positive, got {value!r}.")
     if not outside_weight >= 0:
         raise QSMInputError(f"TFI: outside_weight must be 0 or positive, got {outside_weight!r}.")
+    target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "TFI: set-up")
     margin = [int(np.ceil(margin_mm / v)) for v in voxel_size_mm]
@@ -167,71 +182,76 @@ def tfi(
     def frame(volume: np.ndarray) -> np.ndarray:
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
 
-    inside = frame(mask) > 0
-    tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside
-    field = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
+    inside_host = frame(mask) > 0
+    tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside_host
+    field_host = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
     weight = frame(data_weight(mask, field_weight))
     weight_squared = weight * weight
-    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    kernel_host = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    inside, field, kernel = (target.to_device(a) for a in (inside_host, field_host, kernel_host))
     if background_removed:
         outside_weight = 1.0
-        chi = np.zeros(shape, dtype=np.float32)
+        chi = target.to_device(np.zeros(shape, dtype=np.float32))
     else:
-        chi = _background_sources(field, weight_squared, inside, kernel, shape, pdf_iterations, cancel)
-    spectrum = _fft.rfftn(chi)
+        chi = _background_sources(field, target.to_device(weight_squared), inside, kernel, shape, pdf_iterations,
+                                  cancel)
+    spectrum = _backend.rfftn(chi)
     spectrum *= kernel
-    background = _fft.irfftn(spectrum, shape).astype(np.float32)
+    background = _backend.irfftn(spectrum, shape)
     del spectrum
     # what the outside sources leave is a local field estimate: its noise and size set lambda
+    # (on the host: the noise estimate takes a median)
     regularization, parameters = tv_regularization(
-        regularization, np.where(inside, field - background, 0), inside, weight, voxel_size_mm, "TFI",
+        regularization, np.where(inside_host, field_host - target.to_numpy(background), 0), inside_host, weight,
+        voxel_size_mm, "TFI",
         None if field_sd_hz is None else frame(np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0)))
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = np.float32(data_penalty)
     threshold = np.where(tissue, np.float32(regularization / rho), np.float32(outside_weight * regularization / rho))
-    threshold = threshold.astype(np.float32)
+    threshold = target.to_device(threshold.astype(np.float32))
 
-    denominator = mu * kernel * kernel + np.float32(rho) * gradient_eigenvalues(shape, voxel_size_mm)
+    denominator = mu * kernel_host * kernel_host + np.float32(rho) * gradient_eigenvalues(shape, voxel_size_mm)
     denominator[0, 0, 0] = 1.0
-    data_factor = (mu * kernel / denominator).astype(np.float32)
-    gradient_factor = (np.float32(rho) / denominator).astype(np.float32)
-    del denominator
-    weighted_field = weight_squared * field
-    inverse = (np.float32(1) / (weight_squared + mu)).astype(np.float32)
-    del weight, weight_squared
+    data_factor = target.to_device((mu * kernel_host / denominator).astype(np.float32))
+    gradient_factor = target.to_device((np.float32(rho) / denominator).astype(np.float32))
+    del denominator, kernel_host
+    weighted_field = target.to_device(weight_squared * field_host)
+    inverse = target.to_device((np.float32(1) / (weight_squared + mu)).astype(np.float32))
+    del weight, weight_squared, field_host
+    mu = float(mu)
 
     y = background
     y[inside] = field[inside]
     del field
-    u = np.zeros(shape, dtype=np.float32)
+    u = _backend.float32_array(chi, shape, 0.0)
     z = gradient(chi, voxel_size_mm)
-    w = np.zeros((3, *shape), dtype=np.float32)
-    grad = np.empty((3, *shape), dtype=np.float32)
-    work = np.empty(shape, dtype=np.float32)
+    w = _backend.float32_array(chi, (3, *shape), 0.0)
+    grad = _backend.float32_array(chi, (3, *shape))
+    work = _backend.float32_array(chi, shape)
     iterations = 0
     for iterations in range(1, max_iterations + 1):
         check_cancel(cancel)
-        np.subtract(z, w, out=grad)
-        spectrum = _fft.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
+        _backend.into(grad, "subtract", z, w)
+        spectrum = _backend.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
         spectrum *= gradient_factor
-        np.subtract(y, u, out=work)
-        spectrum += _fft.rfftn(work) * data_factor
-        new_chi = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        _backend.into(work, "subtract", y, u)
+        spectrum += _backend.rfftn(work) * data_factor
+        new_chi = _backend.irfftn(spectrum, shape)
         spectrum *= kernel
-        field_of_chi = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        field_of_chi = _backend.irfftn(spectrum, shape)
         del spectrum
         # convergence of the tissue only: the background sources are far larger and converge slower
-        change = float(np.linalg.norm((new_chi - chi)[inside])) / max(float(np.linalg.norm(new_chi[inside])), 1e-12)
+        change = _backend.norm((new_chi - chi)[inside]) / max(_backend.norm(new_chi[inside]), 1e-12)
         chi = new_chi
 
         check_cancel(cancel)
         gradient(chi, voxel_size_mm, out=grad)
         w += grad
-        np.copyto(z, w)
-        _shrink_varying(z, threshold, work)
+        z[...] = w
+        shrink(z, threshold, work)
         w -= z
         u += field_of_chi
-        np.multiply(u, mu, out=y)
+        _backend.into(y, "multiply", u, mu)
         y += weighted_field
         y *= inverse
         u -= y
@@ -244,49 +264,37 @@ def tfi(
     if not valid.any():
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
-    result[box] = _fft.crop(chi, box_shape)
+    result[box] = _fft.crop(target.to_numpy(chi), box_shape)
     result[~valid] = 0
     report(progress, 1.0, "TFI done")
     parameters.update(regularization=float(regularization), iterations=iterations)
     return InversionResult(result, parameters, valid)
 
 
-def _shrink_varying(vectors: np.ndarray, threshold: np.ndarray, work: np.ndarray) -> None:
-    """Isotropic soft threshold of (3, ...) vectors with a per-voxel threshold, in place."""
-    np.multiply(vectors[0], vectors[0], out=work)
-    work += vectors[1] * vectors[1]
-    work += vectors[2] * vectors[2]
-    np.sqrt(work, out=work)
-    np.maximum(work, np.float32(1e-12), out=work)
-    np.divide(threshold, work, out=work)
-    np.subtract(np.float32(1), work, out=work)
-    np.maximum(work, 0, out=work)
-    vectors *= work
-
-
 def _background_sources(
-    field: np.ndarray,
-    weight_squared: np.ndarray,
-    inside: np.ndarray,
-    kernel: np.ndarray,
+    field: Any,
+    weight_squared: Any,
+    inside: Any,
+    kernel: Any,
     shape: Sequence[int],
     iterations: int,
     cancel: CancelToken,
-) -> np.ndarray:
+) -> Any:
     """Sources outside the mask whose field best matches ``field`` inside (projection onto dipole fields).
 
     The starting point of the ADMM: the background sources are ~100 times
     the tissue's susceptibility, and from zero the splitting would first
     explain the background with tissue sources (Liu et al. need a
-    preconditioner for the same reason).
+    preconditioner for the same reason). Arrays on the solver's device.
     """
+    xp = _backend.namespace(field)
     outside = ~inside
 
-    def convolve(volume: np.ndarray) -> np.ndarray:
-        return _fft.irfftn(_fft.rfftn(volume) * kernel, shape).astype(np.float32, copy=False)
+    def convolve(volume: Any) -> Any:
+        return _backend.irfftn(_backend.rfftn(volume) * kernel, shape)
 
-    def normal(sources: np.ndarray) -> np.ndarray:
-        result = convolve(weight_squared * convolve(np.where(outside, sources, 0).astype(np.float32)))
+    def normal(sources: Any) -> Any:
+        result = convolve(weight_squared * convolve(xp.where(outside, sources, 0.0)))
         result[inside] = 0
         return result
 
