@@ -73,7 +73,7 @@ def array_api_device(xp: Any, name: str, description: str, device: Any = None,
                      to_numpy: Optional[Callable[[Any], np.ndarray]] = None) -> Device:
     """A :class:`Device` for an array API namespace ``xp`` (arrays created on its ``device``).
 
-    ``to_numpy`` defaults to DLPack (host memory only); the GPU libraries
+    ``to_numpy`` defaults to :func:`numpy.asarray` (host memory only); the GPU libraries
     pass their own copy to the host. With ``array_api_strict`` this runs
     the device code path on the CPU, which is how the tests check it without
     a GPU.
@@ -88,7 +88,7 @@ def array_api_device(xp: Any, name: str, description: str, device: Any = None,
     def upload(volume: np.ndarray) -> Any:
         return xp.asarray(volume) if device is None else xp.asarray(volume, device=device)
 
-    return Device(name, description, upload, to_numpy or np.from_dlpack)
+    return Device(name, description, upload, to_numpy or np.asarray)
 
 
 def resolve_device(device: Union[str, Device]) -> Device:
@@ -172,6 +172,19 @@ def namespace(array: Any) -> Any:
     return array_namespace(array)
 
 
+def scalar(like: Any, value: float) -> Any:
+    """``value`` in ``like``'s dtype: a numpy scalar, or a 0-D array on ``like``'s device.
+
+    Array API functions (unlike operators) need not take Python numbers in
+    the versions of the standard the GPU libraries follow.
+    """
+    if isinstance(like, np.ndarray):
+        return like.dtype.type(value)
+    from array_api_compat import device
+
+    return namespace(like).asarray(value, dtype=like.dtype, device=device(like))
+
+
 def into(out: Any, name: str, *operands: Any, index: Any = Ellipsis) -> Any:
     """``out[index] = xp.name(*operands)``: numpy writes with ``out=`` (no temporary); returns ``out``.
 
@@ -186,9 +199,9 @@ def into(out: Any, name: str, *operands: Any, index: Any = Ellipsis) -> Any:
     >>> into(work, "maximum", np.array([-1.0, 0.5, 2.0], np.float32), 0.0)
     array([0. , 0.5, 2. ], dtype=float32)
     """
+    operands = tuple(scalar(out, x) if isinstance(x, (int, float)) else x for x in operands)
     if isinstance(out, np.ndarray):
-        scalar = out.dtype.type
-        getattr(np, name)(*(scalar(x) if isinstance(x, (int, float)) else x for x in operands), out=out[index])
+        getattr(np, name)(*operands, out=out[index])
     else:
         out[index] = getattr(namespace(out), name)(*operands)
     return out
@@ -198,10 +211,12 @@ def float32_array(like: Any, shape: Sequence[int], fill: Optional[float] = None)
     """A new float32 array of ``shape`` in ``like``'s library and device (zeros with ``fill=0``)."""
     if isinstance(like, np.ndarray):
         return np.empty(tuple(shape), np.float32) if fill is None else np.full(tuple(shape), fill, np.float32)
+    from array_api_compat import device
+
     xp = namespace(like)
     if fill is None:
-        return xp.empty(tuple(shape), dtype=xp.float32, device=like.device)
-    return xp.full(tuple(shape), fill, dtype=xp.float32, device=like.device)
+        return xp.empty(tuple(shape), dtype=xp.float32, device=device(like))
+    return xp.full(tuple(shape), fill, dtype=xp.float32, device=device(like))
 
 
 def copy(array: Any, dtype: Any = None) -> Any:

@@ -112,20 +112,21 @@ def ismv(
     field, ball, eroded_host, eroded = (target.to_device(a) for a in (field_host, ball, eroded, eroded))
     outside = ~eroded
     xp = _backend.namespace(field)
+    zero = _backend.scalar(field, 0.0)
 
     def spherical_mean(volume: Any) -> Any:
         return _backend.irfftn(_backend.rfftn(volume) * ball, shape)
 
     def operator(volume: Any) -> Any:
-        inside = xp.where(eroded, volume, 0.0)
+        inside = xp.where(eroded, volume, zero)
         result = inside - spherical_mean(inside)
         result[outside] = 0
         return result
 
-    rhs = spherical_mean(xp.where(eroded, 0.0, field))
+    rhs = spherical_mean(xp.where(eroded, zero, field))
     rhs[outside] = 0
     # start from the field itself: inside, the background is most of it
-    start = xp.where(eroded, field, 0.0)
+    start = xp.where(eroded, field, zero)
     background, iterations = conjugate_gradient(
         operator, rhs, start, tolerance=tolerance, max_iterations=max_iterations, cancel=cancel,
         on_iteration=lambda count: report(progress, 0.05 + 0.9 * count / max_iterations, f"iSMV iteration {count}"),

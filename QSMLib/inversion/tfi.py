@@ -289,12 +289,13 @@ def _background_sources(
     """
     xp = _backend.namespace(field)
     outside = ~inside
+    zero = _backend.scalar(field, 0.0)
 
     def convolve(volume: Any) -> Any:
         return _backend.irfftn(_backend.rfftn(volume) * kernel, shape)
 
     def normal(sources: Any) -> Any:
-        result = convolve(weight_squared * convolve(xp.where(outside, sources, 0.0)))
+        result = convolve(weight_squared * convolve(xp.where(outside, sources, zero)))
         result[inside] = 0
         return result
 
