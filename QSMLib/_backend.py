@@ -207,16 +207,14 @@ def into(out: Any, name: str, *operands: Any, index: Any = Ellipsis) -> Any:
     return out
 
 
-def float32_array(like: Any, shape: Sequence[int], fill: Optional[float] = None) -> Any:
-    """A new float32 array of ``shape`` in ``like``'s library and device (zeros with ``fill=0``)."""
+def float32_array(like: Any, shape: Sequence[int], zeros: bool = False) -> Any:
+    """A new float32 array of ``shape`` in ``like``'s library and device, uninitialised or zeros."""
     if isinstance(like, np.ndarray):
-        return np.empty(tuple(shape), np.float32) if fill is None else np.full(tuple(shape), fill, np.float32)
+        return (np.zeros if zeros else np.empty)(tuple(shape), np.float32)
     from array_api_compat import device
 
     xp = namespace(like)
-    if fill is None:
-        return xp.empty(tuple(shape), dtype=xp.float32, device=device(like))
-    return xp.full(tuple(shape), fill, dtype=xp.float32, device=device(like))
+    return (xp.zeros if zeros else xp.empty)(tuple(shape), dtype=xp.float32, device=device(like))
 
 
 def copy(array: Any, dtype: Any = None) -> Any:

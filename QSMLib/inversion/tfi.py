@@ -223,9 +223,9 @@ def tfi(
     y = background
     y[inside] = field[inside]
     del field
-    u = _backend.float32_array(chi, shape, 0.0)
+    u = _backend.float32_array(chi, shape, zeros=True)
     z = gradient(chi, voxel_size_mm)
-    w = _backend.float32_array(chi, (3, *shape), 0.0)
+    w = _backend.float32_array(chi, (3, *shape), zeros=True)
     grad = _backend.float32_array(chi, (3, *shape))
     work = _backend.float32_array(chi, shape)
     iterations = 0

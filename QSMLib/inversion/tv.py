@@ -115,10 +115,10 @@ def _admm_tv(
 
     y = target.to_device(np.where(weight_squared > 0, field, 0).astype(np.float32))
     del field, weight_squared
-    chi = _backend.float32_array(y, shape, 0.0)
-    u = _backend.float32_array(y, shape, 0.0)
-    z = _backend.float32_array(y, (3, *shape), 0.0)
-    w = _backend.float32_array(y, (3, *shape), 0.0)
+    chi = _backend.float32_array(y, shape, zeros=True)
+    u = _backend.float32_array(y, shape, zeros=True)
+    z = _backend.float32_array(y, (3, *shape), zeros=True)
+    w = _backend.float32_array(y, (3, *shape), zeros=True)
     grad = _backend.float32_array(y, (3, *shape))
     work = _backend.float32_array(y, shape)
     threshold = regularization / rho
