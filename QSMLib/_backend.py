@@ -219,10 +219,10 @@ def float32_array(like: Any, shape: Sequence[int], zeros: bool = False) -> Any:
 
 def copy(array: Any, dtype: Any = None) -> Any:
     """A copy of ``array`` in its own library (as ``dtype`` when given)."""
+    dtype = array.dtype if dtype is None else dtype
     if isinstance(array, np.ndarray):
-        return array.astype(dtype or array.dtype, copy=True)
-    xp = namespace(array)
-    return xp.astype(array, dtype or array.dtype, copy=True)
+        return array.astype(dtype, copy=True)
+    return namespace(array).astype(array, dtype, copy=True)
 
 
 def rfftn(volume: Any) -> Any:
