@@ -9,45 +9,73 @@ it, and a conjugate gradient solver that checks ``cancel`` between iterations.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import _fft
+from . import _backend, _fft
 from ._progress import CancelToken, check_cancel
 from .errors import QSMInputError
 
 
-def gradient(volume: np.ndarray, voxel_size_mm: Sequence[float], out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Periodic forward differences per mm, shape (3, n0, n1, n2)."""
+def _along(axis: int, part: slice) -> tuple:
+    """Index that takes ``part`` of ``axis`` and all of the other axes."""
+    return (slice(None),) * axis + (part, Ellipsis)
+
+
+_HEAD, _TAIL, _FIRST, _LAST = slice(None, -1), slice(1, None), slice(None, 1), slice(-1, None)
+
+
+def gradient(volume: Any, voxel_size_mm: Sequence[float], out: Optional[Any] = None) -> Any:
+    """Periodic forward differences per mm, shape (3, n0, n1, n2), float32.
+
+    ``volume`` (and ``out``) may be numpy or any array API library's arrays
+    (:mod:`QSMLib._backend`); numpy writes into ``out`` without temporaries.
+    """
     if out is None:
-        out = np.empty((3, *volume.shape), dtype=np.float32)
+        out = _backend.float32_array(volume, (3, *volume.shape))
     for axis, voxel in enumerate(voxel_size_mm):
-        target = np.moveaxis(out[axis], axis, 0)
-        source = np.moveaxis(volume, axis, 0)
-        np.subtract(source[1:], source[:-1], out=target[:-1])
-        np.subtract(source[:1], source[-1:], out=target[-1:])
-        target *= np.float32(1.0 / voxel)
+        _backend.into(out, "subtract", volume[_along(axis, _TAIL)], volume[_along(axis, _HEAD)],
+                      index=(axis, *_along(axis, _HEAD)))
+        _backend.into(out, "subtract", volume[_along(axis, _FIRST)], volume[_along(axis, _LAST)],
+                      index=(axis, *_along(axis, _LAST)))
+        _backend.into(out, "multiply", out[axis, ...], 1.0 / voxel, index=(axis, Ellipsis))
     return out
 
 
-def gradient_adjoint(
-    vectors: np.ndarray, voxel_size_mm: Sequence[float], out: Optional[np.ndarray] = None
-) -> np.ndarray:
-    """Adjoint of :func:`gradient` (minus the backward-difference divergence), shape (n0, n1, n2)."""
+def gradient_adjoint(vectors: Any, voxel_size_mm: Sequence[float], out: Optional[Any] = None) -> Any:
+    """Adjoint of :func:`gradient` (minus the backward-difference divergence), shape (n0, n1, n2).
+
+    Arrays as :func:`gradient`.
+    """
     if out is None:
-        out = np.empty(vectors.shape[1:], dtype=np.float32)
-    out.fill(0)
-    scaled = np.empty(vectors.shape[1:], dtype=np.float32)  # one scaled copy per axis, not three
+        out = _backend.float32_array(vectors, vectors.shape[1:])
+    out[...] = 0
+    scaled = _backend.float32_array(vectors, vectors.shape[1:])  # one scaled copy per axis, not three
     for axis, voxel in enumerate(voxel_size_mm):
-        target = np.moveaxis(out, axis, 0)
-        source = np.multiply(np.moveaxis(vectors[axis], axis, 0), np.float32(1.0 / voxel),
-                             out=np.moveaxis(scaled, axis, 0))
+        _backend.into(scaled, "multiply", vectors[axis, ...], 1.0 / voxel)
         # (G^T v)_i = (v_{i-1} - v_i) / h with periodic wrap.
-        target[1:] += source[:-1]
-        target[:1] += source[-1:]
-        target -= source
+        out[_along(axis, _TAIL)] += scaled[_along(axis, _HEAD)]
+        out[_along(axis, _FIRST)] += scaled[_along(axis, _LAST)]
+        out -= scaled
     return out
+
+
+def shrink(vectors: Any, threshold: Any, work: Any) -> None:
+    """Isotropic soft threshold of (3, ...) vectors, in place: ``v max(1 - t / |v|, 0)``.
+
+    ``threshold`` is a number or one per voxel; ``work`` a scratch array of
+    one component's shape. Arrays as :func:`gradient`.
+    """
+    _backend.into(work, "multiply", vectors[0, ...], vectors[0, ...])
+    work += vectors[1, ...] * vectors[1, ...]
+    work += vectors[2, ...] * vectors[2, ...]
+    _backend.into(work, "sqrt", work)
+    _backend.into(work, "maximum", work, 1e-12)
+    _backend.into(work, "divide", threshold, work)
+    _backend.into(work, "subtract", 1.0, work)
+    _backend.into(work, "maximum", work, 0.0)
+    vectors *= work
 
 
 def gradient_eigenvalues(shape: Sequence[int], voxel_size_mm: Sequence[float]) -> np.ndarray:
@@ -117,49 +145,53 @@ def from_frame(framed: np.ndarray, box: tuple[slice, ...], mask: np.ndarray) -> 
 
 
 def conjugate_gradient(
-    apply: Callable[[np.ndarray], np.ndarray],
-    rhs: np.ndarray,
-    x0: Optional[np.ndarray] = None,
+    apply: Callable[[Any], Any],
+    rhs: Any,
+    x0: Optional[Any] = None,
     *,
     tolerance: float,
     max_iterations: int,
     cancel: CancelToken = None,
-    precondition: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    precondition: Optional[Callable[[Any], Any]] = None,
     on_iteration: Optional[Callable[[int], None]] = None,
-) -> tuple[np.ndarray, int]:
+) -> tuple[Any, int]:
     """Solve ``A x = rhs`` for symmetric positive (semi)definite ``A`` by (preconditioned) CG.
 
     Stops when ``||r|| <= tolerance ||rhs||`` or after ``max_iterations``;
     ``cancel`` is checked before every operator application and
     ``on_iteration(count)`` called after each iteration (for progress).
-    ``precondition`` must be symmetric positive definite.
+    ``precondition`` must be symmetric positive definite. ``rhs`` (and
+    ``x0``) may be numpy or any array API library's arrays (:mod:`QSMLib._backend`).
 
     Returns
     -------
-    x : numpy.ndarray
+    x : array like ``rhs``
     iterations : int
     """
-    x = np.zeros_like(rhs) if x0 is None else x0.astype(rhs.dtype, copy=True)
-    residual = rhs - apply(x) if x0 is not None else rhs.copy()
+    xp = _backend.namespace(rhs)
+    # numpy scales by float32 numbers (as the arrays' own precision); the array API takes Python numbers
+    scalar = np.float32 if xp is np else float
+    x = xp.zeros_like(rhs) if x0 is None else _backend.copy(x0, rhs.dtype)
+    residual = rhs - apply(x) if x0 is not None else _backend.copy(rhs)
     check_cancel(cancel)
     z = residual if precondition is None else precondition(residual)
-    direction = z.copy()
-    rz = float(np.vdot(residual, z).real)
-    stop = tolerance * tolerance * float(np.vdot(rhs, rhs).real)
+    direction = _backend.copy(z)
+    rz = _backend.dot(residual, z)
+    stop = tolerance * tolerance * _backend.dot(rhs, rhs)
     iteration = 0
-    while iteration < max_iterations and float(np.vdot(residual, residual).real) > stop:
+    while iteration < max_iterations and _backend.dot(residual, residual) > stop:
         check_cancel(cancel)
         image = apply(direction)
-        curvature = float(np.vdot(direction, image).real)
+        curvature = _backend.dot(direction, image)
         if curvature <= 0 or rz <= 0:
             break
         step = rz / curvature
-        x += np.float32(step) * direction
-        residual -= np.float32(step) * image
+        x += scalar(step) * direction
+        residual -= scalar(step) * image
         check_cancel(cancel)
         z = residual if precondition is None else precondition(residual)
-        rz_next = float(np.vdot(residual, z).real)
-        direction *= np.float32(rz_next / rz)
+        rz_next = _backend.dot(residual, z)
+        direction *= scalar(rz_next / rz)
         direction += z
         rz = rz_next
         iteration += 1

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import run
+from ._backend import DEVICES, resolve_device
 from ._progress import sub_progress
 from ._threads import check_thread_count, set_threads
 from ._version import __version__
@@ -151,6 +152,13 @@ def _add_threads(parser: argparse.ArgumentParser, default: str) -> None:
                         help=f"threads for FFTs, BLAS and reading and writing files (default: {default})")
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help="where background removal (ismv) and inversion (tfi, tv) run: cpu, cuda (a GPU "
+                             'through PyTorch or CuPy; pip install "qsmlib[gpu]") or auto (the GPU when there is '
+                             "one); default: the configuration's 'device', cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qsm", description="Quantitative susceptibility mapping (QSMLib).")
     parser.add_argument("--version", action="version", version=f"QSMLib {__version__}")
@@ -163,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="head tilt against B0 in degrees, about the left-right axis (default 0)")
     _add_common(demo)
     _add_threads(demo, "the configuration's 'threads'; 0 = every core")
+    _add_device(demo)
 
     run_parser = commands.add_parser("run", help="process one multi-echo GRE acquisition (or a field map)")
     run_parser.add_argument("--mag", nargs="+", metavar="FILE", help="magnitude: one 4D file or one 3D file per echo")
@@ -192,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="output maps: gzip fast (default) or best, or none (.nii files, quickest)")
     _add_common(run_parser)
     _add_threads(run_parser, "the configuration's 'threads'; 0 = every core")
+    _add_device(run_parser)
 
     bids = commands.add_parser("bids", help="process every multi-echo GRE run of a BIDS dataset on Dask")
     bids.add_argument("bids_root", help="BIDS dataset root (sub-*/[ses-*/]anat/*_part-{mag,phase}_MEGRE.nii.gz)")
@@ -209,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(bids)
     _add_threads(bids, "per acquisition, the configuration's 'threads' or else cores / workers; "
                        "workers x threads stays <= cores")
+    _add_device(bids)
 
     dicom = commands.add_parser("dicom2bids", help="convert multi-echo GRE DICOM to BIDS magnitude/phase + sidecars")
     dicom.add_argument("dicom_dir", help="folder searched recursively for DICOM files")
@@ -318,10 +329,16 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
 
 
 def _load_config(args: argparse.Namespace) -> PipelineConfig:
-    """The configuration, with ``--threads`` (when given) in place of its ``threads``; sets the threads for I/O."""
+    """The configuration, with ``--threads`` and ``--device`` (when given) in place of its own.
+
+    Sets the threads for I/O, and checks that the device is there before anything is written.
+    """
     config = load_config(args.config)
     if args.threads is not None:
         config.threads = check_thread_count(args.threads)
+    if args.device is not None:
+        config.device = args.device
+    resolve_device(config.device)
     set_threads(config.threads)
     return config
 
@@ -395,7 +412,7 @@ def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
         outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
         rois=args.rois,
         phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
-        threads=args.threads, progress=progress, on_record=on_record, cancel=cancel,
+        threads=args.threads, device=args.device, progress=progress, on_record=on_record, cancel=cancel,
     )
     _flush_warnings(caught, printer)
     printer.finish_line()

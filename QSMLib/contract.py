@@ -54,6 +54,7 @@ PIPELINE_INPUTS: dict[str, str] = {
     "romeo_quality": "ROMEO's voxel quality in [0, 1]",
     "total_field_hz": "total field of the echo fit, Hz (for stages after it that do not take it positionally)",
     "background_removed": "True when the field a single-step inversion gets is already a local field",
+    "device": "where the solver runs: the configuration's device, resolved (QSMLib._backend.Device)",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",
     "mask": "the brain mask (for stages that do not take it positionally)",
     "labels": "int label map (0 = background), when the user gave one",

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _fft
+from ._backend import CPU, DEVICES, Device, resolve_device
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
 from ._threads import limit_threads
 from ._validation import check_parameter
@@ -94,6 +95,16 @@ class PipelineConfig:
         Threads of the FFTs (and of BLAS where ``threadpoolctl`` is
         installed) while the stages run; 0 (default) uses every core. Results
         do not depend on it.
+    device : {"cpu", "cuda", "auto"}
+        Where the solvers with a GPU path run (background removal ``ismv``,
+        inversion ``tfi`` and ``tv``; the other methods and stages
+        always run on the CPU): ``"cpu"`` (default), ``"cuda"`` (a CUDA GPU
+        through PyTorch or CuPy; an error saying what to install when there
+        is none) or ``"auto"`` (the GPU when PyTorch or CuPy sees one, else
+        the CPU). The default stays the CPU: its results are those of earlier
+        releases bit for bit, it imports no GPU library, and the GPU's speed
+        has not been measured in this project. Results on the GPU agree with
+        the CPU's to float32 rounding; provenance says which device ran.
 
     Examples
     --------
@@ -119,6 +130,7 @@ class PipelineConfig:
     relaxometry: StageConfig = field(default_factory=lambda: StageConfig("none"))
     per_echo: bool = False
     threads: int = 0
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-serialisable)."""
@@ -164,7 +176,7 @@ class PipelineConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Check every method name, parameter name, type and range against the registry, and the thread count.
+        """Check every method name, parameter name, type and range against the registry, the threads and device.
 
         Parameter values are checked against their method's signature and
         documented choices (:func:`QSMLib._validation.check_parameter`); a
@@ -176,6 +188,8 @@ class PipelineConfig:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             problems.append(f"threads must be a whole number >= 0 (0 = every core), got "
                             f"{json.dumps(self.threads, default=repr)}")
+        if not isinstance(self.device, str) or self.device not in DEVICES:
+            problems.append(f"device must be one of {', '.join(DEVICES)}, got {json.dumps(self.device, default=repr)}")
         for stage in REGISTRY:
             choice = getattr(self, stage)
             if not isinstance(choice, StageConfig) or not isinstance(choice.method, str):
@@ -295,7 +309,8 @@ class QSMResult:
     All maps share the acquisition's spatial shape (array-axis order).
     ``chi_ppm`` is referenced; fields are in Hz; masks are bool.
     ``parameters`` holds, per stage, the values its method chose from the
-    data (e.g. the inversion's regularisation) and how.
+    data (e.g. the inversion's regularisation) and how; ``device`` the
+    configured device, the one used and the stages that ran on it.
 
     Examples
     --------
@@ -305,7 +320,9 @@ class QSMResult:
     >>> sorted(result.timings_s)[:3], result.chi_ppm.dtype
     (['background', 'echo_fit', 'inversion'], dtype('float32'))
     >>> sorted(result.provenance())
-    ['chosen_parameters', 'config', 'created', 'inputs', 'reference', 'software', 'timings_s']
+    ['chosen_parameters', 'config', 'created', 'device', 'inputs', 'reference', 'software', 'timings_s']
+    >>> result.device
+    {'requested': 'cpu', 'used': 'cpu: numpy', 'stages': ['background', 'inversion']}
     """
 
     chi_ppm: np.ndarray
@@ -320,6 +337,7 @@ class QSMResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: PipelineConfig = field(default_factory=PipelineConfig)
+    device: dict[str, Any] = field(default_factory=dict)
 
     def provenance(self, inputs: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """What produced this result: config, versions, timings, reference, inputs."""
@@ -334,6 +352,7 @@ class QSMResult:
             "config": self.config.to_dict(),
             "reference": self.reference,
             "chosen_parameters": self.parameters,
+            "device": self.device,
             "timings_s": self.timings_s,
             "inputs": dict(inputs or {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -344,13 +363,16 @@ class _Stages:
     """Runs the configured method of each stage: declared inputs in, timings and progress collected.
 
     ``stages`` lists the stages this run will execute, in order, so that each
-    gets its share of the progress bar.
+    gets its share of the progress bar; ``device`` is the configuration's
+    device, resolved, for the methods that declare it.
     """
 
     def __init__(
-        self, config: PipelineConfig, stages: Sequence[str], progress: ProgressCallback, cancel: CancelToken
+        self, config: PipelineConfig, stages: Sequence[str], progress: ProgressCallback, cancel: CancelToken,
+        device: Device = CPU,
     ):
-        self.config, self.progress, self.cancel = config, progress, cancel
+        self.config, self.progress, self.cancel, self.device = config, progress, cancel, device
+        self.device_stages: list[str] = []
         weights = [_STAGE_WEIGHTS[s] for s in stages]
         total = sum(weights)
         starts = np.cumsum([0.0, *weights])[:-1] / total
@@ -369,6 +391,13 @@ class _Stages:
         control = {"cancel": self.cancel, "progress": None if scaled is None else (
             lambda fraction, message: scaled(fraction, f"{stage}: {message}"))}
         arguments = {name: inputs[name] for name in method.inputs if inputs.get(name) is not None}
+        if "device" in method.inputs:
+            arguments["device"] = self.device
+            if stage not in self.device_stages:
+                self.device_stages.append(stage)
+        elif self.device is not CPU and stage in ("background", "inversion") and stage not in self.timings:
+            warnings.warn(f"{stage} method {choice.method!r} has no GPU path: it runs on the CPU (on the GPU: "
+                          "background ismv, inversion tfi and tv).", QSMWarning, stacklevel=3)
         arguments.update({name: control[name] for name in method.accepts_control()})
         began = time.perf_counter()
         with limit_threads(self.config.threads):
@@ -435,7 +464,7 @@ def run_pipeline(
         [] if single_step else ["background"]) + ["inversion"] + (
         ["relaxometry"] if config.relaxometry.method != "none" else []) + ["reference"] + (
         ["roi"] if labels is not None else [])
-    run = _Stages(config, stages, progress, cancel)
+    run = _Stages(config, stages, progress, cancel, resolve_device(config.device))
     magnitude, echo_times, voxel = acquisition.magnitude, acquisition.echo_times_s, acquisition.voxel_size_mm
     inputs: dict[str, Any] = {
         "magnitude": magnitude, "echo_times_s": echo_times, "voxel_size_mm": voxel,
@@ -545,7 +574,7 @@ def run_pipeline_from_field(
     stages = (["background"] if field_kind == "total" and not single_step else []) + ["inversion", "reference"] + (
         ["roi"] if labels is not None else []
     )
-    run = _Stages(config, stages, progress, cancel)
+    run = _Stages(config, stages, progress, cancel, resolve_device(config.device))
     inputs: dict[str, Any] = {
         "b0_direction": tuple(b0_direction), "b0_tesla": b0_tesla, "voxel_size_mm": tuple(voxel_size_mm),
         "mask": brain_mask, "labels": labels, "label_names": label_names,
@@ -631,5 +660,7 @@ def _finish(
     report(run.progress, 1.0, "done: finished")
     return QSMResult(
         chi_ppm=chi_ppm, local_mask=local_mask, reference=reference, roi=rows, timings_s=dict(run.timings),
-        parameters=run.parameters, config=run.config, **intermediates,
+        parameters=run.parameters, config=run.config, device={
+            "requested": run.config.device, "used": run.device.description, "stages": run.device_stages},
+        **intermediates,
     )

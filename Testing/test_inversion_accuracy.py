@@ -43,7 +43,7 @@ def _invert(head, method, **params):
                  "b0_direction": acq.b0_direction, "b0_tesla": acq.b0_tesla, "echo_times_s": acq.echo_times_s,
                  "background_removed": True}
     entry = METHODS[method]
-    inputs = {name: available[name] for name in entry.inputs}
+    inputs = {name: available[name] for name in entry.inputs if name in available}  # device: the default, cpu
     return entry(field, phantom.brain_mask, acq.voxel_size_mm, **inputs, **params).chi_ppm
 
 

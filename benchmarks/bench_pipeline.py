@@ -1,7 +1,8 @@
 """Time ``qsm run`` on a realistic head: per stage, outside the stages, CPU, peak memory, profile.
 
     python benchmarks/bench_pipeline.py [--config consensus] [--echoes 9] [--voxel-size 1.0]
-        [--threads N] [--compress fast|best|none] [--inputs DIR] [--repeat 1] [--profile-top 25]
+        [--threads N] [--device cpu|cuda|auto] [--compress fast|best|none] [--inputs DIR] [--repeat 1]
+        [--profile-top 25]
 
 The head phantom (256 x 256 x 176 voxels at 1 mm, 9 echoes by default) is
 simulated and written as 4D float32 magnitude and phase ``.nii.gz`` files with
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--echoes", type=int, default=9)
     parser.add_argument("--voxel-size", type=float, default=1.0)
     parser.add_argument("--threads", type=int, help="qsm run --threads (default: qsm run's default)")
+    parser.add_argument("--device", help="qsm run --device (default: qsm run's default, cpu)")
     parser.add_argument("--compress", help="qsm run --compress (default: qsm run's default)")
     parser.add_argument("--inputs", help="folder for the simulated input files (kept and reused)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the table is the fastest one's")
@@ -219,6 +221,7 @@ def main() -> None:
                   "(not part of the pipeline)", flush=True)
             cached = json.loads((inputs / "bench.json").read_text())
         extra = [*(["--threads", str(args.threads)] if args.threads is not None else []),
+                 *(["--device", args.device] if args.device else []),
                  *(["--compress", args.compress] if args.compress else [])]
         runs = []
         for repeat in range(args.repeat):

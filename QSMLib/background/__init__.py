@@ -23,7 +23,7 @@ METHODS = {
     "pdf": Method(pdf, inputs=("b0_direction", "field_weight")),
     "lbv": Method(lbv),
     "resharp": Method(resharp),
-    "ismv": Method(ismv),
+    "ismv": Method(ismv, inputs=("device",)),
 }
 
 __all__ = ["METHODS", "ismv", "lbv", "pdf", "resharp", "vsharp"]

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+from .._backend import check_device, resolve_device
 from .._progress import CancelToken, ProgressCallback
 from .._threads import available_cores, check_thread_count
 from .._version import __version__
@@ -37,6 +38,7 @@ def run_cohort(
     n_workers: Optional[int] = None,
     overwrite: bool = False,
     threads: Optional[int] = None,
+    device: Optional[str] = None,
     progress: ProgressCallback = None,
     on_record: Optional[Callable[[Record], None]] = None,
     cancel: CancelToken = None,
@@ -72,6 +74,12 @@ def run_cohort(
         configuration's ``threads``, and when that is 0, cores / workers on
         a local cluster (workers x threads <= cores), or cores / the worker's
         Dask threads on an existing scheduler.
+    device : {None, "cpu", "cuda", "auto"}
+        Where the solvers with a GPU path run (see
+        :class:`~QSMLib.pipeline.PipelineConfig`); default the
+        configuration's ``device``. On a local cluster a missing GPU is
+        reported before anything is written; on an existing scheduler the
+        workers' GPUs count, so each task checks its own.
     progress : callable(fraction, message), optional
         Overall progress (finished tasks / tasks, with an ETA).
     on_record : callable(record), optional
@@ -106,6 +114,10 @@ def run_cohort(
     config_dict = load_config(config).to_dict()
     if threads is not None:
         config_dict["threads"] = check_thread_count(threads)
+    if device is not None:
+        config_dict["device"] = check_device(device)
+    if scheduler is None:
+        resolve_device(config_dict["device"])
     import_distributed()
     acquisitions = find_acquisitions(bids_root, participant_labels, labels_dir)
     root = Path(bids_root).resolve()

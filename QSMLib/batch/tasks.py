@@ -32,8 +32,8 @@ def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs:
                    phase_sign: int, rois: Optional[str] = None) -> dict[str, Any]:
     """Everything an acquisition's derivatives depend on, as JSON-ready data.
 
-    The configuration (but its ``threads``, which changes the speed, not the
-    results), the requested outputs, the phase sign, the automatic ROIs asked
+    The configuration (but its ``threads`` and ``device``, which change the
+    speed, not the results beyond float32 rounding), the requested outputs, the phase sign, the automatic ROIs asked
     for (``rois``, only when asked: older signatures stay valid), and the SHA-256 of
     every input (images in echo order, their sidecars, label map and
     names), as a list because the order of the echoes matters.
@@ -42,7 +42,7 @@ def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs:
     inputs += [str(sidecar_path(Path(p))) for p in inputs]
     inputs += [p for p in (acquisition.labels, acquisition.label_names) if p]
     signature = {
-        "config": {key: value for key, value in config.items() if key != "threads"},
+        "config": {key: value for key, value in config.items() if key not in ("threads", "device")},
         "outputs": sorted(outputs), "phase_sign": int(phase_sign),
         "inputs": [[Path(p).name, file_checksum(p) if Path(p).is_file() else None] for p in inputs],
     }

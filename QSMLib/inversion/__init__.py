@@ -22,12 +22,12 @@ _GEOMETRY = ("b0_direction", "b0_tesla")
 METHODS = {
     "tkd": Method(tkd, inputs=_GEOMETRY),
     "l2": Method(l2, inputs=_GEOMETRY),
-    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz")),
+    "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "device")),
     "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "echo_times_s", "magnitude")),
     "rts": Method(rts, inputs=_GEOMETRY),
     "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "echo_times_s")),
     # single step: inverts the total field, the pipeline skips background removal
-    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "background_removed"),
+    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "background_removed", "device"),
                   takes_total_field=True),
 }
 

@@ -26,13 +26,21 @@ eroded away and errors of a background removal step do not propagate.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import _fft
+from .. import _backend, _fft
+from .._backend import Device, resolve_device
 from .._morphology import erode
-from .._operators import conjugate_gradient, data_weight, gradient, gradient_adjoint, gradient_eigenvalues
+from .._operators import (
+    conjugate_gradient,
+    data_weight,
+    gradient,
+    gradient_adjoint,
+    gradient_eigenvalues,
+    shrink,
+)
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
 from ..dipole import dipole_kernel
@@ -68,6 +76,7 @@ def tfi(
     max_iterations: int = 100,
     tolerance: float = 1e-2,
     pdf_iterations: int = 30,
+    device: Union[str, Device] = "cpu",
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> InversionResult:
@@ -130,6 +139,11 @@ def tfi(
         Conjugate-gradient iterations of the projection onto dipole fields
         that gives the outside sources' starting point, on a grid twice as
         coarse (then ``FINE_ITERATIONS`` more on the full grid).
+    device : str or Device
+        Where the solver runs: ``"cpu"`` (numpy), ``"cuda"`` (a GPU through
+        PyTorch or CuPy, ``pip install "qsmlib[gpu]"``) or ``"auto"`` (the
+        GPU when there is one); see :mod:`QSMLib._backend`. Results agree
+        with the CPU's to float32 rounding.
 
     Returns
     -------
@@ -170,6 +184,7 @@ def tfi(
             raise QSMInputError(f"TFI: {name} must be positive, got {value!r}.")
     if not outside_weight >= 0:
         raise QSMInputError(f"TFI: outside_weight must be 0 or positive, got {outside_weight!r}.")
+    target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "TFI: set-up")
     margin = [int(np.ceil(margin_mm / v)) for v in voxel_size_mm]
@@ -182,25 +197,28 @@ def tfi(
     def frame(volume: np.ndarray) -> np.ndarray:
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
 
-    inside = frame(mask) > 0
-    tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside
-    field = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
+    inside_host = frame(mask) > 0
+    tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside_host
+    field_host = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
     weight = frame(data_weight(mask, field_weight))
     weight_squared = weight * weight
-    kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    kernel_host = dipole_kernel(shape, voxel_size_mm, b0_direction)
+    inside, field, kernel = (target.to_device(a) for a in (inside_host, field_host, kernel_host))
     if background_removed:
         outside_weight = 1.0
-        chi = np.zeros(shape, dtype=np.float32)
+        chi = target.to_device(np.zeros(shape, dtype=np.float32))
     else:
-        chi = _background_sources(field, weight_squared, inside, kernel, voxel_size_mm, b0_direction, pdf_iterations,
-                                  cancel)
-    spectrum = _fft.rfftn(chi)
+        chi = _background_sources(field, target.to_device(weight_squared), inside, kernel, voxel_size_mm, b0_direction,
+                                  pdf_iterations, target.to_device, cancel)
+    spectrum = _backend.rfftn(chi)
     spectrum *= kernel
-    background = _fft.irfftn(spectrum, shape).astype(np.float32)
+    background = _backend.irfftn(spectrum, shape)
     del spectrum
     # what the outside sources leave is a local field estimate: its noise and size set lambda
+    # (on the host: the noise estimate takes a median)
     regularization, parameters = tv_regularization(
-        regularization, np.where(inside, field - background, 0), inside, weight, voxel_size_mm, "TFI",
+        regularization, np.where(inside_host, field_host - target.to_numpy(background), 0), inside_host, weight,
+        voxel_size_mm, "TFI",
         None if field_sd_hz is None else frame(np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0)))
     if parameters.get("regularization_rule") == "noise-proportional" and not background_removed:
         regularization *= AUTO_LAMBDA_FACTOR
@@ -209,49 +227,50 @@ def tfi(
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = np.float32(data_penalty)
     threshold = np.where(tissue, np.float32(regularization / rho), np.float32(outside_weight * regularization / rho))
-    threshold = threshold.astype(np.float32)
+    threshold = target.to_device(threshold.astype(np.float32))
 
-    denominator = mu * kernel * kernel + np.float32(rho) * gradient_eigenvalues(shape, voxel_size_mm)
+    denominator = mu * kernel_host * kernel_host + np.float32(rho) * gradient_eigenvalues(shape, voxel_size_mm)
     denominator[0, 0, 0] = 1.0
-    data_factor = (mu * kernel / denominator).astype(np.float32)
-    gradient_factor = (np.float32(rho) / denominator).astype(np.float32)
-    del denominator
-    weighted_field = weight_squared * field
-    inverse = (np.float32(1) / (weight_squared + mu)).astype(np.float32)
-    del weight, weight_squared
+    data_factor = target.to_device((mu * kernel_host / denominator).astype(np.float32))
+    gradient_factor = target.to_device((np.float32(rho) / denominator).astype(np.float32))
+    del denominator, kernel_host
+    weighted_field = target.to_device(weight_squared * field_host)
+    inverse = target.to_device((np.float32(1) / (weight_squared + mu)).astype(np.float32))
+    del weight, weight_squared, field_host
+    mu = float(mu)
 
     y = background
     y[inside] = field[inside]
     del field
-    u = np.zeros(shape, dtype=np.float32)
+    u = _backend.float32_array(chi, shape, zeros=True)
     z = gradient(chi, voxel_size_mm)
-    w = np.zeros((3, *shape), dtype=np.float32)
-    grad = np.empty((3, *shape), dtype=np.float32)
-    work = np.empty(shape, dtype=np.float32)
+    w = _backend.float32_array(chi, (3, *shape), zeros=True)
+    grad = _backend.float32_array(chi, (3, *shape))
+    work = _backend.float32_array(chi, shape)
     iterations = 0
     for iterations in range(1, max_iterations + 1):
         check_cancel(cancel)
-        np.subtract(z, w, out=grad)
-        spectrum = _fft.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
+        _backend.into(grad, "subtract", z, w)
+        spectrum = _backend.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
         spectrum *= gradient_factor
-        np.subtract(y, u, out=work)
-        spectrum += _fft.rfftn(work) * data_factor
-        new_chi = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        _backend.into(work, "subtract", y, u)
+        spectrum += _backend.rfftn(work) * data_factor
+        new_chi = _backend.irfftn(spectrum, shape)
         spectrum *= kernel
-        field_of_chi = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
+        field_of_chi = _backend.irfftn(spectrum, shape)
         del spectrum
         # convergence of the tissue only: the background sources are far larger and converge slower
-        change = float(np.linalg.norm((new_chi - chi)[inside])) / max(float(np.linalg.norm(new_chi[inside])), 1e-12)
+        change = _backend.norm((new_chi - chi)[inside]) / max(_backend.norm(new_chi[inside]), 1e-12)
         chi = new_chi
 
         check_cancel(cancel)
         gradient(chi, voxel_size_mm, out=grad)
         w += grad
-        np.copyto(z, w)
-        _shrink_varying(z, threshold, work)
+        z[...] = w
+        shrink(z, threshold, work)
         w -= z
         u += field_of_chi
-        np.multiply(u, mu, out=y)
+        _backend.into(y, "multiply", u, mu)
         y += weighted_field
         y *= inverse
         u -= y
@@ -264,36 +283,24 @@ def tfi(
     if not valid.any():
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
-    result[box] = _fft.crop(chi, box_shape)
+    result[box] = _fft.crop(target.to_numpy(chi), box_shape)
     result[~valid] = 0
     report(progress, 1.0, "TFI done")
     parameters.update(regularization=float(regularization), iterations=iterations)
     return InversionResult(result, parameters, valid)
 
 
-def _shrink_varying(vectors: np.ndarray, threshold: np.ndarray, work: np.ndarray) -> None:
-    """Isotropic soft threshold of (3, ...) vectors with a per-voxel threshold, in place."""
-    np.multiply(vectors[0], vectors[0], out=work)
-    work += vectors[1] * vectors[1]
-    work += vectors[2] * vectors[2]
-    np.sqrt(work, out=work)
-    np.maximum(work, np.float32(1e-12), out=work)
-    np.divide(threshold, work, out=work)
-    np.subtract(np.float32(1), work, out=work)
-    np.maximum(work, 0, out=work)
-    vectors *= work
-
-
 def _background_sources(
-    field: np.ndarray,
-    weight_squared: np.ndarray,
-    inside: np.ndarray,
-    kernel: np.ndarray,
+    field: Any,
+    weight_squared: Any,
+    inside: Any,
+    kernel: Any,
     voxel_size_mm: Sequence[float],
     b0_direction: Sequence[float],
     coarse_iterations: int,
+    to_device: Callable[[np.ndarray], Any],
     cancel: CancelToken,
-) -> np.ndarray:
+) -> Any:
     """Sources outside the mask whose field best matches ``field`` inside (projection onto dipole fields).
 
     The starting point of the ADMM: the background sources are ~100 times
@@ -305,45 +312,49 @@ def _background_sources(
     ``FINE_ITERATIONS`` on the full grid. On three suite cases (exact total
     field, true mask) this gave chi NRMSE 42.2 / 25.9 / 31.5 % against
     45.0 / 28.8 / 36.0 % for 30 full-grid iterations, with 30 % fewer
-    full-grid FFTs.
+    full-grid FFTs. Arrays are on the solver's device (any array-API
+    namespace); ``to_device`` moves a numpy array there.
     """
-    shape = inside.shape
+    xp = _backend.namespace(field)
+    shape = tuple(inside.shape)
     even = tuple(n - n % 2 for n in shape)
     crop = tuple(slice(0, n) for n in even)
 
-    def halve(volume: np.ndarray) -> np.ndarray:
-        blocks = volume[crop].reshape(even[0] // 2, 2, even[1] // 2, 2, even[2] // 2, 2)
-        return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+    def halve(volume: Any) -> Any:
+        blocks = xp.reshape(volume[crop], (even[0] // 2, 2, even[1] // 2, 2, even[2] // 2, 2))
+        return xp.mean(blocks, axis=(1, 3, 5))
 
     coarse_weight = halve(weight_squared)
-    coarse_field = halve(field * weight_squared) / np.maximum(coarse_weight, np.float32(1e-12))
-    coarse_inside = halve(inside.astype(np.float32)) > 0.5
-    coarse_kernel = dipole_kernel(coarse_inside.shape, [2.0 * v for v in voxel_size_mm], b0_direction)
+    coarse_field = halve(field * weight_squared) / xp.maximum(coarse_weight, _backend.scalar(field, 1e-12))
+    coarse_inside = halve(_backend.copy(inside, xp.float32)) > 0.5
+    coarse_kernel = to_device(dipole_kernel(tuple(coarse_inside.shape), [2.0 * v for v in voxel_size_mm], b0_direction))
     coarse = _project_outside(coarse_field, coarse_weight, coarse_inside, coarse_kernel, None, coarse_iterations,
                               cancel)
-    start = np.zeros(shape, dtype=np.float32)
-    start[crop] = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    start = _backend.float32_array(field, shape, zeros=True)
+    start[crop] = xp.repeat(xp.repeat(xp.repeat(coarse, 2, axis=0), 2, axis=1), 2, axis=2)
     return _project_outside(field, weight_squared, inside, kernel, start, FINE_ITERATIONS, cancel)
 
 
 def _project_outside(
-    field: np.ndarray,
-    weight_squared: np.ndarray,
-    inside: np.ndarray,
-    kernel: np.ndarray,
-    start: Optional[np.ndarray],
+    field: Any,
+    weight_squared: Any,
+    inside: Any,
+    kernel: Any,
+    start: Optional[Any],
     iterations: int,
     cancel: CancelToken,
-) -> np.ndarray:
+) -> Any:
     """Weighted least-squares sources outside ``inside`` for ``field`` inside it, by CG from ``start``."""
-    shape = inside.shape
+    xp = _backend.namespace(field)
+    shape = tuple(inside.shape)
     outside = ~inside
+    zero = _backend.scalar(field, 0.0)
 
-    def convolve(volume: np.ndarray) -> np.ndarray:
-        return _fft.irfftn(_fft.rfftn(volume) * kernel, shape).astype(np.float32, copy=False)
+    def convolve(volume: Any) -> Any:
+        return _backend.irfftn(_backend.rfftn(volume) * kernel, shape)
 
-    def normal(sources: np.ndarray) -> np.ndarray:
-        result = convolve(weight_squared * convolve(np.where(outside, sources, 0).astype(np.float32)))
+    def normal(sources: Any) -> Any:
+        result = convolve(weight_squared * convolve(xp.where(outside, sources, zero)))
         result[inside] = 0
         return result
 
