@@ -254,10 +254,12 @@ def test_dependencies_go_through_slicer_packaging_or_are_asked_for_first(tmp_pat
 
 
 def test_advanced_section_offers_only_qsmlib_methods_with_their_real_defaults():
+    from QSMLib import _backend
     from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig
 
     assert set(Parameters.PRESETS) <= set(PRESETS)
     assert set(Parameters.PRESET_LABELS) == {*Parameters.PRESETS, Parameters.CUSTOM_PRESET}
+    assert set(Parameters.DEVICES) == set(_backend.DEVICES)
     for stage, methods in Parameters.STAGE_METHODS.items():
         assert set(methods) <= set(REGISTRY[stage]), stage
         assert all(label and "_" not in label and label != name for name, label in methods.items()), stage

@@ -360,6 +360,7 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
             outputVolume=slicer_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")),
         "is one of the input echoes": dict(outputVolume=phase[1]),
         "threads must be a whole number": dict(threads=-1),
+        "device must be one of": dict(device="gpu"),
     }
     count = slicer_scene.GetNumberOfNodes()
     for message, change in cases.items():
@@ -446,7 +447,8 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
     with pytest.raises(RuntimeError, match="failed"):
         QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
             slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
-            maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"), threads=2)
+            maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"), threads=2,
+            device="auto")
     arguments = runner.arguments
     assert arguments[1:4] == ["-m", "QSMLib.cli", "run"]
     assert len(arguments[arguments.index("--mag") + 1:arguments.index("--phase")]) == 3
@@ -456,6 +458,7 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
     assert arguments[arguments.index("--config") + 1].endswith("config.json")
     assert "--mask" in arguments and "--labels" not in arguments
     assert arguments[arguments.index("--threads") + 1] == "2" and runner.environment["OPENBLAS_NUM_THREADS"] == "2"
+    assert arguments[arguments.index("--device") + 1] == "auto"
     # temporary files: echoes and outputs uncompressed
     assert arguments[arguments.index("--compress") + 1] == "none"
     assert all(path.endswith(".nii") for path in arguments[arguments.index("--mag") + 1:arguments.index("--phase")])

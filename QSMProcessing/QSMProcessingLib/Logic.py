@@ -384,6 +384,7 @@ class QSMProcessingLogic:
         outputVolume: Any = None,
         logCallback: Optional[LogCallback] = None,
         threads: int = 0,
+        device: str = "cpu",
     ) -> Union[QSMOutputNodes, QSMRun]:
         """Compute a susceptibility map (ppm) and the requested intermediates.
 
@@ -426,6 +427,11 @@ class QSMProcessingLogic:
         threads : int
             Processor threads of the computation (FFTs, BLAS, files); 0
             (default) uses every core. The result does not depend on it.
+        device : str
+            Where background removal and the inversion run: ``"cpu"``
+            (default), ``"cuda"`` (a GPU through PyTorch or CuPy, which the
+            user installs) or ``"auto"`` (the GPU when there is one). The
+            engine refuses ``"cuda"`` without a GPU and says what to install.
 
         Raises
         ------
@@ -458,6 +464,8 @@ class QSMProcessingLogic:
             raise ValueError("Choose either an ROI segmentation or automatic ROIs, not both.")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"threads must be a whole number >= 0 (0: every core), got {threads!r}.")
+        if device not in Parameters.DEVICES:
+            raise ValueError(f"device must be one of {', '.join(Parameters.DEVICES)}, got {device!r}.")
         frames = phaseFrames + magnitudeFrames
         _checkOutputVolume(outputVolume, magnitudeList + phaseList, frames)
         Nodes.checkSameGrid(frames)
@@ -500,6 +508,8 @@ class QSMProcessingLogic:
 
                 arguments += ["--threads", str(threads)]
                 environment.update(blas_environment(threads))  # BLAS reads them when the engine imports numpy
+            if device != "cpu":
+                arguments += ["--device", device]
             process = self.runner.start([self._python(), "-m", "QSMLib.cli", "run", *arguments], environment)
         except BaseException:
             shutil.rmtree(workDirectory, ignore_errors=True)

@@ -38,6 +38,7 @@ class QSMProcessingParameterNode:
     referenceMethod: Annotated[str, Choice(list(Parameters.REFERENCE_METHODS))] = "whole_brain"
     #: 0 is "Automatic": every core.
     threads: Annotated[int, WithinRange(0, 256)] = 0
+    device: Annotated[str, Choice(list(Parameters.DEVICES))] = "cpu"
     outputTotalField: bool = False
     outputLocalField: bool = False
     outputMask: bool = False

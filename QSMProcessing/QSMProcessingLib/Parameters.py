@@ -57,6 +57,9 @@ STAGE_METHODS = {
 #: deep grey matter structures of the AAL3 atlas registered to the magnitude (``qsm run --rois atlas``).
 ROI_SOURCES = {"segmentation": "From a segmentation", "atlas": "Automatic deep grey matter (atlas)"}
 
+#: Where background removal and the inversion run (QSMLib's ``--device``): QSMLib name -> name shown.
+DEVICES = {"cpu": "CPU", "auto": "GPU if there is one, else CPU", "cuda": "GPU (CUDA)"}
+
 #: Shown in the regularisation field when no value is typed: QSMLib's default decides.
 AUTOMATIC_TEXT = "Automatic"
 

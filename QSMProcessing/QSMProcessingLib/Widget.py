@@ -33,6 +33,7 @@ METHOD_COMBO_BOXES = {
     "inversionMethodComboBox": ("inversionMethod", Parameters.INVERSION_METHODS),
     "referenceMethodComboBox": ("referenceMethod", Parameters.REFERENCE_METHODS),
     "roiSourceComboBox": ("roiSource", Parameters.ROI_SOURCES),
+    "deviceComboBox": ("device", Parameters.DEVICES),
 }
 #: Output check boxes: parameter node field -> output name of the logic.
 OUTPUT_FIELDS = {
@@ -278,7 +279,7 @@ class QSMProcessingPanel(VTKObservationMixin):
                 roiSegmentation=None if atlas else node.roiSegmentation, automaticRois="atlas" if atlas else None,
                 config=config, outputs=outputs, wait=False,
                 progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog,
-                threads=node.threads)
+                threads=node.threads, device=node.device)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the computation; the scene is left as it was.")
             self.ui.progressBar.value = 0
