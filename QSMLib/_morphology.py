@@ -15,18 +15,47 @@ import scipy.ndimage as ndi
 from .errors import QSMInputError
 
 
+def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s True voxels grown by ``margin`` voxels per axis (clipped to the array)."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - margin[axis], 0), min(int(present[-1]) + 1 + margin[axis],
+                                                                       mask.shape[axis])))
+    return tuple(box)
+
+
 def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """Erode a mask by a ball of ``radius_mm`` (exact Euclidean, anisotropic voxels)."""
+    """Erode a mask by a ball of ``radius_mm`` (exact Euclidean, anisotropic voxels).
+
+    The distance transform runs on the mask's bounding box and a one-voxel
+    border (the nearest background voxel of any mask voxel is never farther
+    than that border; where the mask reaches the array's edge nothing is
+    eroded from it, as with the whole array), a third of a head volume's
+    voxels.
+    """
+    mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0:
         return mask.copy()
-    return ndi.distance_transform_edt(mask, sampling=voxel_size_mm) > radius_mm
+    eroded = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return eroded
+    box = _box(mask, [1] * mask.ndim)
+    eroded[box] = ndi.distance_transform_edt(mask[box], sampling=voxel_size_mm) > radius_mm
+    return eroded
 
 
 def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """Dilate a mask by a ball of ``radius_mm``."""
+    """Dilate a mask by a ball of ``radius_mm`` (on the bounding box grown by the radius)."""
+    mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0:
         return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=voxel_size_mm) <= radius_mm
+    dilated = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return dilated
+    box = _box(mask, [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size_mm])
+    dilated[box] = ndi.distance_transform_edt(~mask[box], sampling=voxel_size_mm) <= radius_mm
+    return dilated
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
