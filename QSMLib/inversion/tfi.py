@@ -37,9 +37,7 @@ from .._operators import (
     conjugate_gradient,
     data_weight,
     gradient,
-    gradient_adjoint,
     gradient_eigenvalues,
-    shrink,
 )
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
@@ -47,6 +45,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
 from ._regularization import tv_regularization
+from .tv import admm_chi_step, admm_gradient_step
 
 # full-grid CG iterations after the coarse-grid start of the background sources
 FINE_ITERATIONS = 8
@@ -250,25 +249,14 @@ def tfi(
     iterations = 0
     for iterations in range(1, max_iterations + 1):
         check_cancel(cancel)
-        _backend.into(grad, "subtract", z, w)
-        spectrum = _backend.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
-        spectrum *= gradient_factor
-        _backend.into(work, "subtract", y, u)
-        spectrum += _backend.rfftn(work) * data_factor
-        new_chi = _backend.irfftn(spectrum, shape)
-        spectrum *= kernel
-        field_of_chi = _backend.irfftn(spectrum, shape)
-        del spectrum
+        new_chi, field_of_chi = admm_chi_step(z, w, y, u, grad, work, gradient_factor, data_factor, kernel,
+                                              voxel_size_mm, shape)
         # convergence of the tissue only: the background sources are far larger and converge slower
         change = _backend.norm((new_chi - chi)[inside]) / max(_backend.norm(new_chi[inside]), 1e-12)
         chi = new_chi
 
         check_cancel(cancel)
-        gradient(chi, voxel_size_mm, out=grad)
-        w += grad
-        z[...] = w
-        shrink(z, threshold, work)
-        w -= z
+        admm_gradient_step(chi, z, w, grad, threshold, work, voxel_size_mm)
         u += field_of_chi
         _backend.into(y, "multiply", u, mu)
         y += weighted_field

@@ -54,6 +54,39 @@ def _check_positive(**values: float) -> None:
             raise QSMInputError(f"{name} must be a positive number, got {value!r}.")
 
 
+def admm_chi_step(
+    z: Any, w: Any, y: Any, u: Any, grad: Any, work: Any, gradient_factor: Any, data_factor: Any, kernel: Any,
+    voxel_size_mm: Sequence[float], shape: Sequence[int],
+) -> tuple[Any, Any]:
+    """The ``chi`` update of the TV ADMM (FANSI), exact in k-space; returns ``chi`` and its field ``D chi``.
+
+    ``chi = argmin mu/2 ||D chi - (y - u)||^2 + rho/2 ||grad chi - (z - w)||^2``,
+    with ``data_factor = mu D / den`` and ``gradient_factor = rho / den``
+    (``den = mu D^2 + rho |grad|^2``) precomputed; ``grad`` and ``work`` are
+    scratch arrays of the shapes of ``z`` and ``y``. Shared by :func:`tv`,
+    :func:`nltv` and :func:`QSMLib.inversion.tfi.tfi`.
+    """
+    _backend.into(grad, "subtract", z, w)
+    spectrum = _backend.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
+    spectrum *= gradient_factor
+    _backend.into(work, "subtract", y, u)
+    spectrum += _backend.rfftn(work) * data_factor
+    chi = _backend.irfftn(spectrum, shape)
+    spectrum *= kernel
+    return chi, _backend.irfftn(spectrum, shape)
+
+
+def admm_gradient_step(
+    chi: Any, z: Any, w: Any, grad: Any, threshold: Any, work: Any, voxel_size_mm: Sequence[float]
+) -> None:
+    """The gradient split of the TV ADMM, in place: ``w += grad chi``, ``z = shrink(w)``, ``w -= z``."""
+    gradient(chi, voxel_size_mm, out=grad)
+    w += grad
+    z[...] = w
+    shrink(z, threshold, work)
+    w -= z
+
+
 def _admm_tv(
     field_ppm: np.ndarray,
     mask: np.ndarray,
@@ -125,25 +158,14 @@ def _admm_tv(
 
     for iteration in range(max_iterations):
         check_cancel(cancel)
-        _backend.into(grad, "subtract", z, w)
-        spectrum = _backend.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
-        spectrum *= gradient_factor
-        _backend.into(work, "subtract", y, u)
-        spectrum += _backend.rfftn(work) * data_factor
-        new_chi = _backend.irfftn(spectrum, shape)
-        spectrum *= kernel
-        field_of_chi = _backend.irfftn(spectrum, shape)
-        del spectrum
+        new_chi, field_of_chi = admm_chi_step(z, w, y, u, grad, work, gradient_factor, data_factor, kernel,
+                                              voxel_size_mm, shape)
         _backend.into(work, "subtract", new_chi, chi)
         change = _backend.norm(work) / max(_backend.norm(new_chi), 1e-12)
         chi = new_chi
 
         check_cancel(cancel)
-        gradient(chi, voxel_size_mm, out=grad)
-        w += grad
-        z[...] = w
-        shrink(z, threshold, work)
-        w -= z
+        admm_gradient_step(chi, z, w, grad, threshold, work, voxel_size_mm)
 
         u += field_of_chi
         y = update_data(u)
