@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import run
+from ._allocator import keep_freed_memory
 from ._backend import DEVICES, resolve_device
 from ._progress import sub_progress
 from ._threads import check_thread_count, set_threads
@@ -232,8 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``qsm`` console script and ``python -m QSMLib.cli``: a process of its own.
+
+    Its allocator keeps freed memory for the next array (:mod:`QSMLib._allocator`);
+    :func:`main` alone, as called from another program, leaves that process's allocator as it is.
+    """
+    keep_freed_memory()
+    return main(argv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``qsm`` console script."""
+    """Run the ``qsm`` command with ``argv`` (default: the process's arguments); returns the exit code."""
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = QuietPipe(sys.stdout), QuietPipe(sys.stderr)
     try:
@@ -459,4 +470,4 @@ def _dicom2bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: thre
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -8,7 +8,7 @@ The head phantom (256 x 256 x 176 voxels at 1 mm, 9 echoes by default) is
 simulated and written as 4D float32 magnitude and phase ``.nii.gz`` files with
 BIDS sidecars (echo times, field strength), as a user's data would come; with
 ``--inputs DIR`` they are kept in DIR and reused by later runs. Then ``qsm run``
-(``QSMLib.cli.main``, the very code path of the command) runs on them in a
+(``QSMLib.cli.console_main``, the very code path of the command) runs on them in a
 fresh child process, which reports for itself:
 
 - wall and CPU time (all threads) of every segment: start-up (imports),
@@ -121,7 +121,7 @@ def _child(options: dict) -> None:
     try:
         if profiler is not None:
             profiler.enable()
-        code = cli.main(argv)
+        code = cli.console_main(argv)
         if profiler is not None:
             profiler.disable()
     finally:
