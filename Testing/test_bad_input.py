@@ -309,6 +309,18 @@ def test_unusable_label_maps_are_refused(toy, outputs, tmp_path, labels, pattern
                     label_map], pattern, outputs)
 
 
+def test_a_warning_noticed_before_a_failure_is_shown_before_its_message(toy, outputs, tmp_path):
+    in_ppm = _field_map(tmp_path, "ppm", np.where(toy["brain"], toy["field_hz"], 0) / 127.7)
+    label_map = write_volume(tmp_path / "labels.nii.gz", np.where(toy["brain"], -1, 0).astype(np.int16), AFFINE)
+    error = assert_refused(["run", "--total-field", in_ppm, "--mask", toy["mask"], "--b0", "3", "--labels",
+                            label_map], r"negative labels", outputs)
+    _, _, stderr = run_qsm(["run", "--total-field", in_ppm, "--mask", toy["mask"], "--b0", "3", "--labels",
+                            label_map, "--out", outputs / "new", "--overwrite"])
+    lines = stderr.splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("Warning:") and "implausibly small" in line)
+    assert warning < next(i for i, line in enumerate(lines) if line.startswith("Error:")) and error in stderr
+
+
 def test_negative_magnitude_is_named(toy, outputs, tmp_path):
     files = write_acquisition(tmp_path / "negative", -toy["magnitude"] - 0.1, toy["phase_rad"], AFFINE)
     assert_refused(["run", "--mag", *files["mag"], "--phase", *files["phase"]],
@@ -356,16 +368,32 @@ def test_a_closed_stdout_ends_quietly_and_the_run_completes(toy, tmp_path):
     assert (out / "chi.nii.gz").is_file() and (out / "provenance.json").is_file()
 
 
+def test_a_closed_stderr_does_not_turn_a_refusal_into_a_traceback(toy, tmp_path):
+    reader, writer = os.pipe()
+    os.close(reader)  # as `2>&1 | head -1` after the first line: every write to stderr fails with EPIPE
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "QSMLib.cli", "run", "--total-field", toy["total_field"], "--mask", toy["mask"],
+         "--b0", "300", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=writer, text=True, cwd=os.getcwd(), timeout=120)
+    os.close(writer)
+    assert completed.returncode == EXIT_INPUT  # the refusal's own code, not 1 from a BrokenPipeError
+    assert not out.exists()
+
+
 # --- qsm bids: folders, DataLad links, schedulers ---------------------------------------------------------
 
-def _bids_subject(toy, root, subject, *, name_subject=None, link_into=None):
-    """One subject's MEGRE files (and sidecars) in ``root/sub-<subject>/anat``; optionally named for another
-    subject, or stored in ``link_into`` with symbolic links in the dataset (as DataLad/git-annex does)."""
-    anat = root / f"sub-{subject}" / "anat"
+def _bids_subject(toy, root, subject, *, name_subject=None, link_into=None, session=None, name_session=None):
+    """One subject's MEGRE files (and sidecars) in ``root/sub-<subject>[/ses-<session>]/anat``; optionally named
+    for another subject or session (``name_session`` "" leaves the entity out), or stored in ``link_into`` with
+    symbolic links in the dataset (as DataLad/git-annex does)."""
+    anat = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
     anat.mkdir(parents=True)
+    named_session = session if name_session is None else name_session
+    prefix = f"sub-{name_subject or subject}" + (f"_ses-{named_session}" if named_session else "")
     for echo, echo_time in enumerate(ECHO_TIMES_S, start=1):
         for part, data in (("mag", toy["magnitude"]), ("phase", toy["phase_rad"])):
-            stem = f"sub-{name_subject or subject}_echo-{echo}_part-{part}_MEGRE"
+            stem = f"{prefix}_echo-{echo}_part-{part}_MEGRE"
             if link_into is None:
                 write_volume(anat / f"{stem}.nii.gz", data[echo - 1], AFFINE)
             else:
@@ -385,6 +413,21 @@ def test_bids_files_named_for_another_subject_are_refused(toy, outputs, tmp_path
     assert code == EXIT_INPUT and "Traceback" not in stderr, stderr
     assert ("File names disagree with the folders they are in: sub-03/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz "
             "says sub-01 (folder: sub-03)") in stderr and "rename or move" in stderr
+    assert snapshot(outputs) == before
+
+
+@pytest.mark.parametrize("name_session, says", [
+    ("01", "sub-01/ses-02/anat/sub-01_ses-01_echo-1_part-mag_MEGRE.nii.gz says ses-01 (folder: ses-02)"),
+    ("", "sub-01/ses-02/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz says no ses- entity (folder: ses-02)"),
+])
+def test_bids_files_named_for_another_session_or_none_are_refused(toy, outputs, tmp_path, name_session, says):
+    root = tmp_path / "bids"
+    _bids_subject(toy, root, "01", session="02", name_session=name_session)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
+    before = snapshot(outputs)
+    code, _, stderr = run_qsm(["bids", root, outputs / "derivatives", "--progress", "none"])
+    assert code == EXIT_INPUT and "Traceback" not in stderr and stderr.count("Error:") == 1, stderr
+    assert says in stderr and "and 1 more" in stderr  # 3 echoes x 2 parts: five named, the sixth counted
     assert snapshot(outputs) == before
 
 
