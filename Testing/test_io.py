@@ -51,6 +51,19 @@ def test_phase_scaling_recovers_radians(true_phase, encode, expected):
     assert _circular_error(radians - offset, true_phase) <= tolerance
 
 
+def test_integer_phase_files_use_the_stored_range_not_the_observed_extremes(tmp_path):
+    # 12-bit signed phase (v * pi / 4096) of a volume whose phase stays within [-2.5, 2.0] rad:
+    # scaling from the observed extremes would stretch it onto [-pi, pi) (up to 0.64 rad off here).
+    rng = np.random.default_rng(3)
+    true_phase = rng.uniform(-2.5, 2.0, (2, 6, 7, 5))
+    stored = np.round(true_phase * 4096 / np.pi).astype(np.int16)
+    magnitude = np.full(stored.shape, 100.0, dtype=np.float32)
+    mag_files = [write_volume(tmp_path / f"mag{echo}.nii.gz", magnitude[echo], np.eye(4)) for echo in range(2)]
+    phase_files = [write_volume(tmp_path / f"phase{echo}.nii.gz", stored[echo], np.eye(4)) for echo in range(2)]
+    acquisition, _ = load_acquisition(mag_files, phase_files, echo_times_s=[0.005, 0.010], b0_tesla=3.0)
+    np.testing.assert_allclose(acquisition.phase, stored * np.pi / 4096, atol=1e-6)
+
+
 @pytest.mark.parametrize("raw", [np.linspace(0.2, 7.1, 100), np.linspace(-4.7, 4.7, 100)])
 def test_ambiguous_phase_range_is_refused_with_advice(raw):
     with pytest.raises(QSMInputError, match="--phase-scale"):
