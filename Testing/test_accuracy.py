@@ -14,26 +14,26 @@ from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
 
 VOXEL_MM = 2.0
 # Bounds a little above what the consensus preset (total field inversion, automatic
-# lambda) measures at 2 mm, seed 1: chi NRMSE 47.4 %, correlation 0.885, local field
-# (the field of TFI's tissue chi) NRMSE 35.9 %, deep grey matter within 8.2 ppb.
-# The previous default (V-SHARP + MEDI) measured 40.4 %, 0.915, 47.6 % and 23 ppb here:
-# this phantom is piecewise constant with magnitude edges on the chi edges, which suits
-# MEDI's edge prior; the default was chosen on the realistic validation suite instead
-# (README, "Measured accuracy"), where TFI is the most accurate from raw phase. The chi
-# NRMSE and correlation bounds are therefore looser than before and the local-field and
-# deep-grey-matter bounds tighter.
-LOCAL_FIELD_NRMSE_MAX = 40.0
-CHI_NRMSE_MAX = 51.0
-CHI_CORRELATION_MIN = 0.87
-ROI_ERROR_MAX_PPB = 13.0
+# lambda, the magnitude's edges free of the prior) measures at 2 mm, seed 1: chi NRMSE
+# 28.7 %, correlation 0.958, local field (the field of TFI's tissue chi) NRMSE 20.4 %,
+# deep grey matter within 3.5 ppb. Before TFI left the magnitude's edges free: 47.4 %,
+# 0.885, 35.9 % and 8.2 ppb. This phantom is piecewise constant with magnitude edges on
+# the chi edges, the ideal case for an edge prior; the defaults were chosen on the
+# realistic validation suite instead (README, "Measured accuracy"), where the same
+# change cost 2.5 NRMSE points on average and halved the deep grey matter errors.
+LOCAL_FIELD_NRMSE_MAX = 23.0
+CHI_NRMSE_MAX = 31.0
+CHI_CORRELATION_MIN = 0.95
+ROI_ERROR_MAX_PPB = 5.0
 # Head tilt (oblique_deg, B0 oblique to the anatomy: different physics) measures
-# 42.7 % and 0.911 (ROI within 10.3 ppb); oblique slices (acquisition_tilt_deg, same
-# physics on a grid tilted by 20 degrees) 50.4 % and 0.869 (11.1 ppb). From the true
+# 28.9 % and 0.957 (ROI within 14.8 ppb); oblique slices (acquisition_tilt_deg, same
+# physics on a grid tilted by 20 degrees) 32.3 % and 0.946 (13.9 ppb). From the true
 # local field (TFI told the background is removed, i.e. linear TV): 16.7 % axial,
 # 18.3 % head tilt, 23.0 % oblique slices.
-OBLIQUE_NRMSE_SLACK = 6.0
+OBLIQUE_ROI_ERROR_MAX_PPB = 16.5
+OBLIQUE_NRMSE_SLACK = 2.0
 OBLIQUE_DIPOLE_NRMSE_SLACK = 5.0
-TILTED_NRMSE_SLACK = 6.0
+TILTED_NRMSE_SLACK = 5.0
 TILTED_CORRELATION_SLACK = 0.03
 
 
@@ -106,7 +106,7 @@ def test_oblique_acquisition_is_nearly_as_accurate_as_axial(axial, oblique):
     assert oblique["chi"]["nrmse"] < axial["chi"]["nrmse"] + OBLIQUE_NRMSE_SLACK
     assert oblique["chi"]["correlation"] > axial["chi"]["correlation"] - 0.03
     errors = np.abs(list(oblique["roi_errors_ppb"].values()))
-    assert errors.max() < ROI_ERROR_MAX_PPB, oblique["roi_errors_ppb"]
+    assert errors.max() < OBLIQUE_ROI_ERROR_MAX_PPB, oblique["roi_errors_ppb"]
     assert _dipole_only_nrmse(oblique) < _dipole_only_nrmse(axial) + OBLIQUE_DIPOLE_NRMSE_SLACK
 
 
@@ -125,11 +125,11 @@ def test_ignoring_the_oblique_b0_is_measurably_worse(oblique):
 
 def test_oblique_slices_are_as_accurate_as_axial(axial, tilted):
     # Same physics as the axial phantom, only the grid is rotated, so this isolates the
-    # geometry handling (B0 from the affine): 53.8 % against 51.6 % axial with TFI.
+    # geometry handling (B0 from the affine): 32.3 % against 28.7 % axial.
     assert np.linalg.norm(tilted["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
     assert tilted["coverage"] > 0.85 and tilted["outside"] < 0.05
     assert tilted["chi"]["nrmse"] < axial["chi"]["nrmse"] + TILTED_NRMSE_SLACK
     assert tilted["chi"]["correlation"] > axial["chi"]["correlation"] - TILTED_CORRELATION_SLACK
     errors = np.abs(list(tilted["roi_errors_ppb"].values()))
     assert len(errors) == len(DEEP_GREY_MATTER)
-    assert errors.max() < ROI_ERROR_MAX_PPB, tilted["roi_errors_ppb"]
+    assert errors.max() < OBLIQUE_ROI_ERROR_MAX_PPB, tilted["roi_errors_ppb"]

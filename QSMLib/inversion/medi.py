@@ -58,7 +58,13 @@ def edge_weight(
     components).
     """
     magnitude = np.asarray(magnitude, dtype=np.float32)
-    combined = np.sqrt((magnitude * magnitude).sum(axis=0)) if magnitude.ndim == 4 else magnitude
+    if magnitude.ndim == 4:  # root sum of squares, an echo at a time (no 4D temporary)
+        combined = np.zeros(magnitude.shape[1:], dtype=np.float32)
+        for echo in magnitude:
+            combined += echo * echo
+        np.sqrt(combined, out=combined)
+    else:
+        combined = magnitude
     if combined.shape != mask.shape:
         raise QSMInputError(
             f"The magnitude has spatial shape {combined.shape} but the mask has {mask.shape}: they must match."
