@@ -39,41 +39,11 @@ from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
-from ._regularization import echo_time, tv_regularization
+from ._regularization import echo_time, edge_weight, tv_regularization
 from .l2 import default_regularization
 
 #: Smoothing of |grad x| in the IRLS weights, rad^2/mm^2 (MEDI's ``e = 1e-6``).
 _IRLS_EPSILON = 1e-6
-
-
-def edge_weight(
-    magnitude: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], edge_fraction: float
-) -> np.ndarray:
-    """MEDI's gradient mask: 0 where the magnitude has an edge, 1 elsewhere, shape (3, n0, n1, n2).
-
-    The magnitude (root sum of squares over echoes) is set to 0 outside
-    ``mask``; the threshold on ``|d magnitude / d axis|`` is chosen so that
-    ``edge_fraction`` of the gradient components at mask voxels count as
-    edges (MEDI's ``percentage = 0.9`` of the voxel count is 0.3 of the
-    components).
-    """
-    magnitude = np.asarray(magnitude, dtype=np.float32)
-    if magnitude.ndim == 4:  # root sum of squares, an echo at a time (no 4D temporary)
-        combined = np.zeros(magnitude.shape[1:], dtype=np.float32)
-        for echo in magnitude:
-            combined += echo * echo
-        np.sqrt(combined, out=combined)
-    else:
-        combined = magnitude
-    if combined.shape != mask.shape:
-        raise QSMInputError(
-            f"The magnitude has spatial shape {combined.shape} but the mask has {mask.shape}: they must match."
-        )
-    combined = np.where(mask, combined, 0).astype(np.float32)
-    magnitude_gradient = np.abs(gradient(combined, voxel_size_mm))
-    inside = magnitude_gradient[:, mask]
-    threshold = float(np.quantile(inside, 1.0 - float(edge_fraction))) if inside.size else 0.0
-    return (magnitude_gradient <= threshold).astype(np.float32)
 
 
 def medi(

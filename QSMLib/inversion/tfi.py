@@ -47,8 +47,7 @@ from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
-from ._regularization import tv_regularization
-from .medi import edge_weight
+from ._regularization import free_edges, tv_regularization
 from .tv import admm_chi_step, admm_gradient_step
 
 # full-grid CG iterations after the coarse-grid start of the background sources
@@ -57,9 +56,12 @@ FINE_ITERATIONS = 8
 # 0.4-1.5 points lower on every case than with the TV rule itself (mean 39.3 against 40.3 %), worst deep
 # grey matter ROI error 22.3 against 25.5 ppb; 2x was as good on the two noisiest cases and 0.5-0.7x worse
 AUTO_LAMBDA_FACTOR = 1.5
-# ... and 1.5 times more with the magnitude's edges free of the prior (measured with edge_fraction 0.15:
-# worst deep grey matter ROI error 14.5 against 18.4 ppb on the noisiest case, 8.3 against 10.7 at 7 T,
-# the mean chi NRMSE equal; 2x no better)
+# ... and this much higher again when the magnitude's edges are left free (:func:`free_edges`):
+# the edges carry no penalty, so the rest of the brain takes more. Measured with edge fraction 0.15, whole
+# pipeline: worst deep grey matter ROI error 14.5 against 18.4 ppb on the noisiest suite case and 8.3 against
+# 10.7 at 7 T, mean chi NRMSE equal; 2x no better. (The same edges in linear TV after iSMV, the fast
+# preset, cost 3-4 NRMSE points on the three smallest suite cases for ROI errors of 17.5-19.9 against
+# 18.2-22.7 ppb: not used there.)
 EDGE_LAMBDA_FACTOR = 1.5
 
 
@@ -122,7 +124,7 @@ def tfi(
         times more when the magnitude's edges are left free.
     edge_fraction : float
         Share of the magnitude's gradient components in the mask that count
-        as edges (MEDI's gradient mask, :func:`QSMLib.inversion.medi.edge_weight`;
+        as edges (MEDI's gradient mask, :func:`QSMLib.inversion._regularization.free_edges`;
         MEDI's own default is 0.3). A voxel with an edge along any axis has
         no total variation penalty. 0 turns the edges off. On the validation
         suite (whole pipeline, six cases) 0.15 brought the worst deep grey
@@ -253,7 +255,7 @@ def tfi(
     parameters["edge_fraction"] = edge_fraction if use_edges else 0.0
     rho = float(300.0 * regularization if penalty is None else penalty)
     mu = np.float32(data_penalty)
-    tissue_weight = frame(edge_weight(magnitude, mask, voxel_size_mm, edge_fraction).min(axis=0)) if use_edges else 1.0
+    tissue_weight = frame(free_edges(magnitude, mask, voxel_size_mm, edge_fraction)) if use_edges else 1.0
     threshold = np.where(tissue, np.float32(regularization / rho) * tissue_weight,
                          np.float32(outside_weight * regularization / rho))
     del tissue_weight
