@@ -180,12 +180,14 @@ def tfi(
     ----------
     Liu Z, Kee Y, Zhou D, Wang Y, Spincemaille P. Preconditioned total field
     inversion (TFI) method for quantitative susceptibility mapping. Magn
-    Reson Med 2017;78:303-315. Liu J, Liu T, de Rochefort L, et al. Morphology
-    enabled dipole inversion for quantitative susceptibility mapping using
-    structural consistency between the magnitude image and the susceptibility
-    map. NeuroImage 2012;59:2560-2568 (the gradient mask). Milovic C, Bilgic B, Zhao B, Acosta-Cabronero
-    J, Tejos C. Fast nonlinear susceptibility inversion with variational
-    regularization. Magn Reson Med 2018;80:814-821.
+    Reson Med 2017;78:303-315.
+    Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion
+    for quantitative susceptibility mapping using structural consistency
+    between the magnitude image and the susceptibility map. NeuroImage
+    2012;59:2560-2568 (the gradient mask).
+    Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear
+    susceptibility inversion with variational regularization. Magn Reson Med
+    2018;80:814-821.
 
     Examples
     --------
