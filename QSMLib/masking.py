@@ -10,6 +10,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 
 from ._morphology import dilate, erode, largest_component, otsu_threshold
+from ._operators import root_sum_of_squares
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import Method
 from .errors import QSMInputError
@@ -86,7 +87,7 @@ def magnitude_mask(
     """
     check_cancel(cancel)
     magnitude = np.asarray(magnitude, dtype=np.float32)
-    combined = np.sqrt((magnitude**2).sum(axis=0)) if magnitude.ndim == 4 else magnitude
+    combined = root_sum_of_squares(magnitude)
     sigma_voxels = [1.0 / float(v) for v in voxel_size_mm]
     smooth = ndi.gaussian_filter(combined, sigma=sigma_voxels)
     positive = smooth[smooth > 0]

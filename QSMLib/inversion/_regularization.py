@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .._operators import gradient
+from .._operators import gradient, root_sum_of_squares
 from ..errors import QSMInputError
 
 #: Gaussian consistency of the median absolute deviation: sigma = MAD / 0.6745.
@@ -272,14 +272,7 @@ def edge_weight(
     edges (MEDI's ``percentage = 0.9`` of the voxel count is 0.3 of the
     components).
     """
-    magnitude = np.asarray(magnitude, dtype=np.float32)
-    if magnitude.ndim == 4:  # root sum of squares, an echo at a time (no 4D temporary)
-        combined = np.zeros(magnitude.shape[1:], dtype=np.float32)
-        for echo in magnitude:
-            combined += echo * echo
-        np.sqrt(combined, out=combined)
-    else:
-        combined = magnitude
+    combined = root_sum_of_squares(magnitude)
     if combined.shape != mask.shape:
         raise QSMInputError(
             f"The magnitude has spatial shape {combined.shape} but the mask has {mask.shape}: they must match."
