@@ -7,10 +7,11 @@ gives it back to the kernel when freed, so each new array is faulted in and
 zeroed page by page again; numpy also asks for transparent huge pages
 (``madvise``), and faulting those in can wait for the kernel to assemble
 2 MB pages. Keeping freed memory in the process and using ordinary pages
-removes most of that system time: ``qsm run --config fast`` on a
-256 x 256 x 176 x 9 head spent 9.3-9.7 s of system time by default and
-5.9-6.2 s with these settings, at a peak resident memory 0.17 GiB higher
-(``/usr/bin/time``, 2 cores).
+removes most of that system time. ``qsm run`` on a 256 x 256 x 176 x 9 head
+(``/usr/bin/time``, 2 cores, three interleaved runs each): system time
+11.3-15.6 s -> 5.3-6.6 s (consensus) and 12.4-15.8 s -> 4.4-5.3 s (fast),
+wall time 34.2-38.5 s -> 28.4-29.8 s and 29.6-34.3 s -> 23.3-25.0 s, at a
+peak resident memory about 0.3 GiB higher.
 
 Only the ``qsm`` command's own process gets them (and so the Slicer engine,
 which is that command): :func:`keep_freed_memory` is called by its entry
@@ -34,8 +35,8 @@ def keep_freed_memory() -> bool:
 
     glibc's malloc serves no allocation by ``mmap`` any more (freed memory
     stays for the next array) and gives freed memory back to the kernel only
-    when more than 2 GiB of it lies at the top of the heap; numpy stops asking for transparent huge pages.
-    Returns whether malloc took its part: True with glibc on Linux, False
+    when more than 2 GiB of it lies at the top of the heap; numpy stops
+    asking for transparent huge pages. Returns whether malloc took its part: True with glibc on Linux, False
     elsewhere (other C libraries and systems keep their own behaviour; numpy's
     huge-page request is switched off everywhere).
     """

@@ -229,4 +229,3 @@ def root_sum_of_squares(magnitude: np.ndarray) -> np.ndarray:
 
     for_each_slab(accumulate, combined.shape[0])
     return combined
-
