@@ -39,7 +39,7 @@ from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
-from ._regularization import echo_time, edge_weight, tv_regularization
+from ._regularization import echo_time, edge_weight, merit_weight, tv_regularization
 from .l2 import default_regularization
 
 #: Smoothing of |grad x| in the IRLS weights, rad^2/mm^2 (MEDI's ``e = 1e-6``).
@@ -264,13 +264,7 @@ def medi(
 
 
 def _merit(weight: np.ndarray, model: np.ndarray, phase: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """MERIT: divide the weight by (|residual| / 6 SD)^2 where that exceeds 1, then rescale to mean 1."""
-    residual = weight * (np.exp(1j * model) - np.exp(1j * phase))
-    residual = residual - residual[mask].mean()
-    spread = 6.0 * float(np.abs(residual[mask]).std())
-    if spread <= 0:
-        return weight
-    factor = np.maximum(np.abs(residual) / np.float32(spread), 1).astype(np.float32)
-    updated = weight / (factor * factor)
+    """MERIT on the complex residual with MEDI's factor 6, then the weight rescaled to mean 1."""
+    updated, _ = merit_weight(weight, weight * (np.exp(1j * model) - np.exp(1j * phase)), mask, 6.0)
     mean = float(updated[mask].mean())
     return (updated / np.float32(mean)).astype(np.float32) if mean > 0 else weight
