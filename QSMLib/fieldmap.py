@@ -119,7 +119,7 @@ def weighted_linear(
         residual_sum[slab] = slab_sum
         residual_rms[slab] = np.sqrt(slab_sum / np.maximum(s0, 1e-30))
 
-    for_each_slab(fit_slab, shape[0])
+    for_each_slab(fit_slab, shape[0], shape[1] * shape[2])
     return FieldMapResult((slope / np.float32(2.0 * np.pi)).astype(np.float32), {
         "fit_residual_rad": residual_rms,
         "field_weight": _normalised_weight(np.sqrt(information), mask),

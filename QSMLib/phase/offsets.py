@@ -278,7 +278,7 @@ def mcpc3ds(
             check_cancel(cancel)
             corrected[echo, slab] = wrap_in_place(phase[echo, slab] - offset[slab])
 
-    for_each_slab(correct_slab, phase.shape[1])
+    for_each_slab(correct_slab, phase.shape[1], phase[0, 0].size)
     if invalid.any():
         corrected[:, invalid] = np.nan
     report(progress, 1.0, "MCPC-3D-S done")

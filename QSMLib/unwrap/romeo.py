@@ -137,7 +137,7 @@ def edge_weights(
 
     # Every edge's weight depends on its two voxels only: slabs of rows run on all threads.
     for axis in range(3):
-        for_each_slab(lambda rows, axis=axis: fill(axis, rows), phase.shape[0] - (axis == 0))
+        for_each_slab(lambda rows, axis=axis: fill(axis, rows), phase.shape[0] - (axis == 0), phase[0].size)
     return weights
 
 

@@ -103,5 +103,5 @@ def temporal_unwrap(
             numerator += weight * (te * volume)
             denominator += weight * (te * te)
 
-    for_each_slab(unwrap_slab, phase.shape[1])
+    for_each_slab(unwrap_slab, phase.shape[1], phase[0, 0].size)
     return unwrapped
