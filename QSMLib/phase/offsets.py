@@ -45,26 +45,40 @@ def block_sum(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     if tuple(factors) == (1, 1, 1):
         return volume.copy()
     padded_shape = [-(-n // f) * f for n, f in zip(volume.shape, factors)]
-    padded = np.zeros(padded_shape, dtype=volume.dtype)
-    padded[tuple(slice(0, n) for n in volume.shape)] = volume
+    if list(volume.shape) == padded_shape:
+        padded = volume
+    else:
+        padded = np.zeros(padded_shape, dtype=volume.dtype)
+        padded[tuple(slice(0, n) for n in volume.shape)] = volume
     coarse = [n // f for n, f in zip(padded_shape, factors)]
     return padded.reshape(coarse[0], factors[0], coarse[1], factors[1], coarse[2], factors[2]).sum(axis=(1, 3, 5))
 
 
-def upsample_linear(coarse: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Linear interpolation from block centres back to the full grid of ``shape``."""
+def upsample_linear(
+    coarse: np.ndarray, factors: Sequence[int], shape: Sequence[int], rows: slice = slice(None)
+) -> np.ndarray:
+    """Linear interpolation from block centres back to the full grid of ``shape``.
+
+    ``rows``: only these rows (a slice of axis 0) of the result, as they
+    would be in the whole.
+    """
     result = coarse
     for axis, (factor, size) in enumerate(zip(factors, shape)):
+        fine = np.arange(size, dtype=np.float32)
+        if axis == 0:
+            fine = fine[rows]
         if factor == 1:
+            if axis == 0:
+                result = result[rows]
             continue
         # Fine voxel i lies at coarse coordinate (i - (f - 1) / 2) / f.
-        position = (np.arange(size, dtype=np.float32) - (factor - 1) / 2.0) / factor
+        position = (fine - (factor - 1) / 2.0) / factor
         position = np.clip(position, 0.0, result.shape[axis] - 1)
         below = np.floor(position).astype(np.intp)
         above = np.minimum(below + 1, result.shape[axis] - 1)
         fraction = (position - below).astype(np.float32)
         view = [1, 1, 1]
-        view[axis] = size
+        view[axis] = fraction.size
         fraction = fraction.reshape(view)
         low = np.take(result, below, axis=axis)
         high = np.take(result, above, axis=axis)
@@ -148,9 +162,14 @@ def estimate_offsets(
         smooth = np.empty(coarse.shape, dtype=np.complex64)
         smooth.real = ndi.gaussian_filter(coarse.real, sigma_voxels, mode="constant", truncate=3.0)
         smooth.imag = ndi.gaussian_filter(coarse.imag, sigma_voxels, mode="constant", truncate=3.0)
-        fine = upsample_linear(smooth, factors, shape)
-        _apply_ramp(fine, fine_axes, slopes, 1.0)
-        offsets[channel] = np.angle(fine)
+
+        def fill(rows: slice, channel: int = channel, smooth: np.ndarray = smooth, slopes: list = slopes) -> None:
+            fine = upsample_linear(smooth, factors, shape, rows)
+            _apply_ramp(fine, [fine_axes[0][rows], *fine_axes[1:]], slopes, 1.0)
+            offsets[channel, rows] = np.angle(fine)
+
+        # in slabs on all threads: no full-size complex temporaries
+        for_each_slab(fill, shape[0], shape[1] * shape[2])
     return offsets
 
 
@@ -260,16 +279,20 @@ def mcpc3ds(
     phase, magnitude, invalid = exclude_non_finite(phase, magnitude)
     first, second = check_echo_pair(echo_times_s, phase.shape[0], offset_echoes)
     report(progress, 0.0, "MCPC-3D-S: estimating the phase offset")
-    signal_first = polar(magnitude[first], phase[first])
-    signal_second = polar(magnitude[second], phase[second])
-    hip = signal_second * np.conj(signal_first)
-    del signal_second
+    signal_first = np.empty(phase.shape[1:], dtype=np.complex64)
+    hip = np.empty(phase.shape[1:], dtype=np.complex64)
+
+    def signals(rows: slice) -> None:
+        signal_first[rows] = polar(magnitude[first, rows], phase[first, rows])
+        hip[rows] = polar(magnitude[second, rows], phase[second, rows]) * np.conj(signal_first[rows])
+
+    for_each_slab(signals, phase.shape[1], phase[0, 0].size)
     ratio = echo_times_s[first] / (echo_times_s[second] - echo_times_s[first])
     offset = estimate_offsets(
         signal_first[np.newaxis], hip, ratio, voxel_size_mm, sigma_mm=sigma_mm,
         estimation_voxel_mm=estimation_voxel_mm, cancel=cancel,
     )[0]
-    del hip, signal_first
+    signal_first = hip = None  # freed before the full-size correction
     report(progress, 0.7, "MCPC-3D-S: removing the offset")
     corrected = np.empty_like(phase)
 
