@@ -213,11 +213,15 @@ def maximum_spanning_tree(levels: np.ndarray, shape: Sequence[int]) -> tuple[np.
     """
     n_voxels = levels.shape[0]
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
-    n_edges = int(np.count_nonzero(levels != _NO_EDGE))
+    flat_levels = levels.ravel()
+    existing = np.flatnonzero(flat_levels != _NO_EDGE)
+    n_edges = existing.size
     if n_voxels + n_edges >= 2**31:
         raise QSMInputError(f"A volume of {n_voxels} voxels is too large to unwrap in one piece: crop it.")
-    # Stable radix sort of uint8: ties stay in voxel order, so the result is deterministic.
-    order = np.argsort(levels.ravel(), kind="stable")[:n_edges]
+    # Stable radix sort of uint8, of the existing edges only (those between voxels with signal, a
+    # fraction of three per voxel): ties stay in voxel order, so the result is deterministic.
+    order = existing[np.argsort(flat_levels[existing], kind="stable")]
+    del existing
     start = order // 3
     ends = np.empty((n_edges, 2), dtype=np.int32)
     ends[:, 0] = start
