@@ -45,6 +45,26 @@ def gradient(volume: Any, voxel_size_mm: Sequence[float], out: Optional[Any] = N
     return out
 
 
+def gradient_rows(volume: np.ndarray, voxel_size_mm: Sequence[float], rows: slice) -> np.ndarray:
+    """:func:`gradient` of the rows ``rows`` (a slice of axis 0 with start and stop) only, numpy.
+
+    The same values as those rows of the whole volume's gradient, computed
+    with the slab's own temporaries: shape (3, rows, n1, n2), float32.
+    """
+    block = volume[rows]
+    after = volume[rows.start + 1 : rows.stop + 1]
+    if rows.stop >= volume.shape[0]:  # periodic: the last row's neighbour is the first
+        after = np.concatenate([after, volume[:1]])
+    out = np.empty((3, *block.shape), dtype=np.float32)
+    np.subtract(after, block, out=out[0])
+    for axis in (1, 2):
+        np.subtract(block[_along(axis, _TAIL)], block[_along(axis, _HEAD)], out=out[axis][_along(axis, _HEAD)])
+        np.subtract(block[_along(axis, _FIRST)], block[_along(axis, _LAST)], out=out[axis][_along(axis, _LAST)])
+    for axis, voxel in enumerate(voxel_size_mm):
+        out[axis] *= np.float32(1.0 / voxel)
+    return out
+
+
 def gradient_adjoint(vectors: Any, voxel_size_mm: Sequence[float], out: Optional[Any] = None) -> Any:
     """Adjoint of :func:`gradient` (minus the backward-difference divergence), shape (n0, n1, n2).
 
@@ -60,6 +80,42 @@ def gradient_adjoint(vectors: Any, voxel_size_mm: Sequence[float], out: Optional
         out[_along(axis, _TAIL)] += scaled[_along(axis, _HEAD)]
         out[_along(axis, _FIRST)] += scaled[_along(axis, _LAST)]
         out -= scaled
+    return out
+
+
+def difference_adjoint(first: Any, second: Any, voxel_size_mm: Sequence[float], out: Any, scratch: Any) -> Any:
+    """``gradient_adjoint(first - second)`` into ``out`` (both (3, n0, n1, n2)); returns ``out``.
+
+    numpy arrays go slab by slab on all threads with the slab's own
+    temporaries (the same operations per voxel as :func:`gradient_adjoint`,
+    so the same values); other libraries through the array API, with
+    ``scratch`` (shaped like ``first``) for the difference.
+    """
+    if not isinstance(out, np.ndarray):
+        _backend.into(scratch, "subtract", first, second)
+        return gradient_adjoint(scratch, voxel_size_mm, out=out)
+    rows_total = out.shape[0]
+    factors = [np.float32(1.0 / voxel) for voxel in voxel_size_mm]
+
+    def rows_job(rows: slice) -> None:
+        scaled = np.subtract(first[:, rows], second[:, rows])
+        for axis in range(3):
+            scaled[axis] *= factors[axis]
+        before = (rows.start - 1) % rows_total
+        previous = np.subtract(first[0, before], second[0, before])
+        previous *= factors[0]
+        target = out[rows]
+        target[...] = 0
+        # (G^T v)_i = (v_{i-1} - v_i) / h with periodic wrap, axis by axis as gradient_adjoint adds them
+        target[_TAIL] += scaled[0][_HEAD]
+        target[_FIRST] += previous
+        target -= scaled[0]
+        for axis in (1, 2):
+            target[_along(axis, _TAIL)] += scaled[axis][_along(axis, _HEAD)]
+            target[_along(axis, _FIRST)] += scaled[axis][_along(axis, _LAST)]
+            target -= scaled[axis]
+
+    for_each_slab(rows_job, rows_total, out[0].size)
     return out
 
 

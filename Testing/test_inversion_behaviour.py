@@ -177,3 +177,30 @@ def test_progress_is_monotonic_and_cancel_is_honoured_at_the_next_iteration(head
         _run(method, field, mask, acq.voxel_size_mm, acq.b0_direction, acq.magnitude, cancel=cancel,
              progress=progress, **{"max_iterations": 200, "tolerance": 0.0})
     assert len(after_request) <= 1
+
+
+@pytest.mark.parametrize("shape", [(19, 12, 10), (3, 5, 4)])
+def test_slab_by_slab_operators_equal_the_whole_volume_ones(shape, monkeypatch):
+    """The cache-friendly numpy paths of the ADMM steps give exactly what the whole-volume operators give."""
+    import QSMLib._parallel as parallel
+    from QSMLib._operators import difference_adjoint, gradient, gradient_adjoint, gradient_rows, shrink
+    from QSMLib.inversion.tv import admm_gradient_step
+
+    monkeypatch.setattr(parallel, "_SLAB_VOXELS", 2 * shape[1] * shape[2])  # several slabs, a short last one
+    rng = np.random.default_rng(3)
+    voxel = (0.9, 1.1, 1.7)
+    chi = rng.standard_normal(shape).astype(np.float32)
+    first, second = (rng.standard_normal((3, *shape)).astype(np.float32) for _ in range(2))
+    whole = gradient(chi, voxel)
+    for rows in (slice(0, 2), slice(shape[0] - 2, shape[0]), slice(0, shape[0])):
+        np.testing.assert_array_equal(gradient_rows(chi, voxel, rows), whole[:, rows])
+    np.testing.assert_array_equal(difference_adjoint(first, second, voxel, np.empty(shape, np.float32), None),
+                                  gradient_adjoint(first - second, voxel))
+    for threshold in (0.3, rng.random(shape).astype(np.float32)):
+        z, w = first.copy(), second.copy()
+        admm_gradient_step(chi, z, w, None, threshold, None, voxel)
+        expected_w = second + whole
+        expected_z = expected_w.copy()
+        shrink(expected_z, threshold, np.empty(shape, np.float32))
+        np.testing.assert_array_equal(z, expected_z)
+        np.testing.assert_array_equal(w, expected_w - expected_z)

@@ -26,14 +26,16 @@ from .. import _backend
 from .._backend import Device, resolve_device
 from .._operators import (
     data_weight,
+    difference_adjoint,
     from_frame,
     gradient,
-    gradient_adjoint,
     gradient_eigenvalues,
+    gradient_rows,
     inversion_frame,
     shrink,
     to_frame,
 )
+from .._parallel import for_each_slab
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
 from ..dipole import dipole_kernel
@@ -66,8 +68,7 @@ def admm_chi_step(
     scratch arrays of the shapes of ``z`` and ``y``. Shared by :func:`tv`,
     :func:`nltv` and :func:`QSMLib.inversion.tfi.tfi`.
     """
-    _backend.into(grad, "subtract", z, w)
-    spectrum = _backend.rfftn(gradient_adjoint(grad, voxel_size_mm, out=work))
+    spectrum = _backend.rfftn(difference_adjoint(z, w, voxel_size_mm, work, grad))
     spectrum *= gradient_factor
     _backend.into(work, "subtract", y, u)
     spectrum += _backend.rfftn(work) * data_factor
@@ -79,12 +80,38 @@ def admm_chi_step(
 def admm_gradient_step(
     chi: Any, z: Any, w: Any, grad: Any, threshold: Any, work: Any, voxel_size_mm: Sequence[float]
 ) -> None:
-    """The gradient split of the TV ADMM, in place: ``w += grad chi``, ``z = shrink(w)``, ``w -= z``."""
+    """The gradient split of the TV ADMM, in place: ``w += grad chi``, ``z = shrink(w)``, ``w -= z``.
+
+    numpy arrays go slab by slab on all threads (:func:`_gradient_step_rows`;
+    the same operations per voxel, so the same result), other libraries
+    through the array API with ``grad`` and ``work`` as scratch.
+    """
+    if isinstance(chi, np.ndarray):
+        for_each_slab(lambda rows: _gradient_step_rows(chi, z, w, threshold, voxel_size_mm, rows),
+                      chi.shape[0], chi[0].size)
+        return
     gradient(chi, voxel_size_mm, out=grad)
     w += grad
     z[...] = w
     shrink(z, threshold, work)
     w -= z
+
+
+def _gradient_step_rows(
+    chi: np.ndarray, z: np.ndarray, w: np.ndarray, threshold: Any, voxel_size_mm: Sequence[float], rows: slice
+) -> None:
+    """:func:`admm_gradient_step` on rows ``rows`` of axis 0, with temporaries of the slab's size.
+
+    A step over the whole frame streams ten arrays of three times its size
+    through memory; a slab's temporaries stay in the caches.
+    """
+    grad = gradient_rows(chi, voxel_size_mm, rows)
+    slab_w = w[:, rows]
+    slab_w += grad
+    slab_z = z[:, rows]
+    slab_z[...] = slab_w
+    shrink(slab_z, threshold[rows] if isinstance(threshold, np.ndarray) else threshold, grad[0])
+    slab_w -= slab_z
 
 
 def _admm_tv(
