@@ -1,7 +1,7 @@
 """Mask morphology and regions found from the images: primitives shared by the stages.
 
 Erosion and dilation by balls in mm (exact Euclidean distances, anisotropic
-voxels), connected components, Otsu's threshold, and the automatic
+voxels), connected components, hole filling, Otsu's threshold, and the automatic
 lateral-ventricle mask (used by CSF referencing and MEDI+0).
 """
 
@@ -56,6 +56,42 @@ def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -
     box = _box(mask, [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size_mm])
     dilated[box] = ndi.distance_transform_edt(~mask[box], sampling=voxel_size_mm) <= radius_mm
     return dilated
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes filled: ``scipy.ndimage.binary_fill_holes`` (6-connected background), faster.
+
+    A hole is a 6-connected part of the background that does not reach the
+    border. The background's components are labelled once on the mask's
+    bounding box and a one-voxel border, whose outer layer (background, or
+    the array's edge) is outside: scipy instead grows the outside from the
+    border of the whole array one voxel layer per pass (seconds on a head
+    volume, against about 0.1 s here).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> shell = np.zeros((7, 7, 7), bool)
+    >>> shell[1:6, 1:6, 1:6] = True
+    >>> shell[3, 3, 3] = False  # a one-voxel hole
+    >>> bool(fill_holes(shell)[3, 3, 3]), int(fill_holes(shell).sum())
+    (True, 125)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    filled = mask.copy()
+    if not mask.any():
+        return filled
+    box = _box(mask, [1] * mask.ndim)
+    labels, count = ndi.label(~mask[box])
+    if count == 0:
+        return filled
+    outside = np.zeros(count + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        for end in (0, -1):
+            outside[np.unique(np.take(labels, end, axis=axis))] = True
+    outside[0] = True  # label 0 is the mask itself
+    filled[box] |= ~outside[labels]
+    return filled
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import scipy.ndimage as ndi
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from ._morphology import dilate, erode, largest_component, otsu_threshold
+from ._morphology import dilate, erode, fill_holes, largest_component, otsu_threshold
 from ._operators import root_sum_of_squares
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import Method
@@ -103,7 +103,7 @@ def magnitude_mask(
     report(progress, 0.7, "Mask: fill holes")
     check_cancel(cancel)
     return _finalise(
-        ndi.binary_fill_holes(mask), invalid, erosion_mm, voxel_size_mm, progress,
+        fill_holes(mask), invalid, erosion_mm, voxel_size_mm, progress,
         "The automatic mask is empty: the magnitude has no clear tissue/background contrast. "
         "Give a brain mask (--mask).",
     )
@@ -223,7 +223,7 @@ def phase_quality_mask(
     if fit_residual_rad is not None:
         mask &= np.asarray(fit_residual_rad) <= residual_threshold_rad
     check_cancel(cancel)
-    mask = largest_component(ndi.binary_fill_holes(mask))
+    mask = largest_component(fill_holes(mask))
     if total_field_hz is not None and echo_times_s is not None:
         if np.shape(total_field_hz) != shape:
             raise QSMInputError(f"The total field has shape {np.shape(total_field_hz)}, the images {shape}: they must "

@@ -1,10 +1,13 @@
-"""Erosion and dilation on the mask's bounding box equal the distance transform of the whole array."""
+"""Erosion and dilation on the mask's bounding box equal the distance transform of the whole array.
+
+Hole filling on the bounding box equals scipy's on the whole array.
+"""
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from QSMLib._morphology import dilate, erode
+from QSMLib._morphology import dilate, erode, fill_holes
 
 
 def _random_mask(rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float, float], float]:
@@ -33,3 +36,18 @@ def test_empty_masks_stay_empty_and_zero_radius_copies():
     # a 1-voxel erosion of a 2-voxel-thick slab leaves nothing; a 1-voxel dilation grows each side by one
     assert not erode(mask, 1.0, (1, 1, 1)).any()
     assert dilate(mask, 1.0, (1, 1, 1)).sum() > mask.sum()
+
+
+@pytest.mark.parametrize("density", [0.3, 0.6, 0.8])
+def test_fill_holes_equals_scipys_and_fills_a_closed_cavity(density):
+    rng = np.random.default_rng(7)
+    for shape in ((12, 15, 9), (1, 6, 6), (20, 3, 11)):
+        mask = rng.random(shape) > 1 - density
+        np.testing.assert_array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+    shell = np.zeros((9, 10, 11), bool)
+    shell[1:8, 1:9, 0:11] = True  # reaches the array's edge along the last axis
+    shell[3:5, 3:6, 2:8] = False  # a closed cavity
+    shell[3:5, 3:6, 9:] = False  # open to the edge: not a hole
+    filled = fill_holes(shell)
+    assert filled[3:5, 3:6, 2:8].all() and not filled[3:5, 3:6, 9:].any()
+    assert not fill_holes(np.zeros((4, 4, 4), bool)).any()
