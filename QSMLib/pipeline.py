@@ -269,7 +269,10 @@ PRESETS: dict[str, Callable[[], PipelineConfig]] = {
     # lambda): the quickest chain that stays near TFI on the validation suite. Laplacian
     # unwrapping is not used here: on the phantom (sinus fields, phase offsets) every
     # Laplacian-based chain measured chi NRMSE 117-320 %; it stays available by name.
-    "fast": lambda: _preset(background={"method": "ismv"}, inversion={"method": "tv"}),
+    # TV's frame is padded by 1.15 instead of 1.3 (a third fewer voxels per FFT): on the six
+    # suite cases (the pipeline's total fields) chi NRMSE 40.2 / 48.8 % mean / worst against
+    # 40.0 / 48.1 %, worst deep grey matter ROI errors 0.4-2.2 ppb smaller; 1.0 cost 1-5 points.
+    "fast": lambda: _preset(background={"method": "ismv"}, inversion={"method": "tv", "params": {"pad_factor": 1.15}}),
 }
 DEFAULT_PRESET = "consensus"
 

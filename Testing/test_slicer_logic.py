@@ -170,7 +170,7 @@ def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom
 
     assert log[0].startswith("Started: 3 echoes, TE 4, 8, 12 ms, B0 3.000 T, configuration fast")
     assert any(line.endswith("%  unwrap: starting") for line in log)
-    assert "  inversion: Linear TV (FANSI)" in log and log[-1] == "Done.", log
+    assert "  inversion: Linear TV (FANSI) (pad_factor=1.15)" in log and log[-1] == "Done.", log
     assert any(line.startswith("Reference: reference=whole_brain, offset_ppm=") for line in log)
     assert result.provenance["config"]["inversion"]["method"] == "tv"
 
