@@ -234,9 +234,13 @@ def tfi(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise QSMInputError("TFI: the mask is empty, so there is no field to invert. Check the mask.")
-    for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("tolerance", tolerance)):
+    for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("tolerance", tolerance),
+                        ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"TFI: {name} must be positive, got {value!r}.")
+    if isinstance(merit_every, bool) or not isinstance(merit_every, (int, np.integer)) or merit_every < 0:
+        raise QSMInputError(f"TFI: merit_every must be a whole number of iterations (0 turns MERIT off), "
+                            f"got {merit_every!r}.")
     if not outside_weight >= 0:
         raise QSMInputError(f"TFI: outside_weight must be 0 or positive, got {outside_weight!r}.")
     if not 0 <= edge_fraction < 1:
