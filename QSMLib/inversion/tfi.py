@@ -49,7 +49,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
 from ._regularization import free_edges, merit_weight, tv_regularization
-from .tv import admm_chi_step, admm_gradient_step
+from .tv import admm_chi_step, admm_gradient_step, linear_update_terms
 
 # full-grid CG iterations after the coarse-grid start of the background sources
 FINE_ITERATIONS = 8
@@ -304,7 +304,7 @@ def tfi(
     del weight_squared, field_host
     mu = float(mu)
     weight = target.to_device(weight)
-    weighted_field, inverse = _data_update_terms(weight, field, mu)
+    weighted_field, inverse = linear_update_terms(field, weight * weight, mu)
 
     y = background
     y[inside] = field[inside]
@@ -327,7 +327,7 @@ def tfi(
         admm_gradient_step(chi, z, w, grad, threshold, work, voxel_size_mm)
         if merit_every and iterations % merit_every == 0:
             weight, merit_voxels = merit_weight(weight, weight * (field_of_chi - field), inside, merit_factor)
-            weighted_field, inverse = _data_update_terms(weight, field, mu)
+            weighted_field, inverse = linear_update_terms(field, weight * weight, mu)
         u += field_of_chi
         _backend.into(y, "multiply", u, mu)
         y += weighted_field
@@ -349,12 +349,6 @@ def tfi(
     if merit_every:
         parameters.update(merit_every=merit_every, merit_factor=merit_factor, merit_voxels=merit_voxels)
     return InversionResult(result, parameters, valid)
-
-
-def _data_update_terms(weight: Any, field: Any, mu: float) -> tuple[Any, Any]:
-    """``W^2 f`` and ``1 / (W^2 + mu)`` of the ADMM's voxel-wise data update."""
-    weight_squared = weight * weight
-    return weight_squared * field, 1 / (weight_squared + mu)
 
 
 def _background_sources(

@@ -204,11 +204,19 @@ def _admm_tv(
     return from_frame(target.to_numpy(chi), box, mask), chosen
 
 
+def linear_update_terms(field: Any, weight_squared: Any, mu: float) -> tuple[Any, Any]:
+    """``W^2 f`` and ``1 / (W^2 + mu)``: the linear data update is ``y = (W^2 f + mu v) / (W^2 + mu)``.
+
+    That minimises ``W^2/2 (y - f)^2 + mu/2 (y - v)^2`` per voxel. Shared by
+    :func:`tv` and :func:`QSMLib.inversion.tfi.tfi` (which recomputes them as
+    MERIT changes ``W``). Python numbers take the arrays' float32, so numpy
+    computes what it would with float32 scalars.
+    """
+    return weight_squared * field, 1.0 / (weight_squared + mu)
+
+
 def _linear_update(field: Any, weight_squared: Any, mu: float) -> Callable[[Any], Any]:
-    # argmin_y  W^2/2 (y - f)^2 + mu/2 (y - v)^2  =  (W^2 f + mu v) / (W^2 + mu)
-    # (Python numbers take the arrays' float32, so numpy computes what it would with float32 scalars)
-    weighted_field = weight_squared * field
-    inverse = 1.0 / (weight_squared + mu)
+    weighted_field, inverse = linear_update_terms(field, weight_squared, mu)
 
     def update(v: Any) -> Any:
         y = v * mu

@@ -64,13 +64,11 @@ def upsample_linear(
     """
     result = coarse
     for axis, (factor, size) in enumerate(zip(factors, shape)):
-        fine = np.arange(size, dtype=np.float32)
-        if axis == 0:
-            fine = fine[rows]
+        part = rows if axis == 0 else slice(None)
         if factor == 1:
-            if axis == 0:
-                result = result[rows]
+            result = result[(slice(None),) * axis + (part,)]
             continue
+        fine = np.arange(size, dtype=np.float32)[part]
         # Fine voxel i lies at coarse coordinate (i - (f - 1) / 2) / f.
         position = (fine - (factor - 1) / 2.0) / factor
         position = np.clip(position, 0.0, result.shape[axis] - 1)
