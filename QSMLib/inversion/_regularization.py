@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import _backend
+from .. import _backend, _fft
 from .._operators import gradient, root_sum_of_squares
 from ..errors import QSMInputError
 
@@ -273,16 +273,31 @@ def edge_weight(
     edges (MEDI's ``percentage = 0.9`` of the voxel count is 0.3 of the
     components).
     """
-    combined = root_sum_of_squares(magnitude)
-    if combined.shape != mask.shape:
+    mask = np.asarray(mask, dtype=bool)
+    if tuple(np.shape(magnitude)[-3:]) != mask.shape:
         raise QSMInputError(
-            f"The magnitude has spatial shape {combined.shape} but the mask has {mask.shape}: they must match."
+            f"The magnitude has spatial shape {tuple(np.shape(magnitude)[-3:])} but the mask has {mask.shape}: "
+            "they must match."
         )
-    combined = np.where(mask, combined, 0).astype(np.float32)
-    magnitude_gradient = np.abs(gradient(combined, voxel_size_mm))
-    inside = magnitude_gradient[:, mask]
-    threshold = float(np.quantile(inside, 1.0 - float(edge_fraction))) if inside.size else 0.0
-    return (magnitude_gradient <= threshold).astype(np.float32)
+    weight = np.ones((3, *mask.shape), dtype=np.float32)
+    if not mask.any():
+        return weight
+    # On the mask's bounding box and a layer of zeros (a third of a head's field of view): outside
+    # it the masked magnitude is 0 and so is its gradient. Where the mask reaches the array's end the
+    # periodic difference wraps round, so that axis is taken whole.
+    box = list(_fft.mask_bounding_box(mask, [1, 1, 1]))
+    for axis, (part, size) in enumerate(zip(box, mask.shape)):
+        if part.start == 0 or part.stop == size:
+            box[axis] = slice(0, size)
+    box = tuple(box)
+    inside_box = mask[box]
+    combined = np.where(inside_box, root_sum_of_squares(np.asarray(magnitude)[(Ellipsis, *box)]), np.float32(0))
+    magnitude_gradient = gradient(combined.astype(np.float32), voxel_size_mm)
+    np.abs(magnitude_gradient, out=magnitude_gradient)
+    inside = magnitude_gradient[:, inside_box]
+    threshold = float(np.quantile(inside, 1.0 - float(edge_fraction)))
+    weight[(slice(None), *box)] = magnitude_gradient <= threshold
+    return weight
 
 
 def free_edges(
