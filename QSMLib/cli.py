@@ -326,7 +326,8 @@ def _run(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.E
     check_output_folder(args.out, run.planned_run_files(inputs, requested, args.compress, rois=args.rois),
                         args.overwrite)
     # the atlas registration takes the last part of the progress bar
-    result = run.reconstruct(inputs, config, requested=requested, cancel=cancel,
+    # the phase was read for this run only: the phase stages may write into it
+    result = run.reconstruct(inputs, config, requested=requested, overwrite_phase=True, cancel=cancel,
                              progress=sub_progress(printer, 0.0, 0.85) if args.rois else printer)
     rois = None
     if args.rois:

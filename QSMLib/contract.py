@@ -56,6 +56,8 @@ PIPELINE_INPUTS: dict[str, str] = {
     "background_removed": "True when the field a single-step inversion gets is already a local field",
     "device": "where the solver runs: the configuration's device, resolved (QSMLib._backend.Device)",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",
+    "overwrite_phase": "True when a phase stage may write its result into the phase it is given (the "
+                       "pipeline's own intermediate, or an array the caller handed over)",
     "mask": "the brain mask (for stages that do not take it positionally)",
     "labels": "int label map (0 = background), when the user gave one",
     "label_names": "label value -> name, when known",

@@ -419,6 +419,7 @@ def run_pipeline(
     mask: Optional[np.ndarray] = None,
     labels: Optional[np.ndarray] = None,
     label_names: Optional[Mapping[int, str]] = None,
+    overwrite_phase: bool = False,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> QSMResult:
@@ -435,6 +436,13 @@ def run_pipeline(
     labels, label_names : optional
         Label map (int, 0 = background) and names for ROI statistics (and
         for ``label`` referencing).
+    overwrite_phase : bool
+        Let the phase stages write into ``acquisition.phase`` (when float32),
+        which then holds the unwrapped phase: for callers that read the data
+        only to reconstruct it (``qsm run``, cohort tasks). Either way each
+        phase stage writes into the previous one's output, the pipeline's
+        own: a run holds one phase-sized array besides the input's (with
+        this, none), instead of one per phase stage.
     progress : callable(fraction, message), optional
     cancel : callable() -> bool or threading.Event, optional
         Checked between and inside stages; raises :class:`QSMCancelled`.
@@ -476,12 +484,15 @@ def run_pipeline(
     }
     maps: dict[str, np.ndarray] = {}
 
-    # Stages never write into their inputs: the acquisition's own phase goes in unless its sign flips.
+    # The acquisition's own phase goes in unless its sign flips. Stages write into the phase they get
+    # only when it is the pipeline's own array (or the caller handed the acquisition's over).
     phase = acquisition.phase if acquisition.phase_sign == 1 else -acquisition.phase
     for stage in phase_stages:
+        inputs["overwrite_phase"] = overwrite_phase or not np.may_share_memory(phase, acquisition.phase)
         phase_result = run(stage, phase, magnitude, echo_times, voxel, inputs=inputs)
         phase = phase_result.phase
         maps.update(phase_result.maps)
+    del inputs["overwrite_phase"]
     unwrapped = phase
     fit = run("echo_fit", unwrapped, magnitude, echo_times, inputs=inputs)
     maps.update(fit.maps)

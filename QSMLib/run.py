@@ -397,19 +397,24 @@ def reconstruct(
     config: PipelineConfig,
     *,
     requested: Sequence[str] = (),
+    overwrite_phase: bool = False,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> QSMResult:
     """Run the pipeline on what :func:`read_acquisition` or :func:`read_field` read.
 
     Asking for R2*/T2* outputs turns on the relaxometry stage (log-linear
-    fit) when the configuration has none.
+    fit) when the configuration has none. ``overwrite_phase`` lets the
+    phase stages write into the acquisition's phase array (see
+    :func:`QSMLib.pipeline.run_pipeline`): ``qsm run`` and cohort tasks,
+    which read it only for this, save 830 MB at 256 x 256 x 176 x 9.
     """
     if any(o in RELAXOMETRY_OUTPUTS for o in requested) and config.relaxometry.method == "none":
         config.relaxometry = StageConfig("loglinear")
     if inputs.acquisition is not None:
         return run_pipeline(inputs.acquisition, config, mask=inputs.mask, labels=inputs.labels,
-                            label_names=inputs.label_names, progress=progress, cancel=cancel)
+                            label_names=inputs.label_names, overwrite_phase=overwrite_phase, progress=progress,
+                            cancel=cancel)
     return run_pipeline_from_field(
         inputs.field_hz, inputs.mask, field_kind=inputs.field_kind, voxel_size_mm=inputs.voxel_size_mm,
         b0_direction=inputs.b0_direction, b0_tesla=inputs.b0_tesla, config=config, labels=inputs.labels,

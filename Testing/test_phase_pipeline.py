@@ -65,6 +65,28 @@ def test_consensus_phase_stages_in_the_pipeline(head):
     assert _field_error(run_pipeline(head.acquisition, laplacian), head) > 10 * _field_error(result, head)
 
 
+@pytest.mark.parametrize("bipolar", [False, True])
+def test_a_phase_handed_over_gives_the_same_maps_and_a_kept_one_is_left_as_it_was(bipolar):
+    # qsm run and cohort tasks let the phase stages write into the acquisition's phase (overwrite_phase):
+    # every map must be the same, bit for bit; without it the acquisition's phase must not change.
+    head = simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), seed=4, bipolar=bipolar)
+    config = PRESETS["consensus"]()
+    config.inversion.method = "tkd"
+    kept = head.acquisition
+    raw = kept.phase.copy()
+    reference = run_pipeline(kept, config)
+    np.testing.assert_array_equal(kept.phase, raw)
+    handed = MultiEchoGRE(kept.magnitude, raw, kept.echo_times_s, kept.b0_tesla, affine=kept.affine,
+                          bipolar=bipolar)
+    result = run_pipeline(handed, config, overwrite_phase=True)
+    for name in ("chi_ppm", "total_field_hz", "local_field_hz", "mask", "unwrapped_phase"):
+        np.testing.assert_array_equal(getattr(result, name), getattr(reference, name), err_msg=name)
+    assert sorted(result.maps) == sorted(reference.maps)
+    for name, values in reference.maps.items():
+        np.testing.assert_array_equal(result.maps[name], values, err_msg=name)
+    assert np.shares_memory(handed.phase, result.unwrapped_phase)
+
+
 def test_nan_voxels_of_real_data_are_excluded():
     # The NaN test file: radians beyond +-pi (wrapped here, as --phase-scale radians does) and a NaN column.
     raw, affine = read_volume(TEST_DATA / "invivo_3echo_crop" / "phase_with_nan_2echo.nii.gz")

@@ -29,6 +29,18 @@ def test_every_echo_recovers_its_turns(echo_times_s, template_echo):
     np.testing.assert_allclose(unwrapped, truth, atol=1e-3)
 
 
+def test_writing_into_the_wrapped_phase_gives_the_same_result():
+    times = (0.004, 0.008, 0.012, 0.016)
+    truth, magnitude = _field_phase(times)
+    wrapped = wrap(truth)
+    expected = temporal_unwrap(wrapped, magnitude, times, truth[1], 1)
+    result = temporal_unwrap(wrapped, magnitude, times, truth[1], 1, out=wrapped)
+    assert result is wrapped
+    np.testing.assert_array_equal(result, expected)
+    with pytest.raises(QSMInputError, match="out must be float32"):
+        temporal_unwrap(wrap(truth), magnitude, times, truth[1], 1, out=np.empty(truth.shape, np.float64))
+
+
 def test_noisy_late_echoes_lean_on_all_earlier_ones():
     # Echo 1 alone predicts echo 6 with 6x its noise; the running fit of echoes 1-5 does better.
     times = tuple(0.004 * (n + 1) for n in range(6))

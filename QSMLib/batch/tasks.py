@@ -151,7 +151,7 @@ def _reconstruct(acquisition: Acquisition, out_dir: Path, work_root: Path, confi
                                   labels=acquisition.labels, label_names=acquisition.label_names)
     run.check_rois(rois, inputs)
     loaded = inputs.acquisition
-    result = run.reconstruct(inputs, PipelineConfig.from_dict(dict(config)))
+    result = run.reconstruct(inputs, PipelineConfig.from_dict(dict(config)), overwrite_phase=True)
     automatic = run.add_atlas_rois(inputs, result) if rois else None
     maps = run.output_maps(result, [o for o in outputs if o in MAP_FILES])
     for key in ("r2star", "t2star"):

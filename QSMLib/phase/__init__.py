@@ -28,8 +28,10 @@ def no_correction(
     return PhaseResult(phase)
 
 
-OFFSET_METHODS = {"none": Method(no_correction), "mcpc3ds": Method(mcpc3ds)}
-BIPOLAR_METHODS = {"none": Method(no_correction), "linear": Method(linear_bipolar_correction)}
+OFFSET_METHODS = {"none": Method(no_correction), "mcpc3ds": Method(mcpc3ds, inputs=("overwrite_phase",))}
+BIPOLAR_METHODS = {
+    "none": Method(no_correction), "linear": Method(linear_bipolar_correction, inputs=("overwrite_phase",)),
+}
 
 __all__ = [
     "BIPOLAR_METHODS",

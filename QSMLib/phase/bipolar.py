@@ -189,6 +189,7 @@ def linear_bipolar_correction(
     readout_axis: Optional[int] = None,
     polynomial_order: int = 1,
     remove_offset: bool = True,
+    overwrite_phase: bool = False,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> PhaseResult:
@@ -211,6 +212,9 @@ def linear_bipolar_correction(
         with MCPC-3D-S (default parameters). Needed after MCPC-3D-S ran on
         the uncorrected data: its estimate from echoes 1 and 2 absorbed
         ``TE1 / (TE2 - TE1)`` times the even-echo error.
+    overwrite_phase : bool
+        Write the result into ``phase`` itself (when it is float32) instead
+        of a new array, for callers that no longer need the input.
     progress : callable(fraction, message), optional
     cancel : callable or threading.Event, optional
 
@@ -247,7 +251,7 @@ def linear_bipolar_correction(
         phase, magnitude, echo_times_s, readout_axis=readout_axis, polynomial_order=polynomial_order, cancel=cancel
     )
     # NaN voxels stay NaN: NaN minus beta is NaN.
-    corrected = np.array(phase, dtype=np.float32, copy=True)
+    corrected = np.asarray(phase, dtype=np.float32) if overwrite_phase else np.array(phase, dtype=np.float32, copy=True)
     for echo in range(1, corrected.shape[0], 2):
         corrected[echo] -= beta
         wrap_in_place(corrected[echo])
@@ -255,7 +259,9 @@ def linear_bipolar_correction(
     if remove_offset:
         check_cancel(cancel)
         report(progress, 0.5, "Bipolar correction: removing the remaining phase offset")
-        corrected, offset_maps = mcpc3ds(corrected, magnitude, echo_times_s, voxel_size_mm, cancel=cancel)
+        # corrected is this function's own (or handed over): MCPC-3D-S may write into it
+        corrected, offset_maps = mcpc3ds(corrected, magnitude, echo_times_s, voxel_size_mm, overwrite_phase=True,
+                                         cancel=cancel)
         maps["bipolar_offset_rad"] = offset_maps["phase_offset_rad"]
     report(progress, 1.0, "Bipolar correction done")
     return PhaseResult(corrected, maps)

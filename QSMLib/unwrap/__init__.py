@@ -17,6 +17,6 @@ from .romeo import romeo
 from .temporal import temporal_unwrap
 
 # Both accept the brain mask when one is known before unwrapping (never a user parameter).
-METHODS = {"laplacian": Method(laplacian, inputs=("mask",)), "romeo": Method(romeo, inputs=("mask",))}
+METHODS = {"laplacian": Method(laplacian, inputs=("mask",)), "romeo": Method(romeo, inputs=("mask", "overwrite_phase"))}
 
 __all__ = ["METHODS", "laplacian", "romeo", "temporal_unwrap"]

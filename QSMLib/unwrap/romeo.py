@@ -427,16 +427,30 @@ def romeo_unwrap_volume(
     # Face-connected regions of the signal voxels are exactly the trees of the forest.
     labels, _ = ndi.label(signal)
     main = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    candidates = np.flatnonzero(signal.ravel())
-    best_first = candidates[np.argsort(-quality.ravel()[candidates], kind="stable")]
-    _, first_of_region = np.unique(labels.ravel()[best_first], return_index=True)
-    roots = best_first[first_of_region]
+    roots = _best_voxels(quality.ravel(), labels.ravel(), signal.ravel())
     order, parents = _forest_order(first, second, roots, phase.size)
     del first, second
     check_cancel(cancel)
     unwrapped = unwrap_along_tree(phase.ravel(), order, parents).reshape(phase.shape)
     del order, parents
     return _attach_to_main(unwrapped, labels, main), quality
+
+
+def _best_voxels(quality: np.ndarray, labels: np.ndarray, signal: np.ndarray) -> np.ndarray:
+    """Flat index of each region's best voxel (highest quality, first in voxel order), regions by label.
+
+    Flat arrays of one volume; ``labels`` numbers the regions of ``signal`` from 1. No sort of the
+    voxels: the regions' highest quality comes from one pass, and only voxels that reach it are
+    ranked.
+    """
+    candidates = np.flatnonzero(signal)
+    region = labels[candidates]
+    value = quality[candidates]
+    highest = np.full(int(region.max()) + 1, -np.inf, dtype=value.dtype)
+    np.maximum.at(highest, region, value)
+    at_highest = value == highest[region]
+    _, first = np.unique(region[at_highest], return_index=True)
+    return candidates[at_highest][first]
 
 
 def _global_turns(difference: np.ndarray, where: np.ndarray) -> np.float32:
@@ -454,6 +468,7 @@ def romeo(
     mask: Optional[np.ndarray] = None,
     template_echo: int = 0,
     individual: bool = False,
+    overwrite_phase: bool = False,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> PhaseResult:
@@ -492,6 +507,11 @@ def romeo(
         data whose phase offset was not removed); each echo's global 2 pi
         multiple is matched to its already unwrapped neighbour echo plus
         their wrapped difference (median over reliable voxels).
+    overwrite_phase : bool
+        Write the unwrapped phase into ``phase`` itself (when it is float32)
+        instead of a new array, for callers that no longer need the input.
+        Not with ``individual`` (which needs every echo's wrapped phase to
+        the end).
     progress : callable(fraction, message), optional
     cancel : callable or threading.Event, optional
 
@@ -563,7 +583,8 @@ def romeo(
             unwrapped[echo] = volume
             report(progress, done / n_echoes, f"ROMEO: echo {echo + 1} unwrapped")
     else:
-        unwrapped = temporal_unwrap(phase, magnitude, times, template, template_echo, cancel=cancel)
+        unwrapped = temporal_unwrap(phase, magnitude, times, template, template_echo,
+                                    out=phase if overwrite_phase else None, cancel=cancel)
     unwrapped[:, invalid] = np.nan
     quality[invalid] = 0.0
     report(progress, 1.0, "ROMEO unwrapping done")

@@ -11,7 +11,7 @@ single echo is not amplified by ``TE_n / TE_ref``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ def temporal_unwrap(
     template: np.ndarray,
     template_echo: int = 0,
     *,
+    out: Optional[np.ndarray] = None,
     cancel: CancelToken = None,
 ) -> np.ndarray:
     """Unwrap every echo in time from one spatially unwrapped template echo.
@@ -51,6 +52,9 @@ def temporal_unwrap(
         The template echo, spatially unwrapped.
     template_echo : int
         Zero-based index of the template echo.
+    out : numpy.ndarray of float32, shape (echo, n0, n1, n2), optional
+        Where to write the result; may be ``phase`` itself (each echo's
+        wrapped phase is read before its unwrapped phase is written).
     cancel : callable or threading.Event, optional
 
     Returns
@@ -75,7 +79,9 @@ def temporal_unwrap(
             f"and a template of one echo's shape; got {phase.shape}, {magnitude.shape}, {times.size} echo "
             f"time(s) and {template.shape}."
         )
-    unwrapped = np.empty(phase.shape, dtype=np.float32)
+    if out is not None and (out.shape != phase.shape or out.dtype != np.float32):
+        raise QSMInputError(f"out must be float32 of the phase's shape {phase.shape}, got {out.dtype} {out.shape}.")
+    unwrapped = np.empty(phase.shape, dtype=np.float32) if out is None else out
     # A floor keeps the ratio defined where the magnitude is 0 (outside the object).
     floor = np.float32(1e-12) * max(float(np.square(magnitude[template_echo], dtype=np.float32).max()), 1e-30)
     order = list(range(template_echo + 1, times.size)) + list(range(template_echo - 1, -1, -1))
