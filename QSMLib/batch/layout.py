@@ -51,13 +51,13 @@ METHODS_FILE = "methods.md"
 #: part per voxel and per voxel and echo. Fitted to the peak RSS of
 #: :func:`process_acquisition` in a fresh process that
 #: ``python benchmarks/bench_cohort_memory.py --config consensus|fast`` measures
-#: (heads of 1.44, 3.42 and 11.5 M voxels, 5 and 9 echoes): 380 MiB + voxels x
-#: (56 + 15.2 echoes) B for ``consensus``, 328 MiB + voxels x (98 + 12.4 echoes)
+#: (heads of 1.44, 3.42 and 11.5 M voxels, 5 and 9 echoes): 312 MiB + voxels x
+#: (75 + 8.2 echoes) B for ``consensus``, 307 MiB + voxels x (80 + 8.1 echoes)
 #: B for ``fast``. Each constant is the larger of the two presets' with 25 %
-#: added, which covers every measured peak by 35 % or more.
-TASK_BASE_BYTES = 476 * 2**20
-TASK_BYTES_PER_VOXEL = 123
-TASK_BYTES_PER_VOXEL_ECHO = 19
+#: added, which covers every measured peak by 26 % or more.
+TASK_BASE_BYTES = 391 * 2**20
+TASK_BYTES_PER_VOXEL = 101
+TASK_BYTES_PER_VOXEL_ECHO = 11
 
 MISSING_DASK = (
     "Cohort processing runs on Dask, which is not installed. Install the optional dependencies with "
