@@ -105,7 +105,7 @@ def test_empty_mask_is_refused_with_advice(oblique_blobs, method):
     [("tv", {"regularization": -1.0}), ("nltv", {"echo_time_s": 0.0}), ("rts", {"delta": 0.0}),
      ("medi", {"edge_fraction": 1.5}), ("medi", {"initial": "tkd"}), ("l2", {"regularization": "best"}),
      ("nltv", {"newton_iterations": 0}), ("tfi", {"merit_every": -5}), ("tfi", {"merit_every": 2.5}),
-     ("tfi", {"merit_factor": 0.0})],
+     ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0})],
 )
 def test_bad_parameters_are_refused(oblique_blobs, method, params):
     voxel, b0, field, mask, _, _ = oblique_blobs
