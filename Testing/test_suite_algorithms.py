@@ -160,6 +160,11 @@ def test_tissue_beyond_a_cut_along_b0_is_explained_by_a_thicker_shell():
         margins = result.parameters["margin_mm"]
     assert margins == [[18.0, 18.0], [18.0, 18.0], [48.0, 48.0]]  # 16 mm is six 3 mm voxels
     assert errors[48.0] < min(0.75 * errors[16.0], TFI_EDGE_ROI_BOUNDS["small_axial"])
+    # a mask that stops two voxels short of the field of view's edge (unreliable outer slices) is cut too
+    short = case.brain_mask.copy()
+    short[:, :, :2] = False
+    result = INVERSION["tfi"](case.total_field_hz, short, acquisition.voxel_size_mm, **_inputs(case), max_iterations=1)
+    assert result.parameters["margin_mm"][2] == [48.0, 48.0]
 
 
 #: TFI with the magnitude from the exact total field, chi NRMSE (%) without / with MERIT: clean field small_axial
