@@ -8,7 +8,7 @@ that :func:`QSMLib._threads.thread_count` allows (every core unless
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import scipy.fft
@@ -75,15 +75,19 @@ def frequency_grids(
     return k0, k1, k2
 
 
-def mask_bounding_box(mask: np.ndarray, margin_voxels: Sequence[int]) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``mask`` grown by ``margin_voxels`` per axis (clipped)."""
+def mask_bounding_box(mask: np.ndarray, margin_voxels: Sequence[Union[int, Sequence[int]]]) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` grown by ``margin_voxels`` per axis (clipped).
+
+    Each axis's margin is one number for both sides or a pair (before, after).
+    """
     slices = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
         present = np.flatnonzero(mask.any(axis=other))
         if present.size == 0:
             return tuple(slice(0, n) for n in mask.shape)
-        start = max(int(present[0]) - int(margin_voxels[axis]), 0)
-        stop = min(int(present[-1]) + 1 + int(margin_voxels[axis]), mask.shape[axis])
+        before, after = np.broadcast_to(np.asarray(margin_voxels[axis], dtype=np.int64), (2,))
+        start = max(int(present[0]) - int(before), 0)
+        stop = min(int(present[-1]) + 1 + int(after), mask.shape[axis])
         slices.append(slice(start, stop))
     return tuple(slices)

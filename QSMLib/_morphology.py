@@ -12,17 +12,8 @@ from typing import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from ._fft import mask_bounding_box
 from .errors import QSMInputError
-
-
-def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    """The bounding box of ``mask``'s True voxels grown by ``margin`` voxels per axis (clipped to the array)."""
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(present[0]) - margin[axis], 0), min(int(present[-1]) + 1 + margin[axis],
-                                                                       mask.shape[axis])))
-    return tuple(box)
 
 
 def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
@@ -40,7 +31,7 @@ def erode(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) ->
     eroded = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
         return eroded
-    box = _box(mask, [1] * mask.ndim)
+    box = mask_bounding_box(mask, [1] * mask.ndim)
     inside = mask[box]
     eroded[box] = inside & ~within_distance(~inside, radius_mm, voxel_size_mm)
     return eroded
@@ -54,7 +45,7 @@ def dilate(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float]) -
     dilated = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
         return dilated
-    box = _box(mask, [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size_mm])
+    box = mask_bounding_box(mask, [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size_mm])
     dilated[box] = within_distance(mask[box], radius_mm, voxel_size_mm)
     return dilated
 
@@ -134,7 +125,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     filled = mask.copy()
     if not mask.any():
         return filled
-    box = _box(mask, [1] * mask.ndim)
+    box = mask_bounding_box(mask, [1] * mask.ndim)
     labels, count = ndi.label(~mask[box])
     if count == 0:
         return filled

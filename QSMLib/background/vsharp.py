@@ -63,7 +63,6 @@ def _isotropic_weights(offsets_mm: Sequence[np.ndarray]) -> np.ndarray:
     """
     squared = [np.asarray(x, dtype=np.float64) ** 2 for x in offsets_mm]
     beta = np.zeros(len(squared))
-    weights = np.ones_like(squared[0])
     for _ in range(20):
         weights = np.exp(sum(b * x for b, x in zip(beta, squared)))
         weights /= weights.sum()

@@ -292,7 +292,7 @@ def edge_weight(
     box = tuple(box)
     inside_box = mask[box]
     combined = np.where(inside_box, root_sum_of_squares(np.asarray(magnitude)[(Ellipsis, *box)]), np.float32(0))
-    magnitude_gradient = gradient(combined.astype(np.float32), voxel_size_mm)
+    magnitude_gradient = gradient(combined, voxel_size_mm)
     np.abs(magnitude_gradient, out=magnitude_gradient)
     inside = magnitude_gradient[:, inside_box]
     threshold = float(np.quantile(inside, 1.0 - float(edge_fraction)))

@@ -265,19 +265,17 @@ def tfi(
     # the shell's thickness in voxels before and after the mask along each axis: cut_margin_mm on a
     # side where the mask comes within two voxels of the field of view's edge (phase quality often
     # drops in the outermost slices) along an axis within 60 degrees of B0
-    profiles = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    extent = _fft.mask_bounding_box(mask, [0, 0, 0])
     direction = np.abs(np.asarray(b0_direction, dtype=np.float64))
     along_b0 = direction >= 0.5 * np.linalg.norm(direction)
     sides = [[int(np.ceil((cut_margin_mm if at_edge and along else margin_mm) / float(v))) for at_edge in (
-        profile[0] <= 2, profile[-1] >= n - 3)]
-        for profile, n, v, along in zip(profiles, mask.shape, voxel_size_mm, along_b0)]
-    box = tuple(slice(max(int(profile[0]) - before, 0), min(int(profile[-1]) + 1 + after, n))
-                for profile, (before, after), n in zip(profiles, sides, mask.shape))
+        part.start <= 2, part.stop >= n - 2)] for part, n, v, along in zip(extent, mask.shape, voxel_size_mm, along_b0)]
+    box = _fft.mask_bounding_box(mask, sides)
     box_shape = tuple(s.stop - s.start for s in box)
     # a full shell of sources even where the field of view clips the box: the grid wraps round, so the
     # zeros after the box lie beyond both ends of the mask
-    shape = _fft.padded_shape([max(b, int(profile[-1] - profile[0] + 1) + before + after) for b, profile, (
-        before, after) in zip(box_shape, profiles, sides)], 1.0)
+    shape = _fft.padded_shape([max(b, part.stop - part.start + before + after) for b, part, (before, after) in zip(
+        box_shape, extent, sides)], 1.0)
 
     def frame(volume: np.ndarray) -> np.ndarray:
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
