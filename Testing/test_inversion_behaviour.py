@@ -105,12 +105,28 @@ def test_empty_mask_is_refused_with_advice(oblique_blobs, method):
     [("tv", {"regularization": -1.0}), ("nltv", {"echo_time_s": 0.0}), ("rts", {"delta": 0.0}),
      ("medi", {"edge_fraction": 1.5}), ("medi", {"initial": "tkd"}), ("l2", {"regularization": "best"}),
      ("nltv", {"newton_iterations": 0}), ("tfi", {"merit_every": -5}), ("tfi", {"merit_every": 2.5}),
-     ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0})],
+     ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0}), ("tfi", {"tolerance": 0.0})],
 )
 def test_bad_parameters_are_refused(oblique_blobs, method, params):
     voxel, b0, field, mask, _, _ = oblique_blobs
     with pytest.raises(QSMInputError):
         _run(method, field, mask, voxel, b0, **params)
+
+
+@pytest.mark.parametrize("voxel_size_mm, expected", [((0.7, 0.7, 0.7), 0.0035), ((1.0, 1.0, 1.0), 0.005),
+                                                     ((1.0, 1.0, 2.0), 0.005 * 2 ** (1 / 3)), ((3.0, 3.0, 3.0), 0.01)])
+def test_tfi_stops_later_on_finer_grids_and_records_where(voxel_size_mm, expected):
+    """The automatic tolerance is 0.005 per mm of voxel size (at most 0.01), and provenance keeps it."""
+    field, mask, _, _ = _blobs(voxel_size_mm, (0, 0, 1), shape=(24, 22, 20), supersample=1)
+    field = field + np.float32(5.0) * np.indices(mask.shape, dtype=np.float32)[2]  # a background gradient
+    tfi = METHODS["tfi"]
+    automatic = tfi(field, mask, voxel_size_mm, b0_direction=(0, 0, 1), b0_tesla=3.0).parameters
+    fixed = tfi(field, mask, voxel_size_mm, b0_direction=(0, 0, 1), b0_tesla=3.0, tolerance=0.01).parameters
+    assert automatic["tolerance"] == pytest.approx(expected) and fixed["tolerance"] == 0.01
+    if expected < 0.01:
+        assert automatic["iterations"] > fixed["iterations"]
+    else:
+        assert automatic["iterations"] == fixed["iterations"]
 
 
 def test_medi_plus_zero_without_magnitude_is_refused(oblique_blobs):

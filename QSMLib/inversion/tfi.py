@@ -68,6 +68,10 @@ EDGE_LAMBDA_FACTOR = 1.5
 # cases (the whole pipeline's total fields); the measurements are under the ``merit_every`` parameter
 MERIT_EVERY = 5
 MERIT_FACTOR = 5.0
+# the automatic stopping tolerance per mm of voxel size, and its largest value: finer grids need more ADMM
+# iterations for the same detail (the measurements are under the ``tolerance`` parameter)
+TOLERANCE_PER_MM = 0.005
+MAX_AUTO_TOLERANCE = 0.01
 
 
 def tfi(
@@ -91,7 +95,7 @@ def tfi(
     data_penalty: float = 0.1,
     penalty: Optional[float] = None,
     max_iterations: int = 100,
-    tolerance: float = 1e-2,
+    tolerance: Optional[float] = None,
     pdf_iterations: int = 30,
     merit_every: int = MERIT_EVERY,
     merit_factor: float = MERIT_FACTOR,
@@ -177,8 +181,22 @@ def tfi(
         (``rho``, default ``300 lambda``), as in :func:`QSMLib.inversion.tv.tv`.
     max_iterations : int
         Upper bound on ADMM iterations.
-    tolerance : float
-        Stop when the relative change of ``chi`` inside the mask falls below it.
+    tolerance : float, optional
+        Stop when the relative change of ``chi`` inside the mask falls below
+        it. Default: ``TOLERANCE_PER_MM`` (0.005) times the voxel size (the
+        cube root of the voxel's volume, mm), at most 0.01: 0.005 at 1 mm,
+        0.01 from 2 mm. The stopping point regularises (later iterations fit
+        noise and streaks), and where it is best depends on the grid: on the
+        twelve validation suite cases (whole pipeline's total fields) the
+        iteration with the lowest chi NRMSE was 21-33 at 2 mm, 25-40 at
+        1.5 mm, 36 at 1 x 1 x 2 mm, 44-68 at 1-1.06 mm and 78 or later at
+        0.7 mm, while a fixed 0.01 stopped all of them after 25-34. Against
+        that fixed 0.01, the whole pipeline measured chi NRMSE -0.8 to -2.5
+        points on the 0.7-1.06 mm cases, -0.2 / -0.3 on the 1 x 1 x 2 and
+        one 1.5 mm case and +1.5 on the noisiest one (1.5 mm, SNR 3), worst
+        deep grey matter ROI error 11.2 / 12.6 against 12.0 / 18.3 ppb
+        (tuning / held-out cases); 0.004 everywhere cost 2.7-9.3 points on
+        four of the five 1.5-2 mm cases.
     merit_every, merit_factor : int, float
         MERIT (:func:`~QSMLib.inversion._regularization.merit_weight`, as in
         MEDI): every ``merit_every`` ADMM iterations, voxels whose weighted
@@ -248,7 +266,7 @@ def tfi(
     if not mask.any():
         raise QSMInputError("TFI: the mask is empty, so there is no field to invert. Check the mask.")
     for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("cut_margin_mm", cut_margin_mm),
-                        ("tolerance", tolerance),
+                        ("tolerance", 1.0 if tolerance is None else tolerance),
                         ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"TFI: {name} must be positive, got {value!r}.")
@@ -259,6 +277,8 @@ def tfi(
         raise QSMInputError(f"TFI: outside_weight must be 0 or positive, got {outside_weight!r}.")
     if not 0 <= edge_fraction < 1:
         raise QSMInputError(f"TFI: edge_fraction must lie in [0, 1), got {edge_fraction!r}.")
+    if tolerance is None:
+        tolerance = min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
     target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "TFI: set-up")
@@ -367,7 +387,7 @@ def tfi(
     result[box] = _fft.crop(target.to_numpy(chi), box_shape)
     result[~valid] = 0
     report(progress, 1.0, "TFI done")
-    parameters.update(regularization=float(regularization), iterations=iterations,
+    parameters.update(regularization=float(regularization), iterations=iterations, tolerance=float(tolerance),
                       margin_mm=[[float(m * v) for m in pair] for pair, v in zip(sides, voxel_size_mm)])
     if merit_every:
         parameters.update(merit_every=merit_every, merit_factor=merit_factor, merit_voxels=merit_voxels)
