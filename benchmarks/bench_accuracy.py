@@ -3,6 +3,7 @@
     python benchmarks/bench_accuracy.py                          # every case, stage and method
     python benchmarks/bench_accuracy.py --cases axial_1mm_3T --stages inversion --methods tv,nltv
     python benchmarks/bench_accuracy.py --param tv.regularization=3e-4 --methods tv --stages inversion
+    python benchmarks/bench_accuracy.py --stages pipeline --preset fast --param tv.tolerance=0.01
     python benchmarks/bench_accuracy.py --small                  # the small test cases (seconds)
     python benchmarks/bench_accuracy.py --markdown out.md --json out.json
 
@@ -54,7 +55,7 @@ from QSMLib.background import METHODS as BACKGROUND_METHODS  # noqa: E402
 from QSMLib.fieldmap import weighted_linear  # noqa: E402
 from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
 from QSMLib.phantom.suite import CASES, SMALL_CASES, SuiteCase, load_case  # noqa: E402
-from QSMLib.pipeline import PRESETS, run_pipeline  # noqa: E402
+from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "results" / "suite_cache"
 STAGES = ("pipeline", "background", "inversion")
@@ -146,6 +147,15 @@ def _field_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray, ed
             "edge_outliers": int((at_edge > FIELD_OUTLIER_HZ).sum())}
 
 
+def _preset_with(preset: str, parameters: dict[str, dict]):
+    """The preset's configuration with ``--param`` values applied to every stage whose method they name."""
+    config = PRESETS[preset]().to_dict()
+    for stage in config.values():
+        if isinstance(stage, dict) and stage.get("method") in parameters:
+            stage["params"] = {**stage["params"], **parameters[stage["method"]]}
+    return PipelineConfig.from_dict(config)
+
+
 def evaluate_case(
     case: SuiteCase,
     *,
@@ -174,7 +184,7 @@ def evaluate_case(
     pipeline = None
     if need_pipeline:
         began = time.perf_counter()
-        pipeline = run_pipeline(acquisition, PRESETS[preset]())
+        pipeline = run_pipeline(acquisition, _preset_with(preset, parameters))
         seconds = time.perf_counter() - began
         log(f"{case.spec.name}: pipeline {seconds:.0f} s")
         if not case.has_truth:
@@ -374,7 +384,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--small", action="store_true", help="run the small test cases instead of the suite")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated: pipeline,background,inversion")
     parser.add_argument("--methods", help="comma-separated background/inversion method names (default: all)")
-    parser.add_argument("--param", action="append", default=[], help="METHOD.NAME=VALUE (JSON value), repeatable")
+    parser.add_argument("--param", action="append", default=[],
+                        help="METHOD.NAME=VALUE (JSON value), repeatable; also set in the pipeline's stages "
+                             "that use METHOD")
     parser.add_argument("--preset", default="consensus", help="pipeline preset (default consensus)")
     parser.add_argument("--inputs", default="exact,noisy,pipeline",
                         help="inputs of the background/inversion stages: exact,noisy,pipeline (pipeline runs the "
