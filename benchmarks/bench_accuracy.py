@@ -147,7 +147,7 @@ def _field_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray, ed
             "edge_outliers": int((at_edge > FIELD_OUTLIER_HZ).sum())}
 
 
-def _preset_with(preset: str, parameters: dict[str, dict]):
+def _preset_with(preset: str, parameters: dict[str, dict]) -> PipelineConfig:
     """The preset's configuration with ``--param`` values applied to every stage whose method they name."""
     config = PRESETS[preset]().to_dict()
     for stage in config.values():

@@ -265,8 +265,10 @@ def tfi(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise QSMInputError("TFI: the mask is empty, so there is no field to invert. Check the mask.")
+    if tolerance is None:
+        tolerance = min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
     for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("cut_margin_mm", cut_margin_mm),
-                        ("tolerance", 1.0 if tolerance is None else tolerance),
+                        ("tolerance", tolerance),
                         ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"TFI: {name} must be positive, got {value!r}.")
@@ -277,8 +279,6 @@ def tfi(
         raise QSMInputError(f"TFI: outside_weight must be 0 or positive, got {outside_weight!r}.")
     if not 0 <= edge_fraction < 1:
         raise QSMInputError(f"TFI: edge_fraction must lie in [0, 1), got {edge_fraction!r}.")
-    if tolerance is None:
-        tolerance = min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
     target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "TFI: set-up")
