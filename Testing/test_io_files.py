@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from synthetic import toy_head, write_acquisition
 
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, main
 from QSMLib.errors import QSMInputError
+from QSMLib.io import nifti
 from QSMLib.io.files import file_checksum, new_file_mode
 from QSMLib.io.nifti import load_acquisition, read_volume, write_volume
 
@@ -107,6 +109,41 @@ def test_multi_member_gzip_and_checksums_of_the_same_read(tmp_path):
     assert list(info["checksums"]) == [str((tmp_path / f"{role}{echo}.nii.gz").resolve())
                                        for role in ("mag", "phase") for echo in range(2)]
     assert all(digest == file_checksum(name) for name, digest in info["checksums"].items())
+
+
+@pytest.fixture(params=["zlib", "isal"])
+def inflater(request, monkeypatch):
+    """Read with zlib, or with ISA-L (the optional ``fast-io`` extra, a test dependency)."""
+    if request.param == "isal":
+        isal_zlib = pytest.importorskip("isal.isal_zlib", reason="isal (qsmlib[fast-io]) is not installed")
+        monkeypatch.setattr(nifti, "_inflate", isal_zlib)
+        monkeypatch.setattr(nifti, "_INFLATE_ERRORS", (zlib.error, isal_zlib.error))
+    else:
+        monkeypatch.setattr(nifti, "_inflate", zlib)
+        monkeypatch.setattr(nifti, "_INFLATE_ERRORS", (zlib.error,))
+    return request.param
+
+
+def test_both_inflaters_read_the_same_values_and_report_the_same_damage(tmp_path, inflater):
+    values = np.random.default_rng(3).standard_normal((100, 80, 60)).astype(np.float32)
+    content = _nifti_bytes(values)
+    good = tmp_path / "good.nii.gz"
+    # three members, zero padding after the last (as some writers leave it)
+    thirds = [content[: len(content) // 3], content[len(content) // 3: 2 * len(content) // 3],
+              content[2 * len(content) // 3:]]
+    good.write_bytes(b"".join(gzip.compress(part) for part in thirds) + b"\0" * 64)
+    array, _ = read_volume(good)
+    np.testing.assert_array_equal(array, values.transpose(2, 1, 0))
+    packed = bytearray(gzip.compress(content))
+    damaged = tmp_path / "damaged.nii.gz"
+    packed[-4000:-3936] = bytes(range(64))  # a broken deflate stream near the end (the header reads fine)
+    damaged.write_bytes(bytes(packed))
+    with pytest.raises(QSMInputError, match="corrupt or truncated"):
+        read_volume(damaged)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(gzip.compress(content)[: len(packed) // 2])
+    with pytest.raises(QSMInputError, match="corrupt or truncated"):
+        read_volume(truncated)
 
 
 def test_a_truncated_gzip_member_is_reported(tmp_path):

