@@ -202,6 +202,8 @@ def test_infinite_input_voxels_are_reported_and_left_out_of_the_mask(toy_inputs,
     assert "12 voxel(s)" in stderr and "NaN or infinite" in stderr
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["inputs"]["non_finite_voxels"] == 12
+    assert provenance["inputs"]["gzip_reader"] == nifti.GZIP_READER  # which library inflated the inputs
+    assert nifti.GZIP_READER.split()[0] in ("isal", "zlib")
     mask, _ = read_volume(out / "mask.nii.gz")
     chi, _ = read_volume(out / "chi.nii.gz")
     voxels = tuple(toy_inputs["inf_voxels"].T)

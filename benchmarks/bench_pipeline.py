@@ -239,6 +239,9 @@ def main() -> None:
     print(f"\nqsm run --config {args.config} {' '.join(extra)}".rstrip()
           + f" on a {shape} head at {args.voxel_size} mm, {args.echoes} echoes; {os.cpu_count()} cores, "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
+    from QSMLib.io.nifti import GZIP_READER  # what the child used too: the same environment
+
+    print(f"gzip reader: {GZIP_READER} (ISA-L with the fast-io extra, else zlib)")
     print(f"child process: wall {wall:.1f} s (interpreter start included), CPU {report['cpu_total_s']:.1f} s, "
           f"peak RSS {report['peak_gib']:.2f} GiB (the child alone)")
     print(f"\n  {'segment':<16} {'wall s':>7} {'CPU s':>7} {'peak RSS GiB':>13}")
