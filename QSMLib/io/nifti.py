@@ -48,12 +48,10 @@ try:
     # reader in 1.4 s against zlib's 2.4 s; optional (pip install "qsmlib[fast-io]"), zlib otherwise
     from isal import __version__ as _isal_version
     from isal import isal_zlib as _inflate
-    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate.error)
     #: The library that inflates ``.nii.gz`` files here (recorded in the run's provenance).
     GZIP_READER = f"isal {_isal_version}"
 except ImportError:
-    _inflate = zlib
-    _INFLATE_ERRORS = (zlib.error,)
+    _inflate = zlib  # type: ignore[assignment]
     GZIP_READER = f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
 #: Bytes read from a file at a time, and values converted at a time (temporaries of a few tens of MB).
 _READ_BYTES = 1 << 22
@@ -236,7 +234,7 @@ def _read_values(layout: _Layout, out: np.ndarray) -> str:
                     chunk = chunk.astype(np.float64) * layout.slope + layout.intercept
                 flat_out[start:start + _CONVERT_VALUES] = chunk
         return digest
-    except (EOFError, OSError, struct.error, *_INFLATE_ERRORS):
+    except (EOFError, OSError, struct.error, zlib.error, _inflate.error):
         raise QSMInputError(f"{layout.path} is corrupt or truncated: check the file or export it again.") from None
     except RuntimeError as error:
         raise QSMInputError(f"Cannot read {layout.path} as an image "
