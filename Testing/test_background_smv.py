@@ -75,7 +75,7 @@ def test_spherical_mean_keeps_a_harmonic_field_on_anisotropic_voxels():
     """On 1 x 1 x 2 mm voxels the weighted ball's mean of x^2 - z^2 (harmonic) is the field itself, and
     iSMV leaves nothing of it as local field; a ball of whole voxels misses by (M_x - M_z) = 0.64 ppm mm^2."""
     from QSMLib import _fft
-    from QSMLib.background.vsharp import sphere_kernel
+    from QSMLib._operators import sphere_kernel
 
     shape, voxel = (40, 40, 24), (1.0, 1.0, 2.0)
     grid = (np.indices(shape).astype(np.float64) - np.array([19.5, 19.5, 11.5])[:, None, None, None]) * np.array(

@@ -105,7 +105,8 @@ def test_empty_mask_is_refused_with_advice(oblique_blobs, method):
     [("tv", {"regularization": -1.0}), ("nltv", {"echo_time_s": 0.0}), ("rts", {"delta": 0.0}),
      ("medi", {"edge_fraction": 1.5}), ("medi", {"initial": "tkd"}), ("l2", {"regularization": "best"}),
      ("nltv", {"newton_iterations": 0}), ("tfi", {"merit_every": -5}), ("tfi", {"merit_every": 2.5}),
-     ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0}), ("tfi", {"tolerance": 0.0})],
+     ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0}), ("tfi", {"tolerance": 0.0}),
+     ("tfi", {"smv_radius_mm": -4.0})],
 )
 def test_bad_parameters_are_refused(oblique_blobs, method, params):
     voxel, b0, field, mask, _, _ = oblique_blobs
@@ -127,6 +128,49 @@ def test_tfi_stops_later_on_finer_grids_and_records_where(voxel_size_mm, expecte
         assert automatic["iterations"] > fixed["iterations"]
     else:
         assert automatic["iterations"] == fixed["iterations"]
+
+
+@pytest.mark.parametrize("voxel_size_mm, radius_mm", [((0.7, 0.7, 0.7), 4.0), ((1.0, 1.0, 1.0), 4.0),
+                                                      ((1.5, 1.5, 1.5), 6.0), ((2.0, 2.0, 2.0), 6.0)])
+def test_tfi_averages_a_single_step_solve_of_four_voxels_radius_within_4_to_6_mm(voxel_size_mm, radius_mm):
+    """The single-step SMV solve runs with TFI by default; provenance keeps its radius, lambda and iterations."""
+    field, mask, _, _ = _blobs(voxel_size_mm, (0, 0, 1), shape=(30, 28, 26), supersample=1)
+    field = field + np.float32(5.0) * np.indices(mask.shape, dtype=np.float32)[2]  # a background gradient
+    tfi = METHODS["tfi"]
+    averaged = tfi(field, mask, voxel_size_mm, b0_direction=(0, 0, 1), b0_tesla=3.0)
+    alone = tfi(field, mask, voxel_size_mm, b0_direction=(0, 0, 1), b0_tesla=3.0, smv_radius_mm=0.0)
+    chosen = averaged.parameters
+    assert chosen["smv_radius_mm"] == radius_mm and chosen["smv_iterations"] > 0
+    assert chosen["smv_regularization"] == pytest.approx(0.15 * chosen["regularization"])
+    assert alone.parameters["smv_skipped"] == "turned off" and "smv_iterations" not in alone.parameters
+    assert np.abs(averaged.chi_ppm - alone.chi_ppm).max() > 1e-3
+
+
+def test_tfi_runs_alone_where_the_single_step_solve_has_no_data_and_says_why():
+    """A local field, a slab cut along B0 by the field of view and a mask thinner than the ball: TFI alone."""
+    voxel = (1.5, 1.5, 1.5)
+    field, mask, _, _ = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
+    tfi = METHODS["tfi"]
+
+    def skipped(volume_mask, **params):
+        return tfi(field, volume_mask, voxel, b0_direction=(0, 0, 1), b0_tesla=3.0, max_iterations=2,
+                   **params).parameters.get("smv_skipped")
+
+    assert skipped(mask) is None
+    assert skipped(mask, background_removed=True) == "the field is a local field"
+    # a slab: the ellipsoid's columns drawn out to both ends of the field of view along B0 (the four slices
+    # within 6 mm of each face hold 8 of 26 slices' voxels); then stopped three slices short of either end
+    slab = np.broadcast_to(mask.any(axis=2, keepdims=True), mask.shape).copy()
+    assert skipped(slab) == "31 % of the mask lies within 6 mm of faces where the field of view cuts it along B0"
+    slab[:, :, :3] = slab[:, :, -3:] = False
+    assert skipped(slab) is None
+    # a brainstem cut off by the field of view: a few voxels near the face
+    stem = mask.copy()
+    stem[13:16, 13:16, :13] = True
+    assert skipped(stem) is None
+    thin = mask.copy()
+    thin[:, :, :12] = thin[:, :, 15:] = False  # three slices, 4.5 mm: no voxel 6 mm inside
+    assert skipped(thin) == "no voxel lies 6 mm inside the mask"
 
 
 def test_medi_plus_zero_without_magnitude_is_refused(oblique_blobs):

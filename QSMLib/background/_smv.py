@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import _fft
-from .vsharp import sphere_kernel
+from .._operators import sphere_kernel
 
 
 def smv_frame(
