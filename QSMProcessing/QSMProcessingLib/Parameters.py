@@ -36,7 +36,7 @@ BACKGROUND_METHODS = {
 }
 #: ``tfi`` inverts the total field: the background method is then not used.
 INVERSION_METHODS = {
-    "tfi": "Total field inversion (no background step)",
+    "tfi": "Total field inversion with single-step TV (no background step)",
     "medi": "MEDI",
     "tv": "Linear TV (FANSI)",
     "nltv": "Nonlinear TV (FANSI)",
