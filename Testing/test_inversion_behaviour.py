@@ -161,13 +161,16 @@ def test_tfi_runs_alone_where_the_single_step_solve_has_no_data_and_says_why():
     # a slab: the ellipsoid's columns drawn out to both ends of the field of view along B0 (the four slices
     # within 6 mm of each face hold 8 of 26 slices' voxels); then stopped three slices short of either end
     slab = np.broadcast_to(mask.any(axis=2, keepdims=True), mask.shape).copy()
-    assert skipped(slab) == "31 % of the mask lies within 6 mm of faces where the field of view cuts it along B0"
+    assert skipped(slab) == "31 % of the mask lies within 6 mm of faces where the field of view cuts it"
     slab[:, :, :3] = slab[:, :, -3:] = False
     assert skipped(slab) is None
     # a brainstem cut off by the field of view: a few voxels near the face
     stem = mask.copy()
     stem[13:16, 13:16, :13] = True
     assert skipped(stem) is None
+    # a crop cut across B0: the ellipsoid drawn out to both ends of the first axis (8 of its 30 slices near a face)
+    crop = np.broadcast_to(mask.any(axis=0, keepdims=True), mask.shape)
+    assert skipped(crop) == "27 % of the mask lies within 6 mm of faces where the field of view cuts it"
     thin = mask.copy()
     thin[:, :, :12] = thin[:, :, 15:] = False  # three slices, 4.5 mm: no voxel 6 mm inside
     assert skipped(thin) == "no voxel lies 6 mm inside the mask"
