@@ -308,6 +308,14 @@ def sphere_kernel(shape: Sequence[int], voxel_size_mm: Sequence[float], radius_m
     return _fft.rfftn(ball).real.astype(np.float32)
 
 
+def ball_interior(mask_spectrum: np.ndarray, ball_spectrum: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Voxels whose whole ball lies in the mask: the mask's mean over the ball (rfft spectra on ``shape``) is 1.
+
+    A ball holds thousands of voxels: 0.999 of it inside means all of it, up to rounding.
+    """
+    return _fft.irfftn(mask_spectrum * ball_spectrum, shape) > 0.999
+
+
 def _isotropic_weights(offsets_mm: Sequence[np.ndarray]) -> np.ndarray:
     """Weights ``exp(sum_a beta_a x_a^2)`` of a ball's voxels whose second moments agree along every axis.
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import _fft
-from .._operators import sphere_kernel
+from .._operators import ball_interior, sphere_kernel
 
 
 def smv_frame(
@@ -36,7 +36,5 @@ def smv_frame(
     shape = _fft.padded_shape([n + int(np.ceil(radius_mm / v)) + 1 for n, v in zip(box_shape, voxel_size_mm)], 1.0)
     ball = sphere_kernel(shape, voxel_size_mm, radius_mm)
     frame_mask = _fft.pad(np.asarray(mask[box], dtype=np.float32), shape)
-    # a ball holds thousands of voxels: 0.999 of it inside means all of it, up to rounding
-    eroded = _fft.irfftn(_fft.rfftn(frame_mask) * ball, shape) > 0.999
-    eroded &= frame_mask > 0
+    eroded = ball_interior(_fft.rfftn(frame_mask), ball, shape) & (frame_mask > 0)
     return box, shape, ball, eroded

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _fft
-from .._operators import sphere_kernel
+from .._operators import ball_interior, sphere_kernel
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import BackgroundResult
 from ..errors import QSMInputError
@@ -105,7 +105,7 @@ def vsharp(
         check_cancel(cancel)
         report(progress, index / len(radii), f"V-SHARP radius {radius:.1f} mm")
         kernel = sphere_kernel(shape, voxel_size_mm, radius)
-        eroded = _fft.crop(_fft.irfftn(mask_spectrum * kernel, shape), mask_box.shape) > 0.999
+        eroded = _fft.crop(ball_interior(mask_spectrum, kernel, shape), mask_box.shape)
         high_pass = np.float32(1.0) - kernel
         if largest_high_pass is None:
             largest_high_pass = high_pass

@@ -56,6 +56,7 @@ from .. import _backend, _fft
 from .._backend import Device, resolve_device
 from .._morphology import erode
 from .._operators import (
+    ball_interior,
     conjugate_gradient,
     data_weight,
     gradient,
@@ -408,9 +409,8 @@ def tfi(
             parameters.update(regularization=regularization, regularization_rule=f"noise-proportional x{factor:g}")
     parameters["edge_fraction"] = edge_fraction if use_edges else 0.0
     tissue_weight = frame(free_edges(magnitude, mask, voxel_size_mm, edge_fraction)) if use_edges else 1.0
-    # the gradient split's soft threshold omega lambda / rho (rho defaults to 300 lambda)
-    ratio = np.float32(1.0 / 300.0 if penalty is None else regularization / penalty)
-    threshold = np.where(tissue, ratio * tissue_weight, ratio * np.float32(outside_weight)).astype(np.float32)
+    threshold = _soft_threshold(tissue, tissue_weight, outside_weight,
+                                1.0 / 300.0 if penalty is None else regularization / penalty)
     y = background
     y[inside] = field[inside]
     solve = dict(shape=shape, voxel_size_mm=voxel_size_mm, data_penalty=data_penalty, max_iterations=max_iterations,
@@ -442,8 +442,7 @@ def tfi(
     if single_step:
         smv_chi, smv_parameters = _single_step(field_host, weight, inside_host, kernel_host, single_step,
                                                regularization * SMV_LAMBDA_FACTOR,
-                                               np.where(tissue, tissue_weight / np.float32(300.0),
-                                                        np.float32(1.0 / 300.0)).astype(np.float32), solve)
+                                               _soft_threshold(tissue, tissue_weight, 1.0, 1.0 / 300.0), solve)
         if smv_chi is not None:
             chi += smv_chi
             chi *= 0.5
@@ -459,6 +458,14 @@ def tfi(
     result[~valid] = 0
     report(progress, 1.0, "TFI done")
     return InversionResult(result, parameters, valid)
+
+
+def _soft_threshold(tissue: np.ndarray, tissue_weight: Union[np.ndarray, float], outside_weight: float,
+                    ratio: float) -> np.ndarray:
+    """The gradient split's soft threshold ``omega lambda / rho`` (``ratio`` is ``lambda / rho``, by default 1/300):
+    ``omega`` is ``tissue_weight`` on ``tissue`` and ``outside_weight`` elsewhere."""
+    ratio = np.float32(ratio)
+    return np.where(tissue, ratio * tissue_weight, ratio * np.float32(outside_weight)).astype(np.float32)
 
 
 def _cut_share(mask: np.ndarray, extent: Sequence[slice], cut: Sequence[Sequence[bool]], radius_mm: float,
@@ -503,7 +510,7 @@ def _single_step(
     target = solve["target"]
     shape = solve["shape"]
     ball = sphere_kernel(shape, solve["voxel_size_mm"], radius_mm)
-    deep = (_fft.irfftn(_fft.rfftn(inside_host.astype(np.float32)) * ball, shape) > 0.999) & inside_host
+    deep = ball_interior(_fft.rfftn(inside_host.astype(np.float32)), ball, shape) & inside_host
     parameters: dict[str, Any] = {"smv_radius_mm": radius_mm}
     if not deep.any():
         parameters["smv_skipped"] = f"no voxel lies {radius_mm:g} mm inside the mask"
