@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -240,16 +241,30 @@ def irfftn(spectrum: Any, shape: Sequence[int]) -> Any:
 
 
 def norm(array: Any) -> float:
-    """Euclidean norm of all elements, as a Python float."""
+    """Euclidean norm of all elements, as a Python float (numpy: the same bits whatever the threads)."""
     if isinstance(array, np.ndarray):
-        return float(np.linalg.norm(array))
+        return math.sqrt(dot(array, array))
     xp = namespace(array)
     return float(xp.linalg.vector_norm(array))
 
 
 def dot(first: Any, second: Any) -> float:
-    """Dot product of all elements (real part for numpy's complex arrays), as a Python float."""
+    """Dot product of all elements (real part for numpy's complex arrays), as a Python float.
+
+    numpy arrays are summed by ``einsum``'s own loop, not BLAS: BLAS splits a
+    long sum among its threads on some processors, so its last bits, and with
+    them a solver's stopping decision, would follow the thread count, and a
+    cohort's outputs would depend on how many threads each task got.
+    """
     if isinstance(first, np.ndarray):
-        return float(np.vdot(first, second).real)
+        return float(np.einsum("i,i->", _real_elements(first), _real_elements(second)))
     xp = namespace(first)
     return float(xp.vecdot(xp.reshape(first, (-1,)), xp.reshape(second, (-1,))))
+
+
+def _real_elements(array: np.ndarray) -> np.ndarray:
+    """All elements as one real vector (a complex number as its real and imaginary parts)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return flat.view(flat.real.dtype) if np.iscomplexobj(flat) else flat
+
+

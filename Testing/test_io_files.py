@@ -11,8 +11,10 @@ import zlib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import threadpoolctl
 from synthetic import toy_head, write_acquisition
 
+from QSMLib import _backend
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, main
 from QSMLib.errors import QSMInputError
 from QSMLib.io import nifti
@@ -249,3 +251,25 @@ def test_threads_change_the_speed_not_the_results(toy_inputs, tmp_path, capsys):
                             "--out", str(tmp_path / "bad")], capsys)
     assert code == EXIT_INPUT and "threads must be a whole number" in stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_solvers_sums_do_not_follow_the_blas_thread_count():
+    """CG and the ADMM stopping rules sum with ``_backend.dot`` / ``norm``; BLAS splits long sums among its
+    threads, which changed a cohort task's chi with its thread count on the CI machine."""
+    rng = np.random.default_rng(7)
+    size = 3_000_000  # BLAS threads sums above about 10 000 elements
+    for dtype in (np.float64, np.float32, np.complex64):
+        first = rng.standard_normal(size).astype(dtype)
+        second = rng.standard_normal(size).astype(dtype)
+        if np.iscomplexobj(first):
+            first += 1j * rng.standard_normal(size).astype(np.float32)
+            second -= 1j * rng.standard_normal(size).astype(np.float32)
+        results = []
+        for threads in (1, 2):
+            with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+                results.append((_backend.dot(first, second), _backend.norm(first)))
+        assert results[0] == results[1], dtype
+        exact_dot = np.vdot(first.astype(np.complex128), second.astype(np.complex128)).real
+        exact_norm = np.linalg.norm(first.astype(np.complex128))
+        assert abs(results[0][0] - exact_dot) < 1e-5 * exact_norm * np.linalg.norm(second), dtype
+        assert abs(results[0][1] / exact_norm - 1) < 1e-6, dtype

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .. import _fft
+from .. import _backend, _fft
 from .._morphology import ventricle_mask
 from .._operators import (
     conjugate_gradient,
@@ -252,7 +252,7 @@ def medi(
                 f"MEDI Gauss-Newton step {done + 1}, CG iteration {count}"),
         )
         x += step
-        ratio = float(np.linalg.norm(step)) / max(float(np.linalg.norm(x)), 1e-12)
+        ratio = _backend.norm(step) / max(_backend.norm(x), 1e-12)
         if merit:
             weight = _merit(weight, convolve(x), phase, frame_mask)
         report(progress, (iteration + 1) / max_iterations,

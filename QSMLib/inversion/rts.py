@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse.linalg
 
-from .. import _fft
+from .. import _backend, _fft
 from .._operators import from_frame, gradient, gradient_adjoint, gradient_eigenvalues, inversion_frame, to_frame
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
@@ -179,7 +179,7 @@ def rts(
         new_x = _fft.irfftn(spectrum, shape).astype(np.float32, copy=False)
         del spectrum
         np.subtract(new_x, x, out=work)
-        change = float(np.linalg.norm(work)) / max(float(np.linalg.norm(new_x)), 1e-12)
+        change = _backend.norm(work) / max(_backend.norm(new_x), 1e-12)
         x = new_x
         report(progress, (iteration + 1) / max_iterations, f"RTS step 2 iteration {iteration + 1}, change {change:.1e}")
         # the first update reproduces x1 (z starts at grad x1): no convergence test yet
