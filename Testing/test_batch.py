@@ -173,12 +173,12 @@ def test_index_is_well_formed_and_links_only_existing_files(local_run):
 
 def test_methods_names_the_algorithms_parameters_versions_and_papers(local_run):
     text = (local_run["out"] / "methods.md").read_text()
-    for expected in ("`romeo`", "`weighted_linear` (intercept = False)", "`ismv`", "`tv`", "`whole_brain`",
+    for expected in ("`romeo`", "`weighted_linear` (intercept = False)", "`sstv`", "`whole_brain`",
                      f"QSMLib {__version__}", "3 multi-echo", "2/3/4 echoes", "the `fast` preset"):
         assert expected in text, expected
     # each method's paper, as its own documentation gives it
-    for stage, method in (("background", "ismv"), ("inversion", "tv")):
-        assert method_reference(stage, method) and method_reference(stage, method).rstrip(".") in text
+    assert method_reference("inversion", "sstv").rstrip(".") in text
+    assert "`ismv`" not in text  # the single-step inversion runs no background removal
     assert "bipolar" not in text.lower()  # configured but never run: the data are monopolar
     assert "consensus recommendations" not in text  # the fast preset is not the consensus
 
@@ -236,7 +236,7 @@ def test_good_acquisitions_give_valid_derivatives_and_bad_ones_are_reported(loca
         listed = provenance["derivatives"]["outputs"]
         assert len(listed) == 10  # 4 maps, their 4 sidecars, the ROI table and the QC figure
         assert all(file_checksum(out / path) == digest for path, digest in listed.items())
-        assert provenance["config"]["inversion"]["method"] == "tv"
+        assert provenance["config"]["inversion"]["method"] == "sstv"
     assert not [p for p in out.rglob(".*")], "staging or work folders were left behind"
     assert not (out / "sub-04").exists() and not (out / "sub-05").exists()
 

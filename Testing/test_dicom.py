@@ -169,7 +169,9 @@ def test_siemens_dicom_round_trips_to_the_chi_of_the_nifti_path(tmp_path, obliqu
     chi_dicom, _ = run_qsm(converted, tmp_path / "from_dicom")
     chi_nifti, _ = run_qsm(reference, tmp_path / "from_nifti")
     assert np.array_equal(chi_dicom != 0, chi_nifti != 0)
-    assert np.abs(chi_dicom - chi_nifti).max() < 1e-5  # ppm; iron-rich nuclei are ~0.1
+    # ppm; iron-rich nuclei are ~0.1. Measured 0.06-0.13 ppb: the phases differ by the conversion's rounding
+    # (< 1e-5 rad), which MERIT's reweighting in the single-step TV of `fast` carries into chi
+    assert np.abs(chi_dicom - chi_nifti).max() < 5e-4
 
 
 def test_ge_real_imaginary_with_slice_chopping_becomes_magnitude_and_phase(tmp_path):

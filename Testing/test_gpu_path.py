@@ -23,9 +23,9 @@ from QSMLib.background.ismv import ismv
 from QSMLib.cli import EXIT_INPUT, main
 from QSMLib.dipole import forward_field
 from QSMLib.errors import QSMInputError
-from QSMLib.inversion.tfi import tfi
+from QSMLib.inversion.tfi import sstv, tfi
 from QSMLib.inversion.tv import tv
-from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline
+from QSMLib.pipeline import PipelineConfig, run_pipeline
 from QSMLib.units import ppm_to_hz
 
 GEOMETRY = {"b0_direction": (0.1, 0.0, 1.0), "b0_tesla": 3.0}
@@ -76,6 +76,8 @@ SOLVERS = {
                                  **GEOMETRY).chi_ppm,
     "tfi_local": lambda d, device: tfi(d["local_hz"], d["mask"], (1, 1, 1), background_removed=True, device=device,
                                        **GEOMETRY).chi_ppm,
+    "sstv": lambda d, device: sstv(d["total_hz"], d["mask"], (1, 1, 1), field_weight=d["weight"], device=device,
+                                   **GEOMETRY).chi_ppm,
     "tv": lambda d, device: tv(d["local_hz"], d["mask"], (1, 1, 1), field_weight=d["weight"], device=device,
                                **GEOMETRY).chi_ppm,
 }
@@ -89,7 +91,8 @@ def test_inversions_on_another_array_library_equal_numpy(blobs, name):
     result = SOLVERS[name](blobs, device)
     assert returned and set(returned) == {"array_api_strict"}
     inside = blobs["mask"] & (result != 0)
-    assert np.corrcoef(reference[inside], blobs["chi"][inside])[0, 1] > 0.9  # measured 0.94-0.98
+    # measured 0.94-0.98; SS-TV 0.89 (no data within its 4 mm radius of the small mask's edge)
+    assert np.corrcoef(reference[inside], blobs["chi"][inside])[0, 1] > (0.87 if name == "sstv" else 0.9)
     assert _nrmse(result, reference) < 1e-3
 
 
@@ -108,12 +111,13 @@ def test_the_pipeline_passes_its_device_to_the_solvers_and_records_it(monkeypatc
     from QSMLib.phantom.sphere import sphere_scan
 
     acquisition = sphere_scan(snr=100.0).acquisition
-    reference = run_pipeline(acquisition, PRESETS["fast"]())
+    two_step = {"background": {"method": "ismv"}, "inversion": {"method": "tv"}}
+    reference = run_pipeline(acquisition, PipelineConfig.from_dict(two_step))
     assert reference.device == {"requested": "cpu", "used": "cpu: numpy", "stages": ["background", "inversion"]}
     device, returned = _strict_device()
     # "cuda" stands for any device here: what the pipeline resolves it to is what the solvers must get
     monkeypatch.setattr("QSMLib.pipeline.resolve_device", lambda name: device if name == "cuda" else _backend.CPU)
-    config = PRESETS["fast"]()
+    config = PipelineConfig.from_dict(two_step)
     config.device = "cuda"
     result = run_pipeline(acquisition, config)
     assert len(returned) == 2  # background (iSMV) and inversion (TV) each came back once

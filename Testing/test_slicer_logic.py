@@ -170,9 +170,9 @@ def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom
 
     assert log[0].startswith("Started: 3 echoes, TE 4, 8, 12 ms, B0 3.000 T, configuration fast")
     assert any(line.endswith("%  unwrap: starting") for line in log)
-    assert "  inversion: Linear TV (FANSI) (pad_factor=1.15)" in log and log[-1] == "Done.", log
+    assert "  inversion: Single-step TV (no background step) (tolerance=0.01)" in log and log[-1] == "Done.", log
     assert any(line.startswith("Reference: reference=whole_brain, offset_ppm=") for line in log)
-    assert result.provenance["config"]["inversion"]["method"] == "tv"
+    assert result.provenance["config"]["inversion"]["method"] == "sstv"
 
     for node in (result.localFieldVolume, result.maskVolume):
         np.testing.assert_array_equal(_matrix(node), _matrix(slicer_phantom.phaseVolumes[0]))

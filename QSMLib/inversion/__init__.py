@@ -13,7 +13,7 @@ from ..dipole import dipole_kernel, forward_field
 from .l2 import l2
 from .medi import medi
 from .rts import rts
-from .tfi import tfi
+from .tfi import sstv, tfi
 from .tkd import tkd
 from .tv import nltv, tv
 
@@ -29,6 +29,8 @@ METHODS = {
     # single step: inverts the total field, the pipeline skips background removal
     "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "background_removed", "device"),
                   takes_total_field=True),
+    "sstv": Method(sstv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "device"),
+                   takes_total_field=True),
 }
 
-__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "tfi", "tkd", "tv"]
+__all__ = ["METHODS", "dipole_kernel", "forward_field", "l2", "medi", "nltv", "rts", "sstv", "tfi", "tkd", "tv"]

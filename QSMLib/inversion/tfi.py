@@ -96,7 +96,10 @@ MARGIN_MM = 12.0
 # lambda is this times TFI's (the measurements are under the ``smv_radius_mm`` parameter)
 SMV_RADIUS_VOXELS = 4.0
 SMV_RADIUS_RANGE_MM = (4.0, 6.0)
+SMV_MIN_RADIUS_VOXELS = 1.5
 SMV_LAMBDA_FACTOR = 0.15
+#: ``lambda`` of SS-TV alone (:func:`sstv`) per linear TV's noise-proportional rule on the filtered field.
+SSTV_LAMBDA_FACTOR = SMV_LAMBDA_FACTOR * AUTO_LAMBDA_FACTOR
 # ... unless more than this share of the mask lies within the SMV radius of faces where the field of view cuts
 # the mask (a slab, a crop: the 0.7 mm 7 T suite slab has 19 %, the other eleven suite cases at most 0.2 %)
 MAX_CUT_SHARE = 0.1
@@ -259,7 +262,9 @@ def tfi(
     smv_radius_mm : float, optional
         Radius (mm) of the SMV ball of the single-step solve whose chi is
         averaged with TFI's (see above); 0 runs TFI alone. Default: four
-        voxels (the cube root of the voxel's volume), within 4-6 mm; its
+        voxels (the cube root of the voxel's volume), within 4-6 mm, and at
+        least 1.5 times the largest voxel side (over 4 mm, a 6 mm ball would
+        hold its centre voxel alone and filter every field to 0); its
         lambda is ``SMV_LAMBDA_FACTOR`` (0.15) times TFI's, for the SMV
         filter leaves the data term little of the low spatial frequencies
         the prior then has to hold. Measured on the twelve suite cases (the
@@ -460,6 +465,155 @@ def tfi(
     return InversionResult(result, parameters, valid)
 
 
+def sstv(
+    total_field_hz: np.ndarray,
+    mask: np.ndarray,
+    voxel_size_mm: Sequence[float],
+    *,
+    b0_direction: Sequence[float],
+    b0_tesla: float,
+    field_weight: Optional[np.ndarray] = None,
+    field_sd_hz: Optional[np.ndarray] = None,
+    magnitude: Optional[np.ndarray] = None,
+    regularization: Union[float, str] = "auto",
+    radius_mm: Optional[float] = None,
+    edge_fraction: float = 0.15,
+    pad_factor: float = 1.15,
+    edge_mm: Optional[float] = None,
+    data_penalty: float = 0.1,
+    max_iterations: int = 100,
+    tolerance: Optional[float] = None,
+    merit_every: int = MERIT_EVERY,
+    merit_factor: float = MERIT_FACTOR,
+    device: Union[str, Device] = "cpu",
+    progress: ProgressCallback = None,
+    cancel: CancelToken = None,
+) -> InversionResult:
+    """Single-step TV alone (SS-TV): susceptibility from the SMV-filtered total field, no background step.
+
+    The second of the two solves that :func:`tfi` averages, run by itself on
+    the mask's bounding box: ``min 1/2 ||W (S D chi - S f)||^2 + lambda
+    ||omega grad chi||_1`` on the voxels whose ball of ``radius_mm`` lies in
+    the mask, where the SMV filter ``S`` (a voxel less its ball's mean)
+    removes the background field exactly. Same prior (the magnitude's edges
+    left free), MERIT and ADMM as :func:`tfi`, without TFI's outside sources,
+    their start (projection onto dipole fields) and their shell: the
+    ``fast`` preset's inversion.
+
+    Parameters
+    ----------
+    total_field_hz, mask, voxel_size_mm, b0_direction, b0_tesla
+        As in :func:`tfi`.
+    field_weight, field_sd_hz, magnitude
+        As in :func:`tfi`.
+    regularization : float or "auto"
+        ``lambda`` in ppm mm. ``"auto"``: linear TV's noise-proportional rule
+        (:func:`~QSMLib.inversion._regularization.tv_regularization`) on the
+        filtered field times ``SSTV_LAMBDA_FACTOR``, and ``EDGE_LAMBDA_FACTOR``
+        times more with the magnitude's edges.
+    radius_mm : float, optional
+        SMV radius, mm; default as :func:`tfi`'s ``smv_radius_mm``.
+    edge_fraction, edge_mm, data_penalty, max_iterations, tolerance, merit_every, merit_factor, device
+        As in :func:`tfi` (a ``tolerance`` of 0 runs ``max_iterations``).
+    pad_factor : float
+        Zero padding of the solve frame (the mask's box plus the radius) per axis.
+
+    Returns
+    -------
+    InversionResult
+        chi in ppm on ``mask`` less its outer ``edge_mm`` (not referenced), that
+        mask, and ``parameters`` as :func:`tfi`'s single-step entries plus
+        ``regularization``, its rule and the noise.
+
+    References
+    ----------
+    Chatnuntawech I, McDaniel P, Cauley SF, et al. Single-step quantitative
+    susceptibility mapping with variational penalties. NMR Biomed
+    2017;30:e3570.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from QSMLib.dipole import forward_field
+    >>> grid = np.indices((32, 32, 32)).astype(np.float32) - 15.5
+    >>> mask = (grid**2).sum(axis=0) < 14**2
+    >>> chi = ((grid**2).sum(axis=0) < 4**2).astype(np.float32) * 0.2
+    >>> field = forward_field(chi, (1, 1, 1)) * 127.7 + 20.0 * grid[2]
+    >>> result = sstv(field, mask, (1, 1, 1), b0_direction=(0, 0, 1), b0_tesla=3.0, regularization=1e-4)
+    >>> inside = (grid**2).sum(axis=0) < 3**2
+    >>> bool(result.chi_ppm[inside].mean() - result.chi_ppm[result.mask & ~inside].mean() > 0.1)
+    True
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise QSMInputError("SS-TV: the mask is empty, so there is no field to invert. Check the mask.")
+    if tolerance is None:
+        tolerance = min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
+    for name, value in (("data_penalty", data_penalty), ("pad_factor", pad_factor), ("merit_factor", merit_factor)):
+        if not value > 0:
+            raise QSMInputError(f"SS-TV: {name} must be positive, got {value!r}.")
+    if not tolerance >= 0:
+        raise QSMInputError(f"SS-TV: tolerance must be 0 (run max_iterations) or positive, got {tolerance!r}.")
+    if radius_mm is not None and not radius_mm > 0:
+        raise QSMInputError(f"SS-TV: radius_mm must be a positive radius in mm, got {radius_mm!r}.")
+    if isinstance(merit_every, bool) or not isinstance(merit_every, (int, np.integer)) or merit_every < 0:
+        raise QSMInputError(f"SS-TV: merit_every must be a whole number of iterations (0 turns MERIT off), "
+                            f"got {merit_every!r}.")
+    if not 0 <= edge_fraction < 1:
+        raise QSMInputError(f"SS-TV: edge_fraction must lie in [0, 1), got {edge_fraction!r}.")
+    target = resolve_device(device)
+    check_cancel(cancel)
+    report(progress, 0.0, "SS-TV: set-up")
+    radius = _smv_radius(radius_mm, voxel_size_mm)
+    # the ball must not wrap round the frame: a margin of the radius around the mask's box, then the padding
+    margin = [int(np.ceil(radius / float(v))) + 1 for v in voxel_size_mm]
+    box = _fft.mask_bounding_box(mask, margin)
+    box_shape = tuple(part.stop - part.start for part in box)
+    shape = _fft.padded_shape(box_shape, pad_factor)
+
+    def frame(volume: np.ndarray) -> np.ndarray:
+        return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
+
+    inside_host = frame(mask) > 0
+    field_host = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
+    weight = frame(data_weight(mask, field_weight))
+    data = _smv_data(field_host, inside_host, shape, voxel_size_mm, radius)
+    deep = data[0]
+    if not deep.any():
+        raise QSMInputError(f"SS-TV: no voxel lies {radius:g} mm inside the mask, so no field is left once the "
+                            "background is filtered out. Use a smaller radius_mm or the 'tfi' inversion.")
+    regularization, parameters = tv_regularization(
+        regularization, data[1], deep, np.where(deep, weight, 0), voxel_size_mm, "SS-TV",
+        None if field_sd_hz is None else frame(np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0)))
+    use_edges = magnitude is not None and edge_fraction > 0
+    if parameters.get("regularization_rule") == "noise-proportional":
+        factor = SSTV_LAMBDA_FACTOR * (EDGE_LAMBDA_FACTOR if use_edges else 1.0)
+        regularization *= factor
+        parameters.update(regularization=regularization, regularization_rule=f"noise-proportional x{factor:g}")
+    parameters["edge_fraction"] = edge_fraction if use_edges else 0.0
+    tissue_weight = frame(free_edges(magnitude, mask, voxel_size_mm, edge_fraction)) if use_edges else 1.0
+    solve = dict(shape=shape, voxel_size_mm=voxel_size_mm, data_penalty=data_penalty, max_iterations=max_iterations,
+                 tolerance=tolerance, merit_every=merit_every, merit_factor=merit_factor, target=target,
+                 progress=progress, cancel=cancel)
+    chi, smv_parameters = _single_step(
+        field_host, weight, inside_host, dipole_kernel(shape, voxel_size_mm, b0_direction), radius,
+        regularization, _soft_threshold(inside_host, tissue_weight, 1.0, 1.0 / 300.0), solve,
+        progress_span=(0.0, 1.0), data=data)
+    parameters.update(regularization=float(regularization), radius_mm=radius, tolerance=float(tolerance),
+                      iterations=smv_parameters["smv_iterations"])
+    if merit_every:
+        parameters.update(merit_every=merit_every, merit_factor=merit_factor,
+                          merit_voxels=smv_parameters["smv_merit_voxels"])
+    valid = erode(mask, max(2.5, float(max(voxel_size_mm))) if edge_mm is None else float(edge_mm), voxel_size_mm)
+    if not valid.any():
+        raise QSMInputError(f"SS-TV: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
+    result = np.zeros(mask.shape, dtype=np.float32)
+    result[box] = _fft.crop(target.to_numpy(chi), box_shape)
+    result[~valid] = 0
+    report(progress, 1.0, "SS-TV done")
+    return InversionResult(result, parameters, valid)
+
+
 def _soft_threshold(tissue: np.ndarray, tissue_weight: Union[np.ndarray, float], outside_weight: float,
                     ratio: float) -> np.ndarray:
     """The gradient split's soft threshold ``omega lambda / rho`` (``ratio`` is ``lambda / rho``, by default 1/300):
@@ -483,11 +637,26 @@ def _cut_share(mask: np.ndarray, extent: Sequence[slice], cut: Sequence[Sequence
 
 def _smv_radius(radius_mm: Optional[float], voxel_size_mm: Sequence[float]) -> float:
     """The single-step solve's SMV radius, mm: ``radius_mm``, or by default ``SMV_RADIUS_VOXELS`` voxels within
-    ``SMV_RADIUS_RANGE_MM``."""
+    ``SMV_RADIUS_RANGE_MM``, and at least ``SMV_MIN_RADIUS_VOXELS`` of the largest voxel side."""
     if radius_mm is not None:
         return float(radius_mm)
     low, high = SMV_RADIUS_RANGE_MM
-    return float(np.clip(SMV_RADIUS_VOXELS * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0), low, high))
+    radius = float(np.clip(SMV_RADIUS_VOXELS * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0), low, high))
+    # voxels over 4 mm: a ball of 6 mm would hold the centre voxel alone, and S (voxel less its ball's mean) be 0
+    return max(radius, SMV_MIN_RADIUS_VOXELS * float(max(voxel_size_mm)))
+
+
+def _smv_data(
+    field_host: np.ndarray, inside_host: np.ndarray, shape: tuple[int, ...], voxel_size_mm: Sequence[float],
+    radius_mm: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The single-step data: the voxels whose ball of ``radius_mm`` lies in the mask, ``S f`` there (0 elsewhere),
+    and the SMV filter ``S = 1 - ball`` in k-space (the rfft half of ``shape``)."""
+    ball = sphere_kernel(shape, voxel_size_mm, radius_mm)
+    deep = ball_interior(_fft.rfftn(inside_host.astype(np.float32)), ball, shape) & inside_host
+    smv = (1.0 - ball).astype(np.float32)
+    field = np.where(deep, _fft.irfftn(_fft.rfftn(field_host) * smv, shape), 0).astype(np.float32)
+    return deep, field, smv
 
 
 def _single_step(
@@ -499,30 +668,29 @@ def _single_step(
     regularization: float,
     threshold: np.ndarray,
     solve: dict[str, Any],
+    progress_span: tuple[float, float] = (0.6, 1.0),
+    data: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Single-step TV from the SMV-filtered total field (SS-TV); chi on the solver's device and its parameters.
 
     ``S f = S D chi`` holds exactly on the voxels whose ball of ``radius_mm`` lies in the mask: there
     the SMV filter ``S`` (the voxel less its ball's mean) removes every field harmonic in the ball,
     which the outside sources' field is. So the data need no outside sources, and they fit no tissue
-    field with them. Returns ``None`` for chi where no voxel lies that deep in the mask.
+    field with them. ``data`` is :func:`_smv_data`'s result when the caller has it. Returns ``None``
+    for chi where no voxel lies that deep in the mask.
     """
     target = solve["target"]
     shape = solve["shape"]
-    ball = sphere_kernel(shape, solve["voxel_size_mm"], radius_mm)
-    deep = ball_interior(_fft.rfftn(inside_host.astype(np.float32)), ball, shape) & inside_host
+    deep, field, smv = data or _smv_data(field_host, inside_host, shape, solve["voxel_size_mm"], radius_mm)
     parameters: dict[str, Any] = {"smv_radius_mm": radius_mm}
     if not deep.any():
         parameters["smv_skipped"] = f"no voxel lies {radius_mm:g} mm inside the mask"
         return None, parameters
-    smv = (1.0 - ball).astype(np.float32)
-    field = np.where(deep, _fft.irfftn(_fft.rfftn(field_host) * smv, shape), 0).astype(np.float32)
     weight = np.where(deep, weight_host, 0).astype(np.float32)
-    del ball
     chi, iterations, merit_voxels = _admm(
         target.to_device(np.zeros(shape, dtype=np.float32)), target.to_device(field.copy()), target.to_device(field),
         target.to_device(weight), target.to_device(deep), (kernel_host * smv).astype(np.float32),
-        target.to_device(threshold), float(regularization), label="single-step TV", progress_span=(0.6, 1.0),
+        target.to_device(threshold), float(regularization), label="single-step TV", progress_span=progress_span,
         change_region=target.to_device(inside_host), **solve)
     parameters.update(smv_regularization=float(regularization), smv_iterations=iterations)
     if solve["merit_every"]:

@@ -19,7 +19,7 @@ from typing import Any, Sequence, Union
 #: Named QSMLib presets the module offers, with the names shown in the Preset box.
 PRESETS = {
     "consensus": "ISMRM consensus (2024): total field inversion",
-    "fast": "Fast: iSMV + linear TV",
+    "fast": "Fast: single-step TV (no background step)",
 }
 #: The preset built from the Advanced section.
 CUSTOM_PRESET = "custom"
@@ -34,9 +34,10 @@ BACKGROUND_METHODS = {
     "pdf": "PDF (projection onto dipole fields)",
     "lbv": "LBV (Laplacian boundary value)",
 }
-#: ``tfi`` inverts the total field: the background method is then not used.
+#: ``tfi`` and ``sstv`` invert the total field: the background method is then not used.
 INVERSION_METHODS = {
     "tfi": "Total field inversion with single-step TV (no background step)",
+    "sstv": "Single-step TV (no background step)",
     "medi": "MEDI",
     "tv": "Linear TV (FANSI)",
     "nltv": "Nonlinear TV (FANSI)",
@@ -101,6 +102,7 @@ _TV_REGULARIZATION = MethodParameter(
 #: The inversion parameter per method. Its field's "Automatic" (0) passes nothing: QSMLib's default decides.
 INVERSION_PARAMETERS = {
     "tfi": _TV_REGULARIZATION,
+    "sstv": _TV_REGULARIZATION,
     "medi": MethodParameter("regularization", "Regularization λ", "", 100.0, "100 (data weight at a 20 ms echo)",
                             1, 10.0),
     "tv": _TV_REGULARIZATION,
