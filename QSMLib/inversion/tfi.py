@@ -350,16 +350,12 @@ def tfi(
                         ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"TFI: {name} must be positive, got {value!r}.")
-    if isinstance(merit_every, bool) or not isinstance(merit_every, (int, np.integer)) or merit_every < 0:
-        raise QSMInputError(f"TFI: merit_every must be a whole number of iterations (0 turns MERIT off), "
-                            f"got {merit_every!r}.")
+    _check_prior_settings("TFI", merit_every, edge_fraction)
     if smv_radius_mm is not None and not smv_radius_mm >= 0:
         raise QSMInputError(f"TFI: smv_radius_mm must be 0 (TFI alone) or a positive radius in mm, "
                             f"got {smv_radius_mm!r}.")
     if not outside_weight >= 0:
         raise QSMInputError(f"TFI: outside_weight must be 0 or positive, got {outside_weight!r}.")
-    if not 0 <= edge_fraction < 1:
-        raise QSMInputError(f"TFI: edge_fraction must lie in [0, 1), got {edge_fraction!r}.")
     target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "TFI: set-up")
@@ -556,11 +552,7 @@ def sstv(
         raise QSMInputError(f"SS-TV: tolerance must be 0 (run max_iterations) or positive, got {tolerance!r}.")
     if radius_mm is not None and not radius_mm > 0:
         raise QSMInputError(f"SS-TV: radius_mm must be a positive radius in mm, got {radius_mm!r}.")
-    if isinstance(merit_every, bool) or not isinstance(merit_every, (int, np.integer)) or merit_every < 0:
-        raise QSMInputError(f"SS-TV: merit_every must be a whole number of iterations (0 turns MERIT off), "
-                            f"got {merit_every!r}.")
-    if not 0 <= edge_fraction < 1:
-        raise QSMInputError(f"SS-TV: edge_fraction must lie in [0, 1), got {edge_fraction!r}.")
+    _check_prior_settings("SS-TV", merit_every, edge_fraction)
     target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "SS-TV: set-up")
@@ -612,6 +604,15 @@ def sstv(
     result[~valid] = 0
     report(progress, 1.0, "SS-TV done")
     return InversionResult(result, parameters, valid)
+
+
+def _check_prior_settings(label: str, merit_every: Any, edge_fraction: float) -> None:
+    """Refuse a ``merit_every`` that is not a whole number >= 0 and an ``edge_fraction`` outside [0, 1)."""
+    if isinstance(merit_every, bool) or not isinstance(merit_every, (int, np.integer)) or merit_every < 0:
+        raise QSMInputError(f"{label}: merit_every must be a whole number of iterations (0 turns MERIT off), "
+                            f"got {merit_every!r}.")
+    if not 0 <= edge_fraction < 1:
+        raise QSMInputError(f"{label}: edge_fraction must lie in [0, 1), got {edge_fraction!r}.")
 
 
 def _soft_threshold(tissue: np.ndarray, tissue_weight: Union[np.ndarray, float], outside_weight: float,
