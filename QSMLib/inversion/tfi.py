@@ -596,9 +596,10 @@ def sstv(
     if merit_every:
         parameters.update(merit_every=merit_every, merit_factor=merit_factor,
                           merit_voxels=smv_parameters["smv_merit_voxels"])
-    valid = erode(mask, max(2.5, float(max(voxel_size_mm))) if edge_mm is None else float(edge_mm), voxel_size_mm)
+    edge_mm = max(2.5, float(max(voxel_size_mm))) if edge_mm is None else float(edge_mm)
+    valid = erode(mask, edge_mm, voxel_size_mm)
     if not valid.any():
-        raise QSMInputError(f"SS-TV: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
+        raise QSMInputError(f"SS-TV: nothing of the mask is left after leaving out its outer {edge_mm:g} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = _fft.crop(target.to_numpy(chi), box_shape)
     result[~valid] = 0
