@@ -344,7 +344,7 @@ def tfi(
     if not mask.any():
         raise QSMInputError("TFI: the mask is empty, so there is no field to invert. Check the mask.")
     if tolerance is None:
-        tolerance = min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
+        tolerance = _default_tolerance(voxel_size_mm)
     for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("cut_margin_mm", cut_margin_mm),
                         ("tolerance", tolerance),
                         ("merit_factor", merit_factor)):
@@ -450,7 +450,7 @@ def tfi(
         parameters.update(smv_parameters)
     del field_host, kernel_host, weight, tissue_weight
     if edge_mm is None:
-        edge_mm = 0.0 if background_removed else max(2.5, float(max(voxel_size_mm)))
+        edge_mm = 0.0 if background_removed else _default_edge_mm(voxel_size_mm)
     valid = erode(mask, float(edge_mm), voxel_size_mm)
     if not valid.any():
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
@@ -544,7 +544,7 @@ def sstv(
     if not mask.any():
         raise QSMInputError("SS-TV: the mask is empty, so there is no field to invert. Check the mask.")
     if tolerance is None:
-        tolerance = min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
+        tolerance = _default_tolerance(voxel_size_mm)
     for name, value in (("data_penalty", data_penalty), ("pad_factor", pad_factor), ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"SS-TV: {name} must be positive, got {value!r}.")
@@ -596,7 +596,7 @@ def sstv(
     if merit_every:
         parameters.update(merit_every=merit_every, merit_factor=merit_factor,
                           merit_voxels=smv_parameters["smv_merit_voxels"])
-    edge_mm = max(2.5, float(max(voxel_size_mm))) if edge_mm is None else float(edge_mm)
+    edge_mm = _default_edge_mm(voxel_size_mm) if edge_mm is None else float(edge_mm)
     valid = erode(mask, edge_mm, voxel_size_mm)
     if not valid.any():
         raise QSMInputError(f"SS-TV: nothing of the mask is left after leaving out its outer {edge_mm:g} mm.")
@@ -605,6 +605,16 @@ def sstv(
     result[~valid] = 0
     report(progress, 1.0, "SS-TV done")
     return InversionResult(result, parameters, valid)
+
+
+def _default_tolerance(voxel_size_mm: Sequence[float]) -> float:
+    """The automatic stopping tolerance: ``TOLERANCE_PER_MM`` per mm of voxel size, at most ``MAX_AUTO_TOLERANCE``."""
+    return min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
+
+
+def _default_edge_mm(voxel_size_mm: Sequence[float]) -> float:
+    """Width (mm) of the mask's outer band left out of the reported chi: 2.5 mm or one voxel, the larger."""
+    return max(2.5, float(max(voxel_size_mm)))
 
 
 def _check_prior_settings(label: str, merit_every: Any, edge_fraction: float) -> None:
