@@ -164,6 +164,7 @@ def evaluate_case(
     inversion_methods: Optional[list[str]] = None,
     parameters: Optional[dict[str, dict]] = None,
     preset: str = "consensus",
+    true_mask: bool = False,
     inputs: tuple[str, ...] = ("exact", "noisy", "pipeline"),
     log: Callable[[str], None] = lambda message: None,
 ) -> list[dict[str, Any]]:
@@ -171,7 +172,8 @@ def evaluate_case(
 
     ``inputs`` selects the inputs of the background (exact, pipeline) and
     inversion (exact, noisy, pipeline) stages; the pipeline runs only when
-    its stage or its input is asked for.
+    its stage or its input is asked for. ``true_mask`` gives the pipeline the
+    case's true brain mask, as a user would give a mask.
     """
     parameters = parameters or {}
     background_methods = list(BACKGROUND_METHODS) if background_methods is None else background_methods
@@ -184,7 +186,8 @@ def evaluate_case(
     pipeline = None
     if need_pipeline:
         began = time.perf_counter()
-        pipeline = run_pipeline(acquisition, _preset_with(preset, parameters))
+        pipeline = run_pipeline(acquisition, _preset_with(preset, parameters),
+                                mask=case.brain_mask if true_mask and case.has_truth else None)
         seconds = time.perf_counter() - began
         log(f"{case.spec.name}: pipeline {seconds:.0f} s")
         if not case.has_truth:
@@ -209,6 +212,9 @@ def evaluate_case(
         # QSM-CI scores every voxel a pipeline reports, including those outside the true brain
         row["nrmse_reported"] = metrics.nrmse(pipeline.chi_ppm, case.chi_ppm, pipeline.local_mask)
         row["reported_outside_brain"] = int((pipeline.local_mask & ~brain).sum())
+        # ... and with the true brain mask as its region, where a voxel the pipeline does not report counts as 0
+        row["nrmse_brain"] = metrics.nrmse(pipeline.chi_ppm, case.chi_ppm, brain)
+        row["unreported_brain_percent"] = float(100.0 * (brain & ~pipeline.local_mask).sum() / brain.sum())
         rows.append(row)
     available = {"b0_direction": tuple(acquisition.b0_direction), "b0_tesla": acquisition.b0_tesla,
                  "magnitude": acquisition.magnitude, "echo_times_s": acquisition.echo_times_s,
@@ -322,10 +328,12 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     if pipeline_rows:
         parts += ["\n## Whole pipeline from raw phase\n", _table(
             ["case", "preset", "s", "field RMS Hz", "edge RMS Hz", "edge max Hz", f"edge >{FIELD_OUTLIER_HZ:g} Hz",
-             "mask Dice", "local NRMSE %"] + chi_header + ["NRMSE % on all reported voxels", "reported outside brain"],
+             "mask Dice", "local NRMSE %"] + chi_header + ["NRMSE % on all reported voxels", "reported outside brain",
+                                                "NRMSE % on the brain (unreported = 0)", "brain unreported %"],
             [[r["case"], r["method"], r["seconds"], r["field_rms_hz"], r["edge_rms_hz"], r["edge_max_hz"],
               r["edge_outliers"], r["mask_dice"], r["local_nrmse"]] + [r[k] for k in CHI_METRICS]
-             + [r.get("nrmse_reported", float("nan")), r.get("reported_outside_brain", float("nan"))]
+             + [r.get(k, float("nan")) for k in ("nrmse_reported", "reported_outside_brain", "nrmse_brain",
+                                                 "unreported_brain_percent")]
              for r in pipeline_rows])]
     plausibility = [r for r in rows if r["stage"] == "pipeline" and "nrmse" not in r]
     if plausibility:
@@ -388,6 +396,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                         help="METHOD.NAME=VALUE (JSON value), repeatable; also set in the pipeline's stages "
                              "that use METHOD")
     parser.add_argument("--preset", default="consensus", help="pipeline preset (default consensus)")
+    parser.add_argument("--true-mask", action="store_true",
+                        help="give the pipeline the true brain mask, as a user's mask (QSM-CI gives one)")
     parser.add_argument("--inputs", default="exact,noisy,pipeline",
                         help="inputs of the background/inversion stages: exact,noisy,pipeline (pipeline runs the "
                              "whole pipeline first)")
@@ -431,7 +441,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         cases.append(case)
         rows += evaluate_case(case, stages=stages, background_methods=background, inversion_methods=inversion,
                               parameters=_parse_parameters(arguments.param), preset=arguments.preset,
-                              inputs=tuple(arguments.inputs.split(",")), log=log)
+                              true_mask=arguments.true_mask, inputs=tuple(arguments.inputs.split(",")), log=log)
     infos = [case_info(case) for case in cases]
     text = markdown(rows, infos)
     print(text)
