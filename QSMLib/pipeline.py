@@ -436,7 +436,10 @@ def run_pipeline(
     config : PipelineConfig, optional
         Defaults to the ``consensus`` preset.
     mask : numpy.ndarray, optional
-        Brain mask on the image grid; replaces the automatic mask.
+        Brain mask on the image grid: chi is reported inside it only. The
+        inversion also uses the field of the reliable voxels around it (the
+        automatic mask), and voxels of it that the automatic mask rejects
+        keep no data weight (see :func:`_data_region`).
     labels, label_names : optional
         Label map (int, 0 = background) and names for ROI statistics (and
         for ``label`` referencing).
