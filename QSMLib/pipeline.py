@@ -513,7 +513,6 @@ def run_pipeline(
         brain_mask = run("mask", magnitude, voxel, inputs=inputs)
         data_mask, data_inputs = brain_mask, inputs
     inputs["mask"] = brain_mask
-    data_inputs["mask"] = data_mask
 
     if config.per_echo:
         local_fields, chis, local_mask = [], [], data_mask.copy()
@@ -523,14 +522,15 @@ def run_pipeline(
             local_fields.append(echo_local)
             local_mask &= echo_mask
         local_field_hz = np.mean(local_fields, axis=0).astype(np.float32)
-        chi = np.mean(chis, axis=0)
+        chi = np.where(local_mask, np.mean(chis, axis=0), 0).astype(np.float32)
     else:
         chi, local_field_hz, local_mask = _invert(run, fit.total_field_hz, data_mask, voxel, data_inputs)
-    del data_inputs
-    # chi and the local field are reported on the brain mask only (the data region may reach beyond it)
-    local_mask = local_mask & brain_mask
-    chi = np.where(local_mask, chi, 0).astype(np.float32)
-    local_field_hz = np.where(local_mask, local_field_hz, 0).astype(np.float32)
+    if data_mask is not brain_mask:
+        del data_inputs  # its copy of the field weight
+        # chi and the local field are reported on the user's mask only: the data region reaches beyond it
+        local_mask = local_mask & brain_mask
+        chi = np.where(local_mask, chi, np.float32(0))
+        local_field_hz = np.where(local_mask, local_field_hz, np.float32(0))
     if config.relaxometry.method != "none":
         maps.update(run("relaxometry", magnitude, echo_times, inputs=inputs))
     return _finish(
@@ -650,10 +650,10 @@ def _data_region(
         reliable = run("mask", magnitude, voxel_size_mm, inputs=inputs)
     except QSMInputError as error:
         chosen["data_region"] = f"the user's mask alone (no automatic mask: {error})"
-        return user_mask, dict(inputs)
+        return user_mask, dict(inputs, mask=user_mask)
     data_mask = user_mask | reliable
     unreliable = user_mask & ~reliable
-    data_inputs = dict(inputs)
+    data_inputs = dict(inputs, mask=data_mask)
     weight = inputs.get("field_weight")
     if weight is not None:
         data_inputs["field_weight"] = np.where(unreliable, 0, weight).astype(np.float32)
