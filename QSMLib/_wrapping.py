@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 _PI = np.float32(np.pi)
@@ -47,6 +49,27 @@ def polar(magnitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
     signal.real *= magnitude
     signal.imag *= magnitude
     return signal
+
+
+def complex_product(first: np.ndarray, second: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``first * second`` for complex arrays, always with the operands in this order.
+
+    The last bit of a complex product depends on the operand order (the real
+    and imaginary parts are fused multiply-adds), and NumPy may evaluate the
+    operator ``a * b`` in place in whichever operand is a temporary array,
+    swapping them; whether it does is decided at run time (it inspects the
+    C call stack), so two runs on the same data could differ. A cohort run on
+    Dask workers gave a chi map that differed from ``qsm run``'s in about one
+    run of 25 through the MCPC-3D-S product. ``np.multiply`` is never
+    rewritten that way.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> complex_product(np.complex64([1 + 2j]), np.complex64([3 - 1j]))
+    array([5.+5.j], dtype=complex64)
+    """
+    return np.multiply(first, second, out=out)
 
 
 def exclude_non_finite(phase: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -39,6 +39,7 @@ import numpy as np
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from .._version import __version__
+from .._wrapping import complex_product
 from ..errors import QSMInputError
 from .bids import bids_name, dataset_description, write_json_atomic, write_text_atomic
 from .nifti import write_volume
@@ -371,7 +372,7 @@ def correct_slice_chopping(signal: np.ndarray) -> tuple[np.ndarray, bool]:
         True when most adjacent slice pairs are anti-correlated (a smooth
         field makes neighbouring slices' signals nearly in phase).
     """
-    products = np.sum(signal[:, 1:] * np.conj(signal[:, :-1]), axis=(0, 2, 3))
+    products = np.sum(complex_product(signal[:, 1:], np.conj(signal[:, :-1])), axis=(0, 2, 3))
     informative = np.abs(products) > 1e-6 * np.abs(products).max() if products.size else products
     if not np.any(informative):
         return signal, False

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
-from .._wrapping import exclude_non_finite, wrap_in_place
+from .._wrapping import complex_product, exclude_non_finite, wrap_in_place
 from ..contract import PhaseResult
 from ..errors import QSMInputError
 from .offsets import mcpc3ds, phase_slopes, signal_region
@@ -114,13 +114,13 @@ def _fit_even_echo_phase(
         readout_axis = int(np.argmax([abs(s) * n for s, n in zip(slopes, product.shape)]))
     model = _PhaseModel(product.shape, readout_axis, order)
     model.coefficients[1:4] = slopes
-    demodulated = product * np.exp(-1j * model.evaluate())
+    demodulated = complex_product(product, np.exp(-1j * model.evaluate()))
     model.coefficients[0] = float(np.angle(demodulated[region].sum()))
     sample_weight = weight[region].astype(np.float64)
     design = np.stack([np.broadcast_to(t, product.shape)[region] for t in model.terms()], axis=1).astype(np.float64)
     weighted_design = design * sample_weight[:, None]
     for _ in range(3):
-        residual = np.angle(product[region] * np.exp(-1j * model.evaluate()[region]))
+        residual = np.angle(complex_product(product[region], np.exp(-1j * model.evaluate()[region])))
         update = np.linalg.lstsq(weighted_design, residual * sample_weight, rcond=None)[0]
         model.coefficients += update
     model.coefficients[0] = float(np.angle(np.exp(1j * model.coefficients[0])))

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from .._wrapping import complex_product
 from ..errors import QSMInputError
 from .offsets import check_echo_pair, estimate_offsets
 
@@ -92,7 +93,7 @@ def combine_coils_mcpc3ds(
     for coil in range(n_coils):
         check_cancel(cancel)
         signal_first[coil] = _signal(magnitude[first, coil], phase[first, coil])
-        hip += _signal(magnitude[second, coil], phase[second, coil]) * np.conj(signal_first[coil])
+        hip += complex_product(_signal(magnitude[second, coil], phase[second, coil]), np.conj(signal_first[coil]))
     ratio = times[first] / (times[second] - times[first])
     offsets = estimate_offsets(
         signal_first, hip, ratio, voxel_size_mm, sigma_mm=sigma_mm, estimation_voxel_mm=estimation_voxel_mm,

@@ -26,7 +26,7 @@ import scipy.ndimage as ndi
 from .._morphology import otsu_threshold
 from .._parallel import for_each_slab
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
-from .._wrapping import exclude_non_finite, polar, wrap_in_place
+from .._wrapping import complex_product, exclude_non_finite, polar, wrap_in_place
 from ..contract import PhaseResult
 from ..errors import QSMInputError
 from ..unwrap.romeo import romeo_unwrap_volume
@@ -178,7 +178,7 @@ def phase_slopes(field: np.ndarray) -> list[float]:
         ahead = np.take(field, np.arange(1, field.shape[axis]), axis=axis)
         behind = np.take(field, np.arange(field.shape[axis] - 1), axis=axis)
         # numpy's sum rather than np.vdot (BLAS), whose last bits can follow its thread count
-        slopes.append(float(np.angle(np.sum(np.conj(behind) * ahead))))
+        slopes.append(float(np.angle(np.sum(complex_product(np.conj(behind), ahead)))))
     return slopes
 
 
@@ -288,7 +288,8 @@ def mcpc3ds(
 
     def signals(rows: slice) -> None:
         signal_first[rows] = polar(magnitude[first, rows], phase[first, rows])
-        hip[rows] = polar(magnitude[second, rows], phase[second, rows]) * np.conj(signal_first[rows])
+        complex_product(polar(magnitude[second, rows], phase[second, rows]), np.conj(signal_first[rows]),
+                        out=hip[rows])
 
     for_each_slab(signals, phase.shape[1], phase[0, 0].size)
     ratio = echo_times_s[first] / (echo_times_s[second] - echo_times_s[first])
