@@ -16,7 +16,9 @@ computation does not depend on how the volume is cut.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ._threads import thread_count
 
@@ -53,12 +55,36 @@ def for_each_slab(work: Callable[[slice], None], rows: int, voxels_per_row: int)
     >>> bool(np.array_equal(doubled, 2 * volume))
     True
     """
+    _map_slabs(work, rows, voxels_per_row)
+
+
+def sum_over_slabs(work: Callable[[slice], Sequence[float]], rows: int, voxels_per_row: int) -> np.ndarray:
+    """Sum of ``work(slab)`` (a few numbers per slab) over the slabs of :func:`for_each_slab`.
+
+    The slabs' results are added in slab order, and the slabs do not depend
+    on the number of threads, so neither do the sums' last bits (a solver's
+    stopping rule may hang on them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> volume = np.ones((600, 1000), np.float32)
+    >>> sum_over_slabs(lambda slab: [volume[slab].sum(), slab.stop - slab.start], *volume.shape)
+    array([600000.,    600.])
+    """
+    parts = _map_slabs(work, rows, voxels_per_row)
+    total = np.zeros(len(parts[0]))
+    for part in parts:
+        total += part
+    return total
+
+
+def _map_slabs(work: Callable[[slice], Any], rows: int, voxels_per_row: int) -> list[Any]:
+    """``work(slab)`` for every slab, in parallel threads; the results in slab order."""
     step = max(1, _SLAB_VOXELS // max(1, int(voxels_per_row)))
     slabs = [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
     workers = min(thread_count(), len(slabs))
     if workers <= 1:
-        for slab in slabs:
-            work(slab)
-        return
+        return [work(slab) for slab in slabs]
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(work, slabs))
+        return list(pool.map(work, slabs))

@@ -274,7 +274,8 @@ def test_slab_by_slab_operators_equal_the_whole_volume_ones(shape, monkeypatch):
     """The cache-friendly numpy paths of the ADMM steps give exactly what the whole-volume operators give."""
     import QSMLib._parallel as parallel
     from QSMLib._operators import difference_adjoint, gradient, gradient_adjoint, gradient_rows, shrink
-    from QSMLib.inversion.tv import admm_gradient_step
+    from QSMLib._threads import limit_threads
+    from QSMLib.inversion.tv import admm_data_step, admm_gradient_step, relative_change
 
     monkeypatch.setattr(parallel, "_SLAB_VOXELS", 2 * shape[1] * shape[2])  # several slabs, a short last one
     rng = np.random.default_rng(3)
@@ -294,3 +295,20 @@ def test_slab_by_slab_operators_equal_the_whole_volume_ones(shape, monkeypatch):
         shrink(expected_z, threshold, np.empty(shape, np.float32))
         np.testing.assert_array_equal(z, expected_z)
         np.testing.assert_array_equal(w, expected_w - expected_z)
+    # the data split and dual: the same per-voxel operations as on the whole volume
+    u, y = first[0].copy(), np.empty(shape, np.float32)
+    field_of_chi, weighted_field, inverse = second[0], second[1], rng.random(shape).astype(np.float32)
+    admm_data_step(u, y, field_of_chi, weighted_field, inverse, 0.1)
+    expected_y = (first[0] + field_of_chi) * np.float32(0.1)
+    expected_y += weighted_field
+    expected_y *= inverse
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(u, first[0] + field_of_chi - expected_y)
+    # the stopping rule's relative change: the same value on one thread as on two, close to the whole-volume one
+    region = rng.random(shape) < 0.6
+    with limit_threads(1):
+        one_thread = relative_change(chi, first[0], region)
+    with limit_threads(2):
+        two_threads = relative_change(chi, first[0], region)
+    whole_change = np.linalg.norm((chi - first[0])[region].astype(np.float64)) / np.linalg.norm(chi[region])
+    assert one_thread == two_threads and abs(one_thread / whole_change - 1) < 1e-6

@@ -69,7 +69,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
 from ._regularization import free_edges, merit_weight, tv_regularization
-from .tv import admm_chi_step, admm_gradient_step, linear_update_terms
+from .tv import admm_chi_step, admm_data_step, admm_gradient_step, linear_update_terms, relative_change
 
 # full-grid CG iterations after the coarse-grid start of the background sources
 FINE_ITERATIONS = 8
@@ -765,7 +765,7 @@ def _admm(
         new_chi, field_of_chi = admm_chi_step(z, w, y, u, grad, work, gradient_factor, data_factor, kernel,
                                               voxel_size_mm, shape)
         # convergence of the tissue only: the background sources are far larger and converge slower
-        change = _backend.norm((new_chi - chi)[change_region]) / max(_backend.norm(new_chi[change_region]), 1e-12)
+        change = relative_change(new_chi, chi, change_region)
         chi = new_chi
 
         check_cancel(cancel)
@@ -773,11 +773,7 @@ def _admm(
         if merit_every and iterations % merit_every == 0:
             weight, merit_voxels = merit_weight(weight, weight * (field_of_chi - field), inside, merit_factor)
             weighted_field, inverse = linear_update_terms(field, weight * weight, mu)
-        u += field_of_chi
-        _backend.into(y, "multiply", u, mu)
-        y += weighted_field
-        y *= inverse
-        u -= y
+        admm_data_step(u, y, field_of_chi, weighted_field, inverse, mu)
         report(progress, start + (stop - start) * iterations / max_iterations,
                f"{label} iteration {iterations}, change {change:.1e}")
         if change < tolerance:

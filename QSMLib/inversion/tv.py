@@ -18,6 +18,7 @@ iteration than an unweighted solver.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -35,7 +36,7 @@ from .._operators import (
     shrink,
     to_frame,
 )
-from .._parallel import for_each_slab
+from .._parallel import for_each_slab, sum_over_slabs
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
 from ..dipole import dipole_kernel
@@ -75,6 +76,52 @@ def admm_chi_step(
     chi = _backend.irfftn(spectrum, shape)
     spectrum *= kernel
     return chi, _backend.irfftn(spectrum, shape)
+
+
+def admm_data_step(u: Any, y: Any, field_of_chi: Any, weighted_field: Any, inverse: Any, mu: float) -> None:
+    """The data split and scaled dual of the TV ADMM, in place: ``u += D chi``, ``y = (W^2 f + mu u) inverse``,
+    ``u -= y`` (``weighted_field`` and ``inverse`` from :func:`linear_update_terms`).
+
+    numpy arrays go slab by slab on all threads (the same operations per
+    voxel, so the same values).
+    """
+    if not isinstance(u, np.ndarray):
+        u += field_of_chi
+        _backend.into(y, "multiply", u, mu)
+        y += weighted_field
+        y *= inverse
+        u -= y
+        return
+    scale = np.float32(mu)
+
+    def rows_job(rows: slice) -> None:
+        slab_u, slab_y = u[rows], y[rows]
+        slab_u += field_of_chi[rows]
+        np.multiply(slab_u, scale, out=slab_y)
+        slab_y += weighted_field[rows]
+        slab_y *= inverse[rows]
+        slab_u -= slab_y
+
+    for_each_slab(rows_job, u.shape[0], u[0].size)
+
+
+def relative_change(new: Any, old: Any, region: Any) -> float:
+    """``||new - old|| / ||new||`` over the voxels of ``region`` (a boolean array of their shape).
+
+    numpy arrays go slab by slab on all threads (:func:`QSMLib._parallel.sum_over_slabs`:
+    the value does not depend on the number of threads).
+    """
+    if not isinstance(new, np.ndarray):
+        return _backend.norm((new - old)[region]) / max(_backend.norm(new[region]), 1e-12)
+
+    def rows_job(rows: slice) -> tuple[float, float]:
+        inside = region[rows]
+        kept = new[rows][inside]
+        difference = kept - old[rows][inside]
+        return np.einsum("i,i->", difference, difference), np.einsum("i,i->", kept, kept)
+
+    difference_squared, new_squared = sum_over_slabs(rows_job, new.shape[0], new[0].size)
+    return math.sqrt(difference_squared) / max(math.sqrt(new_squared), 1e-12)
 
 
 def admm_gradient_step(
