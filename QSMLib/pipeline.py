@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from . import _fft
 from ._backend import CPU, DEVICES, Device, resolve_device
@@ -105,6 +106,12 @@ class PipelineConfig:
         releases bit for bit, it imports no GPU library, and the GPU's speed
         has not been measured in this project. Results on the GPU agree with
         the CPU's to float32 rounding; provenance says which device ran.
+    fill_edge : bool
+        Report chi on the whole brain mask (default): the voxels of the mask
+        that the inversion leaves out (its outer band, :func:`fill_edge`) get
+        the mean of the reported chi around them. ``local_mask`` still marks
+        the inversion's own voxels, on which referencing and ROI statistics
+        are computed. False leaves them at 0.
 
     Examples
     --------
@@ -132,6 +139,7 @@ class PipelineConfig:
     per_echo: bool = False
     threads: int = 0
     device: str = "cpu"
+    fill_edge: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-serialisable)."""
@@ -184,8 +192,9 @@ class PipelineConfig:
         whole-number float given for an integer parameter is stored as int.
         """
         problems = []
-        if not isinstance(self.per_echo, bool):
-            problems.append(f"per_echo must be true or false, got {json.dumps(self.per_echo, default=repr)}")
+        for name in ("per_echo", "fill_edge"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {json.dumps(getattr(self, name), default=repr)}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             problems.append(f"threads must be a whole number >= 0 (0 = every core), got "
                             f"{json.dumps(self.threads, default=repr)}")
@@ -698,6 +707,59 @@ def tissue_field_hz(
     return field
 
 
+#: :func:`fill_edge`'s Gaussian, mm. On ten validation suite heads (the default pipeline's chi, scored over the
+#: true brain with unreported voxels as 0, as QSM-CI scores) chi NRMSE fell on every one, by 0.8-6.7 points (mean
+#: 45.7 -> 41.7 %); 2 and 3 mm were worse on all ten. Mixing 30 % of the solve's own chi in the band (the outer
+#: layer's partial volumes of bone and air) into the fill was better on eight heads (up to 1.4 points) and worse
+#: on two (up to 0.3), mean 41.2 %: not worth a path through every inversion's internals.
+FILL_SIGMA_MM = 1.5
+
+
+def fill_edge(chi_ppm: np.ndarray, mask: np.ndarray, reported: np.ndarray,
+              voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """chi on all of ``mask``: voxels outside ``reported`` get the Gaussian-weighted mean of the reported chi around.
+
+    The weights are a Gaussian of ``FILL_SIGMA_MM`` over the reported voxels
+    (normalised convolution); voxels with almost no reported voxel within
+    reach (weights below 1 %) stay 0.
+
+    Parameters
+    ----------
+    chi_ppm : numpy.ndarray of float32, shape (n0, n1, n2)
+        Susceptibility, ppm, on ``reported`` (0 elsewhere).
+    mask, reported : numpy.ndarray of bool, shape (n0, n1, n2)
+        The brain mask and the voxels the inversion reported.
+    voxel_size_mm : sequence of 3 float
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        A new map; equal to ``chi_ppm`` on ``reported``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.zeros((9, 9, 9), bool); mask[1:8, 1:8, 1:8] = True
+    >>> reported = np.zeros_like(mask); reported[3:6, 3:6, 3:6] = True
+    >>> chi = np.where(reported, np.float32(0.05), np.float32(0))
+    >>> filled = fill_edge(chi, mask, reported, (1.0, 1.0, 1.0))
+    >>> round(float(filled[2, 4, 4]), 3), float(filled[0, 4, 4])  # a neighbour of the reported block; outside
+    (0.05, 0.0)
+    """
+    band = mask & ~reported
+    if not band.any() or not reported.any():
+        return chi_ppm
+    box = _fft.mask_bounding_box(mask, [0, 0, 0])
+    sigma = [FILL_SIGMA_MM / float(v) for v in voxel_size_mm]
+    # zeros beyond the box are what the filter would see there anyway: no reported voxel lies outside the mask
+    weighted = ndi.gaussian_filter(np.where(reported[box], chi_ppm[box], np.float32(0)), sigma, mode="constant")
+    weights = ndi.gaussian_filter(reported[box].astype(np.float32), sigma, mode="constant")
+    filled = chi_ppm.copy()
+    in_band = band[box] & (weights > 0.01)
+    filled[box][in_band] = weighted[in_band] / weights[in_band]
+    return filled
+
+
 def _finish(
     run: _Stages,
     chi: np.ndarray,
@@ -724,6 +786,11 @@ def _finish(
         began = time.perf_counter()
         rows = roi_statistics(chi_ppm, labels, voxel_size_mm, label_names=label_names, mask=local_mask)
         run.timings["roi"] = time.perf_counter() - began
+    if run.config.fill_edge:
+        filled = fill_edge(chi_ppm, intermediates["mask"], local_mask, voxel_size_mm)
+        run.parameters["fill_edge"] = {"sigma_mm": FILL_SIGMA_MM,
+                                       "filled_voxels": int(np.count_nonzero(filled != chi_ppm))}
+        chi_ppm = filled
     report(run.progress, 1.0, "done: finished")
     return QSMResult(
         chi_ppm=chi_ppm, local_mask=local_mask, reference=reference, roi=rows, timings_s=dict(run.timings),

@@ -17,7 +17,7 @@ from QSMLib.inversion import METHODS as INVERSION
 from QSMLib.inversion._regularization import field_noise
 from QSMLib.masking import field_jump_islands, phase_quality_mask
 from QSMLib.phantom.suite import load_case
-from QSMLib.pipeline import PipelineConfig, run_pipeline, run_pipeline_from_field
+from QSMLib.pipeline import PipelineConfig, fill_edge, run_pipeline, run_pipeline_from_field
 from QSMLib.units import hz_to_ppm
 
 CASES = ("small_axial", "small_qsmforward")
@@ -273,7 +273,7 @@ def test_a_users_brain_mask_is_solved_with_the_reliable_voxels_around_it():
     alone = run_pipeline(case.acquisition, PipelineConfig.from_dict(
         {"mask": {"method": "magnitude", "params": {"threshold_scale": 1000.0}}}), mask=brain)
     assert np.array_equal(result.mask, brain) and not result.local_mask[~brain].any()
-    assert np.all(result.chi_ppm[~result.local_mask] == 0)
+    assert np.all(result.chi_ppm[~brain] == 0)
     chosen = result.parameters["mask"]
     assert chosen["added_voxels"] > 0 and chosen["unweighted_voxels"] > 0
     assert "reliable voxels" in chosen["data_region"]
@@ -286,3 +286,18 @@ def test_a_users_brain_mask_is_solved_with_the_reliable_voxels_around_it():
 
 #: consensus preset with the true brain mask on small_qsmforward (3 mm): measured 47.9 %
 USER_MASK_BOUND = 50.0
+
+
+@pytest.mark.parametrize("name, bound", [("small_axial", 0.70), ("small_qsmforward", 0.75)])
+def test_filling_the_edge_from_the_chi_around_it_beats_leaving_it_empty(name, bound):
+    """The premise of :func:`QSMLib.pipeline.fill_edge` on realistic anatomy: given the true chi deeper than
+    the mask's outer voxel layer, the fill's RMS error in that layer is well below that of 0 (what a map that
+    leaves it out is scored with). Measured 0.66 (small_axial) and 0.72 (small_qsmforward) of it."""
+    case = load_case(name)
+    brain, voxel = case.brain_mask, case.acquisition.voxel_size_mm
+    inner = erode(brain, 3.0, voxel)
+    band = brain & ~inner
+    truth = case.chi_ppm.astype(np.float32)
+    filled = fill_edge(np.where(inner, truth, np.float32(0)), brain, inner, voxel)
+    assert band.sum() > 1000 and np.array_equal(filled[inner], truth[inner]) and np.all(filled[~brain] == 0)
+    assert np.sqrt(np.mean((filled[band] - truth[band]) ** 2)) < bound * np.sqrt(np.mean(truth[band] ** 2))
