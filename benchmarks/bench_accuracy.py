@@ -209,10 +209,11 @@ def evaluate_case(
                "local_nrmse": metrics.nrmse(pipeline.local_field_hz, case.local_field_hz, region)}
         row.update(_field_error(pipeline.total_field_hz, case.total_field_hz, pipeline.mask & brain, edge))
         row.update(chi_scores(pipeline.chi_ppm, case, region))
-        # QSM-CI scores every voxel a pipeline reports, including those outside the true brain
+        # every voxel the pipeline reports, including those outside the true brain (scored on the pipeline's own mask)
         row["nrmse_reported"] = metrics.nrmse(pipeline.chi_ppm, case.chi_ppm, pipeline.local_mask)
         row["reported_outside_brain"] = int((pipeline.local_mask & ~brain).sum())
         # ... and with the true brain mask as its region, where a voxel the pipeline does not report counts as 0
+        # (QSM-CI's scorer takes the brain mask's voxels where chi is non-zero: ``nrmse`` above, unless fill_edge)
         row["nrmse_brain"] = metrics.nrmse(pipeline.chi_ppm, case.chi_ppm, brain)
         row["unreported_brain_percent"] = float(100.0 * (brain & ~pipeline.local_mask).sum() / brain.sum())
         rows.append(row)
