@@ -652,8 +652,8 @@ def _data_region(
     field it holds voxels next to air whose field is wrong by tens of Hz. Given the true brain mask of
     three validation suite heads, chi NRMSE on the reported voxels was 58.2 / 38.7 / 42.1 % (7 T
     2 mm, 1.5 T 2 mm, SNR-20 1.5 mm) with this region against 73.9 / 40.5 / 45.0 % from the mask
-    alone; scored on the whole brain as QSM-CI does (unreported voxels count as 0), 62.1 / 43.5 /
-    48.2 % against 78.0 / 51.6 / 59.3 %. Returns the region and the inputs with the weight adjusted.
+    alone; scored on the whole true brain with unreported voxels as 0, 62.1 / 43.5 / 48.2 % against
+    78.0 / 51.6 / 59.3 %. Returns the region and the inputs with the weight adjusted.
     Where the automatic mask cannot be made, the user's mask alone is the region.
     """
     chosen = run.parameters.setdefault("mask", {})

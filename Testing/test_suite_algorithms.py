@@ -265,7 +265,7 @@ def test_a_users_brain_mask_is_solved_with_the_reliable_voxels_around_it():
     The same run with no automatic mask to draw on (its magnitude threshold set impossibly high, so the
     pipeline falls back to the user's mask alone, as it did before) is the comparison: on the small
     qsm-forward head measured 47.9 against 52.6 % chi NRMSE on the reported voxels, and 55.5 against
-    66.7 % on the whole brain with unreported voxels counted as 0 (as QSM-CI scores).
+    66.7 % on the whole true brain with unreported voxels counted as 0.
     """
     case = load_case("small_qsmforward")
     brain = case.brain_mask
