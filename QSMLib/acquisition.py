@@ -210,8 +210,13 @@ class MultiEchoGRE:
         affine, else (0, 0, 1)).
     phase_sign : {+1, -1}
         Handedness of the phase: -1 for left-handed (e.g. some GE) data.
-    bipolar : bool
-        True when even echoes were read out with reversed gradients.
+    bipolar : bool or None
+        The readout: True when even echoes were read out with reversed
+        gradients (their phase error is corrected), False for a monopolar
+        readout (never corrected), None (default) when not known: the
+        pipeline then corrects the even echoes if they look bipolar
+        (:func:`QSMLib.phase.bipolar.looks_bipolar`; see
+        :func:`QSMLib.pipeline.run_pipeline`).
 
     Attributes
     ----------
@@ -237,7 +242,7 @@ class MultiEchoGRE:
     voxel_size_mm: Optional[Sequence[float]] = None
     b0_direction: Optional[Sequence[float]] = None
     phase_sign: int = 1
-    bipolar: bool = False
+    bipolar: Optional[bool] = None
     invalid_voxels: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -252,6 +257,10 @@ class MultiEchoGRE:
         self.b0_tesla = check_field_strength(self.b0_tesla)
         if self.phase_sign not in (1, -1):
             raise QSMInputError(f"phase_sign must be +1 or -1, got {self.phase_sign!r}.")
+        if self.bipolar is not None and not isinstance(self.bipolar, (bool, np.bool_)):
+            raise QSMInputError(f"bipolar must be True (bipolar readout), False (monopolar) or None (not known: "
+                                f"detected from the echoes), got {self.bipolar!r}.")
+        self.bipolar = None if self.bipolar is None else bool(self.bipolar)
 
         self._set_geometry()
         self._handle_non_finite()
@@ -269,7 +278,7 @@ class MultiEchoGRE:
         voxel_size_mm: Optional[Sequence[float]] = None,
         b0_direction: Optional[Sequence[float]] = None,
         phase_sign: int = 1,
-        bipolar: bool = False,
+        bipolar: Optional[bool] = None,
         offset_echoes: Sequence[int] = (0, 1),
         sigma_mm: float = 5.0,
         estimation_voxel_mm: float = 2.0,

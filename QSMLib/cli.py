@@ -190,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="automatic ROIs: 'atlas' registers the AAL3 deep grey matter structures to the "
                                  'magnitude (needs pip install "qsmlib[atlas]"); writes rois.nii.gz, rois.tsv, '
                                  "rois_qc.png and their statistics")
-    run_parser.add_argument("--bipolar", action="store_true", help="even echoes were read out with reversed polarity")
+    readout = run_parser.add_mutually_exclusive_group()
+    readout.add_argument("--bipolar", dest="bipolar", action="store_const", const=True,
+                         help="even echoes were read out with reversed polarity (default: corrected when they look so)")
+    readout.add_argument("--monopolar", dest="bipolar", action="store_const", const=False,
+                         help="every echo was read out with the same polarity: never apply the bipolar correction")
     run_parser.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
     run_parser.add_argument("--phase-scale", default="auto",
                             choices=("auto", "radians", "degrees", "integer", "range"),

@@ -39,6 +39,7 @@ from .inversion import METHODS as INVERSION_METHODS
 from .masking import METHODS as MASK_METHODS
 from .masking import validate_user_mask
 from .phase import BIPOLAR_METHODS, OFFSET_METHODS
+from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .referencing import METHODS as REFERENCE_METHODS
 from .relaxometry import METHODS as RELAXOMETRY_METHODS
 from .roi import roi_statistics
@@ -488,13 +489,16 @@ def run_pipeline(
     if acquisition.bipolar and config.bipolar.method == "none":
         warnings.warn("The acquisition is bipolar but bipolar correction is 'none': even echoes keep their "
                       "readout phase error.", QSMWarning, stacklevel=2)
-    phase_stages = ["phase_offset"] + (["bipolar"] if acquisition.bipolar else []) + ["unwrap"]
+    bipolar, detection = _bipolar_readout(acquisition, config)
+    phase_stages = ["phase_offset"] + (["bipolar"] if bipolar else []) + ["unwrap"]
     single_step = _lookup("inversion", config.inversion.method).takes_total_field
     stages = phase_stages + ["echo_fit", "mask"] + (
         [] if single_step else ["background"]) + ["inversion"] + (
         ["relaxometry"] if config.relaxometry.method != "none" else []) + ["reference"] + (
         ["roi"] if labels is not None else [])
     run = _Stages(config, stages, progress, cancel, resolve_device(config.device))
+    if detection:
+        run.parameters["bipolar"] = detection
     magnitude, echo_times, voxel = acquisition.magnitude, acquisition.echo_times_s, acquisition.voxel_size_mm
     inputs: dict[str, Any] = {
         "magnitude": magnitude, "echo_times_s": echo_times, "voxel_size_mm": voxel,
@@ -550,6 +554,34 @@ def run_pipeline(
         mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=fit.total_field_hz,
         unwrapped_phase=unwrapped, maps=maps,
     )
+
+
+#: Every other voxel along each axis: the bipolar score is a smooth fit, and an eighth of the voxels estimates it
+#: as well (0.46 s instead of 4.3 s at 256 x 256 x 176 x 9).
+_EVERY_OTHER_VOXEL = (slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
+
+
+def _bipolar_readout(acquisition: MultiEchoGRE, config: PipelineConfig) -> tuple[bool, dict[str, Any]]:
+    """Whether the even echoes get the bipolar correction, and how that was found out (empty: the acquisition said).
+
+    The acquisition's own ``bipolar`` decides when it is True or False. When it is None (not known) and
+    the bipolar stage is not ``"none"``, the echoes decide (:func:`~QSMLib.phase.bipolar.bipolar_score`
+    above ``BIPOLAR_THRESHOLD_RAD``), with a warning when they look bipolar. Measured on the validation
+    suite: the ten monopolar heads and the real in-vivo crop scored 0.0000-0.011 rad, the two bipolar
+    ones 0.33-0.35. Left uncorrected, the 9-echo bipolar oblique head measured chi NRMSE 35.2 % against
+    24.5 % corrected; monopolar heads corrected as bipolar moved by 0.05 points (two heads tried).
+    """
+    if acquisition.bipolar is not None or config.bipolar.method == "none":
+        return bool(acquisition.bipolar), {}
+    score = bipolar_score(acquisition.phase[_EVERY_OTHER_VOXEL], acquisition.magnitude[_EVERY_OTHER_VOXEL],
+                          acquisition.echo_times_s)
+    bipolar = score > BIPOLAR_THRESHOLD_RAD
+    if bipolar:
+        warnings.warn(f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad): "
+                      "they are corrected as bipolar. If the readout was monopolar, say so: --monopolar (qsm run), "
+                      "bipolar=False (Python) or the bipolar stage 'none' (configuration).", QSMWarning, stacklevel=3)
+    return bipolar, {"readout": "detected bipolar" if bipolar else "detected monopolar", "score_rad": score,
+                     "threshold_rad": BIPOLAR_THRESHOLD_RAD}
 
 
 def run_pipeline_from_field(

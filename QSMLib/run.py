@@ -38,7 +38,6 @@ from .io.files import file_checksum
 from .io.nifti import load_acquisition, read_map_like, read_volume
 from .io.results import MAP_FILES, RELAXOMETRY_OUTPUTS, map_file_name, planned_files, write_outputs
 from .masking import validate_user_mask
-from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
 from .pipeline import PipelineConfig, QSMResult, StageConfig, run_pipeline, run_pipeline_from_field
 from .report import atlas_qc, write_png
 from .roi import read_label_names
@@ -108,7 +107,7 @@ def read_acquisition(
     b0_direction: Optional[Sequence[float]] = None,
     phase_scale: str = "auto",
     phase_sign: int = 1,
-    bipolar: bool = False,
+    bipolar: Optional[bool] = None,
     mask: Optional[PathLike] = None,
     labels: Optional[PathLike] = None,
     label_names: Optional[PathLike] = None,
@@ -125,7 +124,8 @@ def read_acquisition(
     b0_direction : sequence of 3 float, optional
         B0 in array-axis coordinates; default: from the affine.
     phase_scale, phase_sign, bipolar
-        See :func:`QSMLib.io.nifti.load_acquisition`.
+        See :func:`QSMLib.io.nifti.load_acquisition`; ``bipolar`` None (not
+        known) lets the pipeline tell from the echoes.
     mask, labels, label_names : path, optional
         Brain mask and label map on the image grid, and the labels' names
         (TSV ``index, name`` or JSON; default: a ``.tsv`` next to the labels).
@@ -133,11 +133,6 @@ def read_acquisition(
     Returns
     -------
     RunInputs
-
-    Warns
-    -----
-    QSMWarning
-        When the even echoes look like a bipolar readout but ``bipolar`` is False.
     """
     magnitude, phase = order_echo_files(magnitude, "magnitude"), order_echo_files(phase, "phase")
     check_echo_pairs(magnitude, phase)
@@ -158,16 +153,6 @@ def read_acquisition(
         list(magnitude), list(phase), echo_times_s=echo_times_s, b0_tesla=b0_tesla, phase_scale=phase_scale,
         phase_sign=phase_sign, bipolar=bipolar, b0_direction=b0_direction,
     )
-    if not bipolar:
-        # Every other voxel per axis: the score is a smooth fit, an eighth of the data estimates it as well.
-        subsampled = (slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
-        score = bipolar_score(acquisition.phase[subsampled], acquisition.magnitude[subsampled],
-                              acquisition.echo_times_s)
-        if score > BIPOLAR_THRESHOLD_RAD:
-            warnings.warn(
-                f"The even echoes look like a bipolar readout (odd/even phase mismatch {score:.2f} rad), but "
-                "--bipolar is not set: if the sequence used bipolar gradients, rerun with --bipolar.",
-                QSMWarning, stacklevel=2)
     shape = acquisition.spatial_shape
     inputs = RunInputs(
         affine=acquisition.affine, shape=shape, voxel_size_mm=tuple(acquisition.voxel_size_mm),

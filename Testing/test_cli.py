@@ -235,7 +235,7 @@ def test_demo_reconstructs_the_phantom_and_writes_reproducible_inputs(tmp_path, 
     np.testing.assert_array_equal(read_volume(rerun / "chi.nii.gz")[0], read_volume(out / "chi.nii.gz")[0])
 
 
-def test_bipolar_data_without_the_flag_get_a_warning(tmp_path, capsys):
+def test_bipolar_data_without_a_flag_are_corrected_and_monopolar_turns_it_off(tmp_path, capsys):
     from QSMLib.phantom import simulate_head
 
     echo_times = (0.004, 0.008, 0.012, 0.016, 0.020)
@@ -248,17 +248,25 @@ def test_bipolar_data_without_the_flag_get_a_warning(tmp_path, capsys):
     phase = [str(write_volume(folder / f"ph{e}.nii.gz", p, affine)) for e, p in enumerate(acquisition.phase)]
     common = ["run", "--mag", *mag, "--phase", *phase, "--te", ",".join(map(str, echo_times)), "--b0", "3",
               "--progress", "json"]
-    code, stdout, stderr = _run([*common, "--out", str(tmp_path / "plain")], capsys)
+    code, stdout, stderr = _run([*common, "--out", str(tmp_path / "detected")], capsys)
     assert code == EXIT_OK, stderr
     warned = [json.loads(line)["message"] for line in stdout.splitlines() if '"warning"' in line]
-    assert any("--bipolar" in message for message in warned), warned
-    code, stdout, stderr = _run([*common, "--bipolar", "--out", str(tmp_path / "corrected")], capsys)
-    assert code == EXIT_OK, stderr
-    assert not any("bipolar" in line for line in stdout.splitlines() if '"warning"' in line)
+    assert any("bipolar readout" in message and "--monopolar" in message for message in warned), warned
+    provenance = json.loads((tmp_path / "detected" / "provenance.json").read_text())
+    assert provenance["chosen_parameters"]["bipolar"]["readout"] == "detected bipolar"
+    for flag, name in (("--bipolar", "declared"), ("--monopolar", "plain")):
+        code, stdout, stderr = _run([*common, flag, "--out", str(tmp_path / name)], capsys)
+        assert code == EXIT_OK, stderr
+        assert not any("bipolar" in line for line in stdout.splitlines() if '"warning"' in line)
+    np.testing.assert_array_equal(read_volume(tmp_path / "detected" / "chi.nii.gz")[0],
+                                  read_volume(tmp_path / "declared" / "chi.nii.gz")[0])
     brain = phantom.brain_mask
     errors = {}
-    for name in ("plain", "corrected"):
+    for name in ("plain", "declared"):
         total, _ = read_volume(tmp_path / name / "total_field_hz.nii.gz")
         difference = (total - phantom.total_field_hz)[brain]
         errors[name] = float(np.std(difference))
-    assert errors["corrected"] < 0.5 * errors["plain"], errors
+    assert errors["declared"] < 0.5 * errors["plain"], errors
+    with pytest.raises(SystemExit):
+        main([*common, "--bipolar", "--monopolar", "--out", str(tmp_path / "both")])
+    assert "--monopolar: not allowed with argument --bipolar" in capsys.readouterr().err

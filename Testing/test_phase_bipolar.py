@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 from synthetic import TEST_DATA
 
-from QSMLib.errors import QSMInputError
+from QSMLib.errors import QSMInputError, QSMWarning
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.io.nifti import load_acquisition
 from QSMLib.phantom import simulate_head
@@ -115,6 +118,37 @@ def test_pipeline_corrects_bipolar_acquisitions(bipolar):
     assert "bipolar" in result.timings_s
     error = (result.total_field_hz - bipolar.total_field_hz)[result.mask & bipolar.brain_mask]
     assert np.sqrt(np.mean(error**2)) < 1.0
+
+
+def test_a_readout_not_given_is_told_from_the_echoes(monopolar, bipolar):
+    """``bipolar=None`` (not known): bipolar echoes get the correction as if declared, monopolar ones do not."""
+    config = PRESETS["consensus"]()
+    config.inversion.method = "tkd"
+    declared = run_pipeline(bipolar.acquisition, config)
+    with pytest.warns(QSMWarning, match="look like a bipolar readout"):
+        detected = run_pipeline(dataclasses.replace(bipolar.acquisition, bipolar=None), config)
+    np.testing.assert_array_equal(detected.chi_ppm, declared.chi_ppm)
+    chosen = detected.provenance()["chosen_parameters"]["bipolar"]
+    assert chosen["readout"] == "detected bipolar" and chosen["score_rad"] > 0.2, chosen
+    # declared monopolar: the even echoes keep their error, and the field shows it
+    kept = run_pipeline(dataclasses.replace(bipolar.acquisition, bipolar=False), config)
+    assert "bipolar" not in kept.timings_s and "bipolar" not in kept.provenance()["chosen_parameters"]
+    region = detected.mask & kept.mask & bipolar.brain_mask
+    errors = [float(np.std((r.total_field_hz - bipolar.total_field_hz)[region])) for r in (detected, kept)]
+    assert errors[0] < 0.5 * errors[1], errors
+    # monopolar echoes, readout not known: no correction, the same maps as declared monopolar
+    unknown = dataclasses.replace(monopolar.acquisition, bipolar=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QSMWarning)
+        told = run_pipeline(unknown, config)
+    assert "bipolar" not in told.timings_s
+    assert told.provenance()["chosen_parameters"]["bipolar"]["readout"] == "detected monopolar"
+    np.testing.assert_array_equal(told.chi_ppm, run_pipeline(monopolar.acquisition, config).chi_ppm)
+
+
+def test_the_readout_must_be_true_false_or_none(monopolar):
+    with pytest.raises(QSMInputError, match="bipolar must be True"):
+        dataclasses.replace(monopolar.acquisition, bipolar="yes")
 
 
 @pytest.mark.parametrize(

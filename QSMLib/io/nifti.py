@@ -417,7 +417,7 @@ def load_acquisition(
     b0_tesla: Union[float, None] = None,
     phase_scale: str = "auto",
     phase_sign: int = 1,
-    bipolar: bool = False,
+    bipolar: Union[bool, None] = None,
     b0_direction: Union[list[float], None] = None,
 ) -> tuple[MultiEchoGRE, dict]:
     """Build a :class:`~QSMLib.acquisition.MultiEchoGRE` from image files.
