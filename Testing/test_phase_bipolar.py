@@ -21,6 +21,7 @@ from QSMLib.phase import (
     looks_bipolar,
     mcpc3ds,
 )
+from QSMLib.phase import bipolar as bipolar_module
 from QSMLib.pipeline import PRESETS, run_pipeline
 from QSMLib.unwrap import romeo
 
@@ -48,11 +49,22 @@ def field_error_rms_hz(acquisition, truth, mask, correct: bool) -> float:
     return float(np.sqrt(np.mean((field - truth)[mask] ** 2)))
 
 
-def test_even_echo_error_is_estimated(bipolar):
+def test_even_echo_error_is_estimated(bipolar, monkeypatch):
     beta, region = estimate_bipolar_error(bipolar.acquisition.phase, bipolar.acquisition.magnitude, ECHO_TIMES_S)
     assert beta.shape == region.shape == bipolar.brain_mask.shape and beta.dtype == np.float32
     error = (beta - bipolar.bipolar_error_rad)[bipolar.brain_mask]
     assert np.sqrt(np.mean(error**2)) < 0.01
+    # as large volumes are fitted: on every other voxel along each axis (odd sizes: the last voxel is sampled)
+    monkeypatch.setattr(bipolar_module, "SAMPLED_FIT_VOXELS", 1)
+    for crop in ((slice(None),) * 4, (slice(None), slice(0, -1), slice(0, -2), slice(0, -3))):
+        phase, magnitude = bipolar.acquisition.phase[crop], bipolar.acquisition.magnitude[crop]
+        sampled, sampled_region = estimate_bipolar_error(phase, magnitude, ECHO_TIMES_S)
+        assert sampled.shape == sampled_region.shape == phase.shape[1:]
+        brain = bipolar.brain_mask[crop[1:]]
+        assert np.sqrt(np.mean((sampled - bipolar.bipolar_error_rad[crop[1:]])[brain] ** 2)) < 0.01
+        assert sampled_region[brain].mean() > 0.95
+        score = bipolar_score(phase, magnitude, ECHO_TIMES_S)
+        assert abs(score - np.sqrt(np.mean(sampled[sampled_region].astype(np.float64) ** 2))) < 0.03 * score
 
 
 def test_corrected_field_is_within_noise_and_uncorrected_is_not(monopolar, bipolar):

@@ -68,63 +68,100 @@ def _even_echo_product(phase: np.ndarray, magnitude: np.ndarray, cancel: CancelT
     return total
 
 
-def _coordinates(shape: Sequence[int]) -> list[np.ndarray]:
-    """Centred voxel index per axis, broadcastable to ``shape``."""
+#: Volumes of at least this many voxels are fitted on every other voxel along each axis: the error is a smooth
+#: model of a few coefficients, which an eighth of the voxels estimates as well. At 256 x 256 x 176 x 9 this took
+#: the estimate from 4.2 to 0.3 s (constant -0.596 against -0.600 rad, slope -0.0078 per voxel either way).
+SAMPLED_FIT_VOXELS = 2**20
+
+
+def _coordinates(shape: Sequence[int], stride: int = 1) -> list[np.ndarray]:
+    """Centred voxel index of the grid ``shape`` per axis, at every ``stride``-th voxel, broadcastable."""
     coordinates = []
     for axis, size in enumerate(shape):
         view = [1, 1, 1]
-        view[axis] = size
-        coordinates.append((np.arange(size, dtype=np.float32) - (size - 1) / 2.0).reshape(view))
+        view[axis] = -1
+        coordinates.append((np.arange(0, size, stride, dtype=np.float32) - (size - 1) / 2.0).reshape(view))
     return coordinates
 
 
 class _PhaseModel:
-    """``g(x) = c + sum_a s_a x_a + sum_{k>=2} p_k x_r^k`` (x in voxels from the centre)."""
+    """``g(x) = c + sum_a s_a x_a + sum_{k>=2} p_k x_r^k`` (x in voxels of the grid ``shape`` from its centre)."""
 
     def __init__(self, shape: Sequence[int], readout_axis: int, order: int):
         self.shape = tuple(shape)
-        self.coordinates = _coordinates(shape)
         self.readout_axis = readout_axis
         self.order = order
         self.coefficients = np.zeros(4 + max(order - 1, 0))
 
-    def terms(self) -> list[np.ndarray]:
-        readout = self.coordinates[self.readout_axis]
-        return [np.ones((1, 1, 1), np.float32), *self.coordinates] + [
+    def terms(self, stride: int = 1) -> list[np.ndarray]:
+        """The model's terms at every ``stride``-th voxel along each axis."""
+        coordinates = _coordinates(self.shape, stride)
+        readout = coordinates[self.readout_axis]
+        return [np.ones((1, 1, 1), np.float32), *coordinates] + [
             readout**power for power in range(2, self.order + 1)
         ]
 
-    def evaluate(self) -> np.ndarray:
-        value = np.zeros(self.shape, dtype=np.float32)
-        for coefficient, term in zip(self.coefficients, self.terms()):
+    def evaluate(self, stride: int = 1) -> np.ndarray:
+        """The model at every ``stride``-th voxel along each axis (all voxels by default)."""
+        value = np.zeros([len(range(0, n, stride)) for n in self.shape], dtype=np.float32)
+        for coefficient, term in zip(self.coefficients, self.terms(stride)):
             value += np.float32(coefficient) * term
         return value
 
 
 def _fit_even_echo_phase(
-    product: np.ndarray, readout_axis: Optional[int], order: int
+    product: np.ndarray, readout_axis: Optional[int], order: int, shape: Sequence[int], stride: int
 ) -> tuple[_PhaseModel, np.ndarray]:
-    """Fit the smooth model to the phase of ``product`` (no unwrapping); returns the model and its region."""
+    """Fit the smooth model to the phase of ``product`` (no unwrapping); returns the model and its region.
+
+    ``product`` holds every ``stride``-th voxel along each axis of the grid ``shape``, on which the
+    model is defined; the region is on ``product``'s grid.
+    """
     weight = np.sqrt(np.abs(product)).astype(np.float32)
     region = signal_region(weight)
     if np.count_nonzero(region) < 10:
         raise QSMInputError("Too little signal to estimate a bipolar phase error: check the magnitude images.")
-    slopes = phase_slopes(np.where(region, product, 0))
+    slopes = [slope / stride for slope in phase_slopes(np.where(region, product, 0))]
     if readout_axis is None:
-        readout_axis = int(np.argmax([abs(s) * n for s, n in zip(slopes, product.shape)]))
-    model = _PhaseModel(product.shape, readout_axis, order)
+        readout_axis = int(np.argmax([abs(s) * n for s, n in zip(slopes, shape)]))
+    model = _PhaseModel(shape, readout_axis, order)
     model.coefficients[1:4] = slopes
-    demodulated = complex_product(product, np.exp(-1j * model.evaluate()))
+    demodulated = complex_product(product, np.exp(-1j * model.evaluate(stride)))
     model.coefficients[0] = float(np.angle(demodulated[region].sum()))
     sample_weight = weight[region].astype(np.float64)
-    design = np.stack([np.broadcast_to(t, product.shape)[region] for t in model.terms()], axis=1).astype(np.float64)
+    design = np.stack([np.broadcast_to(t, product.shape)[region] for t in model.terms(stride)],
+                      axis=1).astype(np.float64)
     weighted_design = design * sample_weight[:, None]
     for _ in range(3):
-        residual = np.angle(complex_product(product[region], np.exp(-1j * model.evaluate()[region])))
+        residual = np.angle(complex_product(product[region], np.exp(-1j * model.evaluate(stride)[region])))
         update = np.linalg.lstsq(weighted_design, residual * sample_weight, rcond=None)[0]
         model.coefficients += update
     model.coefficients[0] = float(np.angle(np.exp(1j * model.coefficients[0])))
     return model, region
+
+
+def _fit_bipolar_error(
+    phase: np.ndarray, magnitude: np.ndarray, echo_times_s: Sequence[float], readout_axis: Optional[int],
+    polynomial_order: int, cancel: CancelToken,
+) -> tuple[_PhaseModel, np.ndarray, int]:
+    """The checks of :func:`estimate_bipolar_error`, then the model of ``-2 beta``, its region and the stride."""
+    if np.ndim(phase) != 4 or np.shape(magnitude) != np.shape(phase):
+        raise QSMInputError(
+            f"Bipolar correction needs phase and magnitude shaped (echo, n0, n1, n2), got {np.shape(phase)} and "
+            f"{np.shape(magnitude)}."
+        )
+    _check_bipolar_echoes(echo_times_s, np.shape(phase)[0])
+    if readout_axis is not None and readout_axis not in (0, 1, 2):
+        raise QSMInputError(f"readout_axis must be 0, 1 or 2 (an array axis), got {readout_axis!r}.")
+    if int(polynomial_order) != polynomial_order or polynomial_order < 1:
+        raise QSMInputError(f"polynomial_order must be a whole number >= 1, got {polynomial_order!r}.")
+    shape = tuple(np.shape(phase)[1:])
+    stride = 2 if int(np.prod(shape)) >= SAMPLED_FIT_VOXELS else 1
+    sampled = (slice(None),) + (slice(None, None, stride),) * 3
+    phase, magnitude, _ = exclude_non_finite(np.asarray(phase)[sampled], np.asarray(magnitude)[sampled])
+    product = _even_echo_product(phase, magnitude, cancel)
+    model, region = _fit_even_echo_phase(product, readout_axis, int(polynomial_order), shape, stride)
+    return model, region, stride
 
 
 def estimate_bipolar_error(
@@ -160,23 +197,17 @@ def estimate_bipolar_error(
     beta : numpy.ndarray of float32, shape (n0, n1, n2)
         Error of the even echoes (2nd, 4th, ...), radians.
     region : numpy.ndarray of bool, shape (n0, n1, n2)
-        Voxels with signal, where the model was fitted.
+        Voxels with signal, where the model was fitted (from ``SAMPLED_FIT_VOXELS``
+        voxels on, the fit takes every other voxel along each axis, and each
+        stands for its 2 x 2 x 2 block here).
     """
-    if np.ndim(phase) != 4 or np.shape(magnitude) != np.shape(phase):
-        raise QSMInputError(
-            f"Bipolar correction needs phase and magnitude shaped (echo, n0, n1, n2), got {np.shape(phase)} and "
-            f"{np.shape(magnitude)}."
-        )
-    phase, magnitude, _ = exclude_non_finite(phase, magnitude)
-    _check_bipolar_echoes(echo_times_s, phase.shape[0])
-    if readout_axis is not None and readout_axis not in (0, 1, 2):
-        raise QSMInputError(f"readout_axis must be 0, 1 or 2 (an array axis), got {readout_axis!r}.")
-    if int(polynomial_order) != polynomial_order or polynomial_order < 1:
-        raise QSMInputError(f"polynomial_order must be a whole number >= 1, got {polynomial_order!r}.")
-    product = _even_echo_product(phase, magnitude, cancel)
-    model, region = _fit_even_echo_phase(product, readout_axis, int(polynomial_order))
+    model, sampled_region, stride = _fit_bipolar_error(phase, magnitude, echo_times_s, readout_axis,
+                                                       polynomial_order, cancel)
     beta = model.evaluate()
     beta *= np.float32(-0.5)
+    region = sampled_region
+    for axis, size in enumerate(beta.shape):
+        region = np.repeat(region, stride, axis=axis)[(slice(None),) * axis + (slice(0, size),)]
     return beta, region
 
 
@@ -276,7 +307,9 @@ def bipolar_score(phase: np.ndarray, magnitude: np.ndarray, echo_times_s: Sequen
     """How large the even-echo phase error looks, in radians.
 
     The root-mean-square over voxels with signal of the smooth even-echo
-    error that :func:`estimate_bipolar_error` fits (constant plus linear).
+    error that :func:`estimate_bipolar_error` fits (constant plus linear),
+    on the voxels it fits (every other one along each axis from
+    ``SAMPLED_FIT_VOXELS`` voxels on).
     Monopolar data give about 0; a bipolar readout typically tenths of a
     radian or more. Data with fewer than 3 echoes or uneven spacing, where
     the error cannot be separated from the field, score 0.
@@ -296,10 +329,11 @@ def bipolar_score(phase: np.ndarray, magnitude: np.ndarray, echo_times_s: Sequen
         Weighted RMS of the fitted error, radians.
     """
     try:
-        beta, region = estimate_bipolar_error(phase, magnitude, echo_times_s)
+        model, region, stride = _fit_bipolar_error(phase, magnitude, echo_times_s, None, 1, None)
     except QSMInputError:
         return 0.0
-    return float(np.sqrt(np.mean(np.square(beta[region], dtype=np.float64))))
+    # beta is half the fitted model, taken where the model was fitted
+    return float(0.5 * np.sqrt(np.mean(np.square(model.evaluate(stride)[region], dtype=np.float64))))
 
 
 def looks_bipolar(
