@@ -445,7 +445,10 @@ def run_pipeline(
     Parameters
     ----------
     acquisition : MultiEchoGRE
-        The data, phase in radians.
+        The data, phase in radians. When its readout is not known
+        (``bipolar=None``), the even echoes are corrected if they look
+        bipolar (:func:`_bipolar_readout`; provenance ``chosen_parameters``
+        says what was found).
     config : PipelineConfig, optional
         Defaults to the ``consensus`` preset.
     mask : numpy.ndarray, optional
@@ -568,6 +571,8 @@ def _bipolar_readout(acquisition: MultiEchoGRE, config: PipelineConfig) -> tuple
     """
     if acquisition.bipolar is not None or config.bipolar.method == "none":
         return bool(acquisition.bipolar), {}
+    if acquisition.n_echoes < 3:
+        return False, {"readout": "taken as monopolar: fewer than 3 echoes cannot show a bipolar error"}
     score = bipolar_score(acquisition.phase, acquisition.magnitude, acquisition.echo_times_s)
     bipolar = score > BIPOLAR_THRESHOLD_RAD
     if bipolar:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from synthetic import TEST_DATA
 
+from QSMLib.acquisition import MultiEchoGRE
 from QSMLib.errors import QSMInputError, QSMWarning
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.io.nifti import load_acquisition
@@ -156,6 +157,12 @@ def test_a_readout_not_given_is_told_from_the_echoes(monopolar, bipolar):
     assert "bipolar" not in told.timings_s
     assert told.provenance()["chosen_parameters"]["bipolar"]["readout"] == "detected monopolar"
     np.testing.assert_array_equal(told.chi_ppm, run_pipeline(monopolar.acquisition, config).chi_ppm)
+    # two echoes cannot show the error: taken as monopolar, and said so
+    acquisition = monopolar.acquisition
+    two = MultiEchoGRE(acquisition.magnitude[:2], acquisition.phase[:2], ECHO_TIMES_S[:2], acquisition.b0_tesla,
+                       affine=acquisition.affine)
+    readout = run_pipeline(two, config).provenance()["chosen_parameters"]["bipolar"]["readout"]
+    assert readout.startswith("taken as monopolar"), readout
 
 
 def test_the_readout_must_be_true_false_or_none(monopolar):
