@@ -242,7 +242,8 @@ def linear_bipolar_correction(
         Afterwards estimate and remove the echo-independent offset again
         with MCPC-3D-S (default parameters). Needed after MCPC-3D-S ran on
         the uncorrected data: its estimate from echoes 1 and 2 absorbed
-        ``TE1 / (TE2 - TE1)`` times the even-echo error.
+        ``TE1 / (TE2 - TE1)`` times the even-echo error. The pipeline runs
+        this correction before MCPC-3D-S instead, with it off.
     overwrite_phase : bool
         Write the result into ``phase`` itself (when it is float32) instead
         of a new array, for callers that no longer need the input.
