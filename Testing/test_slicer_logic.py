@@ -172,6 +172,8 @@ def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom
     assert any(line.endswith("%  unwrap: starting") for line in log)
     assert "  inversion: Single-step TV (no background step) (tolerance=0.01)" in log and log[-1] == "Done.", log
     assert any(line.startswith("Reference: reference=whole_brain, offset_ppm=") for line in log)
+    # the readout was left to QSMLib: the log says what it found
+    assert any(line.startswith("bipolar chose from the data: readout=detected monopolar") for line in log), log
     assert result.provenance["config"]["inversion"]["method"] == "sstv"
 
     for node in (result.localFieldVolume, result.maskVolume):
@@ -361,6 +363,7 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
         "is one of the input echoes": dict(outputVolume=phase[1]),
         "threads must be a whole number": dict(threads=-1),
         "device must be one of": dict(device="gpu"),
+        "readout must be one of": dict(readout="flyback"),
     }
     count = slicer_scene.GetNumberOfNodes()
     for message, change in cases.items():
@@ -448,7 +451,7 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
         QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
             slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
             maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"), threads=2,
-            device="auto")
+            device="auto", readout="bipolar")
     arguments = runner.arguments
     assert arguments[1:4] == ["-m", "QSMLib.cli", "run"]
     assert len(arguments[arguments.index("--mag") + 1:arguments.index("--phase")]) == 3
@@ -459,10 +462,17 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
     assert "--mask" in arguments and "--labels" not in arguments
     assert arguments[arguments.index("--threads") + 1] == "2" and runner.environment["OPENBLAS_NUM_THREADS"] == "2"
     assert arguments[arguments.index("--device") + 1] == "auto"
+    assert "--bipolar" in arguments and "--monopolar" not in arguments
     # temporary files: echoes and outputs uncompressed
     assert arguments[arguments.index("--compress") + 1] == "none"
     assert all(path.endswith(".nii") for path in arguments[arguments.index("--mag") + 1:arguments.index("--phase")])
     assert slicer_scene.GetNumberOfNodes() == count and not any(tmp_path.iterdir())
+    # the default readout is left to QSMLib to detect: no flag
+    runner = FakeRunner(FakeProcess(lines, 0))
+    with pytest.raises(RuntimeError, match="failed"):
+        QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
+            slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None)
+    assert not {"--bipolar", "--monopolar"} & set(runner.arguments)
 
 
 def test_parameter_node_is_one_singleton_per_scene(slicer_scene):

@@ -385,6 +385,7 @@ class QSMProcessingLogic:
         logCallback: Optional[LogCallback] = None,
         threads: int = 0,
         device: str = "cpu",
+        readout: str = "detect",
     ) -> Union[QSMOutputNodes, QSMRun]:
         """Compute a susceptibility map (ppm) and the requested intermediates.
 
@@ -432,6 +433,10 @@ class QSMProcessingLogic:
             (default), ``"cuda"`` (a GPU through PyTorch or CuPy, which the
             user installs) or ``"auto"`` (the GPU when there is one). The
             engine refuses ``"cuda"`` without a GPU and says what to install.
+        readout : str
+            ``"detect"`` (default: the even echoes are corrected when they
+            look like a bipolar readout's, and the log says so),
+            ``"bipolar"`` (always corrected) or ``"monopolar"`` (never).
 
         Raises
         ------
@@ -466,6 +471,8 @@ class QSMProcessingLogic:
             raise ValueError(f"threads must be a whole number >= 0 (0: every core), got {threads!r}.")
         if device not in Parameters.DEVICES:
             raise ValueError(f"device must be one of {', '.join(Parameters.DEVICES)}, got {device!r}.")
+        if readout not in Parameters.READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(Parameters.READOUTS)}, got {readout!r}.")
         frames = phaseFrames + magnitudeFrames
         _checkOutputVolume(outputVolume, magnitudeList + phaseList, frames)
         Nodes.checkSameGrid(frames)
@@ -510,6 +517,8 @@ class QSMProcessingLogic:
                 environment.update(blas_environment(threads))  # BLAS reads them when the engine imports numpy
             if device != "cpu":
                 arguments += ["--device", device]
+            if readout != "detect":
+                arguments.append(f"--{readout}")
             process = self.runner.start([self._python(), "-m", "QSMLib.cli", "run", *arguments], environment)
         except BaseException:
             shutil.rmtree(workDirectory, ignore_errors=True)

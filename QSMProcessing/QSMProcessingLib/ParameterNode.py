@@ -28,6 +28,7 @@ class QSMProcessingParameterNode:
     maskSegmentation: vtkMRMLSegmentationNode
     roiSegmentation: vtkMRMLSegmentationNode
     roiSource: Annotated[str, Choice(list(Parameters.ROI_SOURCES))] = "segmentation"
+    readout: Annotated[str, Choice(list(Parameters.READOUTS))] = "detect"
     preset: Annotated[str, Choice(list(Parameters.PRESET_LABELS))] = "consensus"
     unwrapMethod: Annotated[str, Choice(list(Parameters.UNWRAP_METHODS))] = "romeo"
     backgroundMethod: Annotated[str, Choice(list(Parameters.BACKGROUND_METHODS))] = "vsharp"

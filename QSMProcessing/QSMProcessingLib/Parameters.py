@@ -58,6 +58,10 @@ STAGE_METHODS = {
 #: deep grey matter structures of the AAL3 atlas registered to the magnitude (``qsm run --rois atlas``).
 ROI_SOURCES = {"segmentation": "From a segmentation", "atlas": "Automatic deep grey matter (atlas)"}
 
+#: The readout of the echoes (QSMLib's ``--bipolar`` / ``--monopolar``, or neither): name -> name shown.
+#: "detect" lets QSMLib correct the even echoes when they look bipolar (it says so in the log).
+READOUTS = {"detect": "Detect from the echoes", "bipolar": "Bipolar", "monopolar": "Monopolar"}
+
 #: Where background removal and the inversion run (QSMLib's ``--device``): QSMLib name -> name shown.
 DEVICES = {"cpu": "CPU", "auto": "GPU if there is one, else CPU", "cuda": "GPU (CUDA)"}
 

@@ -33,6 +33,7 @@ METHOD_COMBO_BOXES = {
     "inversionMethodComboBox": ("inversionMethod", Parameters.INVERSION_METHODS),
     "referenceMethodComboBox": ("referenceMethod", Parameters.REFERENCE_METHODS),
     "roiSourceComboBox": ("roiSource", Parameters.ROI_SOURCES),
+    "readoutComboBox": ("readout", Parameters.READOUTS),
     "deviceComboBox": ("device", Parameters.DEVICES),
 }
 #: Output check boxes: parameter node field -> output name of the logic.
@@ -279,7 +280,7 @@ class QSMProcessingPanel(VTKObservationMixin):
                 roiSegmentation=None if atlas else node.roiSegmentation, automaticRois="atlas" if atlas else None,
                 config=config, outputs=outputs, wait=False,
                 progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog,
-                threads=node.threads, device=node.device)
+                threads=node.threads, device=node.device, readout=node.readout)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the computation; the scene is left as it was.")
             self.ui.progressBar.value = 0
