@@ -160,6 +160,14 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                              "one); default: the configuration's 'device', cpu")
 
 
+def _add_readout(parser: argparse.ArgumentParser) -> None:
+    readout = parser.add_mutually_exclusive_group()
+    readout.add_argument("--bipolar", dest="bipolar", action="store_const", const=True,
+                         help="even echoes were read out with reversed polarity (default: corrected when they look so)")
+    readout.add_argument("--monopolar", dest="bipolar", action="store_const", const=False,
+                         help="every echo was read out with the same polarity: never apply the bipolar correction")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qsm", description="Quantitative susceptibility mapping (QSMLib).")
     parser.add_argument("--version", action="version", version=f"QSMLib {__version__}")
@@ -190,11 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="automatic ROIs: 'atlas' registers the AAL3 deep grey matter structures to the "
                                  'magnitude (needs pip install "qsmlib[atlas]"); writes rois.nii.gz, rois.tsv, '
                                  "rois_qc.png and their statistics")
-    readout = run_parser.add_mutually_exclusive_group()
-    readout.add_argument("--bipolar", dest="bipolar", action="store_const", const=True,
-                         help="even echoes were read out with reversed polarity (default: corrected when they look so)")
-    readout.add_argument("--monopolar", dest="bipolar", action="store_const", const=False,
-                         help="every echo was read out with the same polarity: never apply the bipolar correction")
+    _add_readout(run_parser)
     run_parser.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
     run_parser.add_argument("--phase-scale", default="auto",
                             choices=("auto", "radians", "degrees", "integer", "range"),
@@ -218,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                            'magnitude; needs pip install "qsmlib[atlas]")')
     bids.add_argument("--outputs", default="", help="extra maps, comma-separated: local_mask, r2star, t2star")
     bids.add_argument("--phase-sign", type=int, choices=(1, -1), default=1, help="phase handedness (GE: -1)")
+    _add_readout(bids)
     where = bids.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://node1:8786")
     where.add_argument("--workers", type=int, help="local cluster workers (default: cores, limited by memory)")
@@ -426,8 +431,8 @@ def _bids(args: argparse.Namespace, printer: ProgressPrinter, cancel: threading.
     summary = run_cohort(
         args.bids_root, args.out_dir, participant_labels=args.participant_label, config=args.config,
         outputs=[o.strip() for o in args.outputs.split(",") if o.strip()], labels_dir=args.labels,
-        rois=args.rois,
-        phase_sign=args.phase_sign, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
+        rois=args.rois, phase_sign=args.phase_sign, bipolar=args.bipolar,
+        scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
         threads=args.threads, device=args.device, progress=progress, on_record=on_record, cancel=cancel,
     )
     _flush_warnings(caught, printer)

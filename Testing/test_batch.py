@@ -320,6 +320,7 @@ def test_completeness_depends_on_configuration_outputs_and_inputs(local_run, dat
     assert completed_record(acquisition, local_run["out"], load_config("consensus").to_dict(), (), 1) is None
     assert completed_record(acquisition, local_run["out"], fast, ("local_mask",), 1) is None
     assert completed_record(acquisition, local_run["out"], fast, (), -1) is None
+    assert completed_record(acquisition, local_run["out"], fast, (), 1, None, False) is None  # a readout now declared
     moved = Acquisition(acquisition.entities, acquisition.magnitude[::-1], acquisition.phase, acquisition.labels,
                         acquisition.label_names, acquisition.n_voxels, acquisition.n_echoes)
     assert completed_record(moved, local_run["out"], fast, (), 1) is None
@@ -352,6 +353,25 @@ def dask_cluster(tmp_path):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_a_declared_readout_reaches_every_task_and_redoes_the_acquisitions(local_run, dataset, tmp_path):
+    out = tmp_path / "derivatives"
+    shutil.copytree(local_run["out"], out)
+    code, events, stderr, _ = run_cli(bids_args(dataset, out, "--workers", "2", "--monopolar"))
+    assert code == EXIT_SOME_FAILED, stderr
+    assert statuses(events) == {"sub-01": "processed", "sub-02": "processed", "sub-03_ses-b_run-1": "processed",
+                                "sub-04": "failed", "sub-05": "failed"}
+    name = "sub-01/anat/sub-01_"
+    declared = json.loads((out / f"{name}provenance.json").read_text())
+    detected = json.loads((local_run["out"] / f"{name}provenance.json").read_text())
+    assert declared["derivatives"]["signature"]["readout"] == "monopolar"
+    assert "readout" not in detected["derivatives"]["signature"]
+    # told monopolar, the pipeline does not look; left to itself it looked and found the same (same chi)
+    assert "bipolar" not in declared["chosen_parameters"]
+    assert detected["chosen_parameters"]["bipolar"]["readout"] == "detected monopolar"
+    np.testing.assert_array_equal(read_volume(out / f"{name}Chimap.nii.gz")[0],
+                                  read_volume(local_run["out"] / f"{name}Chimap.nii.gz")[0])
 
 
 def test_an_existing_scheduler_gives_the_same_outputs(local_run, dataset, dask_cluster, tmp_path):

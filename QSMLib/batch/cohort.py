@@ -34,6 +34,7 @@ def run_cohort(
     labels_dir: Optional[PathLike] = None,
     rois: Optional[str] = None,
     phase_sign: int = 1,
+    bipolar: Optional[bool] = None,
     scheduler: Optional[str] = None,
     n_workers: Optional[int] = None,
     overwrite: bool = False,
@@ -62,6 +63,10 @@ def run_cohort(
         Automatic ROIs for every acquisition instead (``qsm run --rois``).
     phase_sign : {1, -1}
         Phase handedness of the whole dataset.
+    bipolar : bool, optional
+        The whole dataset's readout: True bipolar, False monopolar; None
+        (default) lets each acquisition's echoes tell (see
+        :func:`QSMLib.pipeline.run_pipeline`).
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://host:8786``); default:
         a local cluster sized by :func:`plan_local_cluster`.
@@ -102,6 +107,8 @@ def run_cohort(
         raise QSMInputError(f"--workers must be at least 1, got {n_workers}.")
     if phase_sign not in (1, -1):
         raise QSMInputError(f"The phase sign must be +1 or -1, got {phase_sign}.")
+    if bipolar not in (None, True, False):
+        raise QSMInputError(f"bipolar must be True, False or None (detected per acquisition), got {bipolar!r}.")
     unknown = sorted(set(outputs) - set(OPTIONAL))
     if unknown:
         raise QSMInputError(f"Unknown output(s) {unknown}; choose from {', '.join(OPTIONAL)}.")
@@ -132,7 +139,8 @@ def run_cohort(
     records: dict[str, Record] = {}
     todo: list[Acquisition] = []
     for acquisition in acquisitions:
-        done = None if overwrite else completed_record(acquisition, out, config_dict, outputs, phase_sign, rois)
+        done = None if overwrite else completed_record(acquisition, out, config_dict, outputs, phase_sign, rois,
+                                                        bipolar)
         if acquisition.problem:
             records[acquisition.name] = empty_record(acquisition)
         elif done is not None:
@@ -162,7 +170,7 @@ def run_cohort(
                 on_record(record)
         if client is not None:
             finished = run_tasks(client.client, todo, out, config_dict, outputs, phase_sign, progress, on_record,
-                                 cancel, rois)
+                                 cancel, rois, bipolar)
             records.update((r["name"], r) for r in finished)
     finally:
         if client is not None:

@@ -196,12 +196,12 @@ class Client:
 def run_tasks(client: Any, acquisitions: Sequence[Acquisition], out_dir: Path, config: Mapping[str, Any],
                outputs: Sequence[str], phase_sign: int, progress: ProgressCallback,
                on_record: Optional[Callable[[Record], None]], cancel: CancelToken,
-               rois: Optional[str] = None) -> list[Record]:
+               rois: Optional[str] = None, bipolar: Optional[bool] = None) -> list[Record]:
     """Submit one task per acquisition and collect the records as they finish."""
     run_id = uuid.uuid4().hex[:8]
     futures = {
         client.submit(process_acquisition, acquisition, str(out_dir), dict(config), tuple(outputs), phase_sign,
-                      rois, key=f"qsm-{acquisition.name}-{run_id}", pure=False): acquisition
+                      rois, bipolar, key=f"qsm-{acquisition.name}-{run_id}", pure=False): acquisition
         for acquisition in acquisitions
     }
     records: list[Record] = []

@@ -29,12 +29,12 @@ from .layout import ALWAYS, ATLAS_OUTPUTS, DERIVATIVES, WORK_FOLDER, Acquisition
 
 
 def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs: Sequence[str],
-                   phase_sign: int, rois: Optional[str] = None) -> dict[str, Any]:
+                   phase_sign: int, rois: Optional[str] = None, bipolar: Optional[bool] = None) -> dict[str, Any]:
     """Everything an acquisition's derivatives depend on, as JSON-ready data.
 
     The configuration (but its ``threads`` and ``device``, which change the
     speed, not the results beyond float32 rounding), the requested outputs, the phase sign, the automatic ROIs asked
-    for (``rois``, only when asked: older signatures stay valid), and the SHA-256 of
+    for (``rois``) and the readout (``bipolar``), each only when given (older signatures stay valid), and the SHA-256 of
     every input (images in echo order, their sidecars, label map and
     names), as a list because the order of the echoes matters.
     """
@@ -48,11 +48,14 @@ def task_signature(acquisition: Acquisition, config: Mapping[str, Any], outputs:
     }
     if rois:
         signature["rois"] = rois
+    if bipolar is not None:
+        signature["readout"] = "bipolar" if bipolar else "monopolar"
     return json.loads(json.dumps(signature))
 
 
 def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[str, Any],
-                        outputs: Sequence[str] = (), phase_sign: int = 1, rois: Optional[str] = None) -> Record:
+                        outputs: Sequence[str] = (), phase_sign: int = 1, rois: Optional[str] = None,
+                        bipolar: Optional[bool] = None) -> Record:
     """Reconstruct one acquisition into the derivatives folder (the body of a Dask task).
 
     Parameters
@@ -69,6 +72,9 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
         Phase handedness, as ``qsm run --phase-sign``.
     rois : {None, "atlas"}
         Automatic ROIs, as ``qsm run --rois``.
+    bipolar : bool, optional
+        The readout, as ``qsm run --bipolar`` (True) / ``--monopolar``
+        (False); None: told from the echoes.
 
     Returns
     -------
@@ -89,7 +95,8 @@ def process_acquisition(acquisition: Acquisition, out_dir: str, config: Mapping[
             shutil.rmtree(stale, ignore_errors=True)
         with warnings.catch_warnings(record=True) as caught, limit_threads(_task_threads(config)):
             warnings.simplefilter("always")
-            record.update(_reconstruct(acquisition, Path(out_dir), work_root, config, outputs, phase_sign, rois))
+            record.update(_reconstruct(acquisition, Path(out_dir), work_root, config, outputs, phase_sign, rois,
+                                       bipolar))
         record["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
         record["status"] = "processed"
     except QSMInputError as error:
@@ -144,10 +151,10 @@ def _remove_empty_folders(folder: Path, root: Path) -> None:
 
 
 def _reconstruct(acquisition: Acquisition, out_dir: Path, work_root: Path, config: Mapping[str, Any],
-                 outputs: Sequence[str], phase_sign: int, rois: Optional[str]) -> Record:
+                 outputs: Sequence[str], phase_sign: int, rois: Optional[str], bipolar: Optional[bool]) -> Record:
     # QSMLib.run is the path `qsm run` takes too, so that a cohort task and `qsm run` give the same files.
-    signature = task_signature(acquisition, config, outputs, phase_sign, rois)
-    inputs = run.read_acquisition(acquisition.magnitude, acquisition.phase, phase_sign=phase_sign,
+    signature = task_signature(acquisition, config, outputs, phase_sign, rois, bipolar)
+    inputs = run.read_acquisition(acquisition.magnitude, acquisition.phase, phase_sign=phase_sign, bipolar=bipolar,
                                   labels=acquisition.labels, label_names=acquisition.label_names)
     run.check_rois(rois, inputs)
     loaded = inputs.acquisition
@@ -213,12 +220,13 @@ def _publish(acquisition: Acquisition, out_dir: Path, written: Mapping[str, Path
 
 
 def completed_record(acquisition: Acquisition, out_dir: PathLike, config: Mapping[str, Any],
-                     outputs: Sequence[str], phase_sign: int, rois: Optional[str] = None) -> Optional[Record]:
+                     outputs: Sequence[str], phase_sign: int, rois: Optional[str] = None,
+                     bipolar: Optional[bool] = None) -> Optional[Record]:
     """The record of an acquisition whose derivatives are complete and valid, else None.
 
     Complete and valid: the provenance file exists, its signature (config,
     outputs, phase sign, input checksums) equals this run's, and every output
-    it lists exists with the listed SHA-256 (``rois``: as :func:`process_acquisition`).
+    it lists exists with the listed SHA-256 (``rois``, ``bipolar``: as :func:`process_acquisition`).
     """
     out_dir = Path(out_dir)
     path = out_dir / acquisition.output_path("provenance")
@@ -229,7 +237,7 @@ def completed_record(acquisition: Acquisition, out_dir: PathLike, config: Mappin
         listed: dict[str, str] = derivatives["outputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if derivatives.get("signature") != task_signature(acquisition, config, outputs, phase_sign, rois):
+    if derivatives.get("signature") != task_signature(acquisition, config, outputs, phase_sign, rois, bipolar):
         return None
     expected = {acquisition.output_path(key).as_posix()
                 for key in (*ALWAYS, *outputs, "qc", *(ATLAS_OUTPUTS if rois else ()))}
