@@ -491,9 +491,6 @@ def run_pipeline(
         raise QSMInputError(
             f"The label map has shape {np.shape(labels)}, the images {acquisition.spatial_shape}: they must match."
         )
-    if acquisition.bipolar and config.bipolar.method == "none":
-        warnings.warn("The acquisition is bipolar but bipolar correction is 'none': even echoes keep their "
-                      "readout phase error.", QSMWarning, stacklevel=2)
     bipolar, detection = _bipolar_readout(acquisition, config)
     # the bipolar error is estimated from echo triples in which any echo-independent offset cancels; corrected
     # first, the even echoes give MCPC-3D-S an offset estimate free of it
@@ -566,13 +563,17 @@ def run_pipeline(
 def _bipolar_readout(acquisition: MultiEchoGRE, config: PipelineConfig) -> tuple[bool, dict[str, Any]]:
     """Whether the even echoes get the bipolar correction, and how that was found out (empty: the acquisition said).
 
-    The acquisition's own ``bipolar`` decides when it is True or False. When it is None (not known) and
+    The acquisition's own ``bipolar`` decides when it is True or False (with a warning when it is True and
+    the stage is ``"none"``). When it is None (not known) and
     the bipolar stage is not ``"none"``, the echoes decide (:func:`~QSMLib.phase.bipolar.bipolar_score`
     above ``BIPOLAR_THRESHOLD_RAD``), with a warning when they look bipolar. Measured on the validation
     suite: the ten monopolar heads and the real in-vivo crop scored 0.0000-0.011 rad, the two bipolar
     ones 0.33-0.35. Left uncorrected, the 9-echo bipolar oblique head measured chi NRMSE 35.2 % against
     24.4 % corrected; two monopolar heads corrected as bipolar measured the same to 0.01 points.
     """
+    if acquisition.bipolar and config.bipolar.method == "none":
+        warnings.warn("The acquisition is bipolar but bipolar correction is 'none': even echoes keep their "
+                      "readout phase error.", QSMWarning, stacklevel=3)
     if acquisition.bipolar is not None or config.bipolar.method == "none":
         return bool(acquisition.bipolar), {}
     if acquisition.n_echoes < 3:
