@@ -222,8 +222,13 @@ class PipelineConfig:
             accepted = entry.tunable_parameters()
             for name, value in choice.params.items():
                 if name not in accepted:
+                    owners = sorted(other for other, method in REGISTRY[stage].items()
+                                    if name in method.tunable_parameters())
+                    # a method changed in place keeps the parameters of the one before (a preset's, say)
+                    hint = (f" ({name!r} belongs to {', '.join(map(repr, owners))}: when changing a stage's "
+                            f"method, give its parameters anew, e.g. StageConfig({choice.method!r}))") if owners else ""
                     problems.append(f"Stage {stage!r}, method {choice.method!r} has no parameter {name!r}; it "
-                                    f"accepts {', '.join(sorted(accepted)) or 'none'}")
+                                    f"accepts {', '.join(sorted(accepted)) or 'none'}{hint}")
                     continue
                 checked, allowed = check_parameter(entry.function, name, value)
                 if allowed is not None:

@@ -19,7 +19,7 @@ from QSMLib.contract import (
 )
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.phantom import simulate_head
-from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, load_config, run_pipeline
+from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, StageConfig, load_config, run_pipeline
 from QSMLib.referencing import label, whole_brain
 from QSMLib.roi import format_tsv, read_label_names, roi_statistics
 
@@ -62,6 +62,19 @@ def test_pipeline_inputs_are_not_user_parameters():
     # b0_tesla is supplied by the pipeline; a config cannot override it.
     with pytest.raises(QSMInputError, match="has no parameter"):
         PipelineConfig.from_dict({"inversion": {"method": "tv", "params": {"b0_tesla": 7}}})
+
+
+def test_a_method_changed_in_place_is_told_to_leave_the_old_parameters():
+    """A preset's stage whose method is changed in Python keeps the old method's parameters: the error says so."""
+    config = PRESETS["consensus"]()
+    config.bipolar.method = "none"
+    with pytest.raises(QSMInputError, match=r"'remove_offset' belongs to 'linear': when changing a stage's method"):
+        config.validate()
+    config.bipolar = StageConfig("none")
+    config.validate()
+    with pytest.raises(QSMInputError) as typo:
+        PipelineConfig.from_dict({"inversion": {"method": "tkd", "params": {"treshold": 0.2}}})
+    assert "belongs to" not in str(typo.value)
 
 
 def test_every_registered_method_is_callable_by_name():
