@@ -10,6 +10,7 @@ import scipy.sparse
 from scipy.sparse.csgraph import minimum_spanning_tree
 from synthetic import TEST_DATA
 
+from QSMLib._threads import limit_threads
 from QSMLib._wrapping import wrap
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.fieldmap import weighted_linear
@@ -155,6 +156,35 @@ def test_edge_weights_and_voxel_quality_are_in_range():
     assert np.all(weights[0, -1] == 0) and np.all(weights[1, :, -1] == 0) and np.all(weights[2, :, :, -1] == 0)
     quality = voxel_quality(weights)
     assert quality.shape == phase.shape and 0 <= quality.min() and quality.max() <= 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_voxel_quality_and_edge_levels_match_their_definition_across_slabs(threads):
+    """Both are computed in slabs of rows on threads: the same values as the voxel-by-voxel definition
+    (the mean of a voxel's up to six edges; an edge's cost level, 255 unless both ends have signal), on a
+    volume of several slabs, whatever the thread count."""
+    rng = np.random.default_rng(7)
+    shape = (37, 90, 100)  # 9000 voxels per row: a slab of 29 rows, two slabs and a short one
+    weights = edge_weights(rng.uniform(-np.pi, np.pi, shape).astype(np.float32),
+                           magnitude=rng.uniform(0.1, 1, shape))
+    signal = rng.uniform(size=shape) > 0.3
+    with limit_threads(threads):
+        quality = voxel_quality(weights)
+        levels = _edge_levels(weights, signal)
+    padded = np.pad(weights, ((0, 0), (1, 1), (1, 1), (1, 1)))
+    inner = (slice(1, -1),) * 3
+    own = padded[0][inner] + padded[1][inner] + padded[2][inner]
+    lower = padded[0][:-2, 1:-1, 1:-1] + padded[1][1:-1, :-2, 1:-1] + padded[2][1:-1, 1:-1, :-2]
+    edges = 6.0 - sum((np.indices(shape)[a] == 0) + (np.indices(shape)[a] == shape[a] - 1) for a in range(3))
+    np.testing.assert_allclose(quality, (own + lower) / edges, rtol=1e-6)
+    for axis in range(3):
+        expected = np.rint((1.0 - weights[axis]) * 254).astype(np.uint8)
+        both = np.zeros(shape, bool)
+        low = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
+        high = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        both[low] = signal[low] & signal[high]
+        expected[~both] = 255
+        np.testing.assert_array_equal(levels[:, axis], expected.ravel())
 
 
 def test_axis_order_does_not_matter(head, unwrapped_head):

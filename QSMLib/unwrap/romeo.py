@@ -154,16 +154,29 @@ def voxel_quality(weights: np.ndarray) -> np.ndarray:
     numpy.ndarray of float32, shape (n0, n1, n2)
     """
     shape = weights.shape[1:]
-    total = weights.sum(axis=0)
-    count = np.full(shape, 3.0, dtype=np.float32)
-    for axis in range(3):
-        low, high = _pair_slices(axis)
-        total[high] += weights[axis][low]
-        count[high] += 1.0
-        last = [slice(None)] * 3
-        last[axis] = slice(-1, None)
-        count[tuple(last)] -= 1.0
-    return total / count
+    quality = np.empty(shape, dtype=np.float32)
+
+    # each voxel's sum takes its own edges, then those from its lower neighbours, axis by axis (the
+    # order of a whole-volume sum, so slabs give the same bits); edges along axis 0 reach one row back
+    def fill(rows: slice) -> None:
+        total = weights[0][rows] + weights[1][rows]
+        total += weights[2][rows]
+        count = np.full(total.shape, 3.0, dtype=np.float32)
+        first = 1 if rows.start == 0 else 0
+        total[first:] += weights[0][rows.start + first - 1 : rows.stop - 1]
+        count[first:] += 1.0
+        if rows.stop == shape[0]:
+            count[-1] -= 1.0
+        total[:, 1:] += weights[1][rows][:, :-1]
+        total[:, :, 1:] += weights[2][rows][:, :, :-1]
+        count[:, 1:] += 1.0
+        count[:, -1] -= 1.0
+        count[:, :, 1:] += 1.0
+        count[:, :, -1] -= 1.0
+        np.divide(total, count, out=quality[rows])
+
+    for_each_slab(fill, shape[0], shape[1] * shape[2])
+    return quality
 
 
 def _edge_levels(weights: np.ndarray, signal: np.ndarray) -> np.ndarray:
@@ -172,18 +185,26 @@ def _edge_levels(weights: np.ndarray, signal: np.ndarray) -> np.ndarray:
     0 is the best edge, ``_LEVELS - 1`` the worst; ``_NO_EDGE`` where there is
     no edge or an end lies outside ``signal``.
     """
-    n_voxels = weights[0].size
-    levels = np.empty((n_voxels, 3), dtype=np.uint8)
-    for axis in range(3):
-        cost = np.float32(1.0) - weights[axis]
-        cost *= np.float32(_LEVELS - 1)
-        np.rint(cost, out=cost)
-        column = cost.astype(np.uint8)
-        low, high = _pair_slices(axis)
-        inside = np.zeros(signal.shape, dtype=bool)
-        inside[low] = signal[low] & signal[high]
-        column[~inside] = _NO_EDGE
-        levels[:, axis] = column.ravel()
+    shape = signal.shape
+    row_voxels = shape[1] * shape[2]
+    levels = np.empty((signal.size, 3), dtype=np.uint8)
+
+    def fill(rows: slice) -> None:
+        block = levels[rows.start * row_voxels : rows.stop * row_voxels]
+        for axis in range(3):
+            cost = np.float32(1.0) - weights[axis][rows]
+            cost *= np.float32(_LEVELS - 1)
+            np.rint(cost, out=cost)
+            column = cost.astype(np.uint8)
+            # an edge exists where both ends have signal (none beyond the volume's last row or column)
+            low, high = _pair_slices(axis, rows if axis else slice(rows.start, min(rows.stop, shape[0] - 1)))
+            inside = np.zeros(column.shape, dtype=bool)
+            local_low = (slice(0, low[0].stop - rows.start), *low[1:])
+            inside[local_low] = signal[low] & signal[high]
+            column[~inside] = _NO_EDGE
+            block[:, axis] = column.ravel()
+
+    for_each_slab(fill, shape[0], row_voxels)
     return levels
 
 
