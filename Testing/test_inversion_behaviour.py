@@ -202,6 +202,24 @@ def test_sstv_sees_through_any_field_harmonic_in_the_mask():
         sstv(field, thin, voxel, **settings)
 
 
+@pytest.mark.parametrize("cut", [False, True])
+def test_sstv_needs_no_padding_even_where_the_field_of_view_cuts_the_mask(cut):
+    """The field of the frame's periodic copies is harmonic in every ball of SS-TV's data, so padding the frame
+    changes nothing, provided the frame leaves the ball's margin beyond a face where the field of view cuts
+    the mask (a slab): the default (no padding) gives the chi of a frame padded 1.5 times, whole or cut."""
+    voxel = (1.5, 1.5, 1.5)
+    field, mask, _, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
+    if cut:  # the mask spans slices 3-22: cropped to 7-18 it fills the first and last slice
+        field, mask, magnitude = field[:, :, 7:19], mask[:, :, 7:19], magnitude[..., 7:19]
+        assert mask[:, :, 0].any() and mask[:, :, -1].any()
+    settings = dict(b0_direction=(0, 0, 1), b0_tesla=3.0, magnitude=magnitude, regularization=3e-5, tolerance=0,
+                    max_iterations=20)
+    default = METHODS["sstv"](field, mask, voxel, **settings)
+    padded = METHODS["sstv"](field, mask, voxel, pad_factor=1.5, **settings)
+    # measured 0.15 % (whole) and 0.29 % (cut); without the margin beyond the cut faces 127 %
+    assert nrmse(default.chi_ppm, padded.chi_ppm, default.mask) < 0.5
+
+
 def test_medi_plus_zero_without_magnitude_is_refused(oblique_blobs):
     voxel, b0, field, mask, _, _ = oblique_blobs
     with pytest.raises(QSMInputError, match="magnitude"):

@@ -474,7 +474,7 @@ def sstv(
     regularization: Union[float, str] = "auto",
     radius_mm: Optional[float] = None,
     edge_fraction: float = 0.15,
-    pad_factor: float = 1.15,
+    pad_factor: float = 1.0,
     edge_mm: Optional[float] = None,
     data_penalty: float = 0.1,
     max_iterations: int = 100,
@@ -512,7 +512,9 @@ def sstv(
     edge_fraction, edge_mm, data_penalty, max_iterations, tolerance, merit_every, merit_factor, device
         As in :func:`tfi` (a ``tolerance`` of 0 runs ``max_iterations``).
     pad_factor : float
-        Zero padding of the solve frame (the mask's box plus the radius) per axis.
+        Zero padding per axis of the solve frame (the mask's box plus the radius on every side, also beyond a
+        face where the field of view cuts the mask), at least 1: 1 (none more) is enough, since the filter
+        removes the field of the frame's periodic copies like any background.
 
     Returns
     -------
@@ -545,9 +547,11 @@ def sstv(
         raise QSMInputError("SS-TV: the mask is empty, so there is no field to invert. Check the mask.")
     if tolerance is None:
         tolerance = _default_tolerance(voxel_size_mm)
-    for name, value in (("data_penalty", data_penalty), ("pad_factor", pad_factor), ("merit_factor", merit_factor)):
+    for name, value in (("data_penalty", data_penalty), ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"SS-TV: {name} must be positive, got {value!r}.")
+    if not pad_factor >= 1:
+        raise QSMInputError(f"SS-TV: pad_factor must be at least 1 (no padding), got {pad_factor!r}.")
     if not tolerance >= 0:
         raise QSMInputError(f"SS-TV: tolerance must be 0 (run max_iterations) or positive, got {tolerance!r}.")
     if radius_mm is not None and not radius_mm > 0:
@@ -557,11 +561,17 @@ def sstv(
     check_cancel(cancel)
     report(progress, 0.0, "SS-TV: set-up")
     radius = _smv_radius(radius_mm, voxel_size_mm)
-    # the ball must not wrap round the frame: a margin of the radius around the mask's box, then the padding
+    # the ball must not wrap round the frame: a margin of the radius around the mask's box, also where the
+    # field of view clips the box (the grid wraps round, so the zeros after the box lie beyond both ends).
+    # No more padding is needed: a periodic copy's chi lies outside the mask, so its field is harmonic in
+    # every ball of the data and the filter removes it like any background (pad 1.15 against 1.0 on the
+    # eleven whole-head suite cases: chi NRMSE within 0.03 points, 10-25 % more time)
     margin = [int(np.ceil(radius / float(v))) + 1 for v in voxel_size_mm]
+    extent = _fft.mask_bounding_box(mask, [0, 0, 0])
     box = _fft.mask_bounding_box(mask, margin)
     box_shape = tuple(part.stop - part.start for part in box)
-    shape = _fft.padded_shape(box_shape, pad_factor)
+    shape = _fft.padded_shape([max(b, part.stop - part.start + 2 * m) for b, part, m in zip(box_shape, extent, margin)],
+                              pad_factor)
 
     def frame(volume: np.ndarray) -> np.ndarray:
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
