@@ -148,6 +148,27 @@ def test_tfi_averages_a_single_step_solve_of_four_voxels_radius_within_4_to_6_mm
     assert np.abs(averaged.chi_ppm - alone.chi_ppm).max() > 1e-3
 
 
+@pytest.mark.parametrize("edges", [False, True])
+def test_tfi_is_the_mean_of_tfi_alone_and_sstv_with_its_lambda(edges):
+    """TFI runs its single-step solve on a frame of its own (the mask's box and the ball's margin, not TFI's
+    shell): the reported chi is exactly the mean of TFI alone and of :func:`sstv` given TFI's single-step
+    lambda, with the magnitude's edges free or without them."""
+    voxel = (1.5, 1.5, 1.5)
+    field, mask, _, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
+    grid = np.indices(mask.shape, dtype=np.float32)
+    field = field + np.float32(3.0) * grid[2] - np.float32(2.0) * grid[0]  # a background gradient
+    common = dict(b0_direction=(0, 0, 1), b0_tesla=3.0, magnitude=magnitude if edges else None, tolerance=1e-9,
+                  max_iterations=12)
+    both = METHODS["tfi"](field, mask, voxel, regularization=1e-4, **common)
+    alone = METHODS["tfi"](field, mask, voxel, regularization=1e-4, smv_radius_mm=0.0, **common)
+    chosen = both.parameters
+    single = METHODS["sstv"](field, mask, voxel, regularization=chosen["smv_regularization"],
+                             radius_mm=chosen["smv_radius_mm"], **common)
+    assert chosen["smv_iterations"] == 12 and np.array_equal(both.mask, single.mask)
+    mean = (alone.chi_ppm + single.chi_ppm) / np.float32(2.0)
+    np.testing.assert_allclose(both.chi_ppm, mean, atol=1e-6 * np.abs(mean).max())
+
+
 def test_tfi_runs_alone_where_the_single_step_solve_has_no_data_and_says_why():
     """A local field, a slab cut along B0 by the field of view and a mask thinner than the ball: TFI alone."""
     voxel = (1.5, 1.5, 1.5)
