@@ -281,27 +281,42 @@ def field_jump_islands(
     """
     mask = np.asarray(mask, dtype=bool)
     field = np.asarray(total_field_hz, dtype=np.float32)
-    index = -np.ones(mask.shape, dtype=np.int64)
-    count = int(mask.sum())
-    index[mask] = np.arange(count)
-    rows, cols = [], []
+    pairs = []
     for axis in range(3):
         low = [slice(None)] * 3
         high = [slice(None)] * 3
         low[axis], high[axis] = slice(0, -1), slice(1, None)
-        low, high = tuple(low), tuple(high)
-        keep = mask[low] & mask[high] & (np.abs(field[low] - field[high]) <= np.float32(jump_hz))
-        rows.append(index[low][keep])
-        cols.append(index[high][keep])
+        pairs.append((tuple(low), tuple(high)))
+    # Every edge between two voxels that touch no cut edge is kept, so the face-connected regions of those
+    # voxels (an image labelling, fast) are whole in the graph; only the few voxels at cut edges need a graph,
+    # in which each region is one node: the same components as the graph of every voxel, seconds faster.
+    kept, at_cut = [], np.zeros(mask.shape, dtype=bool)
+    for low, high in pairs:
+        both = mask[low] & mask[high]
+        steady = both & (np.abs(field[low] - field[high]) <= np.float32(jump_hz))
+        cut = both & ~steady
+        at_cut[low] |= cut
+        at_cut[high] |= cut
+        kept.append(steady)
+    node, regions = ndi.label(mask & ~at_cut)
+    node = node.astype(np.int64, copy=False)
+    n_cut = int(at_cut.sum())
+    node[at_cut] = regions + 1 + np.arange(n_cut)
+    rows, cols = [], []
+    for (low, high), steady in zip(pairs, kept):
+        linked = steady & (at_cut[low] | at_cut[high])
+        rows.append(node[low][linked])
+        cols.append(node[high][linked])
+    n_nodes = regions + 1 + n_cut
     rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
     graph = scipy.sparse.coo_matrix(
-        (np.ones(rows_all.size, dtype=np.int8), (rows_all, cols_all)), shape=(count, count)
-    )
+        (np.ones(rows_all.size, dtype=np.int8), (rows_all, cols_all)), shape=(n_nodes, n_nodes))
     _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    main = int(np.argmax(np.bincount(component)))
-    islands = np.zeros(mask.shape, dtype=bool)
-    islands[mask] = component != main
-    return islands
+    # voxels per component (node 0, the voxels outside the mask, counts none)
+    voxels = np.bincount(node[mask], minlength=n_nodes)
+    size = np.bincount(component, weights=voxels)
+    main = int(np.argmax(size))
+    return mask & (component[node] != main)
 
 
 def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:

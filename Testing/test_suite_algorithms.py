@@ -8,6 +8,8 @@ the full-size numbers are in README and /benchmarks/bench_accuracy.py.
 
 import numpy as np
 import pytest
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from QSMLib import metrics
 from QSMLib._morphology import erode
@@ -240,6 +242,41 @@ def test_field_jump_islands_leave_the_mask_and_correct_fields_stay(case):
     automatic = phase_quality_mask(acquisition.magnitude, acquisition.voxel_size_mm, total_field_hz=wrong,
                                    echo_times_s=acquisition.echo_times_s)
     assert not np.any(automatic & island)
+
+
+def _islands_by_voxel_graph(field, mask, jump_hz):
+    """The definition: components of the graph of every mask voxel and its kept face edges; all but the largest."""
+    index = -np.ones(mask.shape, dtype=np.int64)
+    index[mask] = np.arange(mask.sum())
+    rows, cols = [], []
+    for axis in range(3):
+        low = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
+        high = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        keep = mask[low] & mask[high] & (np.abs(field[low] - field[high]) <= jump_hz)
+        rows.append(index[low][keep])
+        cols.append(index[high][keep])
+    graph = scipy.sparse.coo_matrix((np.ones(sum(r.size for r in rows)), (np.concatenate(rows), np.concatenate(cols))),
+                                    shape=(mask.sum(),) * 2)
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    islands = np.zeros(mask.shape, dtype=bool)
+    islands[mask] = component != np.argmax(np.bincount(component))
+    return islands
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_field_jump_islands_are_the_components_of_the_voxel_graph(seed):
+    """The islands come from the regions of voxels away from cut edges plus a small graph of the voxels at
+    them: the same as the components of the graph of every voxel (several regions, jumps, NaN fields)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(8, 28, 3))
+    mask = rng.random(shape) > rng.uniform(0.1, 0.5)
+    field = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    field[rng.random(shape) > 0.85] += np.float32(40.0)
+    field[rng.random(shape) > 0.97] = np.nan
+    jump = float(rng.uniform(2.0, 60.0))
+    islands = field_jump_islands(field, mask, jump)
+    assert islands.any() and not islands[~mask].any()
+    np.testing.assert_array_equal(islands, _islands_by_voxel_graph(field, mask, jump))
 
 
 def test_default_pipeline_on_the_small_realistic_head():
