@@ -348,9 +348,8 @@ def _nearest_reference(unwrapped: np.ndarray, main: np.ndarray, block: int = 2) 
     nearest = ndi.distance_transform_edt(~holds_main, return_distances=False, return_indices=True)
     position = tuple(np.minimum((corner[a] + within[a])[tuple(nearest)], shape[a] - 1) for a in range(3))
     value = unwrapped[position]
-    for axis in range(3):
-        value = np.repeat(value, block, axis=axis)
-    return value[tuple(slice(0, n) for n in shape)]
+    # each voxel takes its block's value: one gather (three np.repeat copies cost 0.2 s at 256x256x176)
+    return value[np.ix_(*(np.arange(n) // block for n in shape))]
 
 
 def _attach_to_main(unwrapped: np.ndarray, labels: np.ndarray, main: int) -> np.ndarray:
