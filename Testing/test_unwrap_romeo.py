@@ -21,6 +21,7 @@ from QSMLib.phase import mcpc3ds
 from QSMLib.unwrap import METHODS, laplacian, romeo
 from QSMLib.unwrap.romeo import (
     _edge_levels,
+    _nearest_reference,
     edge_weights,
     maximum_spanning_tree,
     romeo_unwrap_volume,
@@ -185,6 +186,23 @@ def test_voxel_quality_and_edge_levels_match_their_definition_across_slabs(threa
         both[low] = signal[low] & signal[high]
         expected[~both] = 255
         np.testing.assert_array_equal(levels[:, axis], expected.ravel())
+
+
+@pytest.mark.parametrize("shape", [(9, 10, 11), (16, 7, 12)])
+def test_every_voxel_takes_the_value_of_a_main_voxel_nearby(shape):
+    """_nearest_reference on odd and even sizes: each voxel gets the value of a main voxel; where its 2x2x2
+    block holds main voxels, one of those (values distinct, so the source is known)."""
+    rng = np.random.default_rng(5)
+    values = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+    main = rng.random(shape) > 0.85
+    nearest = _nearest_reference(values, main)
+    assert nearest.shape == shape and np.isin(nearest, values[main]).all()
+    source = np.argwhere(np.isin(values, nearest) & main)
+    where = {float(values[tuple(p)]): p for p in source}
+    for voxel in np.ndindex(shape):
+        block = tuple(slice(2 * (c // 2), 2 * (c // 2) + 2) for c in voxel)
+        if main[block].any():
+            assert np.all(where[float(nearest[voxel])] // 2 == np.array(voxel) // 2)
 
 
 def test_axis_order_does_not_matter(head, unwrapped_head):
