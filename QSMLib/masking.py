@@ -289,7 +289,8 @@ def field_jump_islands(
         pairs.append((tuple(low), tuple(high)))
     # Every edge between two voxels that touch no cut edge is kept, so the face-connected regions of those
     # voxels (an image labelling, fast) are whole in the graph; only the few voxels at cut edges need a graph,
-    # in which each region is one node: the same components as the graph of every voxel, seconds faster.
+    # in which each region is one node: the same components as the graph of every voxel (0.21 against 0.64-0.79
+    # s at 256x256x176; should two regions tie for the largest, either may be kept, as before).
     kept, at_cut = [], np.zeros(mask.shape, dtype=bool)
     for low, high in pairs:
         both = mask[low] & mask[high]

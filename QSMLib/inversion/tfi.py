@@ -441,7 +441,7 @@ def tfi(
         parameters.update(merit_every=merit_every, merit_factor=merit_factor, merit_voxels=merit_voxels)
     del weight_squared
     if single_step:
-        # on its own frame inside TFI's (no shell: 23 % fewer voxels on the 1 mm benchmark head)
+        # on its own frame inside TFI's (no shell: 144x180x150 against 150x200x162 on the 1 mm benchmark head)
         sub, sub_shape = _smv_frame(inside_host, single_step, voxel_size_mm)
         sub_lengths = tuple(part.stop - part.start for part in sub)
 
