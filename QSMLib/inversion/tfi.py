@@ -59,9 +59,11 @@ from .._operators import (
     ball_interior,
     conjugate_gradient,
     data_weight,
+    from_frame,
     gradient,
     gradient_eigenvalues,
     sphere_kernel,
+    to_frame,
 )
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
@@ -443,22 +445,17 @@ def tfi(
     if single_step:
         # on its own frame inside TFI's (no shell: 144x180x150 against 150x200x162 on the 1 mm benchmark head)
         sub, sub_shape = _smv_frame(inside_host, single_step, voxel_size_mm)
-        sub_lengths = tuple(part.stop - part.start for part in sub)
-
-        def subframe(volume: np.ndarray) -> np.ndarray:
-            return _fft.pad(volume[sub], sub_shape)
-
+        sub_inside = to_frame(inside_host, sub, sub_shape) > 0
         # the threshold is made on the frame, so that its padding is outside tissue too
-        sub_threshold = _soft_threshold(subframe(tissue), subframe(tissue_weight) if np.ndim(tissue_weight) else
-                                        tissue_weight, 1.0, 1.0 / 300.0)
+        sub_threshold = _soft_threshold(to_frame(tissue, sub, sub_shape) > 0, to_frame(tissue_weight, sub, sub_shape)
+                                        if np.ndim(tissue_weight) else tissue_weight, 1.0, 1.0 / 300.0)
         smv_chi, smv_parameters = _single_step(
-            subframe(field_host), subframe(weight), subframe(inside_host),
+            to_frame(field_host, sub, sub_shape), to_frame(weight, sub, sub_shape), sub_inside,
             dipole_kernel(sub_shape, voxel_size_mm, b0_direction), single_step, regularization * SMV_LAMBDA_FACTOR,
             sub_threshold, dict(solve, shape=sub_shape))
         if smv_chi is not None:
-            placed = np.zeros(shape, dtype=np.float32)
-            placed[sub] = _fft.crop(target.to_numpy(smv_chi), sub_lengths)
-            chi += target.to_device(placed)
+            # only the mask's chi is reported, so the solve's is placed there alone
+            chi += target.to_device(from_frame(target.to_numpy(smv_chi), sub, inside_host))
             chi *= 0.5
         parameters.update(smv_parameters)
     del field_host, kernel_host, weight, tissue_weight
