@@ -21,7 +21,7 @@ _GEOMETRY = ("b0_direction", "b0_tesla")
 
 METHODS = {
     "tkd": Method(tkd, inputs=_GEOMETRY),
-    "l2": Method(l2, inputs=_GEOMETRY),
+    "l2": Method(l2, inputs=(*_GEOMETRY, "field_sd_hz")),
     "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "device")),
     "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "echo_times_s", "magnitude")),
     "rts": Method(rts, inputs=_GEOMETRY),

@@ -80,21 +80,54 @@ TV_LAMBDA_PER_NOISE = 0.07
 MODEL_ERROR_FRACTION = 0.07
 
 
+def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float]) -> float:
+    """The field's effective noise ``sqrt((sigma h)^2 + (e rms)^2)`` (ppm mm) that the automatic rules scale.
+
+    Scaling the field and its noise by ``c`` scales the best ``chi`` and the
+    best TV ``lambda`` by ``c`` (both terms of the functional grow by ``c^2``),
+    so that ``lambda`` is proportional to the noise; ``h`` (the geometric
+    mean voxel size, mm) keeps the total variation's weight per voxel the
+    same at any resolution. A field without noise still differs from the
+    dipole model (partial volumes, the discrete kernel, what background
+    removal left), by an amount that grows with the field: ``e``
+    (:data:`MODEL_ERROR_FRACTION`) times its RMS (in mm ppm: the best
+    ``lambda`` of noise-free fields measured the same from 1 to 3 mm
+    voxels), added in quadrature.
+
+    Parameters
+    ----------
+    noise_ppm : float
+        Noise standard deviation of the (weighted) field, ppm (:func:`field_noise`).
+    field_rms_ppm : float
+        RMS of the (weighted, demeaned) field in the mask, ppm.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    float
+        ppm mm.
+
+    Examples
+    --------
+    >>> round(effective_noise(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
+    0.002
+    """
+    mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
+    effective = float(np.hypot(max(float(noise_ppm), 0.0) * mean_voxel,
+                               MODEL_ERROR_FRACTION * max(float(field_rms_ppm), 0.0)))
+    if not effective > 0:
+        raise QSMInputError("The field is zero everywhere in the mask: there is nothing to invert. Check the field.")
+    return effective
+
+
 def noise_proportional_regularization(
     noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float]
 ) -> float:
     """TV ``lambda`` (ppm mm) proportional to the effective noise: ``k sqrt((sigma h)^2 + (e rms)^2)``.
 
-    Scaling the field and its noise by ``c`` scales the best ``chi`` and the
-    best ``lambda`` by ``c`` (both terms of the functional grow by ``c^2``),
-    so the best ``lambda`` is proportional to the noise; ``h`` (the geometric
-    mean voxel size, mm) keeps the total variation's weight per voxel the
-    same at any resolution. A field without noise still differs from the
-    dipole model (partial volumes, the discrete kernel, what background
-    removal left), by an amount that grows with the field: ``e`` times its
-    RMS (in mm ppm: the best ``lambda`` of noise-free fields measured the
-    same from 1 to 3 mm voxels), added in quadrature. ``k`` (:data:`TV_LAMBDA_PER_NOISE`) and ``e``
-    (:data:`MODEL_ERROR_FRACTION`) are measured on the validation suite.
+    ``k`` is :data:`TV_LAMBDA_PER_NOISE`, measured on the validation suite;
+    the effective noise is :func:`effective_noise`.
 
     Parameters
     ----------
@@ -114,12 +147,32 @@ def noise_proportional_regularization(
     >>> round(noise_proportional_regularization(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
     0.00014
     """
-    mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
-    effective = float(np.hypot(max(float(noise_ppm), 0.0) * mean_voxel,
-                               MODEL_ERROR_FRACTION * max(float(field_rms_ppm), 0.0)))
-    if not effective > 0:
-        raise QSMInputError("The field is zero everywhere in the mask: there is nothing to invert. Check the field.")
-    return TV_LAMBDA_PER_NOISE * effective
+    return TV_LAMBDA_PER_NOISE * effective_noise(noise_ppm, field_rms_ppm, voxel_size_mm)
+
+
+def measure_field(
+    field_ppm: np.ndarray, mask: np.ndarray, weight: Optional[np.ndarray], field_sd_ppm: Optional[np.ndarray]
+) -> dict[str, float]:
+    """What the automatic rules read from a field: its noise (two estimates) and its RMS, all ppm.
+
+    ``noise_ppm`` is the larger of ``detail_noise_ppm`` (:func:`field_noise`
+    of the weighted field) and ``fit_noise_ppm``, the echo fit's noise of the
+    weighted data term ``1 / mean(1 / SD)`` (the weight is the inverse SD
+    scaled to mean 1): spatially correlated noise (k-space filtering, coil
+    combination) hides from the finest detail but not from the fit's
+    residuals. ``field_rms_ppm`` is the weighted field's SD in the mask.
+    """
+    detail_noise_ppm = field_noise(field_ppm, mask, weight)
+    fit_noise_ppm = 0.0
+    if field_sd_ppm is not None:
+        sd = np.asarray(field_sd_ppm, dtype=np.float64)[mask]
+        sd = sd[sd > 0]
+        fit_noise_ppm = float(1.0 / np.mean(1.0 / sd)) if sd.size else 0.0
+    weighted = np.asarray(field_ppm, dtype=np.float32)[mask]
+    if weight is not None:
+        weighted = weighted * np.asarray(weight, dtype=np.float32)[mask]
+    return {"noise_ppm": max(detail_noise_ppm, fit_noise_ppm), "detail_noise_ppm": detail_noise_ppm,
+            "fit_noise_ppm": fit_noise_ppm, "field_rms_ppm": float(weighted.std()) if weighted.size else 0.0}
 
 
 def effective_echo_time(
@@ -217,21 +270,9 @@ def tv_regularization(
     if isinstance(regularization, str):
         if regularization != "auto":
             raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
-        detail_noise_ppm = field_noise(field_ppm, mask, weight)
-        fit_noise_ppm = 0.0
-        if field_sd_ppm is not None:
-            sd = np.asarray(field_sd_ppm, dtype=np.float64)[mask]
-            sd = sd[sd > 0]
-            fit_noise_ppm = float(1.0 / np.mean(1.0 / sd)) if sd.size else 0.0
-        noise_ppm = max(detail_noise_ppm, fit_noise_ppm)
-        weighted = np.asarray(field_ppm, dtype=np.float32)[mask]
-        if weight is not None:
-            weighted = weighted * np.asarray(weight, dtype=np.float32)[mask]
-        field_rms_ppm = float(weighted.std()) if weighted.size else 0.0
-        value = noise_proportional_regularization(noise_ppm, field_rms_ppm, voxel_size_mm)
-        return value, {"regularization": value, "regularization_rule": "noise-proportional", "noise_ppm": noise_ppm,
-                       "detail_noise_ppm": detail_noise_ppm, "fit_noise_ppm": fit_noise_ppm,
-                       "field_rms_ppm": field_rms_ppm}
+        measured = measure_field(field_ppm, mask, weight, field_sd_ppm)
+        value = noise_proportional_regularization(measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm)
+        return value, {"regularization": value, "regularization_rule": "noise-proportional", **measured}
     value = float(regularization)
     if not (value > 0 and np.isfinite(value)):
         raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")

@@ -1,13 +1,14 @@
 """Closed-form L2 (Tikhonov on gradients) dipole inversion (Bilgic et al., JMRI 2014;40:181).
 
-The regularisation can be chosen automatically at the corner of the L-curve
-(Hansen, SIAM Review 1992), as Bilgic et al. do: since the solution is
-closed form, every candidate costs only element-wise work on the spectrum.
+The regularisation is chosen from the field's noise-to-signal ratio by
+default; the corner of the L-curve (Hansen, SIAM Review 1992), as Bilgic et
+al. choose it, is available too: since the solution is closed form, every
+candidate costs only element-wise work on the spectrum.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -18,10 +19,15 @@ from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
+from ._regularization import effective_noise, measure_field
 
-#: Default ``lambda`` per squared voxel size: ``lambda = 0.003 h^2`` mm^2 (``h`` the geometric
-#: mean voxel size in mm) gave the lowest NRMSE on the numerical head phantom at 1 and 2 mm.
+#: ``lambda = 0.003 h^2`` mm^2 (``h`` the geometric mean voxel size in mm) gave the lowest NRMSE on
+#: the numerical head phantom at 1 and 2 mm; MEDI's closed-form start uses it.
 DEFAULT_REGULARIZATION_PER_VOXEL = 0.003
+
+#: The automatic ``lambda`` (mm^2) per ``h`` times the field's effective noise-to-signal ratio (mm):
+#: measured on the validation suite (``benchmarks/bench_lambda.py``).
+LAMBDA_PER_NOISE_RATIO = 0.25
 
 #: Candidates of the L-curve search, mm^2 (log spaced).
 L_CURVE_RANGE = (1e-4, 1.0)
@@ -29,7 +35,7 @@ L_CURVE_POINTS = 41
 
 
 def default_regularization(voxel_size_mm: Sequence[float]) -> float:
-    """The default ``lambda`` (mm^2): ``0.003 h^2`` with ``h`` the geometric mean voxel size in mm."""
+    """``lambda`` (mm^2) for fields as noisy as the phantom's: ``0.003 h^2``, ``h`` the mean voxel size in mm."""
     mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
     return DEFAULT_REGULARIZATION_PER_VOXEL * mean_voxel**2
 
@@ -82,7 +88,8 @@ def l2(
     *,
     b0_direction: Sequence[float],
     b0_tesla: float,
-    regularization: Union[float, str, None] = None,
+    field_sd_hz: Optional[np.ndarray] = None,
+    regularization: Union[float, str] = "auto",
     pad_factor: float = 1.5,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
@@ -95,17 +102,26 @@ def l2(
     ----------
     local_field_hz, mask, voxel_size_mm, b0_direction, b0_tesla, pad_factor
         As :func:`QSMLib.inversion.tkd.tkd`.
-    regularization : float or "auto"
-        ``lambda`` in mm^2 (the gradient is per mm); larger is smoother. The
-        default 0.003 gave the lowest NRMSE on the numerical head phantom at
-        1 mm. ``"auto"`` picks the L-curve corner (:func:`l_curve_corner`,
-        41 values from 1e-4 to 1), which favours smoother maps.
+    field_sd_hz : numpy.ndarray, optional
+        The echo fit's noise SD per voxel (Hz), one of the two noise
+        estimates ``"auto"`` reads (as for ``tv``).
+    regularization : float, "auto" or "l-curve"
+        ``lambda`` in mm^2 (the gradient is per mm); larger is smoother.
+        ``"auto"`` (default): ``0.25 h r`` with ``h`` the geometric mean
+        voxel size (mm) and ``r`` the field's effective noise (``tv``'s
+        noise estimate and model error, ppm mm) over its RMS (ppm): scaling
+        the field leaves the best ``lambda`` of a quadratic functional
+        unchanged, so it follows the noise-to-signal ratio, not the noise.
+        ``"l-curve"``: the L-curve corner (:func:`l_curve_corner`, 41 values
+        from 1e-4 to 1), 30-70 % above the best NRMSE on the suite (too
+        little regularisation).
 
     Returns
     -------
     InversionResult
         ``chi_ppm``: susceptibility in ppm, zero outside ``mask`` (not yet referenced);
-        ``parameters``: values chosen from the data (none for this method).
+        ``parameters``: ``regularization`` (mm^2), ``regularization_rule`` and, when chosen from the
+        data, the noise estimates it read (ppm).
 
     References
     ----------
@@ -125,29 +141,41 @@ def l2(
     >>> bool(0.12 < contrast < 0.24)  # the sphere's 0.2 ppm, within the method's bias
     True
     """
-    if regularization is None:
-        regularization = default_regularization(voxel_size_mm)
-    automatic = isinstance(regularization, str)
-    if automatic and regularization != "auto":
-        raise QSMInputError(f"L2 regularization must be a positive number or 'auto', got {regularization!r}.")
-    if not automatic and not float(regularization) > 0:
+    if isinstance(regularization, str):
+        if regularization not in ("auto", "l-curve"):
+            raise QSMInputError(f"L2 regularization must be a positive number, 'auto' or 'l-curve', "
+                                f"got {regularization!r}.")
+    elif not (float(regularization) > 0 and np.isfinite(float(regularization))):
         raise QSMInputError(f"L2 regularization must be positive, got {regularization!r}.")
     check_cancel(cancel)
     report(progress, 0.0, "L2 inversion")
+    field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0).astype(np.float32)
+    chosen: dict = {}
+    if regularization == "auto":
+        chosen = measure_field(field_ppm, mask, None, None if field_sd_hz is None else
+                               np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0))
+        effective = effective_noise(chosen["noise_ppm"], chosen["field_rms_ppm"], voxel_size_mm)
+        if not chosen["field_rms_ppm"] > 0:
+            raise QSMInputError("L2: the field is constant in the mask: there is nothing to invert. Check the field.")
+        mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
+        regularization = LAMBDA_PER_NOISE_RATIO * mean_voxel * effective / chosen["field_rms_ppm"]
+        chosen["regularization_rule"] = "noise-to-signal"
     box, shape = inversion_frame(mask, pad_factor)
-    field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0)[box]
     kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
     laplacian = gradient_eigenvalues(shape, voxel_size_mm)
-    spectrum = _fft.rfftn(_fft.pad(field_ppm, shape))
-    if automatic:
+    spectrum = _fft.rfftn(_fft.pad(field_ppm[box], shape))
+    if regularization == "l-curve":
         report(progress, 0.2, "L2: L-curve")
         candidates = np.geomspace(*L_CURVE_RANGE, L_CURVE_POINTS)
-        regularization = l_curve_corner(spectrum, kernel, laplacian, candidates)
+        regularization, chosen["regularization_rule"] = l_curve_corner(spectrum, kernel, laplacian, candidates), \
+            "L-curve corner"
         check_cancel(cancel)
     denominator = kernel * kernel + np.float32(regularization) * laplacian
     denominator[0, 0, 0] = 1.0
     spectrum *= kernel / denominator
     chi = np.zeros(mask.shape, dtype=np.float32)
-    chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm.shape)
+    chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm[box].shape)
     report(progress, 1.0, f"L2 done (lambda {float(regularization):.2g})")
-    return InversionResult(np.where(mask, chi, 0).astype(np.float32))
+    return InversionResult(np.where(mask, chi, 0).astype(np.float32),
+                           {"regularization": float(regularization),
+                            "regularization_rule": chosen.pop("regularization_rule", "fixed"), **chosen})

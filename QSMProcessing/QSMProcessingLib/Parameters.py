@@ -112,8 +112,8 @@ INVERSION_PARAMETERS = {
     "tv": _TV_REGULARIZATION,
     "nltv": _TV_REGULARIZATION,
     "rts": MethodParameter("delta", "Kernel threshold δ", "", 0.15, "0.15", 3, 0.01),
-    "l2": MethodParameter("regularization", "Regularization λ", "mm²", None, "0.003 mm² × (voxel size / 1 mm)²",
-                          4, 0.001),
+    "l2": MethodParameter("regularization", "Regularization λ", "mm²", "auto",
+                          "chosen from the field's noise-to-signal ratio and recorded in the log", 4, 0.001),
     "tkd": MethodParameter("threshold", "Kernel threshold", "", 0.19, "0.19", 3, 0.01),
 }
 #: Background methods with a kernel radius (the Advanced section's radius field).
