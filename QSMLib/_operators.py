@@ -138,6 +138,17 @@ def shrink(vectors: Any, threshold: Any, work: Any) -> None:
     vectors *= work
 
 
+def mean_voxel_mm(voxel_size_mm: Sequence[float]) -> float:
+    """Geometric mean voxel size (mm): the side of a cube of the voxel's volume.
+
+    Examples
+    --------
+    >>> mean_voxel_mm((1.0, 1.0, 8.0))
+    2.0
+    """
+    return float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
+
+
 def gradient_eigenvalues(shape: Sequence[int], voxel_size_mm: Sequence[float]) -> np.ndarray:
     """``sum_a |E_a|^2`` for periodic forward differences on the rfft grid (1/mm^2).
 

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import _backend, _fft
-from .._operators import gradient, root_sum_of_squares
+from .._operators import gradient, mean_voxel_mm, root_sum_of_squares
 from ..errors import QSMInputError
 
 #: Gaussian consistency of the median absolute deviation: sigma = MAD / 0.6745.
@@ -113,8 +113,7 @@ def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Seque
     >>> round(effective_noise(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
     0.002
     """
-    mean_voxel = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) ** (1.0 / 3.0)
-    effective = float(np.hypot(max(float(noise_ppm), 0.0) * mean_voxel,
+    effective = float(np.hypot(max(float(noise_ppm), 0.0) * mean_voxel_mm(voxel_size_mm),
                                MODEL_ERROR_FRACTION * max(float(field_rms_ppm), 0.0)))
     if not effective > 0:
         raise QSMInputError("The field is zero everywhere in the mask: there is nothing to invert. Check the field.")

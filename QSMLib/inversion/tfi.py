@@ -62,6 +62,7 @@ from .._operators import (
     from_frame,
     gradient,
     gradient_eigenvalues,
+    mean_voxel_mm,
     sphere_kernel,
     to_frame,
 )
@@ -620,7 +621,7 @@ def sstv(
 
 def _default_tolerance(voxel_size_mm: Sequence[float]) -> float:
     """The automatic stopping tolerance: ``TOLERANCE_PER_MM`` per mm of voxel size, at most ``MAX_AUTO_TOLERANCE``."""
-    return min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0))
+    return min(MAX_AUTO_TOLERANCE, TOLERANCE_PER_MM * mean_voxel_mm(voxel_size_mm))
 
 
 def _default_edge_mm(voxel_size_mm: Sequence[float]) -> float:
@@ -664,7 +665,7 @@ def _smv_radius(radius_mm: Optional[float], voxel_size_mm: Sequence[float]) -> f
     if radius_mm is not None:
         return float(radius_mm)
     low, high = SMV_RADIUS_RANGE_MM
-    radius = float(np.clip(SMV_RADIUS_VOXELS * float(np.prod(voxel_size_mm)) ** (1.0 / 3.0), low, high))
+    radius = float(np.clip(SMV_RADIUS_VOXELS * mean_voxel_mm(voxel_size_mm), low, high))
     # voxels over 4 mm: a ball of 6 mm would hold the centre voxel alone, and S (voxel less its ball's mean) be 0
     return max(radius, SMV_MIN_RADIUS_VOXELS * float(max(voxel_size_mm)))
 

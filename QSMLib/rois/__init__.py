@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .._operators import mean_voxel_mm
 from .._progress import CancelToken, ProgressCallback, report, sub_progress
 from ..errors import QSMWarning
 from ..roi import roi_statistics
@@ -150,8 +151,7 @@ def core_depth_for(voxel_size_mm: Sequence[float]) -> float:
     >>> core_depth_for((1.0, 1.0, 1.0)), core_depth_for((2.0, 2.0, 2.0))
     (0.75, 1.25)
     """
-    voxel = float(np.prod(np.asarray(voxel_size_mm, np.float64)) ** (1.0 / 3.0))
-    return round(CORE_VOXEL_FRACTION * voxel + CORE_MARGIN_MM, 6)
+    return round(CORE_VOXEL_FRACTION * mean_voxel_mm(voxel_size_mm) + CORE_MARGIN_MM, 6)
 
 
 def atlas_rois(
