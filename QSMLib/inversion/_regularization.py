@@ -80,7 +80,8 @@ TV_LAMBDA_PER_NOISE = 0.07
 MODEL_ERROR_FRACTION = 0.07
 
 
-def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float]) -> float:
+def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float],
+                    model_error_fraction: float = MODEL_ERROR_FRACTION) -> float:
     """The field's effective noise ``sqrt((sigma h)^2 + (e rms)^2)`` (ppm mm) that the automatic rules scale.
 
     Scaling the field and its noise by ``c`` scales the best ``chi`` and the
@@ -102,6 +103,8 @@ def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Seque
         RMS of the (weighted, demeaned) field in the mask, ppm.
     voxel_size_mm : sequence of 3 float
         Voxel size in mm per array axis.
+    model_error_fraction : float
+        ``e``; a method whose data term absorbs model error itself needs less (MEDI).
 
     Returns
     -------
@@ -114,14 +117,15 @@ def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Seque
     0.002
     """
     effective = float(np.hypot(max(float(noise_ppm), 0.0) * mean_voxel_mm(voxel_size_mm),
-                               MODEL_ERROR_FRACTION * max(float(field_rms_ppm), 0.0)))
+                               model_error_fraction * max(float(field_rms_ppm), 0.0)))
     if not effective > 0:
         raise QSMInputError("The field is zero everywhere in the mask: there is nothing to invert. Check the field.")
     return effective
 
 
 def noise_proportional_regularization(
-    noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float]
+    noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float],
+    model_error_fraction: float = MODEL_ERROR_FRACTION,
 ) -> float:
     """TV ``lambda`` (ppm mm) proportional to the effective noise: ``k sqrt((sigma h)^2 + (e rms)^2)``.
 
@@ -130,12 +134,8 @@ def noise_proportional_regularization(
 
     Parameters
     ----------
-    noise_ppm : float
-        Noise standard deviation of the (weighted) field, ppm (:func:`field_noise`).
-    field_rms_ppm : float
-        RMS of the (weighted, demeaned) field in the mask, ppm.
-    voxel_size_mm : sequence of 3 float
-        Voxel size in mm per array axis.
+    noise_ppm, field_rms_ppm, voxel_size_mm, model_error_fraction
+        As :func:`effective_noise`.
 
     Returns
     -------
@@ -146,7 +146,7 @@ def noise_proportional_regularization(
     >>> round(noise_proportional_regularization(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
     0.00014
     """
-    return TV_LAMBDA_PER_NOISE * effective_noise(noise_ppm, field_rms_ppm, voxel_size_mm)
+    return TV_LAMBDA_PER_NOISE * effective_noise(noise_ppm, field_rms_ppm, voxel_size_mm, model_error_fraction)
 
 
 def measure_field(
@@ -224,6 +224,7 @@ def tv_regularization(
     voxel_size_mm: Sequence[float],
     label: str,
     field_sd_ppm: Optional[np.ndarray] = None,
+    model_error_fraction: float = MODEL_ERROR_FRACTION,
 ) -> tuple[float, dict[str, Any]]:
     """Resolve a TV-family ``regularization`` argument: a positive number, or ``"auto"`` (from the noise).
 
@@ -249,6 +250,8 @@ def tv_regularization(
         estimate from the field's finest detail is used, since spatially
         correlated noise (k-space filtering, coil combination) hides from the
         finest detail but not from the fit's residuals.
+    model_error_fraction : float
+        As :func:`effective_noise`.
 
     Returns
     -------
@@ -270,7 +273,8 @@ def tv_regularization(
         if regularization != "auto":
             raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
         measured = measure_field(field_ppm, mask, weight, field_sd_ppm)
-        value = noise_proportional_regularization(measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm)
+        value = noise_proportional_regularization(measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm,
+                                                  model_error_fraction)
         return value, {"regularization": value, "regularization_rule": "noise-proportional", **measured}
     value = float(regularization)
     if not (value > 0 and np.isfinite(value)):

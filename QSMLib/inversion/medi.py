@@ -39,8 +39,13 @@ from ..contract import InversionResult
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..units import GAMMA_BAR_HZ_PER_T, hz_to_ppm
+from ._regularization import MODEL_ERROR_FRACTION as TV_MODEL_ERROR_FRACTION
 from ._regularization import echo_time, edge_weight, merit_weight, tv_regularization
 from .l2 import default_regularization
+
+#: Model error of the field as a fraction of its RMS in MEDI's automatic rule: a quarter of TV's
+#: (measured, ``benchmarks/bench_lambda.py --methods medi``).
+MODEL_ERROR_FRACTION = TV_MODEL_ERROR_FRACTION / 4
 
 #: Smoothing of |grad x| in the IRLS weights, rad^2/mm^2 (MEDI's ``e = 1e-6``).
 _IRLS_EPSILON = 1e-6
@@ -57,7 +62,7 @@ def medi(
     field_weight: Optional[np.ndarray] = None,
     field_sd_hz: Optional[np.ndarray] = None,
     echo_times_s: Optional[Sequence[float]] = None,
-    regularization: Union[float, str] = 100.0,
+    regularization: Union[float, str] = "auto",
     echo_time_s: Optional[float] = None,
     edge_fraction: float = 0.3,
     merit: bool = True,
@@ -98,13 +103,17 @@ def medi(
     regularization : float or "auto"
         ``lambda``, the weight of the data term (MEDI's convention: larger
         follows the data more closely) for phases in radians at
-        ``echo_time_s``. 100 at 20 ms corresponds to MEDI's 500 at 4 ms
-        (``lambda s`` is what matters) and gave the lowest NRMSE on the
-        numerical head phantom. ``"auto"`` takes the TV rule's ``lambda_TV``
+        ``echo_time_s`` (``lambda s`` is what matters: 100 at 20 ms is
+        MEDI's 500 at 4 ms, the best fixed value on the numerical head
+        phantom). ``"auto"`` (default) takes the TV rule's ``lambda_TV``
         from the noise of the field
         (:func:`~QSMLib.inversion._regularization.tv_regularization`) and
         converts it: for small phase errors MEDI's functional is
         ``2 lambda s^2`` times TV's with ``lambda_TV = 1 / (2 lambda s)``.
+        The rule's model-error term is a quarter of TV's
+        (:data:`MODEL_ERROR_FRACTION`): from exact local fields MEDI's best
+        data weight was 4 times the converted one on all five suite heads
+        measured, with noise it was the converted one.
     echo_time_s : float, optional
         Echo time (s) at which field and model are compared as phase.
         Default: the scan's effective echo time
@@ -176,7 +185,7 @@ def medi(
         field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0).astype(np.float32)
         tv_lambda, rule = tv_regularization(
             regularization, field_ppm, mask, data_weight(mask, field_weight), voxel_size_mm, "MEDI",
-            None if field_sd_hz is None else hz_to_ppm(field_sd_hz, b0_tesla))
+            None if field_sd_hz is None else hz_to_ppm(field_sd_hz, b0_tesla), MODEL_ERROR_FRACTION)
         regularization = 1.0 / (2.0 * tv_lambda * scale)
         chosen.update(rule, regularization=regularization, tv_equivalent_regularization=tv_lambda)
     else:

@@ -107,8 +107,8 @@ _TV_REGULARIZATION = MethodParameter(
 INVERSION_PARAMETERS = {
     "tfi": _TV_REGULARIZATION,
     "sstv": _TV_REGULARIZATION,
-    "medi": MethodParameter("regularization", "Regularization λ", "", 100.0, "100 (data weight at a 20 ms echo)",
-                            1, 10.0),
+    "medi": MethodParameter("regularization", "Regularization λ", "", "auto",
+                            "a data weight chosen from the noise of the field and recorded in the log", 1, 10.0),
     "tv": _TV_REGULARIZATION,
     "nltv": _TV_REGULARIZATION,
     "rts": MethodParameter("delta", "Kernel threshold δ", "", 0.15, "0.15", 3, 0.01),
