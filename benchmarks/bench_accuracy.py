@@ -95,6 +95,14 @@ def call_method(entry: Any, field_hz: np.ndarray, mask: np.ndarray, voxel_size_m
     return result, mask, {}
 
 
+def method_inputs(case: SuiteCase) -> dict[str, Any]:
+    """The pipeline inputs a stage method may take, from the case's acquisition (no weight or noise map)."""
+    acquisition = case.acquisition
+    return {"b0_direction": tuple(acquisition.b0_direction), "b0_tesla": acquisition.b0_tesla,
+            "magnitude": acquisition.magnitude, "echo_times_s": acquisition.echo_times_s,
+            "voxel_size_mm": tuple(acquisition.voxel_size_mm)}
+
+
 def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
     """The echo fit's field noise (Hz) and reliability weight, from phase unwrapped with the true field.
 
@@ -217,9 +225,7 @@ def evaluate_case(
         row["nrmse_brain"] = metrics.nrmse(pipeline.chi_ppm, case.chi_ppm, brain)
         row["unreported_brain_percent"] = float(100.0 * (brain & ~pipeline.local_mask).sum() / brain.sum())
         rows.append(row)
-    available = {"b0_direction": tuple(acquisition.b0_direction), "b0_tesla": acquisition.b0_tesla,
-                 "magnitude": acquisition.magnitude, "echo_times_s": acquisition.echo_times_s,
-                 "voxel_size_mm": tuple(voxel)}
+    available = method_inputs(case)
     if "background" in stages:
         sources = {"exact": lambda: (case.total_field_hz, brain, None),
                    "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask, pipeline.maps.get("field_weight"))}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,18 +52,13 @@ def sweep(case: bench_accuracy.SuiteCase, method: str, input_name: str, noise: O
     """Automatic lambda and the best fixed multiple of it for one case, input and method."""
     acquisition = case.acquisition
     field, weight, field_sd = _inputs(case, input_name, noise)
-    available = {"b0_direction": tuple(acquisition.b0_direction), "b0_tesla": acquisition.b0_tesla,
-                 "magnitude": acquisition.magnitude, "echo_times_s": acquisition.echo_times_s,
-                 "voxel_size_mm": tuple(acquisition.voxel_size_mm), "field_weight": weight, "field_sd_hz": field_sd}
+    available = dict(bench_accuracy.method_inputs(case), field_weight=weight, field_sd_hz=field_sd)
     entry = bench_accuracy.INVERSION_METHODS[method]
 
     def score(regularization: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        began = time.perf_counter()
         chi, valid, chosen = bench_accuracy.call_method(entry, field, case.brain_mask, acquisition.voxel_size_mm,
                                                         available, {"regularization": regularization})
-        scores = bench_accuracy.chi_scores(chi, case, valid & case.brain_mask)
-        scores["seconds"] = time.perf_counter() - began
-        return scores, chosen
+        return bench_accuracy.chi_scores(chi, case, valid & case.brain_mask), chosen
 
     auto, chosen = score("auto")
     auto_lambda = float(chosen["regularization"])

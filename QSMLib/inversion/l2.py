@@ -148,31 +148,30 @@ def l2(
     check_cancel(cancel)
     report(progress, 0.0, "L2 inversion")
     field_ppm = np.where(mask, hz_to_ppm(local_field_hz, b0_tesla), 0).astype(np.float32)
-    chosen: dict = {}
+    rule, measured = "fixed", {}
     if regularization == "auto":
-        chosen = measure_field(field_ppm, mask, None, None if field_sd_hz is None else
-                               np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0))
-        effective = effective_noise(chosen["noise_ppm"], chosen["field_rms_ppm"], voxel_size_mm)
-        if not chosen["field_rms_ppm"] > 0:
+        measured = measure_field(field_ppm, mask, None, None if field_sd_hz is None else
+                                 np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0))
+        if not measured["field_rms_ppm"] > 0:
             raise QSMInputError("L2: the field is constant in the mask: there is nothing to invert. Check the field.")
-        regularization = LAMBDA_PER_NOISE_RATIO * mean_voxel_mm(voxel_size_mm) * effective / chosen["field_rms_ppm"]
-        chosen["regularization_rule"] = "noise-to-signal"
+        effective = effective_noise(measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm)
+        regularization = LAMBDA_PER_NOISE_RATIO * mean_voxel_mm(voxel_size_mm) * effective / measured["field_rms_ppm"]
+        rule = "noise-to-signal"
     box, shape = inversion_frame(mask, pad_factor)
     kernel = dipole_kernel(shape, voxel_size_mm, b0_direction)
     laplacian = gradient_eigenvalues(shape, voxel_size_mm)
-    spectrum = _fft.rfftn(_fft.pad(field_ppm[box], shape))
+    field_ppm = field_ppm[box]
+    spectrum = _fft.rfftn(_fft.pad(field_ppm, shape))
     if regularization == "l-curve":
         report(progress, 0.2, "L2: L-curve")
         candidates = np.geomspace(*L_CURVE_RANGE, L_CURVE_POINTS)
-        regularization, chosen["regularization_rule"] = l_curve_corner(spectrum, kernel, laplacian, candidates), \
-            "L-curve corner"
+        regularization, rule = l_curve_corner(spectrum, kernel, laplacian, candidates), "L-curve corner"
         check_cancel(cancel)
     denominator = kernel * kernel + np.float32(regularization) * laplacian
     denominator[0, 0, 0] = 1.0
     spectrum *= kernel / denominator
     chi = np.zeros(mask.shape, dtype=np.float32)
-    chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm[box].shape)
+    chi[box] = _fft.crop(_fft.irfftn(spectrum, shape), field_ppm.shape)
     report(progress, 1.0, f"L2 done (lambda {float(regularization):.2g})")
     return InversionResult(np.where(mask, chi, 0).astype(np.float32),
-                           {"regularization": float(regularization),
-                            "regularization_rule": chosen.pop("regularization_rule", "fixed"), **chosen})
+                           {"regularization": float(regularization), "regularization_rule": rule, **measured})
