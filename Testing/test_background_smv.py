@@ -44,9 +44,10 @@ def test_removes_the_field_of_outside_sources(head, method):
     assert result.local_field_hz[result.mask].std() < 0.05
 
 
-#: Local-field NRMSE (%) and chi correlation after TV, 2 mm phantom: measured RESHARP 59.7 / 0.81,
-#: iSMV 82.4 / 0.64 (V-SHARP 96, PDF 63, LBV 72 in test_background_methods.py).
-@pytest.mark.parametrize("method, limit, correlation", [("resharp", 63.0, 0.78), ("ismv", 86.0, 0.6)])
+#: Local-field NRMSE (%) and chi correlation after TV, 2 mm phantom: measured RESHARP 53.2 / 0.85 (59.7 / 0.81
+#: when its conjugate gradients stopped at a residual of 1e-2 with lambda 1e-3), iSMV 82.4 / 0.64 (V-SHARP 96,
+#: PDF 63, LBV 72 in test_background_methods.py).
+@pytest.mark.parametrize("method, limit, correlation", [("resharp", 56.0, 0.82), ("ismv", 86.0, 0.6)])
 def test_local_field_against_truth_on_the_phantom_with_a_sinus(head, method, limit, correlation):
     acq = head.acquisition
     result = METHODS[method](head.total_field_hz, head.brain_mask, acq.voxel_size_mm)

@@ -14,6 +14,15 @@ by conjugate gradients on the normal equations
 field small where the data do not determine it (the harmonic null space of
 ``M_e C``) instead of cutting frequencies, which keeps more of the smooth
 local field.
+
+The smooth part of the local field is where ``C`` is near zero, so it is
+what conjugate gradients find last: on the validation suite's heads (exact
+total fields, true brain masks) the local-field NRMSE fell from 51.7-60.8 %
+after the 11-16 iterations that a relative residual of 1e-2 allowed to
+34.9-37.6 % when run to 1e-6 (370-880 iterations), and a smaller ``lambda``
+kept more of it (converged at 2 mm, 1e-3 / 1e-4 / 1e-5: 40.3 / 35.5 /
+34.9 %). The defaults (``lambda`` 1e-5, residual 1e-4: 130-250 iterations)
+measured 34.9-38.8 % on those six heads, within 1.3 points of converging.
 """
 
 from __future__ import annotations
@@ -36,9 +45,9 @@ def resharp(
     voxel_size_mm: Sequence[float],
     *,
     radius_mm: Optional[float] = None,
-    regularization: float = 1e-3,
-    tolerance: float = 1e-2,
-    max_iterations: int = 50,
+    regularization: float = 1e-5,
+    tolerance: float = 1e-4,
+    max_iterations: int = 1000,
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
 ) -> BackgroundResult:
@@ -58,10 +67,13 @@ def resharp(
         least 3 mm.
     regularization : float
         ``lambda`` of the Tikhonov term (dimensionless: ``C`` has unit gain
-        at high frequencies). Larger shrinks the local field.
+        at high frequencies). Larger shrinks the local field, most of all
+        its smooth part.
     tolerance : float
         Stop conjugate gradients when the residual of the normal equations
-        falls below this fraction of the right-hand side.
+        falls below this fraction of the right-hand side (1e-4: 130-250
+        iterations on the suite's 0.7-2 mm heads, 11.6 s for a 256 x 256 x
+        176 head at 1 mm on two cores).
     max_iterations : int
         Upper bound on conjugate gradient iterations.
 
