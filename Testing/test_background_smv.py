@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from QSMLib import metrics
 from QSMLib.background.ismv import ismv
@@ -39,15 +40,19 @@ def test_result_contract_and_eroded_valid_mask(head, method):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_removes_the_field_of_outside_sources(head, method):
-    """The background alone (air, bone, sinus, shim; hundreds of Hz) leaves < 0.05 Hz SD (local field SD ~1 Hz)."""
+    """The background alone (air, bone, sinus, shim; hundreds of Hz) leaves < 0.05 Hz SD (local field SD ~1 Hz).
+
+    Measured: iSMV and one-radius RESHARP 0.027, RESHARP with its three radii 0.049 (what its CG tolerance leaves).
+    """
     result = METHODS[method](head.background_field_hz, head.brain_mask, head.acquisition.voxel_size_mm)
-    assert result.local_field_hz[result.mask].std() < 0.05
+    assert result.local_field_hz[result.mask].std() < {"resharp": 0.055}.get(method, 0.05)
 
 
-#: Local-field NRMSE (%) and chi correlation after TV, 2 mm phantom: measured RESHARP 53.2 / 0.85 (59.7 / 0.81
-#: when its conjugate gradients stopped at a residual of 1e-2 with lambda 1e-3), iSMV 82.4 / 0.64 (V-SHARP 96,
-#: PDF 63, LBV 72 in test_background_methods.py).
-@pytest.mark.parametrize("method, limit, correlation", [("resharp", 56.0, 0.82), ("ismv", 86.0, 0.6)])
+#: Local-field NRMSE (%) and chi correlation after TV, 2 mm phantom: measured RESHARP 56.9 / 0.82 with its three
+#: radii (one radius 53.2 / 0.85: on this piecewise-constant phantom, unlike the validation suite's heads, the
+#: larger balls do not help; 59.7 / 0.81 when its CG stopped at a residual of 1e-2 with lambda 1e-3), iSMV 82.4 /
+#: 0.64 (V-SHARP 96, PDF 63, LBV 72 in test_background_methods.py).
+@pytest.mark.parametrize("method, limit, correlation", [("resharp", 59.0, 0.80), ("ismv", 86.0, 0.6)])
 def test_local_field_against_truth_on_the_phantom_with_a_sinus(head, method, limit, correlation):
     acq = head.acquisition
     result = METHODS[method](head.total_field_hz, head.brain_mask, acq.voxel_size_mm)
@@ -113,10 +118,22 @@ def test_progress_and_cancel_within_a_second(head, method):
 @pytest.mark.parametrize(
     "method, params",
     [("resharp", {"radius_mm": 0.0}), ("resharp", {"regularization": -1.0}), ("ismv", {"tolerance": 0.0}),
-     ("ismv", {"radius_mm": 100.0}), ("resharp", {"max_iterations": 0})],
+     ("ismv", {"radius_mm": 100.0}), ("resharp", {"max_iterations": 0}), ("resharp", {"radius_multiples": ()}),
+     ("resharp", {"radius_multiples": (1.0, 0.0)}), ("resharp", {"radius_mm": 100.0})],
 )
 def test_bad_parameters_and_masks_are_refused(head, method, params):
     with pytest.raises(QSMInputError):
         METHODS[method](head.total_field_hz, head.brain_mask, head.acquisition.voxel_size_mm, **params)
     with pytest.raises(QSMInputError, match="empty"):
         METHODS[method](head.total_field_hz, np.zeros_like(head.brain_mask), head.acquisition.voxel_size_mm)
+
+
+def test_resharp_keeps_the_smallest_balls_erosion_and_drops_balls_too_large_for_the_mask():
+    """A mask of radius 9 mm: the 3 mm ball's interior is kept; the 10 mm ball fits nowhere, so 3 and 6 mm remain."""
+    grid = np.indices((40, 40, 40)).astype(np.float32) - 19.5
+    mask = (grid**2).sum(axis=0) < 9**2
+    result = resharp(2.0 * grid[2], mask, (1.0, 1.0, 1.0))
+    assert result.parameters["radii_mm"] == [3.0, 6.0]
+    distance = ndi.distance_transform_edt(mask)
+    assert np.all(result.mask <= mask) and np.all(result.mask[distance > 4])
+    assert np.abs(result.local_field_hz[result.mask]).max() < 0.05
