@@ -102,6 +102,9 @@ def resharp(
     ----------
     Sun H, Wilman AH. Background field removal using spherical mean value
     filtering and Tikhonov regularization. Magn Reson Med 2014;71:1151-1157.
+    Li W, Wu B, Liu C. Quantitative susceptibility mapping of human brain
+    reflects spatial variation in tissue composition. NeuroImage
+    2011;55:1645-1656 (V-SHARP: SMV balls of several radii).
 
     Examples
     --------
