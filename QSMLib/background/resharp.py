@@ -43,11 +43,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _fft
-from .._operators import ball_interior, conjugate_gradient, sphere_kernel
+from .._operators import conjugate_gradient
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import BackgroundResult
 from ..errors import QSMInputError
-from ._smv import smv_frame
+from ._smv import smv_balls
 
 
 def resharp(
@@ -132,27 +132,20 @@ def resharp(
     radii = [radius_mm * multiple for multiple in multiples]
     check_cancel(cancel)
     report(progress, 0.0, "RESHARP: set-up")
-    # the frame holds the largest ball; balls too large for the mask drop out, the smallest must fit
-    box, shape, largest_ball, largest_interior = smv_frame(mask, voxel_size_mm, radii[-1])
-    frame_mask = _fft.pad(mask[box].astype(np.float32), shape)
-    mask_spectrum = _fft.rfftn(frame_mask)
+    # balls too large for the mask drop out (the radii ascend, so the erosions shrink); the smallest must fit
+    box, shape, balls = smv_balls(mask, voxel_size_mm, radii)
     high_passes, erosions = [], []
-    for radius in radii:
-        if radius == radii[-1]:
-            ball, interior = largest_ball, largest_interior
-        else:
-            ball = sphere_kernel(shape, voxel_size_mm, radius)
-            interior = ball_interior(mask_spectrum, ball, shape) & (frame_mask > 0)
+    for ball, interior in balls:
         if not interior.any():
             break
         high_passes.append((np.float32(1.0) - ball).astype(np.float32))
         erosions.append(interior)
+    del balls
     if not erosions:
         raise QSMInputError(
             f"RESHARP: nothing of the mask is left after eroding by {radii[0]:.1f} mm: check the mask or use a "
             "smaller radius_mm."
         )
-    del ball, largest_ball, mask_spectrum, frame_mask
 
     def normal(volume: np.ndarray) -> np.ndarray:
         spectrum = _fft.rfftn(volume)
