@@ -32,7 +32,13 @@ import numpy as np
 from .._version import __version__
 from ..acquisition import MultiEchoGRE
 from ..errors import QSMInputError
-from .realistic import _BRAIN_LABEL_MAX, REALISTIC_DEEP_GREY_MATTER, REALISTIC_LABEL_NAMES, realistic_model
+from .realistic import (
+    _BRAIN_LABEL_MAX,
+    REALISTIC_DEEP_GREY_MATTER,
+    REALISTIC_LABEL_NAMES,
+    realistic_model,
+    rotation_about_axes,
+)
 from .realistic_scan import grid_geometry, sample_on_grid, simulate_realistic_head
 
 _ms = 1e-3
@@ -84,6 +90,10 @@ CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
              "4 echoes 5-20 ms, peak SNR 80",
              dict(voxel_mm=2.0, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=7.0,
                   echo_times_s=_echoes(5, 5, 4), peak_snr=80.0, model_factor=2, seed=8)),
+    CaseSpec("qsmforward_oblique_1p06mm", "qsm_forward", "qsm-forward: 1.06 mm, 2.89 T, 5 echoes 4-24 ms, peak SNR "
+             "100, B0 17 deg oblique to the grid (head pitched 15 and rolled 8 deg in the scanner)",
+             dict(voxel_mm=1.06, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=2.89,
+                  echo_times_s=_echoes(4, 5, 5), peak_snr=100.0, model_factor=1, b0_tilt_deg=(15.0, 8.0), seed=9)),
     CaseSpec("invivo_crop", "invivo", "real 3 T in-vivo crop (51x51x41, 0.47x0.47x1 mm, 3 echoes): no ground "
              "truth, plausibility only", dict(echo_times_s=_echoes(4, 4, 3), b0_tesla=3.0)),
 )}
@@ -96,6 +106,15 @@ SMALL_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("small_qsmforward", "qsm_forward", "qsm-forward: 3 mm, 3 T, 3 echoes, peak SNR 100",
              dict(voxel_mm=3.0, fov_mm=(192.0, 240.0, 222.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 5, 3), peak_snr=100.0, model_factor=1, seed=12)),
+    CaseSpec("small_oblique", "realistic", "3 mm, 3 T, 3 echoes, SNR 100, 120 x 150 x 72 mm around the basal ganglia, "
+             "head tilted 15 deg (pitch) and 8 deg (roll) with the slab: B0 oblique to the grid",
+             dict(voxel_size_mm=(3.0, 3.0, 3.0), fov_mm=(120.0, 150.0, 72.0), centre_mni=(0.0, -15.0, 5.0),
+                  b0_tesla=3.0, echo_times_s=_echoes(4, 5, 3), snr=100.0, head_rotation_deg=(15.0, 8.0),
+                  slab_rotation_deg=(15.0, 8.0), seed=14)),
+    CaseSpec("small_qsmforward_oblique", "qsm_forward", "qsm-forward: 3 mm, 3 T, 3 echoes, peak SNR 100, B0 17 deg "
+             "oblique to the grid",
+             dict(voxel_mm=3.0, fov_mm=(192.0, 240.0, 222.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 5, 3), peak_snr=100.0, model_factor=1, b0_tilt_deg=(15.0, 8.0), seed=13)),
 )}
 
 #: Other subjects: the realistic head under smooth random deformations (:mod:`.deform`) with a receive-coil
@@ -326,9 +345,14 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
     brain_model = (brain_model > 0) & (brain_model <= _BRAIN_LABEL_MAX)
     b0 = float(p["b0_tesla"])
     voxel = [model_voxel] * 3
-    field_ppm = qsm_forward.generate_field(maps["chi_air_ppm"].astype(np.float64), voxel_size=voxel, B0_dir=[0, 0, 1])
+    # the head tilted in the scanner: B0 in array axes for qsm-forward's kernel, and the affine's rotation
+    # (b0_direction_from_affine gives the same vector back) for the pipeline
+    tilt = rotation_about_axes(*p.get("b0_tilt_deg", (0.0, 0.0)))
+    b0_direction = [float(v) for v in tilt[:, 2]]
+    field_ppm = qsm_forward.generate_field(maps["chi_air_ppm"].astype(np.float64), voxel_size=voxel,
+                                           B0_dir=b0_direction)
     local_ppm = qsm_forward.generate_field(maps["chi_local_ppm"].astype(np.float64), voxel_size=voxel,
-                                           B0_dir=[0, 0, 1])
+                                           B0_dir=b0_direction)
     _, shimmed_ppm, _ = qsm_forward.generate_shimmed_field(field_ppm, brain_model, order=2)
     del field_ppm
     gamma_hz_per_ppm_tesla = 42.58  # qsm-forward's own constant, so the truth matches its phase
@@ -347,8 +371,9 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
     total_hz = _block_mean((shimmed_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
     local_hz = _block_mean((local_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
     chi = np.where(brain_output, _block_mean(maps["chi_local_ppm"], factor), 0.0).astype(np.float32)
-    affine = np.diag([output_voxel] * 3 + [1.0])
-    affine[:3, 3] = -output_voxel * (np.asarray(output_shape) - 1) / 2.0
+    affine = np.eye(4)
+    affine[:3, :3] = tilt.T * output_voxel
+    affine[:3, 3] = -tilt.T @ (output_voxel * (np.asarray(output_shape) - 1) / 2.0)
     acquisition = MultiEchoGRE(magnitude=np.stack(magnitude), phase=np.stack(phase),
                                echo_times_s=tuple(p["echo_times_s"]), b0_tesla=b0, affine=affine)
     return SuiteCase(spec, acquisition, chi, total_hz, local_hz, brain_output, labels.astype(np.int16),
