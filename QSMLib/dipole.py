@@ -20,6 +20,7 @@ References
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -152,6 +153,87 @@ def dipole_kernel(
     # The Nyquist sample of an even axis is at index n // 2 of both fftfreq and rfftfreq.
     nyquist = [int(n) // 2 if int(n) % 2 == 0 else None for n in shape]
     return dipole_response(*grids, direction, origin=True, nyquist=nyquist)
+
+
+#: Where :func:`even_dipole_kernel` starts to blend the kernel with its mirror image, cycles per voxel.
+EVEN_FROM = 0.35
+
+
+def even_dipole_kernel(
+    shape: Sequence[int],
+    voxel_size_mm: Sequence[float],
+    b0_direction: Sequence[float] = (0.0, 0.0, 1.0),
+    *,
+    even_from: float = EVEN_FROM,
+) -> np.ndarray:
+    """The dipole kernel made even in each frequency axis towards Nyquist (rfft half spectrum).
+
+    With B0 oblique to the grid, ``D(k)`` sampled on the FFT grid differs
+    between ``+k_i`` and ``-k_i`` (the cross terms of ``(k.b)^2``), so the
+    periodic kernel jumps at the edge of k-space along ``i``: its field has a
+    ripple at Nyquist that no continuous field has (a measured field is the
+    voxel average of one), strongest next to air. Along each axis the
+    kernel is blended with its mirror image ``D(k with -k_i)``, which is
+    ``D`` with ``-b_i``: the mirror's share rises from 0 at ``even_from``
+    cycles per voxel to a half at Nyquist (a raised cosine), so the kernel
+    is even there and continuous across the edge. Below ``even_from`` on
+    every axis, and for B0 along an axis, it is :func:`dipole_kernel`.
+
+    Parameters
+    ----------
+    shape, voxel_size_mm, b0_direction
+        As :func:`dipole_kernel`.
+    even_from : float
+        Frequency (cycles per voxel, below 0.5) where the blend starts.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n0, n1, n2 // 2 + 1)
+
+    Examples
+    --------
+    The kernel's step between ``k_1 = 7/16`` and ``-7/16`` cycles per voxel
+    (next to the edge of k-space) shrinks; low frequencies are untouched:
+
+    >>> import numpy as np
+    >>> tilted = (0.0, np.sin(0.3), np.cos(0.3))
+    >>> sampled = dipole_kernel((16, 16, 16), (1, 1, 1), tilted)
+    >>> even = even_dipole_kernel((16, 16, 16), (1, 1, 1), tilted)
+    >>> def step(kernel):
+    ...     return float(np.abs(kernel[:, 7] - kernel[:, 9]).max())
+    >>> bool(step(even) < 0.5 * step(sampled)), bool(np.array_equal(sampled[:5, :5, :5], even[:5, :5, :5]))
+    (True, True)
+    """
+    if not 0.0 <= even_from < 0.5:
+        raise QSMInputError(f"even_from must be in [0, 0.5) cycles per voxel, got {even_from!r}.")
+    direction = unit_vector(b0_direction)
+    # the mirror's share along each axis (0 below even_from, 1/2 at Nyquist)
+    shares = []
+    for axis, n in enumerate(int(v) for v in shape):
+        k = np.abs(np.fft.rfftfreq(n) if axis == 2 else np.fft.fftfreq(n))
+        ramp = np.clip((k - even_from) / (0.5 - even_from), 0.0, 1.0)
+        share = (0.25 * (1.0 - np.cos(np.pi * ramp))).astype(np.float32)
+        shares.append(share.reshape([-1 if a == axis else 1 for a in range(3)]))
+    # blending along each axis in turn sums, over the subsets of axes, the kernel of b with those components
+    # negated times the mirror's shares on them and one less the shares elsewhere; negating every component
+    # gives the same kernel, and so does negating a component that is 0
+    active = [axis for axis in range(3) if direction[axis] != 0.0]
+    if len(active) < 2:
+        return dipole_kernel(shape, voxel_size_mm, direction)
+    kernels: dict[tuple[float, ...], np.ndarray] = {}
+    kernel = np.zeros((), dtype=np.float32)
+    for subset in itertools.product((False, True), repeat=len(active)):
+        signs = np.ones(3)
+        factor = np.ones((), dtype=np.float32)
+        for axis, negated in zip(active, subset):
+            signs[axis] = -1.0 if negated else 1.0
+            factor = factor * (shares[axis] if negated else 1.0 - shares[axis])
+        mirrored = tuple(float(v) for v in signs * direction)
+        key = max(mirrored, tuple(-v for v in mirrored))
+        if key not in kernels:
+            kernels[key] = dipole_kernel(shape, voxel_size_mm, key)
+        kernel = kernel + factor * kernels[key]
+    return kernel.astype(np.float32)
 
 
 def forward_field(

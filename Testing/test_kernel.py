@@ -4,7 +4,8 @@ partial-volume voxelised, the answers come from closed-form physics)."""
 import numpy as np
 import pytest
 
-from QSMLib.dipole import dipole_kernel, forward_field, unit_vector
+from QSMLib import _fft
+from QSMLib.dipole import dipole_kernel, even_dipole_kernel, forward_field, unit_vector
 from QSMLib.errors import QSMInputError
 
 
@@ -142,3 +143,41 @@ def test_oblique_kernel_does_not_depend_on_array_orientation(shape):
     # Permuting axes permutes B0 and the voxel size with them.
     permuted = forward_field(np.transpose(chi, (2, 0, 1)), (0.9, 1.0, 1.2), b0[[2, 0, 1]], pad_factor=1.0)
     np.testing.assert_allclose(permuted, np.transpose(field, (2, 0, 1)), atol=1e-5)
+
+
+def _oblique_b0():
+    pitch, roll = np.deg2rad(15.0), np.deg2rad(8.0)
+    return unit_vector((np.sin(roll), -np.sin(pitch) * np.cos(roll), np.cos(pitch) * np.cos(roll)))
+
+
+def test_even_kernel_is_the_sampled_kernel_below_its_blend_and_for_b0_along_an_axis():
+    shape, voxel = (24, 20, 16), (1.0, 1.2, 2.0)
+    sampled, even = dipole_kernel(shape, voxel, _oblique_b0()), even_dipole_kernel(shape, voxel, _oblique_b0())
+    low = np.ix_(np.abs(np.fft.fftfreq(24)) < 0.35, np.abs(np.fft.fftfreq(20)) < 0.35, np.fft.rfftfreq(16) < 0.35)
+    assert np.array_equal(sampled[low], even[low]) and not np.allclose(sampled, even)
+    for direction in ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0)):
+        assert np.array_equal(even_dipole_kernel(shape, voxel, direction), dipole_kernel(shape, voxel, direction))
+    with pytest.raises(QSMInputError, match="even_from"):
+        even_dipole_kernel(shape, voxel, _oblique_b0(), even_from=0.5)
+
+
+def test_even_kernel_gives_an_oblique_sources_field_without_the_nyquist_ripple():
+    """A sphere of air 14 mm off centre, B0 17 degrees oblique to the grid: outside it, the field through the
+    sampled kernel carries a ripple from the kernel's jump at the edge of k-space; the even kernel's is closer to
+    the analytic field. Measured RMS error 1.34e-3 against 0.45e-3 ppm (the field's RMS there is 0.10 ppm)."""
+    n, voxel, radius, centre = 64, (1.0, 1.0, 1.0), 6.0, np.array([-14.0, 0.0, 0.0])
+    b = _oblique_b0()
+    chi = -9.4 * _voxelised((n, n, n), voxel, lambda x, y, z: (x - centre[0]) ** 2 + (y - centre[1]) ** 2
+                            + (z - centre[2]) ** 2 <= radius**2)
+    x, y, z = (c - o for c, o in zip(_coordinates((n, n, n), voxel), centre))
+    r = np.sqrt(x * x + y * y + z * z)
+    cos_theta = (x * b[0] + y * b[1] + z * b[2]) / r
+    analytic = -9.4 * radius**3 / 3 * (3 * cos_theta**2 - 1) / r**3
+    region = (r > 2 * radius) & (np.abs(x + centre[0]) < 20) & (np.abs(y) < 20) & (np.abs(z) < 20)
+    padded = (2 * n,) * 3
+    spectrum = _fft.rfftn(_fft.pad(chi.astype(np.float32), padded))
+    errors = {}
+    for name, kernel in (("sampled", dipole_kernel(padded, voxel, b)), ("even", even_dipole_kernel(padded, voxel, b))):
+        field = _fft.irfftn(spectrum * kernel, padded)[:n, :n, :n]
+        errors[name] = np.sqrt(np.mean((field - analytic)[region] ** 2))
+    assert errors["even"] < min(0.5 * errors["sampled"], 6e-4), errors
