@@ -430,9 +430,7 @@ def tfi(
         chi = _background_sources(field, target.to_device(weight_squared), inside, kernel, voxel_size_mm, b0_direction,
                                   pdf_iterations, target.to_device, cancel)
     spectrum = _backend.rfftn(chi)
-    spectrum *= kernel
-    background = _backend.irfftn(spectrum, shape)
-    del spectrum
+    background = _backend.irfftn(spectrum * kernel, shape)
     if test_kernel:
         # the outside sources' field through the sampled kernel carries its Nyquist ripple. Where subtracting it
         # lowers the field's finest detail, the field has the ripple too (it was simulated with the sampled
@@ -445,10 +443,8 @@ def tfi(
             kernel_of = even_dipole_kernel
             kernel_host = kernel_of(shape, voxel_size_mm, b0_direction)
             kernel = target.to_device(kernel_host)
-            spectrum = _backend.rfftn(chi)
-            spectrum *= kernel
-            background = _backend.irfftn(spectrum, shape)
-            del spectrum
+            background = _backend.irfftn(spectrum * kernel, shape)
+    del spectrum
     # what the outside sources leave is a local field estimate: its noise and size set lambda
     # (on the host: the noise estimate takes a median)
     regularization, parameters = tv_regularization(
@@ -701,9 +697,10 @@ def _without_kernel_ripple(
 
 
 def _detail_ratio(field_host: np.ndarray, corrected: np.ndarray, inside_host: np.ndarray) -> float:
-    """The finest detail (:func:`field_noise`) in ``inside_host`` of ``corrected`` over that of ``field_host``."""
-    detail = field_noise(np.where(inside_host, field_host, 0), inside_host)
-    return float(field_noise(np.where(inside_host, corrected, 0), inside_host) / detail) if detail > 0 else 1.0
+    """The finest detail (:func:`field_noise`, which reads only blocks inside ``inside_host``) of ``corrected``
+    over that of ``field_host``."""
+    detail = field_noise(field_host, inside_host)
+    return float(field_noise(corrected, inside_host) / detail) if detail > 0 else 1.0
 
 
 def _oblique(b0_direction: Sequence[float]) -> bool:
