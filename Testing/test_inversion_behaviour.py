@@ -108,7 +108,8 @@ def test_empty_mask_is_refused_with_advice(oblique_blobs, method):
      ("nltv", {"newton_iterations": 0}), ("tfi", {"merit_every": -5}), ("tfi", {"merit_every": 2.5}),
      ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0}), ("tfi", {"tolerance": 0.0}),
      ("tfi", {"smv_radius_mm": -4.0}), ("sstv", {"radius_mm": 0.0}), ("sstv", {"pad_factor": 0.0}),
-     ("sstv", {"merit_every": -1}), ("sstv", {"edge_fraction": 1.5}), ("sstv", {"regularization": -1.0})],
+     ("sstv", {"merit_every": -1}), ("sstv", {"edge_fraction": 1.5}), ("sstv", {"regularization": -1.0}),
+     ("sstv", {"kernel": "continuous"})],
 )
 def test_bad_parameters_are_refused(oblique_blobs, method, params):
     voxel, b0, field, mask, _, _ = oblique_blobs
