@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 
 from QSMLib.errors import QSMInputError
 from QSMLib.phantom import simulate_head
 from QSMLib.phase import OFFSET_METHODS, mcpc3ds
-from QSMLib.phase.offsets import block_sum, upsample_linear
+from QSMLib.phase.offsets import block_sum, phase_curvatures, upsample_linear
 
 
 def offset_residual(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -34,6 +35,38 @@ def test_offset_is_removed(echo_times_s):
     times = np.asarray(echo_times_s, np.float32).reshape(-1, 1, 1, 1)
     left = np.angle(np.exp(1j * (corrected - 2 * np.pi * head.total_field_hz * times)))[:, head.brain_mask]
     assert np.median(np.abs(left)) < 0.05
+
+
+def test_a_curved_offset_is_not_biased_at_the_brains_edge():
+    """qsm-forward's offset is a paraboloid spanning pi over the brain. Smoothing averages one-sidedly at the
+    edge, which biases a curved offset there (a field error that background removal does not take out); the
+    per-axis curvature (the median second difference) is taken out before smoothing and put back after.
+    Measured on this 3 mm head: mean error in the outer 6 mm 0.0007 rad, RMS 0.0021 rad (0.108 and 0.053 rad
+    when only the slope was taken out)."""
+    head = simulate_head(voxel_size_mm=(3.0, 3.0, 3.0), echo_times_s=(0.004, 0.009, 0.014), seed=2)
+    acq = head.acquisition
+    grid = np.indices(head.brain_mask.shape).astype(np.float32)
+    bowl = sum(((axis - axis[head.brain_mask].mean()) / axis[head.brain_mask].std()) ** 2 for axis in grid)
+    curved = (-np.pi * bowl / np.ptp(bowl[head.brain_mask])).astype(np.float32)
+    phase = np.angle(np.exp(1j * (acq.phase - head.phase_offset_rad + curved))).astype(np.float32)
+    _, maps = mcpc3ds(phase, acq.magnitude, acq.echo_times_s, acq.voxel_size_mm)
+    error = np.angle(np.exp(1j * (maps["phase_offset_rad"] - curved)))
+    error -= np.median(error[head.brain_mask])
+    band = head.brain_mask & (ndi.distance_transform_edt(head.brain_mask, sampling=acq.voxel_size_mm) < 6.0)
+    assert abs(error[band].mean()) < 0.005
+    assert np.sqrt(np.mean(error[head.brain_mask] ** 2)) < 0.005
+
+
+def test_phase_curvatures_ignore_a_region_of_fast_phase():
+    """The median of the per-voxel second differences: a paraboloid's curvatures come back although a tenth
+    of the voxels (a corner, as next to the sinuses, where the evolved phase is hard to unwrap) carry a phase
+    that curves 0.3 rad per voxel squared (the phase of the summed products came out 0.023-0.026 off)."""
+    grid = np.indices((20, 24, 22)).astype(np.float32)
+    truth = (-0.004, 0.0025, -0.0015)
+    phase = sum(0.5 * c * (axis - axis.mean()) ** 2 for c, axis in zip(truth, grid)) + 0.03 * grid[0]
+    corner = (slice(0, 9), slice(0, 11), slice(0, 10))
+    phase[corner] += 0.15 * (grid[0][corner] ** 2 + grid[1][corner] ** 2 + grid[2][corner] ** 2)
+    np.testing.assert_allclose(phase_curvatures(np.exp(1j * phase).astype(np.complex64)), truth, atol=5e-4)
 
 
 def test_block_grid_round_trip():
