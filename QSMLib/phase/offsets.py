@@ -20,7 +20,10 @@ its slope are taken out before smoothing and put back after. On qsm-forward's
 heads, whose offset is a paraboloid spanning pi over the brain, the slope
 alone left a field error of -0.6 Hz within 5 mm of the brain's edge against
 +0.06 Hz deeper than 15 mm; with the curvature taken out too, within 0.05 Hz
-(the pipeline's total field, qsmforward_1p06mm_2p89T and a 1.5 mm copy).
+(the pipeline's total field, qsmforward_1p06mm_2p89T and a 1.5 mm copy; on
+the 7 T head cropped in k-space, whose ringing next to air disturbs the
+estimate, 0.79 Hz against 0.06 Hz before, though its chi NRMSE moved by 0.4
+points and its worst deep grey matter ROI error fell from 10.2 to 6.2 ppb).
 
 The offset is estimated on a grid of about ``estimation_voxel_mm`` (complex
 block sums), which costs a fraction of the full-resolution work and loses
@@ -199,8 +202,9 @@ def phase_slopes(field: np.ndarray) -> list[float]:
 
 
 def phase_curvatures(field: np.ndarray) -> list[float]:
-    """Mean second difference of the phase per voxel squared along each axis: the phase of
-    ``sum S[x+1] conj(S[x])^2 S[x-1]`` (no unwrapping)."""
+    """Second difference of the phase per voxel squared along each axis: the median over voxels of the phase
+    of ``S[x+1] conj(S[x])^2 S[x-1]`` (no unwrapping; unlike the phase of their sum, the median is not drawn by
+    regions where the phase changes fast or was unwrapped wrongly)."""
     curvatures = []
     for axis in range(field.ndim):
         n = field.shape[axis]
