@@ -50,7 +50,7 @@ six held-out ones, against 38.7 / 54.3 % and 36.0 / 43.8 % for TFI alone and
 35.9 / 52.7 % and 34.2 / 41.8 % for SS-TV alone (worst deep grey matter ROI
 error 11.4 / 11.0 ppb, TFI alone 11.2 / 13.8, SS-TV alone 14.4 / 20.7). Since stop 30, with the kernel
 chosen for B0 oblique to the grid (the ``kernel`` parameter), 32.5 / 48.6 % and 30.3 / 36.7 %; since stop
-31, with MCPC-3D-S taking out the phase offset's curvature, 32.2 / 49.0 % and 30.4 / 36.6 %.
+31, with MCPC-3D-S taking out the phase offset's curvature, 32.0 / 48.5 % and 30.3 / 36.7 %.
 """
 
 from __future__ import annotations
