@@ -654,7 +654,7 @@ def sstv(
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
 
     inside_host = frame(mask) > 0
-    field_ppm = np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0).astype(np.float32)
+    field_ppm = np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0).astype(np.float32, copy=False)
     full_weight = data_weight(mask, field_weight)
     field_host = frame(field_ppm)
     weight = frame(full_weight)

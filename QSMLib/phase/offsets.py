@@ -177,9 +177,7 @@ def estimate_offsets(
         _apply_ramp(coarse, coarse_axes, [0.0] * 3, -1.0, curvatures, centres)
         slopes = phase_slopes(coarse)
         _apply_ramp(coarse, coarse_axes, slopes, -1.0)
-        smooth = np.empty(coarse.shape, dtype=np.complex64)
-        smooth.real = ndi.gaussian_filter(coarse.real, sigma_voxels, mode="constant", truncate=3.0)
-        smooth.imag = ndi.gaussian_filter(coarse.imag, sigma_voxels, mode="constant", truncate=3.0)
+        smooth = _smooth_complex(coarse, sigma_voxels)
 
         def fill(rows: slice, channel: int = channel, smooth: np.ndarray = smooth, slopes: list = slopes,
                  curvatures: list = curvatures) -> None:
@@ -203,15 +201,21 @@ def phase_slopes(field: np.ndarray) -> list[float]:
     return slopes
 
 
+def _smooth_complex(field: np.ndarray, sigma_voxels: Sequence[float]) -> np.ndarray:
+    """``field`` smoothed by a Gaussian of ``sigma_voxels`` (zero beyond the grid), real and imaginary parts."""
+    smooth = np.empty(field.shape, dtype=np.complex64)
+    smooth.real = ndi.gaussian_filter(field.real, sigma_voxels, mode="constant", truncate=3.0)
+    smooth.imag = ndi.gaussian_filter(field.imag, sigma_voxels, mode="constant", truncate=3.0)
+    return smooth
+
+
 def phase_curvatures(field: np.ndarray, sigma_voxels: Sequence[float]) -> list[float]:
     """Second difference of the phase per voxel squared along each axis, of ``field`` (0 outside the object)
     smoothed by a Gaussian of ``sigma_voxels``: the median over the voxels two sigma inside the object (where
     the smoothing is not one-sided) of the phase of ``S[x+1] conj(S[x])^2 S[x-1]`` (no unwrapping). Unlike
     the phase of their sum, or second differences of the unsmoothed field (noise times sqrt(6)), the median
     is not drawn by regions where the phase changes fast or was unwrapped wrongly, such as next to air."""
-    smooth = np.empty(field.shape, dtype=np.complex64)
-    smooth.real = ndi.gaussian_filter(field.real, sigma_voxels, mode="constant", truncate=3.0)
-    smooth.imag = ndi.gaussian_filter(field.imag, sigma_voxels, mode="constant", truncate=3.0)
+    smooth = _smooth_complex(field, sigma_voxels)
     interior = ndi.binary_erosion(field != 0, iterations=int(np.ceil(2.0 * max(sigma_voxels))))
     curvatures = []
     for axis in range(field.ndim):
