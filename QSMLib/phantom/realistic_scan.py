@@ -89,16 +89,26 @@ def sample_on_grid(
     ``centre_mni``); ``grid_to_mni`` rotates grid-frame offsets into MNI.
     An unrotated grid is interpolated axis by axis (much faster).
     """
+    return model.sample(*grid_points(axes_mm, grid_to_mni, centre_mni), lesions=lesions)
+
+
+def grid_points(
+    axes_mm: Sequence[np.ndarray], grid_to_mni: np.ndarray, centre_mni: Sequence[float]
+) -> list[np.ndarray]:
+    """MNI coordinates (mm, float32) of a grid's points, as :func:`sample_on_grid` takes them.
+
+    Three arrays, x, y and z; for an unrotated grid each varies along its
+    own axis only (shapes (n0, 1, 1), (1, n1, 1), (1, 1, n2)), otherwise
+    each has the grid's shape.
+    """
     rotation = np.asarray(grid_to_mni, np.float64)
     centre = np.asarray(centre_mni, np.float64)
     g = [np.asarray(a, np.float64).reshape([-1 if j == i else 1 for j in range(3)]) for i, a in enumerate(axes_mm)]
     if np.allclose(rotation, np.eye(3), rtol=0.0, atol=1e-12):
-        points = [(centre[i] + g[i]).astype(np.float32) for i in range(3)]
-    else:
-        shape = tuple(len(a) for a in axes_mm)
-        points = [np.broadcast_to(centre[i] + rotation[i, 0] * g[0] + rotation[i, 1] * g[1] + rotation[i, 2] * g[2],
-                                  shape).astype(np.float32) for i in range(3)]
-    return model.sample(*points, lesions=lesions)
+        return [(centre[i] + g[i]).astype(np.float32) for i in range(3)]
+    shape = tuple(len(a) for a in axes_mm)
+    return [np.broadcast_to(centre[i] + rotation[i, 0] * g[0] + rotation[i, 1] * g[1] + rotation[i, 2] * g[2],
+                            shape).astype(np.float32) for i in range(3)]
 
 
 def outside_field_correction(

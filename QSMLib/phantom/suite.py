@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from .realistic import (
     realistic_model,
     rotation_about_axes,
 )
-from .realistic_scan import grid_geometry, sample_on_grid, simulate_realistic_head
+from .realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head
 
 _ms = 1e-3
 
@@ -94,6 +94,10 @@ CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
              "100, B0 17 deg oblique to the grid (head pitched 15 and rolled 8 deg in the scanner)",
              dict(voxel_mm=1.06, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=2.89,
                   echo_times_s=_echoes(4, 5, 5), peak_snr=100.0, model_factor=1, b0_tilt_deg=(15.0, 8.0), seed=9)),
+    CaseSpec("qsmforward_textured_1p06mm", "qsm_forward", "qsm-forward: 1.06 mm, 2.89 T, 5 echoes 4-24 ms, peak "
+             "SNR 100, the brain's susceptibility with random texture (20 ppb SD, 1-5 mm grain) as in vivo",
+             dict(voxel_mm=1.06, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=2.89,
+                  echo_times_s=_echoes(4, 5, 5), peak_snr=100.0, model_factor=1, texture_ppb=20.0, seed=10)),
     CaseSpec("invivo_crop", "invivo", "real 3 T in-vivo crop (51x51x41, 0.47x0.47x1 mm, 3 echoes): no ground "
              "truth, plausibility only", dict(echo_times_s=_echoes(4, 4, 3), b0_tesla=3.0)),
 )}
@@ -306,6 +310,45 @@ def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
     return values.reshape(n0, factor, n1, factor, n2, factor).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
+#: MNI box (mm: lower corner, size) and spacing of :func:`tissue_texture`'s random field.
+_TEXTURE_BOX_MM = ((-100.0, -130.0, -90.0), (200.0, 240.0, 200.0))
+_TEXTURE_STEP_MM = 0.75
+
+
+def tissue_texture(seed: int, sd_ppb: float) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """Random susceptibility texture fixed in MNI space: what a piecewise-smooth model lacks.
+
+    In-vivo susceptibility maps vary within every tissue (fibre orientation,
+    myelin, iron, small vessels) where the realistic model is smooth; that
+    variation makes a total variation prior nearly blind to smooth errors
+    added to it. The texture is white noise smoothed at 1, 2.5 and 5 mm
+    (equal parts), scaled to ``sd_ppb`` (ppb) standard deviation, on a
+    0.75 mm MNI grid; positions are interpolated linearly, so every chunk
+    and grid of a case sees the same texture.
+
+    Returns
+    -------
+    callable
+        ``texture(points)``: ppm at MNI points ``(x, y, z)`` (arrays that
+        broadcast, as :func:`.realistic_scan.grid_points` gives them).
+    """
+    from scipy import ndimage
+
+    lower, size = (np.asarray(v) for v in _TEXTURE_BOX_MM)
+    white = np.random.default_rng(seed).standard_normal(
+        tuple(int(n) for n in size / _TEXTURE_STEP_MM)).astype(np.float32)
+    field = sum(ndimage.gaussian_filter(white, sigma_mm / _TEXTURE_STEP_MM) for sigma_mm in (1.0, 2.5, 5.0))
+    del white
+    field *= np.float32(sd_ppb * 1e-3 / field.std())
+
+    def texture(points: Sequence[np.ndarray]) -> np.ndarray:
+        shape = np.broadcast_shapes(*(np.shape(p) for p in points))
+        coordinates = [(np.broadcast_to(p, shape) - lower[i]) / _TEXTURE_STEP_MM for i, p in enumerate(points)]
+        return ndimage.map_coordinates(field, coordinates, order=1, mode="nearest").astype(np.float32)
+
+    return texture
+
+
 def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
     """The realistic anatomy through qsm-forward's field, shim, signal and noise models."""
     try:
@@ -323,10 +366,16 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
     # partial volumes: two sub-samples per model voxel and axis
     sub_axes = [((np.arange(2 * n) + 0.5) / 2 - 0.5 - (n - 1) / 2.0) * model_voxel for n in shape]
     sums: dict[str, list[np.ndarray]] = {k: [] for k in ("chi_air_ppm", "chi_local_ppm", "m0", "r2star_3t", "r1")}
+    texture = tissue_texture(int(p["seed"]), float(p["texture_ppb"])) if p.get("texture_ppb") else None
     for plane in range(0, sub_axes[0].size, 16):
-        sampled = sample_on_grid(model, (sub_axes[0][plane:plane + 16], sub_axes[1], sub_axes[2]), grid_to_mni,
-                                 p["centre_mni"])
+        chunk_axes = (sub_axes[0][plane:plane + 16], sub_axes[1], sub_axes[2])
+        sampled = sample_on_grid(model, chunk_axes, grid_to_mni, p["centre_mni"])
         label = sampled["label"]
+        if texture is not None:
+            brain = (label > 0) & (label <= _BRAIN_LABEL_MAX)
+            values = texture(grid_points(chunk_axes, grid_to_mni, p["centre_mni"]))
+            for key in ("chi_air_ppm", "chi_local_ppm"):
+                sampled[key] = np.where(brain, sampled[key] + values, sampled[key]).astype(np.float32)
         # longitudinal relaxation rate (1/s at 3 T), only used by qsm-forward's SPGR weighting
         r1 = np.select([label == 16, (label > 0) & (label <= 14), label == 17, label == 31, label == 32],
                        [1.15, 0.9, 0.75, 2.0, 1.0], 0.3).astype(np.float32)
