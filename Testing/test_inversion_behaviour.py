@@ -13,6 +13,7 @@ import pytest
 from QSMLib.dipole import forward_field, unit_vector
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import METHODS
+from QSMLib.inversion.tfi import TFI_SHARE
 from QSMLib.metrics import nrmse
 from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PipelineConfig
@@ -150,10 +151,10 @@ def test_tfi_averages_a_single_step_solve_of_four_voxels_radius_within_4_to_6_mm
 
 
 @pytest.mark.parametrize("edges", [False, True])
-def test_tfi_is_the_mean_of_tfi_alone_and_sstv_with_its_lambda(edges):
+def test_tfi_is_the_weighted_mean_of_tfi_alone_and_sstv_with_its_lambda(edges):
     """TFI runs its single-step solve on a frame of its own (the mask's box and the ball's margin, not TFI's
     shell): the reported chi is exactly the mean of TFI alone and of :func:`sstv` given TFI's single-step
-    lambda, with the magnitude's edges free or without them."""
+    lambda, weighted by ``TFI_SHARE``, with the magnitude's edges free or without them."""
     voxel = (1.5, 1.5, 1.5)
     field, mask, _, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
     grid = np.indices(mask.shape, dtype=np.float32)
@@ -166,7 +167,7 @@ def test_tfi_is_the_mean_of_tfi_alone_and_sstv_with_its_lambda(edges):
     single = METHODS["sstv"](field, mask, voxel, regularization=chosen["smv_regularization"],
                              radius_mm=chosen["smv_radius_mm"], **common)
     assert chosen["smv_iterations"] == 12 and np.array_equal(both.mask, single.mask)
-    mean = (alone.chi_ppm + single.chi_ppm) / np.float32(2.0)
+    mean = TFI_SHARE * alone.chi_ppm + (1 - TFI_SHARE) * single.chi_ppm
     np.testing.assert_allclose(both.chi_ppm, mean, atol=1e-6 * np.abs(mean).max())
 
 
