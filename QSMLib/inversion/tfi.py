@@ -54,7 +54,7 @@ chosen for B0 oblique to the grid (the ``kernel`` parameter), 32.5 / 48.6 % and 
 31, with MCPC-3D-S taking out the phase offset's curvature, 32.0 / 48.5 % and 30.3 / 36.7 %. Since stop
 32 TFI's share is 0.4 (it was 0.5): with in-vivo texture in the brain's susceptibility (suite case
 ``qsmforward_textured_1p06mm``) TFI's outside sources take up the tissue's coarse detail; 32.1 / 48.3 % and
-30.3 / 36.8 %, the textured head 28.7 -> 27.3 % (worst ROI error 13.1 -> 11.5 ppb).
+30.3 / 36.8 %, the textured head 28.8 -> 27.3 % (worst ROI error 14.5 -> 12.2 ppb).
 """
 
 from __future__ import annotations

@@ -335,7 +335,8 @@ def tissue_texture(seed: int, sd_ppb: float) -> Callable[[Sequence[np.ndarray]],
     from scipy import ndimage
 
     lower, size = (np.asarray(v) for v in _TEXTURE_BOX_MM)
-    white = np.random.default_rng(seed).standard_normal(
+    # a stream of its own (the case's noise draws from default_rng(seed))
+    white = np.random.default_rng([seed, 1]).standard_normal(
         tuple(int(n) for n in size / _TEXTURE_STEP_MM)).astype(np.float32)
     field = sum(ndimage.gaussian_filter(white, sigma_mm / _TEXTURE_STEP_MM) for sigma_mm in (1.0, 2.5, 5.0))
     del white
