@@ -119,8 +119,9 @@ SMV_MIN_RADIUS_VOXELS = 1.5
 SMV_LAMBDA_FACTOR = 0.15
 # TFI's share of the reported chi, SS-TV's the rest. With in-vivo texture in the brain's susceptibility TFI's
 # outside sources take up the tissue's coarse detail (blobs of 20-40 mm, 20-30 ppb), which SS-TV, with no
-# outside sources, does not: on the two textured qsm-forward heads (20 ppb; 10 ppb, scratch) 0.4 measured
-# 26.7 / 22.3 % and worst ROI errors 12.7 / 9.1 ppb against 28.2 / 23.2 % and 15.0 / 10.6 ppb at 0.5; on the
+# outside sources, does not: on the suite's textured head (qsmforward_textured_1p06mm) 0.4 measured 27.3 % and
+# a worst ROI error of 12.2 ppb against 28.8 % and 14.5 ppb at 0.5 (two scratch textured heads, 20 and 10 ppb:
+# 26.7 / 22.3 % and 12.7 / 9.1 ppb against 28.2 / 23.2 % and 15.0 / 10.6 ppb); on the
 # twelve other suite cases the mean NRMSE moved +0.04 points (from -0.4 to +1.2: the SNR-20 head, where SS-TV
 # is the noisier) and the worst 48.5 -> 48.3 %; 0.3 measured 25.8 / 21.8 % textured but +0.4 points on the
 # twelve (+2.8 on the SNR-20 head).
