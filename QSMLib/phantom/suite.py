@@ -369,12 +369,12 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
     sums: dict[str, list[np.ndarray]] = {k: [] for k in ("chi_air_ppm", "chi_local_ppm", "m0", "r2star_3t", "r1")}
     texture = tissue_texture(int(p["seed"]), float(p["texture_ppb"])) if p.get("texture_ppb") else None
     for plane in range(0, sub_axes[0].size, 16):
-        chunk_axes = (sub_axes[0][plane:plane + 16], sub_axes[1], sub_axes[2])
-        sampled = sample_on_grid(model, chunk_axes, grid_to_mni, p["centre_mni"])
+        points = grid_points((sub_axes[0][plane:plane + 16], sub_axes[1], sub_axes[2]), grid_to_mni, p["centre_mni"])
+        sampled = model.sample(*points)
         label = sampled["label"]
         if texture is not None:
             brain = (label > 0) & (label <= _BRAIN_LABEL_MAX)
-            values = texture(grid_points(chunk_axes, grid_to_mni, p["centre_mni"]))
+            values = texture(points)
             for key in ("chi_air_ppm", "chi_local_ppm"):
                 sampled[key] = np.where(brain, sampled[key] + values, sampled[key]).astype(np.float32)
         # longitudinal relaxation rate (1/s at 3 T), only used by qsm-forward's SPGR weighting
