@@ -10,10 +10,11 @@ import threading
 import numpy as np
 import pytest
 
+from QSMLib._morphology import erode
 from QSMLib.dipole import forward_field, unit_vector
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import METHODS
-from QSMLib.inversion.tfi import TFI_SHARE
+from QSMLib.inversion.tfi import COARSE_SIGMA_MM, TFI_COARSE_SHARE, TFI_SHARE, blend_estimates
 from QSMLib.metrics import nrmse
 from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PipelineConfig
@@ -151,10 +152,10 @@ def test_tfi_averages_a_single_step_solve_of_four_voxels_radius_within_4_to_6_mm
 
 
 @pytest.mark.parametrize("edges", [False, True])
-def test_tfi_is_the_weighted_mean_of_tfi_alone_and_sstv_with_its_lambda(edges):
+def test_tfi_is_the_blend_of_tfi_alone_and_sstv_with_its_lambda(edges):
     """TFI runs its single-step solve on a frame of its own (the mask's box and the ball's margin, not TFI's
-    shell): the reported chi is exactly the mean of TFI alone and of :func:`sstv` given TFI's single-step
-    lambda, weighted by ``TFI_SHARE``, with the magnitude's edges free or without them."""
+    shell): the reported chi is exactly the blend (:func:`blend_estimates`) of TFI alone and of :func:`sstv`
+    given TFI's single-step lambda, with the magnitude's edges free or without them."""
     voxel = (1.5, 1.5, 1.5)
     field, mask, _, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
     grid = np.indices(mask.shape, dtype=np.float32)
@@ -167,8 +168,36 @@ def test_tfi_is_the_weighted_mean_of_tfi_alone_and_sstv_with_its_lambda(edges):
     single = METHODS["sstv"](field, mask, voxel, regularization=chosen["smv_regularization"],
                              radius_mm=chosen["smv_radius_mm"], **common)
     assert chosen["smv_iterations"] == 12 and np.array_equal(both.mask, single.mask)
-    mean = TFI_SHARE * alone.chi_ppm + (1 - TFI_SHARE) * single.chi_ppm
-    np.testing.assert_allclose(both.chi_ppm, mean, atol=1e-6 * np.abs(mean).max())
+    assert (chosen["tfi_share"], chosen["tfi_coarse_share"]) == (TFI_SHARE, TFI_COARSE_SHARE)
+    blend = blend_estimates(alone.chi_ppm, single.chi_ppm, both.mask, voxel)
+    np.testing.assert_allclose(both.chi_ppm, blend, atol=1e-6 * np.abs(blend).max())
+    # ... which a plain weighted mean with either share is not (they differ by 0.5 % of the map's largest
+    # value here, 5000 times the tolerance above)
+    for share in (TFI_SHARE, TFI_COARSE_SHARE):
+        mean = np.where(both.mask, share * alone.chi_ppm + (1 - share) * single.chi_ppm, 0)
+        assert np.abs(both.chi_ppm - mean).max() > 1e-3 * np.abs(blend).max()
+
+
+def test_blend_takes_tfis_coarse_share_of_a_smooth_difference_and_its_fine_share_of_fine_detail():
+    """SS-TV plus a constant: the blend lies ``TFI_COARSE_SHARE`` of the way to TFI, also at the mask's edge
+    (the mean is normalised over the mask); SS-TV plus a checkerboard (the finest detail): ``TFI_SHARE`` of
+    the way, one Gaussian SD inside the mask."""
+    voxel = (1.5, 1.0, 2.0)
+    shape = (48, 60, 40)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape, np.float32) - 1) / 2
+    radii = np.array(shape, np.float32) / 2 - 3
+    mask = (((grid - centre.reshape(3, 1, 1, 1)) / radii.reshape(3, 1, 1, 1)) ** 2).sum(axis=0) <= 1
+    rng = np.random.default_rng(4)
+    sstv_chi = rng.normal(0, 0.05, shape).astype(np.float32)
+    blend = blend_estimates(sstv_chi + np.float32(0.1), sstv_chi, mask, voxel)
+    np.testing.assert_allclose(blend[mask], sstv_chi[mask] + TFI_COARSE_SHARE * 0.1, atol=1e-5)
+    assert np.all(blend[~mask] == 0)
+    checker = np.where(grid.sum(axis=0) % 2 == 0, 0.1, -0.1).astype(np.float32)
+    blend = blend_estimates(sstv_chi + checker, sstv_chi, mask, voxel)
+    deep = erode(mask, COARSE_SIGMA_MM, voxel)
+    assert deep.sum() > 0.2 * mask.sum()
+    np.testing.assert_allclose(blend[deep], (sstv_chi + TFI_SHARE * checker)[deep], atol=0.01 * 0.1)
 
 
 def test_tfi_runs_alone_where_the_single_step_solve_has_no_data_and_says_why():

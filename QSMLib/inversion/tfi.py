@@ -30,9 +30,10 @@ eroded away and errors of a background removal step do not propagate.
 Near the brain's surface the outside sources can also explain part of the
 tissue's field (given the exact local field, TFI left free to place outside
 sources measured 25.9 % chi NRMSE on a 1 mm suite head, against 12.9 % when
-told there are none). So the reported chi is a weighted mean (``TFI_SHARE``:
-0.4 TFI, 0.6 the other) of TFI's and that of a second solve of the same ADMM,
-single-step TV (SS-TV, after Chatnuntawech et al., NMR Biomed 2017): its data
+told there are none). So the reported chi is a weighted mean of TFI's and
+that of a second solve of the same ADMM (:func:`blend_estimates`: TFI's share
+is ``TFI_SHARE``, 0.5, in detail finer than 8 mm and ``TFI_COARSE_SHARE``,
+0.2, in the coarser), single-step TV (SS-TV, after Chatnuntawech et al., NMR Biomed 2017): its data
 are the total field filtered by the spherical mean value (SMV) operator ``S``
 (the voxel less its ball's mean) on the voxels whose ball lies in the mask,
 where ``S f = S D chi`` holds exactly for the tissue's chi because ``S``
@@ -54,7 +55,8 @@ chosen for B0 oblique to the grid (the ``kernel`` parameter), 32.5 / 48.6 % and 
 31, with MCPC-3D-S taking out the phase offset's curvature, 32.0 / 48.5 % and 30.3 / 36.7 %. Since stop
 32 TFI's share is 0.4 (it was 0.5): with in-vivo texture in the brain's susceptibility (suite case
 ``qsmforward_textured_1p06mm``) TFI's outside sources take up the tissue's coarse detail; 32.1 / 48.3 % and
-30.3 / 36.8 %, the textured head 28.8 -> 27.3 % (worst ROI error 14.5 -> 12.2 ppb).
+30.3 / 36.8 %, the textured head 28.8 -> 27.3 % (worst ROI error 14.5 -> 12.2 ppb). Since stop 33 the share
+differs between coarse and fine detail (``TFI_COARSE_SHARE``): see its comment for the measurements.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .. import _backend, _fft
 from .._backend import Device, resolve_device
@@ -117,15 +120,20 @@ SMV_RADIUS_VOXELS = 4.0
 SMV_RADIUS_RANGE_MM = (4.0, 6.0)
 SMV_MIN_RADIUS_VOXELS = 1.5
 SMV_LAMBDA_FACTOR = 0.15
-# TFI's share of the reported chi, SS-TV's the rest. With in-vivo texture in the brain's susceptibility TFI's
-# outside sources take up the tissue's coarse detail (blobs of 20-40 mm, 20-30 ppb), which SS-TV, with no
-# outside sources, does not: on the suite's textured head (qsmforward_textured_1p06mm) 0.4 measured 27.3 % and
-# a worst ROI error of 12.2 ppb against 28.8 % and 14.5 ppb at 0.5 (two scratch textured heads, 20 and 10 ppb:
-# 26.7 / 22.3 % and 12.7 / 9.1 ppb against 28.2 / 23.2 % and 15.0 / 10.6 ppb); on the
-# twelve other suite cases the mean NRMSE moved +0.04 points (from -0.4 to +1.2: the SNR-20 head, where SS-TV
-# is the noisier) and the worst 48.5 -> 48.3 %; 0.3 measured 25.8 / 21.8 % textured but +0.4 points on the
-# twelve (+2.8 on the SNR-20 head).
-TFI_SHARE = 0.4
+# TFI's share of the reported chi, SS-TV's the rest, in the detail finer than COARSE_SIGMA_MM (TFI_SHARE)
+# and in the coarser (TFI_COARSE_SHARE): see :func:`blend_estimates`. With in-vivo texture in the brain's
+# susceptibility TFI's outside sources take up the tissue's coarse detail (blobs of 20-40 mm, 20-30 ppb), which
+# SS-TV, with no outside sources, does not, while in the fine detail TFI, which has data up to the mask's edge,
+# is the better. Measured on the thirteen suite cases that run both solves (the whole pipeline, stop 33):
+# 0.5 / 0.2 / 8 mm mean chi NRMSE 30.35 % against 30.55 with one share of 0.4 for all detail (stop 32), worst
+# 47.9 against 48.3 %, the textured head (qsmforward_textured_1p06mm) 26.5 % and a worst ROI error of 8.5 ppb
+# against 27.3 % and 12.2 ppb, the SNR-20 head 42.3 % / 11.9 ppb against 43.5 % / 11.0; the largest loss
+# +0.6 points (bipolar_oblique_9echo). 4 and 16 mm measured 30.39 and 30.37 %; a coarse share of 0.1 or 0.3
+# and a fine one of 0.4 or 0.6 30.27-30.84 %; TFI's share raised in the coarse detail instead (0.5-0.7 coarse,
+# 0.2-0.3 fine) 31.0-32.3 %, the textured head 27.7-32.0 %.
+TFI_SHARE = 0.5
+TFI_COARSE_SHARE = 0.2
+COARSE_SIGMA_MM = 8.0
 #: ``lambda`` of SS-TV alone (:func:`sstv`) per linear TV's noise-proportional rule on the filtered field.
 SSTV_LAMBDA_FACTOR = SMV_LAMBDA_FACTOR * AUTO_LAMBDA_FACTOR
 # ... unless more than this share of the mask lies within the SMV radius of faces where the field of view cuts
@@ -523,10 +531,6 @@ def tfi(
             to_frame(field_host, sub, sub_shape), to_frame(weight, sub, sub_shape), sub_inside,
             kernel_of(sub_shape, voxel_size_mm, b0_direction), single_step, regularization * SMV_LAMBDA_FACTOR,
             sub_threshold, dict(solve, shape=sub_shape))
-        if smv_chi is not None:
-            # only the mask's chi is reported, so the solve's is placed there alone
-            chi *= TFI_SHARE
-            chi += (1.0 - TFI_SHARE) * target.to_device(from_frame(target.to_numpy(smv_chi), sub, inside_host))
         parameters.update(smv_parameters)
     del field_host, kernel_host, weight, tissue_weight
     if edge_mm is None:
@@ -536,6 +540,11 @@ def tfi(
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = _fft.crop(target.to_numpy(chi), box_shape)
+    if single_step and smv_chi is not None:
+        # only the mask's chi is reported, so the solve's is placed there alone
+        smv_result = _fft.crop(from_frame(target.to_numpy(smv_chi), sub, inside_host), box_shape)
+        result[box] = blend_estimates(result[box], smv_result, valid[box], voxel_size_mm)
+        parameters.update(tfi_share=TFI_SHARE, tfi_coarse_share=TFI_COARSE_SHARE, coarse_sigma_mm=COARSE_SIGMA_MM)
     result[~valid] = 0
     report(progress, 1.0, "TFI done")
     return InversionResult(result, parameters, valid)
@@ -720,6 +729,42 @@ def sstv(
     result[~valid] = 0
     report(progress, 1.0, "SS-TV done")
     return InversionResult(result, parameters, valid)
+
+
+def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray,
+                    voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """TFI's and SS-TV's chi combined, with TFI's share set apart for coarse and fine detail.
+
+    ``TFI_SHARE * tfi + (1 - TFI_SHARE) * sstv``, plus ``TFI_COARSE_SHARE - TFI_SHARE`` times the coarse
+    part of their difference: its Gaussian smoothing (SD ``COARSE_SIGMA_MM``) normalised over ``valid``
+    (the smoothed difference divided by the smoothed mask), so that voxels outside it, which carry no
+    estimate, do not pull the mean near the edge. Where the two differ by a constant, the result is
+    ``TFI_COARSE_SHARE`` of the way from SS-TV to TFI; where they differ by detail much finer than the
+    Gaussian, ``TFI_SHARE`` of the way.
+
+    Parameters
+    ----------
+    tfi_chi, sstv_chi : numpy.ndarray, shape (n0, n1, n2)
+        The two estimates of chi (ppm), valid on ``valid``.
+    valid : numpy.ndarray of bool, shape (n0, n1, n2)
+        Where both estimates are reported.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n0, n1, n2)
+        The blended chi (ppm); 0 outside ``valid``.
+    """
+    inside = valid.astype(np.float32)
+    difference = (tfi_chi - sstv_chi) * inside
+    sigma = [COARSE_SIGMA_MM / float(v) for v in voxel_size_mm]
+    # zero beyond the array's faces, as beyond the mask: only valid voxels enter the mean
+    coarse = ndi.gaussian_filter(difference, sigma, mode="constant")
+    weight = ndi.gaussian_filter(inside, sigma, mode="constant")
+    coarse /= np.maximum(weight, np.float32(1e-6))
+    blended = sstv_chi + np.float32(TFI_SHARE) * difference + np.float32(TFI_COARSE_SHARE - TFI_SHARE) * coarse
+    return np.where(valid, blended, np.float32(0)).astype(np.float32)
 
 
 def _shell_frame(
