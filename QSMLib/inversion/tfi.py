@@ -517,6 +517,7 @@ def tfi(
     if merit_every:
         parameters.update(merit_every=merit_every, merit_factor=merit_factor, merit_voxels=merit_voxels)
     del weight_squared
+    smv_chi = None
     if single_step:
         field_host, ripple_parameters = _without_kernel_ripple(field_host, inside_host, target.to_numpy(chi),
                                                                kernel_host, shape)
@@ -540,7 +541,7 @@ def tfi(
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = _fft.crop(target.to_numpy(chi), box_shape)
-    if single_step and smv_chi is not None:
+    if smv_chi is not None:
         # only the mask's chi is reported, so the solve's is placed there alone
         smv_result = _fft.crop(from_frame(target.to_numpy(smv_chi), sub, inside_host), box_shape)
         result[box] = blend_estimates(result[box], smv_result, valid[box], voxel_size_mm)
