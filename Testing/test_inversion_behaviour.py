@@ -14,7 +14,14 @@ from QSMLib._morphology import erode
 from QSMLib.dipole import forward_field, unit_vector
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import METHODS
-from QSMLib.inversion.tfi import COARSE_SIGMA_MM, TFI_COARSE_SHARE, TFI_SHARE, blend_estimates
+from QSMLib.inversion.tfi import (
+    COARSE_SIGMA_MM,
+    MAX_TFI_SHARE,
+    NOISY_DETAIL_RATIO,
+    TFI_COARSE_SHARE,
+    TFI_SHARE,
+    blend_estimates,
+)
 from QSMLib.metrics import nrmse
 from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PipelineConfig
@@ -168,8 +175,9 @@ def test_tfi_is_the_blend_of_tfi_alone_and_sstv_with_its_lambda(edges):
     single = METHODS["sstv"](field, mask, voxel, regularization=chosen["smv_regularization"],
                              radius_mm=chosen["smv_radius_mm"], **common)
     assert chosen["smv_iterations"] == 12 and np.array_equal(both.mask, single.mask)
-    assert (chosen["tfi_share"], chosen["tfi_coarse_share"]) == (TFI_SHARE, TFI_COARSE_SHARE)
-    blend = blend_estimates(alone.chi_ppm, single.chi_ppm, both.mask, voxel)
+    blend, blend_parameters = blend_estimates(alone.chi_ppm, single.chi_ppm, both.mask, voxel)
+    assert {key: chosen[key] for key in blend_parameters} == blend_parameters
+    assert chosen["tfi_coarse_share"] == TFI_COARSE_SHARE and TFI_SHARE <= chosen["tfi_share"] <= MAX_TFI_SHARE
     np.testing.assert_allclose(both.chi_ppm, blend, atol=1e-6 * np.abs(blend).max())
     # ... which a plain weighted mean with either share is not (they differ by 0.5 % of the map's largest
     # value here, 5000 times the tolerance above)
@@ -190,14 +198,41 @@ def test_blend_takes_tfis_coarse_share_of_a_smooth_difference_and_its_fine_share
     mask = (((grid - centre.reshape(3, 1, 1, 1)) / radii.reshape(3, 1, 1, 1)) ** 2).sum(axis=0) <= 1
     rng = np.random.default_rng(4)
     sstv_chi = rng.normal(0, 0.05, shape).astype(np.float32)
-    blend = blend_estimates(sstv_chi + np.float32(0.1), sstv_chi, mask, voxel)
+    blend, parameters = blend_estimates(sstv_chi + np.float32(0.1), sstv_chi, mask, voxel)
     np.testing.assert_allclose(blend[mask], sstv_chi[mask] + TFI_COARSE_SHARE * 0.1, atol=1e-5)
     assert np.all(blend[~mask] == 0)
+    assert parameters["tfi_share"] == TFI_SHARE and abs(parameters["fine_detail_ratio"] - 1) < 1e-4
     checker = np.where(grid.sum(axis=0) % 2 == 0, 0.1, -0.1).astype(np.float32)
-    blend = blend_estimates(sstv_chi + checker, sstv_chi, mask, voxel)
+    blend, parameters = blend_estimates(sstv_chi + checker, sstv_chi, mask, voxel)
     deep = erode(mask, COARSE_SIGMA_MM, voxel)
     assert deep.sum() > 0.2 * mask.sum()
+    assert parameters["tfi_share"] == TFI_SHARE and parameters["fine_detail_ratio"] < 1
     np.testing.assert_allclose(blend[deep], (sstv_chi + TFI_SHARE * checker)[deep], atol=0.01 * 0.1)
+
+
+def test_blend_gives_tfi_more_of_the_fine_detail_where_sstvs_carries_more_noise():
+    """SS-TV = TFI + white noise: its finest detail has the more variance. Noise of 0.3 of the tissue's
+    detail SD (variance ratio measured 1.09: below the range) leaves TFI's share at ``TFI_SHARE``; 0.4
+    (1.16) raises it part of the way (0.69); 1.0 (2.01) to ``MAX_TFI_SHARE``, where the blend keeps
+    ``1 - MAX_TFI_SHARE`` of the noise."""
+    voxel = (1.0, 1.0, 1.0)
+    shape = (40, 44, 36)
+    mask = np.zeros(shape, bool)
+    mask[4:-4, 4:-4, 4:-4] = True
+    rng = np.random.default_rng(7)
+    tfi_chi = rng.normal(0, 0.05, shape).astype(np.float32)
+    noise = rng.normal(0, 0.05, shape).astype(np.float32)
+    shares, ratios = {}, {}
+    for level in (0.3, 0.4, 1.0):
+        blend, parameters = blend_estimates(tfi_chi, tfi_chi + np.float32(level) * noise, mask, voxel)
+        shares[level], ratios[level] = parameters["tfi_share"], parameters["fine_detail_ratio"]
+    low, high = NOISY_DETAIL_RATIO
+    assert ratios[0.3] < low < ratios[0.4] < high < ratios[1.0]
+    assert shares[0.3] == TFI_SHARE and TFI_SHARE < shares[0.4] < MAX_TFI_SHARE and shares[1.0] == MAX_TFI_SHARE
+    # with the largest noise: what remains of it in the blend, deep in the mask (the coarse part is tiny here)
+    deep = erode(mask, COARSE_SIGMA_MM, voxel)
+    left = (blend - tfi_chi)[deep] / noise[deep]
+    assert abs(np.median(left) - (1 - MAX_TFI_SHARE)) < 0.01
 
 
 def test_tfi_runs_alone_where_the_single_step_solve_has_no_data_and_says_why():

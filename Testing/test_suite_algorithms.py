@@ -124,9 +124,10 @@ def test_automatic_lambda_lands_near_the_best_fixed_lambda(case, field, method):
 
 #: TFI chi NRMSE (%) from the exact total field on its valid mask (the mask less its outer 3 mm voxel layer),
 #: measured small_axial 53.7 (a crop cut along B0: TFI alone; 58.3 before the thicker shell beyond its cut faces
-#: along B0), small_qsmforward 41.2 averaged with the single-step SMV solve (48.8 TFI alone, without MERIT 61.8 /
-#: 51.5 before that); the best chain there (iSMV + TV) measured 66.1 / 57.0.
-TFI_BOUNDS = {"small_axial": 55.5, "small_qsmforward": 43.0}
+#: along B0), small_qsmforward 40.1 blended with the single-step SMV solve (TFI's fine share 0.73 there; 41.2 at
+#: stop 32, the plain average; 48.8 TFI alone, without MERIT 61.8 / 51.5 before that); the best chain there
+#: (iSMV + TV) measured 66.1 / 57.0.
+TFI_BOUNDS = {"small_axial": 55.5, "small_qsmforward": 42.0}
 
 
 def test_total_field_inversion_from_the_exact_total_field(case):
@@ -139,9 +140,11 @@ def test_total_field_inversion_from_the_exact_total_field(case):
 
 #: TFI from the exact total field with B0 17 degrees oblique to the grid, chi NRMSE (%) on its valid mask.
 #: small_qsmforward_oblique (qsm-forward's field, computed with the dipole kernel sampled on the grid, whose jump at
-#: the edge of k-space puts a Nyquist ripple in air's field): 53.7 with the sampled kernel, the outside sources
+#: the edge of k-space puts a Nyquist ripple in air's field): 53.3 with the sampled kernel, the outside sources
 #: refined on the full grid once the ripple is found and the single-step solve given the field less theirs (66.2
-#: without the refinement, 105.6 with neither); 103.8 with the even kernel. small_oblique (the realistic head
+#: without the refinement, 105.6 with neither, at stop 32); 80.3 with the even kernel (103.8 at stop 32: since
+#: stop 33 SS-TV's finest detail, 12.6 times the variance of TFI's there, 2.2 with the sampled kernel, gets the
+#: smaller share, 0.2, of the blend). small_oblique (the realistic head
 #: simulated on a grid twice as fine: no ripple; a 3 mm crop, so TFI alone): sampled kernel 60.6, even 59.3,
 #: automatic (even after a start with the sampled one) 61.3.
 #: SS-TV alone (the fast preset's inversion) from the same fields: small_qsmforward_oblique 168.4 on the field as it is
@@ -155,7 +158,7 @@ def _oblique_inversion(case, method, kernel):
 
 
 #: per method: the automatic kernel's NRMSE bound, and the other kernel whose NRMSE it stays below a share of
-RIPPLE_BOUNDS = {"tfi": (55.0, "even", 0.6), "sstv": (64.0, "sampled", 0.4)}
+RIPPLE_BOUNDS = {"tfi": (55.0, "even", 0.7), "sstv": (64.0, "sampled", 0.4)}
 
 
 @pytest.mark.parametrize("method", sorted(RIPPLE_BOUNDS))
@@ -376,7 +379,7 @@ def test_a_users_brain_mask_is_solved_with_the_reliable_voxels_around_it():
 
     The same run with no automatic mask to draw on (its magnitude threshold set impossibly high, so the
     pipeline falls back to the user's mask alone, as it did before) is the comparison: on the small
-    qsm-forward head measured 44.0 against 49.4 % chi NRMSE on the reported voxels, and 52.5 against
+    qsm-forward head measured 44.9 against 49.4 % chi NRMSE on the reported voxels, and 53.2 against
     64.8 % on the whole true brain with unreported voxels counted as 0 (47.9 / 52.6 and 55.5 / 66.7 % at
     stop 32, before TFI and SS-TV were blended by detail scale).
     """
@@ -397,8 +400,8 @@ def test_a_users_brain_mask_is_solved_with_the_reliable_voxels_around_it():
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, brain) < metrics.nrmse(alone.chi_ppm, case.chi_ppm, brain) - 8.0
 
 
-#: consensus preset with the true brain mask on small_qsmforward (3 mm): measured 44.0 %
-USER_MASK_BOUND = 46.0
+#: consensus preset with the true brain mask on small_qsmforward (3 mm): measured 44.9 %
+USER_MASK_BOUND = 46.5
 
 
 @pytest.mark.parametrize("name, bound", [("small_axial", 0.70), ("small_qsmforward", 0.75)])

