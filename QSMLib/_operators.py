@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from . import _backend, _fft
 from ._parallel import for_each_slab
@@ -196,6 +197,38 @@ def data_weight(mask: np.ndarray, field_weight: Optional[np.ndarray]) -> np.ndar
     if mean <= 0:
         return mask.astype(np.float32)
     return weight / np.float32(mean)
+
+
+def masked_smoothing(values: np.ndarray, mask: np.ndarray, sigma_mm: float,
+                     voxel_size_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian smoothing of ``values`` over ``mask``'s voxels alone, and of ``mask`` itself.
+
+    Their ratio is the local Gaussian-weighted mean of the mask's values, which voxels outside the mask do
+    not pull towards 0; each caller chooses where the smoothed mask is too small to divide by. Beyond the
+    array's faces the filter sees zeros, as beyond the mask.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (..., n0, n1, n2)
+        The values; with leading axes, each 3D volume is smoothed alone.
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        The voxels whose values count.
+    sigma_mm : float
+        The Gaussian's SD in mm.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    smoothed_values : numpy.ndarray, shape of ``values``
+        The smoothed values, 0 taken outside ``mask``.
+    smoothed_mask : numpy.ndarray of float32, shape (n0, n1, n2)
+        The smoothed mask (the weight of the mask's voxels in each value above).
+    """
+    sigma = [sigma_mm / float(v) for v in voxel_size_mm]
+    smoothed_values = ndi.gaussian_filter(np.where(mask, values, np.zeros((), dtype=values.dtype)),
+                                          [0.0] * (values.ndim - 3) + sigma, mode="constant")
+    return smoothed_values, ndi.gaussian_filter(mask.astype(np.float32), sigma, mode="constant")
 
 
 def to_frame(volume: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) -> np.ndarray:

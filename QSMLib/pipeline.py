@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import scipy.ndimage as ndi
 
 from . import _fft
 from ._backend import CPU, DEVICES, Device, resolve_device
+from ._operators import masked_smoothing
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
 from ._threads import limit_threads
 from ._validation import check_parameter
@@ -796,10 +796,8 @@ def fill_edge(chi_ppm: np.ndarray, mask: np.ndarray, reported: np.ndarray,
     if not band.any() or not reported.any():
         return chi_ppm
     box = _fft.mask_bounding_box(mask, [0, 0, 0])
-    sigma = [FILL_SIGMA_MM / float(v) for v in voxel_size_mm]
     # zeros beyond the box are what the filter would see there anyway: no reported voxel lies outside the mask
-    weighted = ndi.gaussian_filter(np.where(reported[box], chi_ppm[box], np.float32(0)), sigma, mode="constant")
-    weights = ndi.gaussian_filter(reported[box].astype(np.float32), sigma, mode="constant")
+    weighted, weights = masked_smoothing(chi_ppm[box], reported[box], FILL_SIGMA_MM, voxel_size_mm)
     filled = chi_ppm.copy()
     in_band = band[box] & (weights > 0.01)
     filled[box][in_band] = weighted[in_band] / weights[in_band]

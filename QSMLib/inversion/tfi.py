@@ -65,7 +65,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .. import _backend, _fft
 from .._backend import Device, resolve_device
@@ -77,6 +76,7 @@ from .._operators import (
     from_frame,
     gradient,
     gradient_eigenvalues,
+    masked_smoothing,
     mean_voxel_mm,
     sphere_kernel,
     to_frame,
@@ -774,21 +774,16 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
         ``tfi_share`` (fine detail), ``fine_detail_ratio`` (SS-TV's finest detail variance over TFI's),
         ``tfi_coarse_share`` and ``coarse_sigma_mm``.
     """
-    inside = valid.astype(np.float32)
-
-    def smoothed(values: np.ndarray, sigma_mm: float) -> np.ndarray:
-        # zero beyond the array's faces, as beyond the mask: only valid voxels enter the mean
-        sigma = [sigma_mm / float(v) for v in voxel_size_mm]
-        weight = np.maximum(ndi.gaussian_filter(inside, sigma, mode="constant"), np.float32(1e-6))
-        return ndi.gaussian_filter(values * inside, sigma, mode="constant") / weight
-
-    fine_variance = [float(np.var((chi - smoothed(chi, FINE_SIGMA_MM))[valid], dtype=np.float64))
-                     for chi in (tfi_chi, sstv_chi)]
+    both = np.stack([tfi_chi, sstv_chi])
+    smoothed, weight = masked_smoothing(both, valid, FINE_SIGMA_MM, voxel_size_mm)
+    finest = (both - smoothed / np.maximum(weight, np.float32(1e-6)))[:, valid]
+    fine_variance = [float(np.var(detail, dtype=np.float64)) for detail in finest]
     ratio = fine_variance[1] / fine_variance[0] if fine_variance[0] > 0 else 1.0
     low, high = NOISY_DETAIL_RATIO
     share = TFI_SHARE + (MAX_TFI_SHARE - TFI_SHARE) * float(np.clip((ratio - low) / (high - low), 0.0, 1.0))
     difference = tfi_chi - sstv_chi
-    coarse = smoothed(difference, COARSE_SIGMA_MM)
+    smoothed, weight = masked_smoothing(difference, valid, COARSE_SIGMA_MM, voxel_size_mm)
+    coarse = smoothed / np.maximum(weight, np.float32(1e-6))
     blended = sstv_chi + np.float32(share) * difference + np.float32(TFI_COARSE_SHARE - share) * coarse
     parameters = {"tfi_share": share, "fine_detail_ratio": ratio, "tfi_coarse_share": TFI_COARSE_SHARE,
                   "coarse_sigma_mm": COARSE_SIGMA_MM}

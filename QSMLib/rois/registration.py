@@ -48,6 +48,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 
+from .._operators import masked_smoothing
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import QSMInputError
 from ..io.nifti import image_from_array
@@ -110,10 +111,7 @@ def combined_magnitude(magnitude: np.ndarray) -> np.ndarray:
 
 def _bias_corrected(values: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
     """``values`` divided by their smooth local mean inside ``mask`` (a receive-coil bias removed), 0 outside."""
-    sigma = BIAS_SCALE_MM / np.asarray(voxel_size_mm, np.float64)
-    inside = mask.astype(np.float32)
-    local = ndi.gaussian_filter(values * inside, sigma, mode="constant")
-    weight = ndi.gaussian_filter(inside, sigma, mode="constant")
+    local, weight = masked_smoothing(values, mask, BIAS_SCALE_MM, voxel_size_mm)
     smooth = local / np.maximum(weight, 1e-3)
     corrected = np.where(mask, values / np.maximum(smooth, 1e-12 * max(float(smooth.max()), 1e-30)), 0.0)
     return corrected.astype(np.float32)
