@@ -2,14 +2,15 @@
 
     python benchmarks/bench_pipeline.py [--config consensus] [--echoes 9] [--voxel-size 1.0] [--bipolar]
         [--threads N] [--device cpu|cuda|auto] [--compress fast|best|none] [--inputs DIR] [--repeat 1]
-        [--profile-top 25]
+        [--profile-top 25] [--outputs DIR]
 
 The head phantom (256 x 256 x 176 voxels at 1 mm, 9 echoes by default) is
 simulated and written as 4D float32 magnitude and phase ``.nii.gz`` files with
 BIDS sidecars (echo times, field strength), as a user's data would come (``--bipolar``: the
 even echoes carry a bipolar readout's phase error, as in the seed's 9-echo protocol, and ``qsm
 run`` is not told, so it detects and corrects it); with
-``--inputs DIR`` they are kept in DIR and reused by later runs. Then ``qsm run``
+``--inputs DIR`` they are kept in DIR and reused by later runs (``--outputs DIR`` keeps each run's
+outputs in ``DIR/run1``, ``DIR/run2``..., e.g. to compare ``--device cuda`` with the CPU). Then ``qsm run``
 (``QSMLib.cli.console_main``, the very code path of the command) runs on them in a
 fresh child process, which reports for itself:
 
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--inputs", help="folder for the simulated input files (kept and reused)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the table is the fastest one's")
     parser.add_argument("--profile-top", type=int, default=25, help="profile lines per ordering (0: no profiler)")
+    parser.add_argument("--outputs", help="folder to keep each run's outputs in (run1, run2...; default: deleted)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -230,7 +232,8 @@ def main() -> None:
         runs = []
         for repeat in range(args.repeat):
             options = {"magnitude": str(inputs / "magnitude.nii.gz"), "phase": str(inputs / "phase.nii.gz"),
-                       "config": args.config, "out": str(Path(scratch) / f"out{repeat}"), "extra": extra,
+                       "config": args.config, "out": str(Path(args.outputs or scratch) / f"run{repeat + 1}"),
+                       "extra": extra,
                        "profile_top": args.profile_top}
             load_before = os.getloadavg()[0]
             report, wall, load_after = _run_child(options)
