@@ -132,9 +132,8 @@ def _gpu() -> tuple[Optional[Device], str]:
         import torch
 
         if torch.cuda.is_available():
-            compat = _compat()
             return array_api_device(
-                compat.torch, "cuda", f"cuda: {torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}",
+                _compat("torch"), "cuda", f"cuda: {torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}",
                 torch.device("cuda"), lambda array: array.detach().cpu().numpy()), ""
         reasons.append(f"PyTorch {torch.__version__} sees no CUDA GPU")
     if importlib.util.find_spec("cupy") is not None:
@@ -146,22 +145,21 @@ def _gpu() -> tuple[Optional[Device], str]:
             reasons.append(f"CuPy cannot reach a CUDA GPU ({error})")
         else:
             if count:
-                compat = _compat()
                 name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
                 name = name.decode() if isinstance(name, bytes) else str(name)
-                return array_api_device(compat.cupy, "cuda", f"cuda: {name}, CuPy {cupy.__version__}",
+                return array_api_device(_compat("cupy"), "cuda", f"cuda: {name}, CuPy {cupy.__version__}",
                                         to_numpy=lambda array: array.get()), ""
             reasons.append("CuPy sees no CUDA GPU")
     return None, "; ".join(reasons) or "neither PyTorch nor CuPy is installed"
 
 
-def _compat() -> Any:
+def _compat(library: str) -> Any:
+    """array-api-compat's namespace for ``library`` (a submodule: importing the package alone does not load it)."""
     try:
-        import array_api_compat
+        return importlib.import_module(f"array_api_compat.{library}")
     except ImportError:
         raise QSMInputError(f"A CUDA GPU is there, but array-api-compat is not installed. Install {GPU_INSTALL}, "
                             "or use --device cpu.") from None
-    return array_api_compat
 
 
 def namespace(array: Any) -> Any:

@@ -33,14 +33,19 @@ GPU_LIBRARIES = ("torch", "cupy", "array_api_compat")
 
 
 def _strict_device():
-    """array-api-strict as a device; records that results come back as its arrays."""
+    """array-api-strict as a device; records that results come back as its arrays.
+
+    The arrays live on array-api-strict's second device, which numpy cannot read (as a GPU's arrays):
+    a solver that hands a device array to numpy anywhere but :meth:`Device.to_numpy` fails here too.
+    """
     returned = []
 
     def to_numpy(array):
         returned.append(type(array).__module__.split(".")[0])
-        return np.asarray(array)
+        return np.asarray(array.to_device(array_api_strict.Device("CPU_DEVICE")))
 
-    return _backend.array_api_device(array_api_strict, "cpu", "array-api-strict", to_numpy=to_numpy), returned
+    return _backend.array_api_device(array_api_strict, "cpu", "array-api-strict", array_api_strict.Device("device1"),
+                                     to_numpy=to_numpy), returned
 
 
 @pytest.fixture(scope="module")
@@ -172,18 +177,39 @@ def test_asking_for_cuda_without_a_gpu_stops_before_anything_is_written(monkeypa
     assert not out.exists()
 
 
-def test_a_gpu_without_array_api_compat_is_an_error_even_for_auto(monkeypatch):
-    # a GPU library that sees a GPU, and no array-api-compat: what to install, not a silent CPU run
+def _fake_torch_with_a_gpu(monkeypatch):
+    """A stand-in for PyTorch that sees a GPU (no real one is needed)."""
     import types
 
     torch = types.ModuleType("torch")
     torch.__version__ = "0.0-test"
     torch.__spec__ = importlib.machinery.ModuleSpec("torch", None)
     torch.cuda = types.SimpleNamespace(is_available=lambda: True, get_device_name=lambda index: "test GPU")
+    torch.device = lambda name: f"device {name}"
     monkeypatch.setitem(sys.modules, "torch", torch)
-    monkeypatch.setitem(sys.modules, "array_api_compat", None)
     _backend._gpu.cache_clear()
     monkeypatch.setattr(_backend, "_gpu", _backend._gpu.__wrapped__)
+    return types
+
+
+def test_a_gpu_device_uses_array_api_compats_torch_namespace(monkeypatch):
+    # array_api_compat.torch is a submodule that importing array_api_compat alone does not load (stop 34 found
+    # ``--device cuda`` failing on a real GPU that way); here it is a stand-in, so the package's attribute is unset
+    types = _fake_torch_with_a_gpu(monkeypatch)
+    uploads = []
+    namespace = types.ModuleType("array_api_compat.torch")
+    namespace.asarray = lambda volume, device=None: uploads.append(device) or volume
+    monkeypatch.setitem(sys.modules, "array_api_compat.torch", namespace)
+    device = _backend.resolve_device("cuda")
+    assert device.description == "cuda: test GPU, PyTorch 0.0-test"
+    device.to_device(np.ones(3, np.float32))
+    assert uploads == ["device cuda"]
+
+
+def test_a_gpu_without_array_api_compat_is_an_error_even_for_auto(monkeypatch):
+    # a GPU library that sees a GPU, and no array-api-compat: what to install, not a silent CPU run
+    _fake_torch_with_a_gpu(monkeypatch)
+    monkeypatch.setitem(sys.modules, "array_api_compat", None)
     for device in ("auto", "cuda"):
         with pytest.raises(QSMInputError, match=r'array-api-compat is not installed.*qsmlib\[gpu\]'):
             _backend.resolve_device(device)
@@ -209,5 +235,11 @@ def test_cuda_matches_the_cpu(blobs):
     device, reason = _backend._gpu()
     if device is None:
         pytest.skip(f"no CUDA GPU to test on: {reason}")
-    for name, solver in SOLVERS.items():
-        assert _nrmse(solver(blobs, device), solver(blobs, "cpu")) < 1e-3, name
+    differences = {name: _nrmse(solver(blobs, device), solver(blobs, "cpu")) for name, solver in SOLVERS.items()}
+    # from a local field the GPU equals the CPU to float32 rounding (H200, stop 34: 5.8e-7 TFI, 4.2e-7 TV). From
+    # the total field (a 9 ppm air sphere beside a 40-voxel brain), the outside sources' CG stops unconverged and
+    # its float32 path shows: the CPU result alone moves by 3.2e-3 (TFI) and 3.3e-3 (SS-TV) when its FFTs are
+    # computed in float64, and the H200 differed by 4.8e-3 and 6.3e-3 (on the 256x256x176 head's whole
+    # pipeline: 1.6e-4)
+    assert differences["tfi_local"] < 1e-6 and differences["tv"] < 1e-6, differences
+    assert differences["tfi"] < 8e-3 and differences["sstv"] < 8e-3, differences

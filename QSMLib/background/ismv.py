@@ -109,7 +109,8 @@ def ismv(
         )
 
     field_host = _fft.pad(np.where(mask, total_field_hz, 0).astype(np.float32)[box], shape)
-    field, ball, eroded_host, eroded = (target.to_device(a) for a in (field_host, ball, eroded, eroded))
+    eroded_host = eroded
+    field, ball, eroded = (target.to_device(a) for a in (field_host, ball, eroded_host))
     outside = ~eroded
     xp = _backend.namespace(field)
     zero = _backend.scalar(field, 0.0)
