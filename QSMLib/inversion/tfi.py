@@ -96,7 +96,9 @@ FINE_ITERATIONS = 8
 RIPPLE_ITERATIONS = 30
 # TFI's automatic lambda is this times linear TV's rule: whole pipeline on the six suite cases, chi NRMSE
 # 0.4-1.5 points lower on every case than with the TV rule itself (mean 39.3 against 40.3 %), worst deep
-# grey matter ROI error 22.3 against 25.5 ppb; 2x was as good on the two noisiest cases and 0.5-0.7x worse
+# grey matter ROI error 22.3 against 25.5 ppb; 2x was as good on the two noisiest cases and 0.5-0.7x worse.
+# Checked again with the TFI/SS-TV blend (stop 34, fourteen suite cases, SS-TV's lambda following): factors
+# 1.0 / 1.5 / 2.0 gave mean chi NRMSE 29.92 / 29.99 / 30.51 %, mean worst ROI error 7.20 / 6.92 / 7.58 ppb
 AUTO_LAMBDA_FACTOR = 1.5
 # ... and this much higher again when the magnitude's edges are left free (:func:`free_edges`):
 # the edges carry no penalty, so the rest of the brain takes more. Measured with edge fraction 0.15, whole
