@@ -156,10 +156,11 @@ def _gpu() -> tuple[Optional[Device], str]:
 def _compat(library: str) -> Any:
     """array-api-compat's namespace for ``library`` (a submodule: importing the package alone does not load it)."""
     try:
-        return importlib.import_module(f"array_api_compat.{library}")
+        import array_api_compat  # noqa: F401  (only to tell a missing package from a failing submodule)
     except ImportError:
         raise QSMInputError(f"A CUDA GPU is there, but array-api-compat is not installed. Install {GPU_INSTALL}, "
                             "or use --device cpu.") from None
+    return importlib.import_module(f"array_api_compat.{library}")
 
 
 def namespace(array: Any) -> Any:
