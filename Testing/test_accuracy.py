@@ -176,8 +176,8 @@ def test_how_the_volume_is_stored_does_not_change_the_map(axial, axes, flipped):
     # A sagittal 3D GRE stores B0 along the second array axis; LPS/RAS writers flip axes. Every stage must
     # take its geometry from the affine. Measured: the axis order alone changes chi by 0.001 % (relative
     # NRMSE); with a flip, forward differences become backward ones (the TV prior, MERIT, the magnitude's
-    # edges), which moves chi by 5-7 % relative and its NRMSE against the truth by +0.1 point (15.18 ->
-    # 15.29-15.32 %, worst ROI error 3.1-3.9 ppb).
+    # edges), which moves chi by 5-7 % relative and its NRMSE against the truth by +0.03..+0.14 point (15.18 ->
+    # 15.21-15.32 % in three stored forms, worst ROI error 3.1-3.9 ppb).
     phantom = axial["phantom"]
     stored = _stored_as(phantom.acquisition, axes, flipped)
     assert np.allclose(stored.b0_direction, np.array(phantom.acquisition.b0_direction)[list(axes)], atol=1e-6)
