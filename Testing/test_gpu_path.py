@@ -12,6 +12,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import types
 
 import array_api_strict
 import numpy as np
@@ -179,8 +180,6 @@ def test_asking_for_cuda_without_a_gpu_stops_before_anything_is_written(monkeypa
 
 def _fake_torch_with_a_gpu(monkeypatch):
     """A stand-in for PyTorch that sees a GPU (no real one is needed)."""
-    import types
-
     torch = types.ModuleType("torch")
     torch.__version__ = "0.0-test"
     torch.__spec__ = importlib.machinery.ModuleSpec("torch", None)
@@ -189,13 +188,12 @@ def _fake_torch_with_a_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", torch)
     _backend._gpu.cache_clear()
     monkeypatch.setattr(_backend, "_gpu", _backend._gpu.__wrapped__)
-    return types
 
 
 def test_a_gpu_device_uses_array_api_compats_torch_namespace(monkeypatch):
     # array_api_compat.torch is a submodule that importing array_api_compat alone does not load (stop 34 found
     # ``--device cuda`` failing on a real GPU that way); here it is a stand-in, so the package's attribute is unset
-    types = _fake_torch_with_a_gpu(monkeypatch)
+    _fake_torch_with_a_gpu(monkeypatch)
     uploads = []
     namespace = types.ModuleType("array_api_compat.torch")
     namespace.asarray = lambda volume, device=None: uploads.append(device) or volume
