@@ -16,10 +16,11 @@ code). For each case with ground truth it prints:
   inside the brain and in a 3 mm band at the brain edge; max and count of
   voxels off by more than 20 Hz there), mask Dice, local-field NRMSE, chi
   metrics and deep grey matter ROI errors;
-- ``background``: every registered background method, from the exact total
-  field with the true brain mask (``exact``) and from the pipeline's total
-  field and mask (``pipeline``): local-field NRMSE (%) on the valid brain
-  voxels, and the share of the brain kept;
+- ``background``: every registered background method, and ``tfi_field`` (the
+  local field the default single-step inversion implies, :func:`tfi_field`),
+  from the exact total field with the true brain mask (``exact``) and from
+  the pipeline's total field and mask (``pipeline``): local-field NRMSE (%)
+  on the valid brain voxels, and the share of the brain kept;
 - ``inversion``: every registered inversion method from the exact local field
   (``exact``), the exact local field plus the echo fit's noise (``noisy``,
   with its reliability weight) and the pipeline's local field
@@ -50,18 +51,45 @@ import scipy.ndimage as ndi
 # benchmark this checkout, whatever QSMLib the environment has installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from QSMLib import metrics  # noqa: E402
-from QSMLib.background import METHODS as BACKGROUND_METHODS  # noqa: E402
+from QSMLib import _fft, metrics  # noqa: E402
+from QSMLib.background import METHODS as BACKGROUND_REGISTRY  # noqa: E402
+from QSMLib.background._smv import smv_balls  # noqa: E402
+from QSMLib.contract import BackgroundResult, Method  # noqa: E402
 from QSMLib.fieldmap import weighted_linear  # noqa: E402
 from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
 from QSMLib.phantom.suite import CASES, SMALL_CASES, SuiteCase, load_case  # noqa: E402
-from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline  # noqa: E402
+from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline, tissue_field_hz  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "results" / "suite_cache"
 STAGES = ("pipeline", "background", "inversion")
 EDGE_BAND_MM = 3.0
 FIELD_OUTLIER_HZ = 20.0
 CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_slope", "roi_abs_max_ppb")
+
+
+def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm, *, b0_direction, b0_tesla,
+              magnitude=None, field_weight=None, **parameters) -> BackgroundResult:
+    """The local field the default single-step inversion implies, scored as a background removal.
+
+    TFI (the ``consensus`` preset's inversion) on the whole mask (``edge_mm=0``), then the field (Hz) of its
+    susceptibility inside the mask, on the voxels where RESHARP's default ball (3 voxels, at least 3 mm)
+    fits in the mask and the field of view: RESHARP's own voxels, so that the two rows compare on the same
+    brain. Library code keeps background removal free of dipole inversion (Testing/test_architecture.py);
+    this row lives here.
+    """
+    result = INVERSION_METHODS["tfi"](total_field_hz, mask, voxel_size_mm, b0_direction=b0_direction,
+                                      b0_tesla=b0_tesla, magnitude=magnitude, field_weight=field_weight,
+                                      edge_mm=0.0, **parameters)
+    local = tissue_field_hz(result.chi_ppm, mask, voxel_size_mm, b0_direction, b0_tesla)
+    box, _, balls = smv_balls(mask, voxel_size_mm, [max(3.0, 3.0 * float(max(voxel_size_mm)))])
+    valid = np.zeros(mask.shape, dtype=bool)
+    valid[box] = _fft.crop(balls[0][1], tuple(s.stop - s.start for s in box))
+    return BackgroundResult(np.where(valid, local, 0).astype(np.float32), valid, result.parameters)
+
+
+#: The background stage's rows: every registered method, and the local field that TFI implies.
+BACKGROUND_METHODS = {**BACKGROUND_REGISTRY,
+                      "tfi_field": Method(tfi_field, inputs=("b0_direction", "b0_tesla", "magnitude", "field_weight"))}
 
 
 def _function(entry: Any) -> Callable[..., Any]:
