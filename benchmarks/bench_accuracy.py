@@ -43,7 +43,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -67,8 +67,9 @@ FIELD_OUTLIER_HZ = 20.0
 CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_slope", "roi_abs_max_ppb")
 
 
-def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm, *, b0_direction, b0_tesla,
-              magnitude=None, field_weight=None, **parameters) -> BackgroundResult:
+def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
+              b0_direction: Sequence[float], b0_tesla: float, magnitude: Optional[np.ndarray] = None,
+              field_weight: Optional[np.ndarray] = None, **parameters: Any) -> BackgroundResult:
     """The local field the default single-step inversion implies, scored as a background removal.
 
     TFI (the ``consensus`` preset's inversion) on the whole mask (``edge_mm=0``), then the field (Hz) of its
