@@ -69,7 +69,8 @@ CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_s
 
 def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
               b0_direction: Sequence[float], b0_tesla: float, magnitude: Optional[np.ndarray] = None,
-              field_weight: Optional[np.ndarray] = None, **parameters: Any) -> BackgroundResult:
+              field_weight: Optional[np.ndarray] = None, field_sd_hz: Optional[np.ndarray] = None,
+              **parameters: Any) -> BackgroundResult:
     """The local field the default single-step inversion implies, scored as a background removal.
 
     TFI (the ``consensus`` preset's inversion) on the whole mask (``edge_mm=0``), then the field (Hz) of its
@@ -80,7 +81,7 @@ def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
     """
     result = INVERSION_METHODS["tfi"](total_field_hz, mask, voxel_size_mm, b0_direction=b0_direction,
                                       b0_tesla=b0_tesla, magnitude=magnitude, field_weight=field_weight,
-                                      edge_mm=0.0, **parameters)
+                                      field_sd_hz=field_sd_hz, edge_mm=0.0, **parameters)
     local = tissue_field_hz(result.chi_ppm, mask, voxel_size_mm, b0_direction, b0_tesla)
     box, _, balls = smv_balls(mask, voxel_size_mm, [max(3.0, 3.0 * float(max(voxel_size_mm)))])
     valid = np.zeros(mask.shape, dtype=bool)
@@ -90,7 +91,8 @@ def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
 
 #: The background stage's rows: every registered method, and the local field that TFI implies.
 BACKGROUND_METHODS = {**BACKGROUND_REGISTRY,
-                      "tfi_field": Method(tfi_field, inputs=("b0_direction", "b0_tesla", "magnitude", "field_weight"))}
+                      "tfi_field": Method(tfi_field, inputs=("b0_direction", "b0_tesla", "magnitude", "field_weight",
+                                                              "field_sd_hz"))}
 
 
 def _function(entry: Any) -> Callable[..., Any]:
@@ -256,14 +258,16 @@ def evaluate_case(
         rows.append(row)
     available = method_inputs(case)
     if "background" in stages:
-        sources = {"exact": lambda: (case.total_field_hz, brain, None),
-                   "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask, pipeline.maps.get("field_weight"))}
+        sources = {"exact": lambda: (case.total_field_hz, brain, None, None),
+                   "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask, pipeline.maps.get("field_weight"),
+                                        pipeline.maps.get("field_sd_hz"))}
         for input_name in [name for name in sources if name in inputs]:
-            total, mask, weight = sources[input_name]()
+            total, mask, weight, field_sd = sources[input_name]()
             for method in background_methods:
                 began = time.perf_counter()
                 local, valid, chosen = call_method(BACKGROUND_METHODS[method], total, mask, voxel,
-                                                   dict(available, field_weight=weight), parameters.get(method, {}))
+                                                   dict(available, field_weight=weight, field_sd_hz=field_sd),
+                                                   parameters.get(method, {}))
                 region = valid & brain
                 rows.append({**base, "stage": "background", "input": input_name, "method": method,
                              "seconds": time.perf_counter() - began, "chosen": chosen,
