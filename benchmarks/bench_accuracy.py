@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from QSMLib import _fft, metrics  # noqa: E402
 from QSMLib.background import METHODS as BACKGROUND_REGISTRY  # noqa: E402
 from QSMLib.background._smv import smv_balls  # noqa: E402
+from QSMLib.background.resharp import default_radius_mm  # noqa: E402
 from QSMLib.contract import BackgroundResult, Method  # noqa: E402
 from QSMLib.fieldmap import weighted_linear  # noqa: E402
 from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
@@ -74,7 +75,7 @@ def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
     """The local field the default single-step inversion implies, scored as a background removal.
 
     TFI (the ``consensus`` preset's inversion) on the whole mask (``edge_mm=0``), then the field (Hz) of its
-    susceptibility inside the mask, on the voxels where RESHARP's default ball (3 voxels, at least 3 mm)
+    susceptibility inside the mask, on the voxels where RESHARP's default ball (:func:`default_radius_mm`)
     fits in the mask and the field of view: RESHARP's own voxels, so that the two rows compare on the same
     brain. Library code keeps background removal free of dipole inversion (Testing/test_architecture.py);
     this row lives here.
@@ -83,7 +84,7 @@ def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
                                       b0_tesla=b0_tesla, magnitude=magnitude, field_weight=field_weight,
                                       field_sd_hz=field_sd_hz, edge_mm=0.0, **parameters)
     local = tissue_field_hz(result.chi_ppm, mask, voxel_size_mm, b0_direction, b0_tesla)
-    box, _, balls = smv_balls(mask, voxel_size_mm, [max(3.0, 3.0 * float(max(voxel_size_mm)))])
+    box, _, balls = smv_balls(mask, voxel_size_mm, [default_radius_mm(voxel_size_mm)])
     valid = np.zeros(mask.shape, dtype=bool)
     valid[box] = _fft.crop(balls[0][1], tuple(s.stop - s.start for s in box))
     return BackgroundResult(np.where(valid, local, 0).astype(np.float32), valid, result.parameters)

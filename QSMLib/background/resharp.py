@@ -50,6 +50,11 @@ from ..errors import QSMInputError
 from ._smv import smv_balls
 
 
+def default_radius_mm(voxel_size_mm: Sequence[float]) -> float:
+    """RESHARP's default SMV radius, mm: 3 voxels of the largest voxel dimension, at least 3 mm."""
+    return max(3.0, 3.0 * float(max(voxel_size_mm)))
+
+
 def resharp(
     total_field_hz: np.ndarray,
     mask: np.ndarray,
@@ -121,7 +126,7 @@ def resharp(
     if not mask.any():
         raise QSMInputError("RESHARP: the mask is empty. Give a brain mask with at least one voxel.")
     if radius_mm is None:
-        radius_mm = max(3.0, 3.0 * float(max(voxel_size_mm)))
+        radius_mm = default_radius_mm(voxel_size_mm)
     multiples = sorted({float(m) for m in np.atleast_1d(np.asarray(radius_multiples, dtype=float))})
     if not (radius_mm > 0 and multiples and multiples[0] > 0 and regularization > 0 and tolerance > 0
             and max_iterations >= 1):
