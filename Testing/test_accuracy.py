@@ -173,10 +173,12 @@ def _back_in_place(volume, axes, flipped):
                          ids=["sagittal-like axis order", "axis order and a flip"])
 def test_how_the_volume_is_stored_does_not_change_the_map(axial, axes, flipped):
     # A sagittal 3D GRE stores B0 along the second array axis; LPS/RAS writers flip axes. Every stage must
-    # take its geometry from the affine. Measured: the axis order alone changes chi by 0.001 % (relative
-    # NRMSE); with a flip, forward differences become backward ones (the TV prior, MERIT, the magnitude's
-    # edges), which moves chi by 5-7 % relative and its NRMSE against the truth by +0.03..+0.14 point (15.18 ->
-    # 15.21-15.32 % in three stored forms, worst ROI error 3.1-3.9 ppb).
+    # take its geometry from the affine. Measured: the axis order alone changes chi by 0.064 % (relative
+    # NRMSE; 0.001 % before TFI's second pass: its edges are a threshold on the first estimate of chi, so
+    # float rounding that differs between storages decides a few voxels at the threshold); with a flip,
+    # forward differences become backward ones (the TV prior, MERIT, the magnitude's edges), which moved chi
+    # by 5-7 % relative and its NRMSE against the truth by +0.03..+0.14 point (15.18 -> 15.21-15.32 % in three
+    # stored forms, worst ROI error 3.1-3.9 ppb; stop 35, before the second pass).
     phantom = axial["phantom"]
     stored = _stored_as(phantom.acquisition, axes, flipped)
     assert np.allclose(stored.b0_direction, np.array(phantom.acquisition.b0_direction)[list(axes)], atol=1e-6)
@@ -186,7 +188,7 @@ def test_how_the_volume_is_stored_does_not_change_the_map(axial, axes, flipped):
     assert np.array_equal(reported, axial["result"].local_mask)
     region = reported & phantom.brain_mask
     if not flipped:
-        assert metrics.nrmse(chi, axial["result"].chi_ppm, reported) < 0.01
+        assert metrics.nrmse(chi, axial["result"].chi_ppm, reported) < 0.1
     assert metrics.nrmse(chi, phantom.chi_ppm, region) < axial["chi"]["nrmse"] + 0.5
     deep_grey = {k: v for k, v in phantom.label_names.items() if v in DEEP_GREY_MATTER}
     errors = metrics.roi_mean_errors_ppb(chi, phantom.chi_ppm, phantom.labels, deep_grey, region)
@@ -197,10 +199,12 @@ def test_how_the_volume_is_stored_does_not_change_the_map(axial, axes, flipped):
 def test_the_magnitudes_units_do_not_change_the_map(axial, scale):
     # Magnitude comes in any unit (DICOM integers to 4095, floats scaled to 1, a coil combination's sum):
     # every use of it (the echo fit's weights, the mask, the magnitude's edges) must be relative.
-    # Measured: the same reported voxels and chi within 0.0006 % (relative NRMSE) at both scales.
+    # Measured: the same reported voxels and chi within 0.025 % (relative NRMSE) at both scales (0.0006 %
+    # before TFI's second pass, whose edges are a threshold on the first estimate of chi: float rounding
+    # decides a few voxels at the threshold).
     acquisition = axial["phantom"].acquisition
     rescaled = MultiEchoGRE(acquisition.magnitude * np.float32(scale), acquisition.phase, acquisition.echo_times_s,
                             acquisition.b0_tesla, affine=acquisition.affine)
     result = run_pipeline(rescaled, load_config("consensus"))
     assert np.array_equal(result.local_mask, axial["result"].local_mask)
-    assert metrics.nrmse(result.chi_ppm, axial["result"].chi_ppm, result.local_mask) < 0.01
+    assert metrics.nrmse(result.chi_ppm, axial["result"].chi_ppm, result.local_mask) < 0.1

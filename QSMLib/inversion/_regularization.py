@@ -365,6 +365,55 @@ def free_edges(
     return edge_weight(magnitude, mask, voxel_size_mm, edge_fraction).min(axis=0)
 
 
+def estimate_edges(
+    chi_ppm: np.ndarray, valid: np.ndarray, voxel_size_mm: Sequence[float], edge_fraction: float
+) -> np.ndarray:
+    """Per-voxel weight of an isotropic TV prior: 0 where a first estimate of chi has a strong edge, else 1.
+
+    The edges of :func:`free_edges`, found on chi instead of the magnitude:
+    the ``edge_fraction`` largest ``|d chi / d axis|`` of the gradient
+    components between two voxels of ``valid`` count as edges, and a voxel
+    with one along any axis gets weight 0. Outside ``valid`` the weight is 1.
+    Iron-rich nuclei decay fast, so at low SNR their borders are lost in the
+    magnitude's noise while chi still shows them.
+
+    Parameters
+    ----------
+    chi_ppm : numpy.ndarray, shape (n0, n1, n2)
+        First estimate of chi (ppm), valid on ``valid``.
+    valid : numpy.ndarray of bool, shape (n0, n1, n2)
+        Where ``chi_ppm`` holds an estimate.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    edge_fraction : float
+        Share of the components that count as edges, in (0, 1).
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n0, n1, n2)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chi = np.zeros((8, 8, 8), np.float32)
+    >>> chi[2:5, 2:5, 2:5] = 0.2  # a nucleus: its six faces are the strongest edges
+    >>> weight = estimate_edges(chi, np.ones(chi.shape, bool), (1.0, 1.0, 1.0), 0.1)
+    >>> # forward differences: the layer before each face's low side, the cube's own layer at its high side
+    >>> int((weight == 0).sum()), weight.dtype  # 27 outside + 19 inside
+    (46, dtype('float32'))
+    """
+    valid = np.asarray(valid, dtype=bool)
+    weight = np.ones(valid.shape, dtype=np.float32)
+    magnitude = np.abs(gradient(np.where(valid, chi_ppm, 0).astype(np.float32), voxel_size_mm))
+    # a component counts only between two voxels that both hold an estimate
+    pairs = np.stack([valid & np.roll(valid, -1, axis=axis) for axis in range(3)])
+    if not pairs.any():
+        return weight
+    threshold = float(np.quantile(magnitude[pairs], 1.0 - float(edge_fraction)))
+    weight[(pairs & (magnitude > threshold)).any(axis=0)] = 0
+    return weight
+
+
 def merit_weight(weight: Any, residual: Any, mask: Any, factor: float) -> tuple[Any, int]:
     """MERIT (model error reduction through iterative tuning): data weights down where the model fails.
 
