@@ -252,8 +252,9 @@ def tfi(
         solve, unchanged) and a mean worst deep grey matter ROI error of
         6.1 against 6.9 ppb (SNR-20 head 11.9 -> 7.7 ppb); 0.15 and 0.2
         measured 27.9 and 27.8 % and 6.2 ppb, with the textured qsm-forward
-        head's worst ROI error 10.1 and 10.6 ppb (0.1: 9.7). About 0.6 s more
-        on the 256x256x176 benchmark head.
+        head's worst ROI error 10.1 and 10.6 ppb (0.1: 9.7). The inversion
+        of the 256x256x176 benchmark head took 13.1-14.3 against 10.4-11.1 s
+        (four runs each, interleaved; peak RSS 2.12 against 2.07 GiB).
     outside_weight : float
         ``omega`` outside the mask: how strongly the background sources are
         held to be piecewise constant (0 leaves them free, as projection
