@@ -527,8 +527,10 @@ def tfi(
             parameters.update(regularization=regularization, regularization_rule=f"noise-proportional x{factor:g}")
     parameters["edge_fraction"] = edge_fraction if use_edges else 0.0
     tissue_weight = frame(free_edges(magnitude, mask, voxel_size_mm, edge_fraction)) if use_edges else 1.0
-    threshold = _soft_threshold(tissue, tissue_weight, outside_weight,
-                                1.0 / 300.0 if penalty is None else regularization / penalty)
+    # the ADMM's lambda and lambda / rho (rho = 300 lambda unless a penalty is given)
+    admm_lambda = float(regularization if penalty is None else penalty / 300.0)
+    lambda_over_rho = 1.0 / 300.0 if penalty is None else regularization / penalty
+    threshold = _soft_threshold(tissue, tissue_weight, outside_weight, lambda_over_rho)
     y = background
     y[inside] = field[inside]
     solve = dict(shape=shape, voxel_size_mm=voxel_size_mm, data_penalty=data_penalty, max_iterations=max_iterations,
@@ -558,7 +560,7 @@ def tfi(
     weight_device = target.to_device(weight)
     chi, iterations, merit_voxels = _admm(
         chi, y, field, weight_device, inside, kernel_host, target.to_device(threshold),
-        float(regularization if penalty is None else penalty / 300.0), label="TFI",
+        admm_lambda, label="TFI",
         progress_span=(0.0, tfi_span), **solve)
     parameters.update(regularization=float(regularization), iterations=iterations, tolerance=float(tolerance),
                       margin_mm=[[float(m * v) for m in pair] for pair, v in zip(sides, voxel_size_mm)])
@@ -605,11 +607,10 @@ def tfi(
         # free as well
         edges = estimate_edges(box_chi, valid[box], voxel_size_mm, chi_edge_fraction)
         tissue_weight = np.minimum(tissue_weight, _fft.pad(edges, shape))
-        threshold = _soft_threshold(tissue, tissue_weight, outside_weight,
-                                    1.0 / 300.0 if penalty is None else regularization / penalty)
+        threshold = _soft_threshold(tissue, tissue_weight, outside_weight, lambda_over_rho)
         chi, iterations, merit_voxels = _admm(
             chi, y, field, weight_device, inside, kernel_host, target.to_device(threshold),
-            float(regularization if penalty is None else penalty / 300.0), label="TFI (chi's edges)",
+            admm_lambda, label="TFI (chi's edges)",
             progress_span=(pass_span, pass_span + tfi_span), **solve)
         parameters.update(chi_edge_fraction=chi_edge_fraction, chi_edge_voxels=int((edges == 0).sum()),
                           chi_edge_iterations=iterations)
