@@ -576,19 +576,21 @@ def tfi(
         sub, sub_shape = _smv_frame(inside_host, single_step, voxel_size_mm)
         sub_inside = to_frame(inside_host, sub, sub_shape) > 0
         sub_tissue = to_frame(tissue, sub, sub_shape) > 0
+        smv_field, smv_weight = to_frame(field_host, sub, sub_shape), to_frame(weight, sub, sub_shape)
         smv_kernel = kernel_of(sub_shape, voxel_size_mm, b0_direction)
-        smv_data = _smv_data(to_frame(field_host, sub, sub_shape), sub_inside, sub_shape, voxel_size_mm, single_step)
-        smv_solve = dict(solve, shape=sub_shape)
+        smv_data = _smv_data(smv_field, sub_inside, sub_shape, voxel_size_mm, single_step)
 
-        def smv_threshold(prior_weight: Union[np.ndarray, float]) -> np.ndarray:
-            # made on the frame, so that its padding is outside tissue too
-            return _soft_threshold(sub_tissue, to_frame(prior_weight, sub, sub_shape)
-                                   if np.ndim(prior_weight) else prior_weight, 1.0, 1.0 / 300.0)
+        def smv_pass(prior_weight: Union[np.ndarray, float], span: tuple[float, float],
+                     start: Any = None) -> tuple[Any, dict[str, Any]]:
+            """SS-TV on its frame with TFI's prior weight (one pass; ``start``: chi to continue from)."""
+            # the threshold is made on the frame, so that its padding is outside tissue too
+            threshold = _soft_threshold(sub_tissue, to_frame(prior_weight, sub, sub_shape)
+                                        if np.ndim(prior_weight) else prior_weight, 1.0, 1.0 / 300.0)
+            return _single_step(smv_field, smv_weight, sub_inside, smv_kernel, single_step,
+                                regularization * SMV_LAMBDA_FACTOR, threshold, dict(solve, shape=sub_shape),
+                                progress_span=span, data=smv_data, start=start)
 
-        smv_chi, smv_parameters = _single_step(
-            to_frame(field_host, sub, sub_shape), to_frame(weight, sub, sub_shape), sub_inside, smv_kernel,
-            single_step, regularization * SMV_LAMBDA_FACTOR, smv_threshold(tissue_weight), smv_solve,
-            progress_span=(tfi_span, pass_span), data=smv_data)
+        smv_chi, smv_parameters = smv_pass(tissue_weight, (tfi_span, pass_span))
         parameters.update(smv_parameters)
 
     def estimate() -> np.ndarray:
@@ -615,10 +617,7 @@ def tfi(
         parameters.update(chi_edge_fraction=chi_edge_fraction, chi_edge_voxels=int((edges == 0).sum()),
                           chi_edge_iterations=iterations)
         if smv_chi is not None:
-            smv_chi, smv_parameters = _single_step(
-                to_frame(field_host, sub, sub_shape), to_frame(weight, sub, sub_shape), sub_inside, smv_kernel,
-                single_step, regularization * SMV_LAMBDA_FACTOR, smv_threshold(tissue_weight), smv_solve,
-                progress_span=(pass_span + tfi_span, 1.0), data=smv_data, start=smv_chi)
+            smv_chi, smv_parameters = smv_pass(tissue_weight, (pass_span + tfi_span, 1.0), start=smv_chi)
             parameters["chi_edge_smv_iterations"] = smv_parameters["smv_iterations"]
         box_chi = estimate()
     else:
