@@ -78,6 +78,10 @@ def field_noise(field: np.ndarray, mask: np.ndarray, weight: Optional[np.ndarray
 TV_LAMBDA_PER_NOISE = 0.07
 #: Model error of a field map as a fraction of its RMS: the floor of the effective noise (measured).
 MODEL_ERROR_FRACTION = 0.07
+#: Half-width of :func:`estimate_edges`' ramp as a share of its edge fraction: on five suite heads a ramp of
+#: 0.25 measured the step's accuracy (36.85 against 36.80 % mean chi NRMSE) and a third of its difference
+#: between array libraries.
+EDGE_RAMP = 0.25
 
 
 def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float],
@@ -371,11 +375,15 @@ def estimate_edges(
     """Per-voxel weight of an isotropic TV prior: 0 where a first estimate of chi has a strong edge, else 1.
 
     The edges of :func:`free_edges`, found on chi instead of the magnitude:
-    the ``edge_fraction`` largest ``|d chi / d axis|`` of the gradient
-    components between two voxels of ``valid`` count as edges, and a voxel
-    with one along any axis gets weight 0. Outside ``valid`` the weight is 1.
-    Iron-rich nuclei decay fast, so at low SNR their borders are lost in the
-    magnitude's noise while chi still shows them.
+    about the ``edge_fraction`` largest ``|d chi / d axis|`` of the gradient
+    components between two voxels of ``valid`` count as edges. A component
+    above the ``1 - (1 - EDGE_RAMP) edge_fraction`` quantile is an edge
+    (weight 0), one below the ``1 - (1 + EDGE_RAMP) edge_fraction`` quantile
+    is not (weight 1), and the weight falls linearly between the two; a
+    voxel takes the smallest weight of its three components. Outside
+    ``valid`` the weight is 1. Iron-rich nuclei decay fast, so at low SNR
+    their borders are lost in the magnitude's noise while chi still shows
+    them.
 
     Parameters
     ----------
@@ -391,6 +399,7 @@ def estimate_edges(
     Returns
     -------
     numpy.ndarray of float32, shape (n0, n1, n2)
+        Weights in [0, 1].
 
     Examples
     --------
@@ -399,19 +408,22 @@ def estimate_edges(
     >>> chi[2:5, 2:5, 2:5] = 0.2  # a nucleus: its six faces are the strongest edges
     >>> weight = estimate_edges(chi, np.ones(chi.shape, bool), (1.0, 1.0, 1.0), 0.1)
     >>> # forward differences: the layer before each face's low side, the cube's own layer at its high side
-    >>> int((weight == 0).sum()), weight.dtype  # 27 outside + 19 inside
-    (46, dtype('float32'))
+    >>> int((weight == 0).sum()), int((weight == 1).sum()), weight.dtype  # 27 outside + 19 inside
+    (46, 466, dtype('float32'))
     """
     valid = np.asarray(valid, dtype=bool)
-    weight = np.ones(valid.shape, dtype=np.float32)
     magnitude = np.abs(gradient(np.where(valid, chi_ppm, 0).astype(np.float32), voxel_size_mm))
     # a component counts only between two voxels that both hold an estimate
     pairs = np.stack([valid & np.roll(valid, -1, axis=axis) for axis in range(3)])
     if not pairs.any():
-        return weight
-    threshold = float(np.quantile(magnitude[pairs], 1.0 - float(edge_fraction)))
-    weight[(pairs & (magnitude > threshold)).any(axis=0)] = 0
-    return weight
+        return np.ones(valid.shape, dtype=np.float32)
+    low, high = np.quantile(magnitude[pairs], [1.0 - (1.0 + EDGE_RAMP) * edge_fraction,
+                                               1.0 - (1.0 - EDGE_RAMP) * edge_fraction])
+    # a ramp, not a step: float rounding (another array library, the axes stored in another order) then
+    # moves the weights a little instead of turning single components on or off
+    component = np.clip((high - magnitude) / max(float(high - low), 1e-30), 0.0, 1.0)
+    component[(magnitude <= low) | ~pairs] = 1.0
+    return component.min(axis=0).astype(np.float32)
 
 
 def merit_weight(weight: Any, residual: Any, mask: Any, factor: float) -> tuple[Any, int]:

@@ -613,7 +613,7 @@ def tfi(
         chi, iterations, merit_voxels = _admm(
             chi, y, field, weight_device, inside, kernel_host, target.to_device(threshold),
             admm_lambda, label="TFI (chi's edges)",
-            progress_span=(pass_span, pass_span + tfi_span), **solve)
+            progress_span=(pass_span, pass_span + tfi_span), warm_start=True, **solve)
         parameters.update(chi_edge_fraction=chi_edge_fraction, chi_edge_voxels=int((edges == 0).sum()),
                           chi_edge_iterations=iterations)
         if smv_chi is not None:
@@ -1090,7 +1090,7 @@ def _single_step(
         target.to_device(field.copy()), target.to_device(field),
         target.to_device(weight), target.to_device(deep), (kernel_host * smv).astype(np.float32),
         target.to_device(threshold), float(regularization), label="single-step TV", progress_span=progress_span,
-        change_region=target.to_device(inside_host), **solve)
+        change_region=target.to_device(inside_host), warm_start=start is not None, **solve)
     parameters.update(smv_regularization=float(regularization), smv_iterations=iterations)
     if solve["merit_every"]:
         parameters["smv_merit_voxels"] = merit_voxels
@@ -1120,13 +1120,16 @@ def _admm(
     progress: ProgressCallback,
     cancel: CancelToken,
     change_region: Any = None,
+    warm_start: bool = False,
 ) -> tuple[Any, int, int]:
     """``min 1/2 ||W (D chi - f)||^2 + lambda ||omega grad chi||_1`` by ADMM from ``chi`` (``y`` its data split).
 
     ``threshold`` is ``omega lambda / rho``, with ``rho = 300 lambda``; ``inside`` is where the data
     term (and MERIT) apply, ``change_region`` where the stopping rule measures the change of ``chi``
-    (default ``inside``). Arrays are on ``target``'s device; ``kernel_host`` (the data term's kernel)
-    on the host. Returns chi, the iterations run and the voxels MERIT's last step down-weighted.
+    (default ``inside``); ``warm_start``: ``chi`` is a finished solve's (under another prior), so the
+    rule is not tested after the first iteration. Arrays are on ``target``'s device; ``kernel_host``
+    (the data term's kernel) on the host. Returns chi, the iterations run and the voxels MERIT's last
+    step down-weighted.
     """
     rho = np.float32(300.0 * regularization)
     mu = np.float32(data_penalty)
@@ -1163,7 +1166,10 @@ def _admm(
         admm_data_step(u, y, field_of_chi, weighted_field, inverse, mu)
         report(progress, start + (stop - start) * iterations / max_iterations,
                f"{label} iteration {iterations}, change {change:.1e}")
-        if change < tolerance:
+        # a warm start's first chi step, from the split variables' restart (z = grad chi, w = 0), barely
+        # moves chi whatever the prior: the prior acts from the gradient step after it (on the 0.7 mm slab,
+        # TFI alone, stopping there left the second pass without effect: 27.8 against 24.6 % chi NRMSE)
+        if change < tolerance and not (warm_start and iterations == 1):
             break
     return chi, iterations, merit_voxels
 
