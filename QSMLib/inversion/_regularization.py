@@ -372,7 +372,7 @@ def free_edges(
 def estimate_edges(
     chi_ppm: np.ndarray, valid: np.ndarray, voxel_size_mm: Sequence[float], edge_fraction: float
 ) -> np.ndarray:
-    """Per-voxel weight of an isotropic TV prior: 0 where a first estimate of chi has a strong edge, else 1.
+    """Per-voxel weight of an isotropic TV prior: 0 where a first estimate of chi has a strong edge, 1 far from one.
 
     The edges of :func:`free_edges`, found on chi instead of the magnitude:
     about the ``edge_fraction`` largest ``|d chi / d axis|`` of the gradient

@@ -107,8 +107,8 @@ AUTO_LAMBDA_FACTOR = 1.5
 # preset, cost 3-4 NRMSE points on the three smallest suite cases for ROI errors of 17.5-19.9 against
 # 18.2-22.7 ppb: not used there.)
 EDGE_LAMBDA_FACTOR = 1.5
-#: Share of a first estimate's chi gradient components whose edges a second pass leaves free too
-#: (:func:`~QSMLib.inversion._regularization.estimate_edges`); 0 runs one pass.
+#: Share (about; the edge weight is a ramp) of a first estimate's chi gradient components whose edges a second
+#: pass leaves free too (:func:`~QSMLib.inversion._regularization.estimate_edges`); 0 runs one pass.
 CHI_EDGE_FRACTION = 0.1
 # MERIT every this many ADMM iterations, at this multiple of the residual's SD: chosen on the six suite
 # cases (the whole pipeline's total fields); the measurements are under the ``merit_every`` parameter
@@ -238,23 +238,23 @@ def tfi(
     chi_edge_fraction : float
         A second pass: both solves continue from where they stopped, with
         the edges of the first (blended) estimate of chi left free as well,
-        this share of its gradient components between reported voxels
-        (:func:`QSMLib.inversion._regularization.estimate_edges`); each runs
-        until its own stopping rule (on the suite heads TFI's stops after one
-        iteration, its change already below the tolerance, and the
-        single-step solve after 13-21: the second pass is mostly a new
-        single-step solve, blended again). 0 runs one pass. At low SNR
-        the magnitude's edges are mostly noise, and the borders of iron-rich
-        nuclei, which decay fastest, are lost in it; chi shows them. On the
-        fourteen validation suite heads (whole pipeline, stop 37) 0.1
-        measured chi NRMSE 28.1 / 45.6 % mean / worst against 30.0 / 47.9 %
-        with one pass (lower on 13 heads, the slab, which has no single-step
-        solve, unchanged) and a mean worst deep grey matter ROI error of
-        6.1 against 6.9 ppb (SNR-20 head 11.9 -> 7.7 ppb); 0.15 and 0.2
-        measured 27.9 and 27.8 % and 6.2 ppb, with the textured qsm-forward
-        head's worst ROI error 10.1 and 10.6 ppb (0.1: 9.7). The inversion
-        of the 256x256x176 benchmark head took 13.1-14.3 against 10.4-11.1 s
-        (four runs each, interleaved; peak RSS 2.12 against 2.07 GiB).
+        about this share of its gradient components between reported voxels
+        (:func:`QSMLib.inversion._regularization.estimate_edges`, a ramp
+        from weight 1 to 0 around that share); each runs until its own
+        stopping rule (on the 256x256x176 benchmark head TFI's after 25
+        iterations, the single-step solve's after 13), then they are
+        blended again. 0 runs one pass. At low SNR the magnitude's edges
+        are mostly noise, and the borders of iron-rich nuclei, which decay
+        fastest, are lost in it; chi shows them. On the fourteen validation
+        suite heads (whole pipeline) 0.1 measured chi NRMSE 27.2 / 45.7 %
+        mean / worst against 30.0 / 47.9 % with one pass and a mean worst
+        deep grey matter ROI error of 6.2 against 6.9 ppb (stop 38; at stop
+        37, when TFI's solve stopped after its first iteration and the pass
+        was mostly a new single-step solve, 28.1 / 45.6 % and 6.1 ppb;
+        0.15 and 0.2 then measured 27.9 and 27.8 % and 6.2 ppb, with the
+        textured qsm-forward head's worst ROI error 10.1 and 10.6 ppb
+        against 9.7). The inversion of the 256x256x176 benchmark head took
+        15.8-17.1 s against 13.4 s at stop 37 and 10.4-11.1 s with one pass.
     outside_weight : float
         ``omega`` outside the mask: how strongly the background sources are
         held to be piecewise constant (0 leaves them free, as projection
