@@ -16,23 +16,23 @@ from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
 VOXEL_MM = 2.0
 # Bounds a little above what the consensus preset (total field inversion blended with the
 # single-step SMV solve, automatic lambda, the magnitude's edges free of the prior, MERIT)
-# measures at 2 mm, seed 1: chi NRMSE 14.0 %, correlation 0.990, local field (the field of
-# the tissue chi) NRMSE 11.3 %, deep grey matter within 2.0 ppb (stop 38, TFI's second-pass
-# solve running; stop 37, its second pass with chi's own edges: 14.8 %, 11.8 %, 1.7 ppb;
-# stop 33, the blend by detail scale: 15.2 %, 12.2 %, 3.5 ppb; with one share of 0.4:
-# 15.6 %, 12.9 %, 3.1 ppb). TFI alone (smv_radius_mm
+# measures at 2 mm, seed 1: chi NRMSE 14.8 %, correlation 0.989, local field (the field of
+# the tissue chi) NRMSE 11.6 %, deep grey matter within 2.1 ppb (stop 38, TFI's second-pass
+# solve running, its first pass to twice the tolerance; stop 37, its second pass with
+# chi's own edges: 14.8 %, 11.8 %, 1.7 ppb; stop 33, the blend by detail scale: 15.2 %,
+# 12.2 %, 3.5 ppb; with one share of 0.4: 15.6 %, 12.9 %, 3.1 ppb). TFI alone (smv_radius_mm
 # 0): 21.1 %, 0.978, 17.5 % and 4.1 ppb; without MERIT: 28.7 %, 0.958, 20.4 % and 3.5 ppb;
 # before TFI left the magnitude's edges free: 47.4 %, 0.885, 35.9 % and 8.2 ppb.
 # This phantom is piecewise constant with magnitude edges on the chi edges, the ideal
 # case for an edge prior; the defaults were chosen on the realistic validation suite
 # instead (README, "Measured accuracy").
 LOCAL_FIELD_NRMSE_MAX = 12.5
-CHI_NRMSE_MAX = 15.0
+CHI_NRMSE_MAX = 15.3
 CHI_CORRELATION_MIN = 0.985
 ROI_ERROR_MAX_PPB = 3.0
 # Head tilt (oblique_deg, B0 oblique to the anatomy: different physics) measures
-# 18.3 % (ROI within 3.1 ppb); oblique slices (acquisition_tilt_deg, same physics on a
-# grid tilted by 20 degrees) 19.4 % (3.2 ppb) since stop 38; 19.4 % (3.8) and 20.3 % (4.4) at
+# 19.0 % (ROI within 3.1 ppb); oblique slices (acquisition_tilt_deg, same physics on a
+# grid tilted by 20 degrees) 20.4 % (3.2 ppb) since stop 38; 19.4 % (3.8) and 20.3 % (4.4) at
 # stop 37; 19.5 % (6.3) and 20.1 % (5.7)
 # at stop 33, 20.1 % (6.2) and 20.5 % (6.0) at stop 32.
 # Both fields were simulated on a finer grid, so TFI models them with the even dipole
@@ -48,7 +48,7 @@ ROI_ERROR_MAX_PPB = 3.0
 OBLIQUE_ROI_ERROR_MAX_PPB = 4.5
 OBLIQUE_NRMSE_MAX = 19.5
 OBLIQUE_DIPOLE_NRMSE_SLACK = 2.0
-TILTED_NRMSE_MAX = 20.5
+TILTED_NRMSE_MAX = 20.9
 TILTED_CORRELATION_SLACK = 0.03
 
 
