@@ -17,6 +17,7 @@ from QSMLib.inversion import METHODS
 from QSMLib.inversion._regularization import EDGE_RAMP, estimate_edges
 from QSMLib.inversion.tfi import (
     COARSE_SIGMA_MM,
+    FIRST_PASS_TOLERANCE_FACTOR,
     MAX_TFI_SHARE,
     NOISY_DETAIL_RATIO,
     TFI_COARSE_SHARE,
@@ -230,6 +231,9 @@ def test_tfis_second_pass_frees_the_first_estimates_edges_and_says_so():
     one = METHODS["tfi"](field, mask, voxel, chi_edge_fraction=0.0, **common)
     two = METHODS["tfi"](field, mask, voxel, chi_edge_fraction=0.2, **common)
     assert one.parameters["chi_edge_fraction"] == 0.0 and "chi_edge_iterations" not in one.parameters
+    # the first of two passes stops at twice the tolerance, a single pass at the tolerance itself
+    assert one.parameters["first_pass_tolerance"] == one.parameters["tolerance"]
+    assert two.parameters["first_pass_tolerance"] == FIRST_PASS_TOLERANCE_FACTOR * two.parameters["tolerance"]
     chosen = two.parameters
     assert chosen["chi_edge_fraction"] == 0.2 and chosen["chi_edge_iterations"] >= 1
     assert chosen["chi_edge_smv_iterations"] >= 1 and 0 < chosen["chi_edge_voxels"] < int(two.mask.sum())
