@@ -564,10 +564,11 @@ def tfi(
     if not valid.any():
         raise QSMInputError(f"TFI: nothing of the mask is left after leaving out its outer {edge_mm} mm.")
     # each pass: TFI's solve, then SS-TV's (0.6 and 0.4 of the pass's progress)
-    pass_span = 0.5 if chi_edge_fraction > 0 else 1.0
+    two_passes = chi_edge_fraction > 0
+    pass_span = 0.5 if two_passes else 1.0
     tfi_span = 0.6 * pass_span if single_step else pass_span
     weight_device = target.to_device(weight)
-    first_tolerance = tolerance * (FIRST_PASS_TOLERANCE_FACTOR if chi_edge_fraction > 0 else 1.0)
+    first_tolerance = tolerance * (FIRST_PASS_TOLERANCE_FACTOR if two_passes else 1.0)
     chi, iterations, merit_voxels = _admm(
         chi, y, field, weight_device, inside, kernel_host, target.to_device(threshold),
         admm_lambda, label="TFI",
@@ -615,7 +616,7 @@ def tfi(
         return box_chi
 
     box_chi = estimate()
-    if chi_edge_fraction > 0:
+    if two_passes:
         # a second pass of both solves from where the first stopped, with the first estimate's edges left
         # free as well
         edges = estimate_edges(box_chi, valid[box], voxel_size_mm, chi_edge_fraction)
