@@ -335,10 +335,15 @@ def dask_cluster(tmp_path):
          "--no-dashboard", "--scheduler-file", str(scheduler_file)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
+        # the scheduler creates the file before it has written it: wait until it reads as JSON
         deadline = time.monotonic() + 60
-        while not scheduler_file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = None
+        while address is None and time.monotonic() < deadline:
+            try:
+                address = json.loads(scheduler_file.read_text())["address"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                time.sleep(0.1)
+        assert address is not None, "the dask scheduler wrote no address within 60 s"
         assert address.startswith("tcp://127.0.0.1:")
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--nworkers", "2",
