@@ -98,8 +98,13 @@ RIPPLE_ITERATIONS = 30
 # 0.4-1.5 points lower on every case than with the TV rule itself (mean 39.3 against 40.3 %), worst deep
 # grey matter ROI error 22.3 against 25.5 ppb; 2x was as good on the two noisiest cases and 0.5-0.7x worse.
 # Checked again with the TFI/SS-TV blend (stop 34, fourteen suite cases, SS-TV's lambda following): factors
-# 1.0 / 1.5 / 2.0 gave mean chi NRMSE 29.92 / 29.99 / 30.51 %, mean worst ROI error 7.20 / 6.92 / 7.58 ppb
-AUTO_LAMBDA_FACTOR = 1.5
+# 1.0 / 1.5 / 2.0 gave mean chi NRMSE 29.92 / 29.99 / 30.51 %, mean worst ROI error 7.20 / 6.92 / 7.58 ppb.
+# Again at stop 39 (TFI's second pass running): 1.2 / 1.5 / 1.8 / 2.2 gave 27.69 / 27.50 / 27.49 / 27.67 % (worst
+# 45.7 / 45.6 / 45.6 / 45.7 %), mean worst ROI error 6.55 / 6.17 / 5.92 / 5.79 ppb, XSIM 0.654 / 0.667 / 0.677 /
+# 0.685, HFEN 18.91 / 19.05 / 19.29 / 19.72 %; beyond 1.8 the qsm-forward heads lose NRMSE (textured head 25.6 /
+# 26.0 / 26.6 % at 1.5 / 1.8 / 2.2) and HFEN. SS-TV alone (the fast preset) follows: 1.5 -> 1.8 took it from
+# 34.81 / 53.5 % to 34.50 / 52.2 %, 10.26 -> 10.06 ppb.
+AUTO_LAMBDA_FACTOR = 1.8
 # ... and this much higher again when the magnitude's edges are left free (:func:`free_edges`):
 # the edges carry no penalty, so the rest of the brain takes more. Measured with edge fraction 0.15, whole
 # pipeline: worst deep grey matter ROI error 14.5 against 18.4 ppb on the noisiest suite case and 8.3 against
