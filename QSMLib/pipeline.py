@@ -692,11 +692,11 @@ def _data_region(
     brain's surface, where single-step inversion most needs data (the outside sources and the
     tissue are told apart there). Given the true brain masks of the fourteen validation suite
     heads, chi NRMSE on the reported voxels was 27.5 / 45.6 % (mean / worst; mean worst deep grey
-    matter ROI error 6.17 ppb) against 29.0 / 57.5 % (6.72 ppb) when the user's voxels that fail the
-    tests stayed in the solve without data weight and were reported, chi there coming from their
-    neighbours (the previous design). Solving on the user's mask alone is worse still (7 T 2 mm, 1.5 T
-    2 mm and SNR-20 1.5 mm heads: 73.9 / 40.5 / 45.0 % against 58.2 / 38.7 / 42.1 % with the
-    zero-weighted voxels). Where the automatic mask cannot be made, or holds less than
+    matter ROI error 6.17 ppb, with TFI's lambda of the time) against 29.0 / 57.5 % (6.72 ppb) when
+    the user's voxels that fail the tests stayed in the solve without data weight and were reported,
+    chi there coming from their neighbours (the previous design). Solving on the user's mask alone is
+    worse still (7 T 2 mm, 1.5 T 2 mm and SNR-20 1.5 mm heads: 73.9 / 40.5 / 45.0 % against 58.2 /
+    38.7 / 42.1 % with the zero-weighted voxels). Where the automatic mask cannot be made, or holds less than
     ``MIN_RELIABLE_SHARE`` of the user's mask (it has then failed on these data, and the user's
     mask is the better guide), the user's mask alone is the region, with a warning in the latter case.
     """
