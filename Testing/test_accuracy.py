@@ -16,10 +16,13 @@ from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
 VOXEL_MM = 2.0
 # Bounds a little above what the consensus preset (total field inversion blended with the
 # single-step SMV solve, automatic lambda, the magnitude's edges free of the prior, MERIT)
-# measures at 2 mm, seed 1: chi NRMSE 14.2 %, correlation 0.990, local field (the field of
-# the tissue chi) NRMSE 11.4 %, deep grey matter within 1.9 ppb (stop 39, TFI's lambda 1.8x
-# linear TV's rule; stop 38, 1.5x, TFI's second-pass solve running, its first pass to twice
-# the tolerance: 14.8 %, 11.6 %, 2.1 ppb; stop 37, its second pass with
+# measures at 2 mm, seed 1: chi NRMSE 15.3 %, correlation 0.989, local field (the field of
+# the tissue chi) NRMSE 11.5 %, deep grey matter within 1.4 ppb (stop 39: TFI's lambda 1.8x
+# linear TV's rule and, at 2 mm, 0.1 of the magnitude's gradient components as edges, a
+# share this phantom, whose magnitude edges are its chi edges, likes less than the realistic
+# suite does; with 0.15: 14.2 %, 0.990, 11.4 %, 1.9 ppb; stop 38, 1.5x, TFI's second-pass
+# solve running, its first pass to twice the tolerance: 14.8 %, 11.6 %, 2.1 ppb; stop 37,
+# its second pass with
 # chi's own edges: 14.8 %, 11.8 %, 1.7 ppb; stop 33, the blend by detail scale: 15.2 %,
 # 12.2 %, 3.5 ppb; with one share of 0.4: 15.6 %, 12.9 %, 3.1 ppb). TFI alone (smv_radius_mm
 # 0): 21.1 %, 0.978, 17.5 % and 4.1 ppb; without MERIT: 28.7 %, 0.958, 20.4 % and 3.5 ppb;
@@ -28,12 +31,13 @@ VOXEL_MM = 2.0
 # case for an edge prior; the defaults were chosen on the realistic validation suite
 # instead (README, "Measured accuracy").
 LOCAL_FIELD_NRMSE_MAX = 12.0
-CHI_NRMSE_MAX = 14.8
+CHI_NRMSE_MAX = 15.8
 CHI_CORRELATION_MIN = 0.985
-ROI_ERROR_MAX_PPB = 2.5
+ROI_ERROR_MAX_PPB = 2.0
 # Head tilt (oblique_deg, B0 oblique to the anatomy: different physics) measures
-# 18.3 % (ROI within 3.3 ppb); oblique slices (acquisition_tilt_deg, same physics on a
-# grid tilted by 20 degrees) 19.5 % (2.9 ppb) since stop 39; 19.0 % (3.1) and 20.4 % (3.2)
+# 18.7 % (ROI within 2.8 ppb); oblique slices (acquisition_tilt_deg, same physics on a
+# grid tilted by 20 degrees) 21.1 % (2.9 ppb) since stop 39 (18.3 % (3.3) and 19.5 % (2.9)
+# with 0.15 of the magnitude's edges); 19.0 % (3.1) and 20.4 % (3.2)
 # at stop 38; 19.4 % (3.8) and 20.3 % (4.4) at
 # stop 37; 19.5 % (6.3) and 20.1 % (5.7)
 # at stop 33, 20.1 % (6.2) and 20.5 % (6.0) at stop 32.
@@ -47,10 +51,10 @@ ROI_ERROR_MAX_PPB = 2.5
 # the true local field (the single-step solve is not used on a local field; TFI told the
 # background is removed, i.e. linear TV with MERIT): 15.5 % axial, 16.0 % head tilt,
 # 17.4 % oblique slices since stop 38 (16.5, 17.4 and 18.6 % before its second pass ran).
-OBLIQUE_ROI_ERROR_MAX_PPB = 4.0
-OBLIQUE_NRMSE_MAX = 19.0
+OBLIQUE_ROI_ERROR_MAX_PPB = 3.5
+OBLIQUE_NRMSE_MAX = 19.3
 OBLIQUE_DIPOLE_NRMSE_SLACK = 2.0
-TILTED_NRMSE_MAX = 20.2
+TILTED_NRMSE_MAX = 21.6
 TILTED_CORRELATION_SLACK = 0.03
 
 

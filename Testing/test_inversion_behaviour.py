@@ -165,7 +165,8 @@ def test_tfi_averages_a_single_step_solve_of_four_voxels_radius_within_4_to_6_mm
 def test_tfi_is_the_blend_of_tfi_alone_and_sstv_with_its_lambda(edges):
     """TFI runs its single-step solve on a frame of its own (the mask's box and the ball's margin, not TFI's
     shell): the reported chi is exactly the blend (:func:`blend_estimates`) of TFI alone and of :func:`sstv`
-    given TFI's single-step lambda, with the magnitude's edges free or without them."""
+    given TFI's single-step lambda and edge fraction (TFI's default differs from SS-TV's below 3 mm), with the
+    magnitude's edges free or without them."""
     voxel = (1.5, 1.5, 1.5)
     field, mask, _, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
     grid = np.indices(mask.shape, dtype=np.float32)
@@ -178,7 +179,7 @@ def test_tfi_is_the_blend_of_tfi_alone_and_sstv_with_its_lambda(edges):
                            **common)
     chosen = both.parameters
     single = METHODS["sstv"](field, mask, voxel, regularization=chosen["smv_regularization"],
-                             radius_mm=chosen["smv_radius_mm"], **common)
+                             radius_mm=chosen["smv_radius_mm"], edge_fraction=chosen["edge_fraction"], **common)
     assert chosen["smv_iterations"] == 12 and np.array_equal(both.mask, single.mask)
     blend, blend_parameters = blend_estimates(alone.chi_ppm, single.chi_ppm, both.mask, voxel)
     assert {key: chosen[key] for key in blend_parameters} == blend_parameters

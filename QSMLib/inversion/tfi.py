@@ -112,6 +112,15 @@ AUTO_LAMBDA_FACTOR = 1.8
 # preset, cost 3-4 NRMSE points on the three smallest suite cases for ROI errors of 17.5-19.9 against
 # 18.2-22.7 ppb: not used there.)
 EDGE_LAMBDA_FACTOR = 1.5
+#: TFI's automatic share of the magnitude's gradient components left free of the prior (:func:`free_edges`), as
+#: (voxel size mm, share) points, interpolated. 0.15 at every size until stop 39, chosen before the second pass freed
+#: chi's own edges and before lambda rose to 1.8x. Fourteen suite heads (0.7-2 mm), whole pipeline, 0.1 / 0.15 / 0.2:
+#: chi NRMSE mean 25.97 / 27.49 / 29.11 % (worst 43.7 / 45.6 / 47.1 %), mean worst ROI error 5.57 / 5.92 / 6.91 ppb
+#: (worst 10.3 / 10.6 / 10.8), HFEN 18.30 / 19.29 / 20.23 %, XSIM 0.703 / 0.677 / 0.648; 0.1 lowered NRMSE on 13
+#: heads, the textured one equal. At 3 mm 0.1 was worse on two of three test heads (the project's piecewise-constant
+#: phantom 38.9 -> 49.5 %, the small_axial crop 56.9 -> 57.8 %; small_qsmforward 42.6 -> 40.2 %): a tissue border
+#: takes a larger share of coarser voxels. SS-TV alone (the fast preset) keeps 0.15.
+EDGE_FRACTIONS = ((2.0, 0.1), (3.0, 0.15))
 #: Share (about; the edge weight is a ramp) of a first estimate's chi gradient components whose edges a second
 #: pass leaves free too (:func:`~QSMLib.inversion._regularization.estimate_edges`); 0 runs one pass.
 CHI_EDGE_FRACTION = 0.1
@@ -184,7 +193,7 @@ def tfi(
     magnitude: Optional[np.ndarray] = None,
     background_removed: bool = False,
     regularization: Union[float, str] = "auto",
-    edge_fraction: float = 0.15,
+    edge_fraction: Optional[float] = None,
     chi_edge_fraction: float = CHI_EDGE_FRACTION,
     outside_weight: float = 0.1,
     margin_mm: float = MARGIN_MM,
@@ -235,7 +244,7 @@ def tfi(
         (:func:`~QSMLib.inversion._regularization.tv_regularization`) of the field the
         outside sources leave, a local field estimate; ``EDGE_LAMBDA_FACTOR``
         times more when the magnitude's edges are left free.
-    edge_fraction : float
+    edge_fraction : float, optional
         Share of the magnitude's gradient components in the mask that count
         as edges (MEDI's gradient mask, :func:`QSMLib.inversion._regularization.free_edges`;
         MEDI's own default is 0.3). A voxel with an edge along any axis has
@@ -244,7 +253,9 @@ def tfi(
         matter ROI error per case from 8-22 ppb down to 4-15 ppb (ROI slope
         0.90-0.97 to 0.94-1.00), at a chi NRMSE 2.5 points higher on average
         (HFEN and XSIM within 0.02-0.05); 0.3 gained little more on the ROIs
-        and cost 5-10 NRMSE points.
+        and cost 5-10 NRMSE points. Default (since stop 39): ``EDGE_FRACTIONS``
+        by voxel size, 0.1 up to 2 mm rising to 0.15 at 3 mm (the cube root
+        of the voxel's volume).
     chi_edge_fraction : float
         A second pass: both solves continue from where they stopped, with
         the edges of the first (blended) estimate of chi left free as well,
@@ -467,6 +478,8 @@ def tfi(
         raise QSMInputError("TFI: the mask is empty, so there is no field to invert. Check the mask.")
     if tolerance is None:
         tolerance = _default_tolerance(voxel_size_mm)
+    if edge_fraction is None:
+        edge_fraction = _default_edge_fraction(voxel_size_mm)
     for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("cut_margin_mm", cut_margin_mm),
                         ("tolerance", tolerance),
                         ("merit_factor", merit_factor)):
@@ -987,6 +1000,13 @@ def _detail_ratio(field_host: np.ndarray, corrected: np.ndarray, inside_host: np
 def _oblique(b0_direction: Sequence[float]) -> bool:
     """Whether B0 is oblique to the grid (more than one non-zero component), where the sampled kernel jumps."""
     return int(np.count_nonzero(np.asarray(b0_direction, dtype=np.float64))) > 1
+
+
+def _default_edge_fraction(voxel_size_mm: Sequence[float]) -> float:
+    """TFI's automatic ``edge_fraction``: interpolated in ``EDGE_FRACTIONS`` at the voxel size (mm, cube root of
+    the voxel's volume), constant beyond its ends."""
+    sizes, fractions = zip(*EDGE_FRACTIONS)
+    return float(np.interp(mean_voxel_mm(voxel_size_mm), sizes, fractions))
 
 
 def _default_tolerance(voxel_size_mm: Sequence[float]) -> float:
