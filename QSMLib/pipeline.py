@@ -708,7 +708,8 @@ def _data_region(
         chosen["data_region"] = f"the user's mask alone (no automatic mask: {error})"
         return user_mask, dict(inputs, mask=user_mask)
     user_voxels = int(user_mask.sum())
-    reliable_share = float((user_mask & reliable).sum() / user_voxels)
+    reliable_voxels = int((user_mask & reliable).sum())
+    reliable_share = reliable_voxels / user_voxels
     if reliable_share < MIN_RELIABLE_SHARE:
         warnings.warn(f"The automatic mask holds only {100 * reliable_share:.0f} % of the given mask: the inversion "
                       "uses the field of the given mask alone, including voxels whose phase may be unreliable.",
@@ -718,7 +719,7 @@ def _data_region(
         return user_mask, dict(inputs, mask=user_mask)
     chosen.update(data_region="the reliable voxels (automatic mask); chi reported on the user's mask",
                   user_voxels=user_voxels, added_voxels=int((reliable & ~user_mask).sum()),
-                  unreliable_voxels=int((user_mask & ~reliable).sum()))
+                  unreliable_voxels=user_voxels - reliable_voxels)
     return reliable, dict(inputs, mask=reliable)
 
 
