@@ -128,6 +128,19 @@ def test_benchmark_runner_end_to_end_on_a_small_case(small_case):
     assert "Mean and worst case" in text and "small_axial" in text
 
 
+def test_tissue_class_scores_single_out_the_wrong_class_and_ignore_scale(small_case):
+    truth, brain = small_case.chi_ppm, small_case.brain_mask
+    veins = small_case.labels == 18
+    wrong_veins = np.where(veins, 0.5 * truth, truth)
+    scores = bench_accuracy.class_scores(wrong_veins, small_case, brain)
+    # halving the veins leaves tissue and deep grey matter exact; the blood class (veins dilated) is off
+    assert scores["nrmse_tissue"] < 1e-6 and scores["nrmse_dgm"] < 1e-6 and scores["nrmse_blood"] > 10
+    # detrended: a map scaled and offset everywhere scores 0 (float32 rounding: 6e-6 %) in every class
+    assert max(bench_accuracy.class_scores(2 * truth + 0.1, small_case, brain).values()) < 1e-4
+    # a class the region does not hold is NaN, not a score
+    assert np.isnan(bench_accuracy.class_scores(truth, small_case, np.zeros_like(brain))["nrmse_blood"])
+
+
 def test_benchmarks_tfi_field_row_scores_on_resharps_voxels_and_beats_it(small_case):
     """The local field the default inversion implies, against RESHARP, from the exact total field."""
     case = small_case

@@ -58,6 +58,7 @@ from QSMLib.background.resharp import default_radius_mm  # noqa: E402
 from QSMLib.contract import BackgroundResult, Method  # noqa: E402
 from QSMLib.fieldmap import weighted_linear  # noqa: E402
 from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
+from QSMLib.phantom.realistic import REALISTIC_DEEP_GREY_MATTER  # noqa: E402
 from QSMLib.phantom.suite import CASES, SMALL_CASES, SuiteCase, load_case  # noqa: E402
 from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline, tissue_field_hz  # noqa: E402
 
@@ -66,6 +67,14 @@ STAGES = ("pipeline", "background", "inversion")
 EDGE_BAND_MM = 3.0
 FIELD_OUTLIER_HZ = 20.0
 CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_slope", "roi_abs_max_ppb")
+# The QSM reconstruction challenge 2.0's (and QSM-CI's) tissue classes, scored by detrended NRMSE: tissue (white
+# and grey matter and thalamus), blood (the veins dilated by one voxel in 26-connectivity) and deep grey matter.
+TISSUE_CLASSES = {
+    "tissue": ("white_matter", "grey_matter", "thalamus_left", "thalamus_right"),
+    "blood": ("vein",),
+    "dgm": tuple(name for name in REALISTIC_DEEP_GREY_MATTER.values()),
+}
+CLASS_METRICS = tuple(f"nrmse_{name}" for name in TISSUE_CLASSES)
 
 
 def tfi_field(total_field_hz: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
@@ -172,6 +181,22 @@ def chi_scores(chi: np.ndarray, case: SuiteCase, region: np.ndarray) -> dict[str
     scores["roi_slope"] = metrics.roi_slope(estimated, true)
     scores["roi_abs_max_ppb"] = max((abs(v) for v in errors.values()), default=float("nan"))
     scores["roi_errors_ppb"] = errors
+    scores.update(class_scores(chi, case, region))
+    return scores
+
+
+def class_scores(chi: np.ndarray, case: SuiteCase, region: np.ndarray) -> dict[str, float]:
+    """Detrended NRMSE (%) of chi per tissue class (:data:`TISSUE_CLASSES`) on ``region``; NaN where a class
+    holds under 10 of its voxels (a case without labels, or a class it lacks)."""
+    scores = {}
+    for name, members in TISSUE_CLASSES.items():
+        values = [index for index, label in case.label_names.items() if label in members]
+        voxels = np.isin(case.labels, values) if case.labels is not None and values else np.zeros(region.shape, bool)
+        if name == "blood":
+            voxels = ndi.binary_dilation(voxels, structure=np.ones((3, 3, 3), bool))
+        voxels &= region
+        scores[f"nrmse_{name}"] = (metrics.detrended_nrmse(chi, case.chi_ppm, voxels) if voxels.sum() >= 10
+                                   else float("nan"))
     return scores
 
 
@@ -326,8 +351,8 @@ def _table(header: list[str], lines: list[list[Any]]) -> str:
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per stage, input and method: mean and worst case of each metric over the cases."""
-    worst_is_max = {"nrmse", "detrended_nrmse", "hfen", "local_nrmse", "field_rms_hz", "edge_rms_hz", "edge_max_hz",
-                    "edge_outliers", "roi_abs_max_ppb", "mask_outside_brain", "nrmse_reported",
+    worst_is_max = {"nrmse", "detrended_nrmse", *CLASS_METRICS, "hfen", "local_nrmse", "field_rms_hz", "edge_rms_hz",
+                    "edge_max_hz", "edge_outliers", "roi_abs_max_ppb", "mask_outside_brain", "nrmse_reported",
                     "reported_outside_brain"}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -338,10 +363,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for (stage, input_name, method), members in groups.items():
         entry = {"stage": stage, "input": input_name, "method": method, "cases": len(members)}
         for key in members[0]:
-            values = [m[key] for m in members if isinstance(m.get(key), (int, float)) and not isinstance(m[key], bool)]
+            # a NaN (a tissue class a case lacks) is left out of the mean and the worst case
+            values = [float(m[key]) for m in members if isinstance(m.get(key), (int, float))
+                      and not isinstance(m[key], bool) and not math.isnan(m[key])]
             if not values:
                 continue
-            values = [float(v) for v in values]
             entry[f"{key}_mean"] = float(np.mean(values))
             if key in worst_is_max:
                 entry[f"{key}_worst"] = float(np.max(values))
@@ -364,7 +390,8 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     parts = ["## Cases\n", _table(["case", "kind", "description", "matrix", "generation (s)"],
                                   [[c["case"], c["kind"], c["description"], c["matrix"], c["generation_s"]]
                                    for c in cases])]
-    chi_header = ["NRMSE %", "dNRMSE %", "HFEN %", "XSIM", "corr", "ROI slope", "max abs ROI err (ppb)"]
+    chi_header = ["NRMSE %", "dNRMSE %", "HFEN %", "XSIM", "corr", "ROI slope", "max abs ROI err (ppb)",
+                  "dNRMSE % tissue", "dNRMSE % blood", "dNRMSE % DGM"]
     pipeline_rows = [r for r in rows if r["stage"] == "pipeline" and "nrmse" in r]
     if pipeline_rows:
         parts += ["\n## Whole pipeline from raw phase\n", _table(
@@ -372,7 +399,7 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
              "mask Dice", "local NRMSE %"] + chi_header + ["NRMSE % on all reported voxels", "reported outside brain",
                                                 "NRMSE % on the brain (unreported = 0)", "brain unreported %"],
             [[r["case"], r["method"], r["seconds"], r["field_rms_hz"], r["edge_rms_hz"], r["edge_max_hz"],
-              r["edge_outliers"], r["mask_dice"], r["local_nrmse"]] + [r[k] for k in CHI_METRICS]
+              r["edge_outliers"], r["mask_dice"], r["local_nrmse"]] + [r[k] for k in CHI_METRICS + CLASS_METRICS]
              + [r.get(k, float("nan")) for k in ("nrmse_reported", "reported_outside_brain", "nrmse_brain",
                                                  "unreported_brain_percent")]
              for r in pipeline_rows])]
@@ -392,7 +419,8 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     if inversion:
         parts += ["\n## Dipole inversion\n", _table(
             ["case", "input", "method", "s"] + chi_header,
-            [[r["case"], r["input"], r["method"], r["seconds"]] + [r[k] for k in CHI_METRICS] for r in inversion])]
+            [[r["case"], r["input"], r["method"], r["seconds"]] + [r[k] for k in CHI_METRICS + CLASS_METRICS]
+             for r in inversion])]
         names = sorted({name for r in inversion for name in r["roi_errors_ppb"]})
         parts += ["\n### Deep grey matter ROI errors (ppb)\n", _table(
             ["case", "input", "method"] + names,
@@ -402,7 +430,8 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     case_names = sorted({r["case"] for r in rows if "nrmse" in r or "local_nrmse" in r})
     parts.append(f"\n## Mean and worst case over the suite ({', '.join(case_names)})\n")
     for stage, entries in summary.items():
-        keys = ["local_nrmse"] if stage == "background" else ["nrmse", "hfen", "xsim", "roi_slope", "roi_abs_max_ppb"]
+        keys = ["local_nrmse"] if stage == "background" else ["nrmse", "hfen", "xsim", "roi_slope", "roi_abs_max_ppb",
+                                                               *CLASS_METRICS]
         if stage == "pipeline":
             keys = ["field_rms_hz", "edge_max_hz", "local_nrmse"] + keys + ["nrmse_reported"]
         header = ["stage", "input", "method", "cases"] + [f"{k} {w}" for k in keys for w in ("mean", "worst")]
