@@ -204,12 +204,45 @@ class SuiteCase:
         return {k: v for k, v in REALISTIC_DEEP_GREY_MATTER.items() if k in present}
 
 
+#: Slabs that the field of view cuts along B0 (besides the suite's ``slab_0p7mm_7T``): on them TFI's shell beyond
+#: the cut faces (``cut_margin_mm``) was chosen. Positions, thicknesses and protocols drawn by hand once.
+SLAB_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
+    CaseSpec("slab_1mm_3T_40mm_upper", "realistic", "1 mm, 3 T, 6 echoes 4-29 ms, SNR 100, 40 mm axial slab through "
+             "the caudate and putamen",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 40.0), b0_tesla=3.0,
+                  centre_mni=(0.0, -12.0, 8.0), echo_times_s=_echoes(4, 5, 6), snr=100.0, seed=31)),
+    CaseSpec("slab_1mm_3T_64mm_low", "realistic", "1 mm, 3 T, 6 echoes 4-29 ms, SNR 80, 64 mm axial slab from the "
+             "cerebellum to the basal ganglia",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 64.0), b0_tesla=3.0,
+                  centre_mni=(0.0, -15.0, -8.0), echo_times_s=_echoes(4, 5, 6), snr=80.0, seed=32)),
+    CaseSpec("slab_1mm_3T_48mm_oblique_bipolar", "realistic", "1 mm, 3 T, 9 echoes 4-36 ms bipolar, SNR 80, 48 mm "
+             "slab 15 deg oblique (the seed protocol as a slab)",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 48.0), b0_tesla=3.0,
+                  centre_mni=(0.0, -12.0, 0.0), echo_times_s=_echoes(4, 4, 9), snr=80.0, bipolar=True,
+                  slab_rotation_deg=(15.0, 0.0), seed=33)),
+    CaseSpec("slab_1mm_3T_80mm_mid", "realistic", "1 mm, 3 T, 6 echoes 4-29 ms, SNR 100, 80 mm axial slab centred "
+             "on the basal ganglia",
+             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 80.0), b0_tesla=3.0,
+                  centre_mni=(0.0, -12.0, 0.0), echo_times_s=_echoes(4, 5, 6), snr=100.0, seed=35)),
+    CaseSpec("slab_qsmforward_1p06mm_50mm", "qsm_forward", "qsm-forward: 1.06 mm, 2.89 T, 5 echoes 4-24 ms, peak SNR "
+             "100, 50 mm axial slab through the basal ganglia",
+             dict(voxel_mm=1.06, fov_mm=(192.0, 240.0, 50.0), centre_mni=(0.0, -15.0, 0.0), b0_tesla=2.89,
+                  echo_times_s=_echoes(4, 5, 5), peak_snr=100.0, model_factor=1, seed=34)),
+    CaseSpec("slab_qsmforward_1p06mm_40mm_low", "qsm_forward", "qsm-forward: 1.06 mm, 2.89 T, 5 echoes 4-24 ms, "
+             "peak SNR 100, 40 mm axial slab through the midbrain",
+             dict(voxel_mm=1.06, fov_mm=(192.0, 240.0, 40.0), centre_mni=(0.0, -15.0, -15.0), b0_tesla=2.89,
+                  echo_times_s=_echoes(4, 5, 5), peak_snr=100.0, model_factor=1, seed=36)),
+)}
+
+
 def spec_by_name(name: str) -> CaseSpec:
-    """The suite or small case of that name."""
-    for table in (CASES, SMALL_CASES, WARPED_CASES):
+    """The case of that name in any of the tables (:data:`CASES`, :data:`SMALL_CASES`, :data:`WARPED_CASES`,
+    :data:`SLAB_CASES`)."""
+    tables = (CASES, SMALL_CASES, WARPED_CASES, SLAB_CASES)
+    for table in tables:
         if name in table:
             return table[name]
-    raise QSMInputError(f"Unknown suite case {name!r}; known: {', '.join([*CASES, *SMALL_CASES, *WARPED_CASES])}.")
+    raise QSMInputError(f"Unknown suite case {name!r}; known: {', '.join(n for t in tables for n in t)}.")
 
 
 def generate_case(spec: Union[CaseSpec, str]) -> SuiteCase:
