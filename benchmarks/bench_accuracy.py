@@ -27,6 +27,11 @@ code). For each case with ground truth it prints:
   (``pipeline``): chi NRMSE, detrended NRMSE, HFEN (%), XSIM, correlation, the
   ROI slope and every deep grey matter ROI error (ppb).
 
+With every chi it also prints the detrended NRMSE per tissue class as the QSM
+challenge 2.0 and QSM-CI score it (:data:`TISSUE_CLASSES`: tissue, blood and
+deep grey matter). ``--cases`` also takes the slabs of
+``QSMLib.phantom.suite.SLAB_CASES`` and the other subjects of ``WARPED_CASES``.
+
 Chi and fields are compared on the voxels where both are defined (true
 brain mask and the method's mask), each map demeaned there (ROI means are
 referenced to that mean). Then per stage, input and method: mean and worst
@@ -72,7 +77,7 @@ CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_s
 TISSUE_CLASSES = {
     "tissue": ("white_matter", "grey_matter", "thalamus_left", "thalamus_right"),
     "blood": ("vein",),
-    "dgm": tuple(name for name in REALISTIC_DEEP_GREY_MATTER.values()),
+    "dgm": tuple(REALISTIC_DEEP_GREY_MATTER.values()),
 }
 CLASS_METRICS = tuple(f"nrmse_{name}" for name in TISSUE_CLASSES)
 
