@@ -15,7 +15,7 @@ from QSMLib.dipole import dipole_kernel
 from QSMLib.phantom.forward import shim_field
 from QSMLib.phantom.realistic import rotation_about_axes
 from QSMLib.phantom.realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head
-from QSMLib.phantom.suite import load_case, tissue_texture
+from QSMLib.phantom.suite import SLAB_CASES, load_case, spec_by_name, tissue_texture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_accuracy  # noqa: E402
@@ -139,6 +139,19 @@ def test_tissue_class_scores_single_out_the_wrong_class_and_ignore_scale(small_c
     assert max(bench_accuracy.class_scores(2 * truth + 0.1, small_case, brain).values()) < 1e-4
     # a class the region does not hold is NaN, not a score
     assert np.isnan(bench_accuracy.class_scores(truth, small_case, np.zeros_like(brain))["nrmse_blood"])
+
+
+def test_a_slab_case_is_cut_along_b0_by_its_field_of_view():
+    """The slabs TFI's ``cut_margin_mm`` was chosen on are what they say: found by name (as ``--cases`` does),
+    with brain in the first and last slices along B0 (the qsm-forward one through the midbrain generates in
+    about 10 s)."""
+    name = "slab_qsmforward_1p06mm_40mm_low"
+    assert spec_by_name(name) is SLAB_CASES[name]
+    case = load_case(name)
+    b0_axis = int(np.argmax(np.abs(case.acquisition.b0_direction)))
+    brain_per_slice = case.brain_mask.sum(axis=tuple(a for a in range(3) if a != b0_axis))
+    assert brain_per_slice[0] > 0 and brain_per_slice[-1] > 0
+    assert case.acquisition.spatial_shape[b0_axis] * case.acquisition.voxel_size_mm[b0_axis] < 45.0
 
 
 def test_benchmarks_tfi_field_row_scores_on_resharps_voxels_and_beats_it(small_case):
