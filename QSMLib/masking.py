@@ -334,6 +334,72 @@ def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return binary
 
 
+#: A face of the grid cuts the brain when the mask's cross-section there is at least this share of its largest
+#: cross-section along that axis. The true brain masks of the fourteen whole validation suite heads and four
+#: held-out ones reach a face with at most a voxel (0.00); the eight slabs' faces hold 0.43-1.00 of it.
+CUT_FACE_SHARE = 0.25
+
+
+def coverage_along_b0(
+    mask: np.ndarray, voxel_size_mm: Sequence[float], b0_direction: Sequence[float]
+) -> dict[str, object]:
+    """How the field of view covers the brain along B0: where its faces cut the mask.
+
+    Looks at each grid axis within 60 degrees of B0 (as TFI's shell does).
+    A face of the grid cuts the brain where the mask comes within two voxels
+    of it with a cross-section of at least :data:`CUT_FACE_SHARE` of the
+    mask's largest one along that axis (not a brainstem cut off below the
+    cerebellum). An automatic mask can hold the neck where the field of view
+    cuts it, so one cut face is common on whole heads; the field of view
+    covers a slab when it cuts the brain at both ends of an axis.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        Brain mask.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    b0_direction : sequence of 3 float
+        B0 in array axes.
+
+    Returns
+    -------
+    dict
+        ``extent_mm``: the mask's extent along the axis nearest B0, mm;
+        ``cut_faces``: the faces that cut the brain, as ``"axis 2 low"``
+        (index 0) or ``"axis 2 high"``; ``slab``: whether both faces of an
+        axis cut it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> slab = np.zeros((20, 20, 10), bool)
+    >>> slab[5:15, 5:15, :] = True
+    >>> coverage_along_b0(slab, (1.0, 1.0, 2.0), (0.0, 0.0, 1.0))
+    {'extent_mm': 20.0, 'cut_faces': ['axis 2 low', 'axis 2 high'], 'slab': True}
+    """
+    mask = np.asarray(mask, dtype=bool)
+    direction = np.abs(np.asarray(b0_direction, dtype=np.float64))
+    nearest = int(np.argmax(direction))
+    extent_mm, cut_faces, slab = 0.0, [], False
+    for axis in range(3):
+        if direction[axis] < 0.5 * np.linalg.norm(direction):
+            continue
+        area = mask.sum(axis=tuple(other for other in range(3) if other != axis))
+        occupied = np.flatnonzero(area)
+        if occupied.size == 0:
+            continue
+        first, last = int(occupied[0]), int(occupied[-1])
+        if axis == nearest:
+            extent_mm = (last - first + 1) * float(voxel_size_mm[axis])
+        cut = [name for name, index, reaches in (("low", first, first <= 2),
+                                                 ("high", last, last >= mask.shape[axis] - 3))
+               if reaches and area[index] >= CUT_FACE_SHARE * area.max()]
+        cut_faces += [f"axis {axis} {name}" for name in cut]
+        slab = slab or len(cut) == 2
+    return {"extent_mm": extent_mm, "cut_faces": cut_faces, "slab": slab}
+
+
 #: Automatic mask methods by registry name: ``method(magnitude, voxel_size_mm,
 #: *, invalid=None, progress=None, cancel=None, **params)`` -> bool mask; each
 #: entry declares the maps of earlier stages it takes (e.g. ``fit_residual_rad``).

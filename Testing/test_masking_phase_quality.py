@@ -7,7 +7,7 @@ import pytest
 
 from QSMLib.errors import QSMInputError
 from QSMLib.fieldmap import weighted_linear
-from QSMLib.masking import METHODS, magnitude_mask, phase_quality_mask
+from QSMLib.masking import METHODS, coverage_along_b0, magnitude_mask, phase_quality_mask
 from QSMLib.phantom import simulate_head
 from QSMLib.phase import mcpc3ds
 from QSMLib.unwrap import romeo
@@ -74,3 +74,27 @@ def test_phantom_brain_is_kept_and_bad_phase_is_dropped():
     assert np.mean(head.brain_mask[dropped]) < 0.01
     error = np.abs(field - head.total_field_hz)
     assert np.median(error[dropped]) > 1.5 * np.median(error[mask])
+
+
+def test_coverage_along_b0_tells_a_slab_from_a_brainstem_cut_off_by_the_field_of_view():
+    """A face of the grid cuts the brain only where the mask's cross-section there is a large share of its
+    largest, on the axes within 60 degrees of B0; a slab is cut at both ends; the extent is along the axis
+    nearest B0."""
+    head = np.zeros((30, 30, 40), bool)
+    head[5:25, 5:25, 8:36] = True  # the cerebrum, clear of the grid's faces
+    head[13:16, 13:16, 0:8] = True  # a brainstem running out of the field of view
+    assert coverage_along_b0(head, (1.0, 1.0, 2.0), (0.0, 0.0, 1.0)) == {"extent_mm": 72.0, "cut_faces": [],
+                                                                         "slab": False}
+    # an automatic mask that holds the neck where the field of view cuts it: one cut face, not a slab
+    neck = head.copy()
+    neck[8:22, 8:22, 0:8] = True
+    assert coverage_along_b0(neck, (1.0, 1.0, 2.0), (0.0, 0.0, 1.0)) == {"extent_mm": 72.0,
+                                                                         "cut_faces": ["axis 2 low"], "slab": False}
+    slab = head[:, :, 10:30]
+    assert coverage_along_b0(slab, (1.0, 1.0, 2.0), (0.0, 0.0, 1.0)) == {
+        "extent_mm": 40.0, "cut_faces": ["axis 2 low", "axis 2 high"], "slab": True}
+    # B0 along axis 0 (tilted 20 degrees): the same slab is cut across B0, not along it
+    tilted = (np.cos(np.radians(20.0)), 0.0, np.sin(np.radians(20.0)))
+    assert coverage_along_b0(slab, (1.0, 1.0, 2.0), tilted) == {"extent_mm": 20.0, "cut_faces": [], "slab": False}
+    # B0 at 45 degrees between axes 1 and 2: both are within 60 degrees of it, and the slab's faces cut along it
+    assert coverage_along_b0(slab, (1.0, 1.0, 2.0), (0.0, 0.7071, 0.7071))["slab"]

@@ -88,6 +88,8 @@ def test_a_phase_handed_over_gives_the_same_maps_and_a_kept_one_is_left_as_it_wa
     assert np.shares_memory(handed.phase, result.unwrapped_phase)
 
 
+# a 5-slice crop with its whole grid as the mask: a slab
+@pytest.mark.filterwarnings("ignore:The field of view cuts the brain at both ends")
 def test_nan_voxels_of_real_data_are_excluded():
     # The NaN test file: radians beyond +-pi (wrapped here, as --phase-scale radians does) and a NaN column.
     raw, affine = read_volume(TEST_DATA / "invivo_3echo_crop" / "phase_with_nan_2echo.nii.gz")

@@ -122,8 +122,9 @@ def test_the_pipeline_passes_exactly_the_declared_inputs_and_records_chosen_para
     assert received["romeo_quality"] is None and received["scale"] == 2.0  # not declared: not passed
     # the default background method (iSMV) records its radius and iterations too
     assert result.parameters["inversion"] == {"regularization": 0.5, "regularization_rule": "spy"}
-    # the readout was not given, so the echoes told it (three echoes of a toy head: monopolar)
-    assert set(result.parameters) == {"bipolar", "background", "inversion"}
+    # the readout was not given, so the echoes told it (three echoes of a toy head: monopolar); the field of
+    # view's coverage along B0 is always recorded
+    assert set(result.parameters) == {"bipolar", "background", "inversion", "coverage_along_b0"}
     assert result.parameters["bipolar"]["readout"] == "detected monopolar"
     assert result.provenance()["chosen_parameters"] == result.parameters
 

@@ -6,6 +6,8 @@ crime). Bounds are the values measured on these cases plus a small margin;
 the full-size numbers are in README and /benchmarks/bench_accuracy.py.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -306,8 +308,12 @@ def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast
     scores = {}
     for fraction in (None, 0.0):
         params = {} if fraction is None else {"chi_edge_fraction": fraction}
-        result = run_pipeline(warped_head.acquisition,
-                              PipelineConfig.from_dict({"inversion": {"method": "tfi", "params": params}}))
+        with warnings.catch_warnings():
+            # a whole head: the field of view does not cut its brain along B0, so no slab warning
+            warnings.simplefilter("error", QSMWarning)
+            result = run_pipeline(warped_head.acquisition,
+                                  PipelineConfig.from_dict({"inversion": {"method": "tfi", "params": params}}))
+        assert not result.parameters["coverage_along_b0"]["slab"]
         region = result.local_mask & warped_head.brain_mask
         scores[fraction] = (metrics.nrmse(result.chi_ppm, warped_head.chi_ppm, region),
                             *_worst_roi_ppb_and_slope(result.chi_ppm, warped_head, region), result.parameters)
@@ -319,6 +325,8 @@ def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast
     assert slope > one_slope + 0.08
 
 
+# small_axial is a 72 mm crop: a slab
+@pytest.mark.filterwarnings("ignore:The field of view cuts the brain at both ends")
 def test_tfi_in_the_pipeline_skips_background_removal_and_records_its_choices(case):
     result = run_pipeline_from_field(
         case.total_field_hz, case.brain_mask, field_kind="total", voxel_size_mm=case.acquisition.voxel_size_mm,
@@ -399,7 +407,11 @@ def test_field_jump_islands_are_the_components_of_the_voxel_graph(seed):
 def test_default_pipeline_on_the_small_realistic_head():
     """Raw phase to chi with the consensus preset: chi NRMSE bound (measured below) and chosen lambda recorded."""
     case = load_case("small_axial")
-    result = run_pipeline(case.acquisition)
+    # a 72 mm crop: the field of view cuts the brain along B0, and the user is told what that costs
+    with pytest.warns(QSMWarning, match=r"cuts the brain at both ends along B0 \(axis 2 low, axis 2 high; 72 mm"):
+        result = run_pipeline(case.acquisition)
+    assert result.parameters["coverage_along_b0"] == {"extent_mm": 72.0, "cut_faces": ["axis 2 low", "axis 2 high"],
+                                                      "slab": True}
     region = result.local_mask & case.brain_mask
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < PIPELINE_BOUND
     assert result.parameters["inversion"]["regularization_rule"] == "noise-proportional x2.7"
@@ -451,6 +463,8 @@ def test_a_users_brain_mask_reports_the_automatic_masks_solve_on_it():
 USER_MASK_BOUND = 43.5
 
 
+# the whole grid as the mask: cut at both ends
+@pytest.mark.filterwarnings("ignore:The field of view cuts the brain at both ends")
 def test_a_users_mask_the_automatic_mask_mostly_misses_is_solved_alone_with_a_warning():
     """When the automatic mask holds under MIN_RELIABLE_SHARE of the user's mask (here the whole array, of which
     the automatic mask holds 19 %), it has failed rather than found unreliable voxels: the user's mask is the
