@@ -391,7 +391,7 @@ def coverage_along_b0(
             continue
         first, last = int(occupied[0]), int(occupied[-1])
         if axis == nearest:
-            extent_mm = (last - first + 1) * float(voxel_size_mm[axis])
+            extent_mm = round((last - first + 1) * float(voxel_size_mm[axis]), 2)
         cut = [name for name, index, reaches in (("low", first, first <= 2),
                                                  ("high", last, last >= mask.shape[axis] - 3))
                if reaches and area[index] >= CUT_FACE_SHARE * area.max()]
