@@ -57,6 +57,27 @@ def unit_vector(direction: Sequence[float]) -> np.ndarray:
     return vector / norm
 
 
+def axes_along_b0(direction: Sequence[float]) -> np.ndarray:
+    """Which array axes lie within 60 degrees of B0: where a field of view cut along them cuts along B0.
+
+    Parameters
+    ----------
+    direction : sequence of 3 float
+        B0 in array axes (any length).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (3,)
+
+    Examples
+    --------
+    >>> axes_along_b0((0.0, 0.7071, 0.7071)).tolist()
+    [False, True, True]
+    """
+    magnitude = np.abs(unit_vector(direction))
+    return magnitude >= 0.5
+
+
 def dipole_response(
     k0: np.ndarray,
     k1: np.ndarray,

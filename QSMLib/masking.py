@@ -13,6 +13,7 @@ from ._morphology import dilate, erode, fill_holes, largest_component, otsu_thre
 from ._operators import root_sum_of_squares
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import Method
+from .dipole import axes_along_b0
 from .errors import QSMInputError
 
 
@@ -379,12 +380,9 @@ def coverage_along_b0(
     {'extent_mm': 20.0, 'cut_faces': ['axis 2 low', 'axis 2 high'], 'slab': True}
     """
     mask = np.asarray(mask, dtype=bool)
-    direction = np.abs(np.asarray(b0_direction, dtype=np.float64))
-    nearest = int(np.argmax(direction))
+    nearest = int(np.argmax(np.abs(np.asarray(b0_direction, dtype=np.float64))))
     extent_mm, cut_faces, slab = 0.0, [], False
-    for axis in range(3):
-        if direction[axis] < 0.5 * np.linalg.norm(direction):
-            continue
+    for axis in np.flatnonzero(axes_along_b0(b0_direction)):
         area = mask.sum(axis=tuple(other for other in range(3) if other != axis))
         occupied = np.flatnonzero(area)
         if occupied.size == 0:

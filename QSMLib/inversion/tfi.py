@@ -83,7 +83,7 @@ from .._operators import (
 )
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
-from ..dipole import dipole_kernel, even_dipole_kernel
+from ..dipole import axes_along_b0, dipole_kernel, even_dipole_kernel
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
 from ._regularization import estimate_edges, field_noise, free_edges, merit_weight, tv_regularization
@@ -904,8 +904,7 @@ def _shell_frame(
     mask's own box and, per axis, whether it comes within two voxels of each end of the grid.
     """
     extent = _fft.mask_bounding_box(mask, [0, 0, 0])
-    direction = np.abs(np.asarray(b0_direction, dtype=np.float64))
-    along_b0 = direction >= 0.5 * np.linalg.norm(direction)
+    along_b0 = axes_along_b0(b0_direction)
     at_edge = [[part.start <= 2, part.stop >= n - 2] for part, n in zip(extent, mask.shape)]
     cut = [[along and side for side in pair] for pair, along in zip(at_edge, along_b0)]
     sides = [[int(np.ceil((cut_margin_mm if side else margin_mm) / float(v))) for side in pair]
