@@ -205,3 +205,11 @@ def test_tissue_texture_has_its_size_and_grain_and_the_same_value_at_the_same_po
     np.testing.assert_allclose(texture(rotated)[5, 6, 7], texture([p[5, 6, 7].reshape(1) for p in rotated])[0],
                                atol=1e-7)
     assert abs(np.corrcoef(values.ravel(), tissue_texture(seed=4, sd_ppb=20.0)(points).ravel())[0, 1]) < 0.02
+
+
+def test_benchmark_params_name_a_method_and_a_stages_name_is_refused():
+    assert bench_accuracy._parse_parameters(["phase_quality.opening_mm=6", "tfi.cut_margin_mm=48"]) == {
+        "phase_quality": {"opening_mm": 6}, "tfi": {"cut_margin_mm": 48}}
+    # 'mask' names a stage, not a method: the value would apply to no stage
+    with pytest.raises(SystemExit, match="'mask' is no method's name.*phase_quality"):
+        bench_accuracy._parse_parameters(["mask.opening_mm=6"])

@@ -65,7 +65,7 @@ from QSMLib.fieldmap import weighted_linear  # noqa: E402
 from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
 from QSMLib.phantom.realistic import REALISTIC_DEEP_GREY_MATTER  # noqa: E402
 from QSMLib.phantom.suite import CASES, SMALL_CASES, SuiteCase, load_case  # noqa: E402
-from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline, tissue_field_hz  # noqa: E402
+from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, run_pipeline, tissue_field_hz  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "results" / "suite_cache"
 STAGES = ("pipeline", "background", "inversion")
@@ -453,6 +453,10 @@ def _parse_parameters(items: list[str]) -> dict[str, dict]:
         method, _, key = name.partition(".")
         if not key or not value:
             raise SystemExit(f"--param expects METHOD.NAME=VALUE, got {item!r}")
+        known = sorted({name for methods in REGISTRY.values() for name in methods})
+        if method not in known:
+            # a stage's name (e.g. 'mask') is not a method's: the value would silently apply nowhere
+            raise SystemExit(f"--param {item!r}: {method!r} is no method's name; METHOD is one of {', '.join(known)}")
         try:
             parsed: Any = json.loads(value)
         except json.JSONDecodeError:
