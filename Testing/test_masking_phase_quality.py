@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from warped_head import warped_head  # noqa: F401
 
+from QSMLib._morphology import dilate
 from QSMLib.errors import QSMInputError
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.masking import METHODS, coverage_along_b0, magnitude_mask, phase_quality_mask
@@ -74,6 +76,19 @@ def test_phantom_brain_is_kept_and_bad_phase_is_dropped():
     assert np.mean(head.brain_mask[dropped]) < 0.01
     error = np.abs(field - head.total_field_hz)
     assert np.median(error[dropped]) > 1.5 * np.median(error[mask])
+
+
+def test_the_opening_cuts_the_face_off_where_it_touches_the_brain(warped_head):
+    """On the small warped head the face touches the brain below the frontal lobes. Measured voxels of the
+    magnitude mask beyond the true brain + 3 mm: 550 with the 6 mm opening (OPENING_MM), 17160 with 4 mm; brain
+    voxels missed: 0.65 % with either."""
+    acquisition, brain = warped_head.acquisition, warped_head.brain_mask
+    near_brain = dilate(brain, 3.0, acquisition.voxel_size_mm)
+    masks = {None: magnitude_mask(acquisition.magnitude, acquisition.voxel_size_mm),
+             4.0: magnitude_mask(acquisition.magnitude, acquisition.voxel_size_mm, opening_mm=4.0)}
+    beyond = {radius: int((mask & ~near_brain).sum()) for radius, mask in masks.items()}
+    assert beyond[None] < 800 and beyond[4.0] > 15000
+    assert np.mean(masks[None][brain]) > 0.99
 
 
 def test_coverage_along_b0_tells_a_slab_from_a_brainstem_cut_off_by_the_field_of_view():

@@ -301,8 +301,9 @@ def test_merit_keeps_field_errors_at_the_mask_edge_out_of_the_map(case):
 def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast(warped_head):
     """TFI's second pass also leaves the first estimate's edges free (``chi_edge_fraction``). Whole pipeline on
     the small warped head (another subject, 3 mm, whole head), the default against one pass: measured chi NRMSE
-    47.49 against 49.71 %, worst deep grey matter ROI error 15.4 against 28.6 ppb, ROI slope 0.936 against
-    0.824 since stop 39, TFI's lambda 1.8x linear TV's rule (47.19 / 49.10 %, 14.7 / 26.6 ppb, 0.935 / 0.834 at
+    45.25 against 47.22 %, worst deep grey matter ROI error 8.7 against 22.3 ppb, ROI slope 0.950 against 0.854
+    since stop 42, whose 6 mm mask opening keeps the face out (47.49 / 49.71 %, 15.4 / 28.6 ppb, 0.936 / 0.824
+    at stop 39, TFI's lambda 1.8x linear TV's rule; 47.19 / 49.10 %, 14.7 / 26.6 ppb, 0.935 / 0.834 at
     1.5x; stop 37, when the second pass's TFI solve stopped after one iteration: 47.35 %, 19.6 ppb, 0.898; on
     the fourteen full-size suite heads: 27.5 against 30.0 % mean, README)."""
     scores = {}
@@ -320,8 +321,8 @@ def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast
     (nrmse, worst_ppb, slope, chosen), (one_nrmse, one_worst_ppb, one_slope, one_pass) = scores[None], scores[0.0]
     assert chosen["inversion"]["chi_edge_fraction"] == 0.1 and chosen["inversion"]["chi_edge_smv_iterations"] > 0
     assert one_pass["inversion"]["chi_edge_fraction"] == 0.0
-    assert nrmse < min(48.0, one_nrmse - 1.5)
-    assert worst_ppb < min(16.0, one_worst_ppb - 10.0)
+    assert nrmse < min(46.0, one_nrmse - 1.5)
+    assert worst_ppb < min(9.5, one_worst_ppb - 10.0)
     assert slope > one_slope + 0.08
 
 
