@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _fft
 from ._backend import CPU, DEVICES, Device, resolve_device
+from ._morphology import dilate
 from ._operators import masked_smoothing
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
 from ._threads import limit_threads
@@ -682,10 +683,11 @@ def _data_region(
     run: _Stages, user_mask: np.ndarray, magnitude: np.ndarray, voxel_size_mm: Sequence[float],
     inputs: Mapping[str, Any],
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Where the field is used when the user gives the mask: the automatic mask, the reliable voxels.
+    """Where the field is used when the user gives the mask: the automatic mask's reliable voxels near it.
 
     The automatic mask (the configured ``mask`` method, by default the phase-quality mask) marks the
-    voxels whose phase is reliable, and the inversion solves on it as it does without a user's mask.
+    voxels whose phase is reliable, and the inversion solves on it, within ``DATA_REGION_MARGIN_MM`` of
+    the user's mask, as it does without a user's mask.
     Chi is reported on the user's mask only, so the user's voxels that fail the automatic mask's
     tests, and the band the inversion leaves out next to them, are not reported: their field is
     wrong by tens of Hz next to air at high field, and a user's brain mask usually stops at the
@@ -717,11 +719,23 @@ def _data_region(
         chosen["data_region"] = (f"the user's mask alone (the automatic mask holds {100 * reliable_share:.0f} % "
                                  f"of it, under {100 * MIN_RELIABLE_SHARE:.0f} %)")
         return user_mask, dict(inputs, mask=user_mask)
-    chosen.update(data_region="the reliable voxels (automatic mask); chi reported on the user's mask",
-                  user_voxels=user_voxels, added_voxels=int((reliable & ~user_mask).sum()),
-                  unreliable_voxels=user_voxels - reliable_voxels)
-    return reliable, dict(inputs, mask=reliable)
+    # the automatic mask can run on into the face or the neck where they touch the brain: far from the
+    # user's brain their field is no help and their chi is not the brain's
+    region = reliable & dilate(user_mask, DATA_REGION_MARGIN_MM, voxel_size_mm)
+    chosen.update(data_region=f"the reliable voxels (automatic mask) within {DATA_REGION_MARGIN_MM:g} mm of the "
+                              "user's mask; chi reported on the user's mask",
+                  user_voxels=user_voxels, added_voxels=int((region & ~user_mask).sum()),
+                  unreliable_voxels=user_voxels - reliable_voxels,
+                  beyond_margin_voxels=int((reliable & ~region).sum()))
+    return region, dict(inputs, mask=region)
 
+
+#: How far (mm) beyond a user's mask the data region (:func:`_data_region`) reaches. On the fourteen validation
+#: suite heads and the small warped head, the automatic mask (6 mm opening) lies within 6 mm of the true brain
+#: mask, all but 11 voxels; on the small warped head with the 4 mm opening it also held the face, and limiting
+#: the data region to 9 mm around the true mask took chi NRMSE from 46.85 to 45.08 % and the worst deep grey
+#: matter ROI error from 14.6 to 9.5 ppb (6 mm: 45.25 %, 8.9 ppb).
+DATA_REGION_MARGIN_MM = 9.0
 
 #: The least share of a user's mask the automatic mask must hold to be the data region (:func:`_data_region`).
 #: Of the fourteen validation suite heads' true brain masks it holds 0.958 (the 7 T k-space head, voxels next
