@@ -40,7 +40,7 @@ def _opening(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float])
 #: and the skull base's soft tissue touch the brain through bridges up to about 10 mm wide on some heads:
 #: with 4 mm (the default until stop 42) the automatic mask of the suite's small warped head held 17160
 #: voxels beyond the true brain + 3 mm (the face), with 6 mm 550; on the fourteen suite heads 6 mm removed
-#: 0-75 % of such voxels and missed at most 0.07 % more of the brain (8 and 10 mm: no further cut).
+#: 0-75 % of such voxels and missed at most 0.07 points more of the brain (8 and 10 mm: no further cut).
 OPENING_MM = 6.0
 
 

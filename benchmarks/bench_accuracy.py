@@ -448,12 +448,12 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
 
 def _parse_parameters(items: list[str]) -> dict[str, dict]:
     parameters: dict[str, dict] = {}
+    known = sorted({registered for methods in REGISTRY.values() for registered in methods})
     for item in items:
         name, _, value = item.partition("=")
         method, _, key = name.partition(".")
         if not key or not value:
             raise SystemExit(f"--param expects METHOD.NAME=VALUE, got {item!r}")
-        known = sorted({name for methods in REGISTRY.values() for name in methods})
         if method not in known:
             # a stage's name (e.g. 'mask') is not a method's: the value would silently apply nowhere
             raise SystemExit(f"--param {item!r}: {method!r} is no method's name; METHOD is one of {', '.join(known)}")
