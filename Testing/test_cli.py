@@ -202,9 +202,7 @@ def test_real_in_vivo_crop_end_to_end(tmp_path, capsys):
     mask, _ = read_volume(out / "mask.nii.gz")
     _, input_affine = read_volume(data / "mag.nii.gz")
     np.testing.assert_allclose(affine, input_affine, atol=1e-5)
-    # the crop is nearly all tissue, so Otsu's threshold splits tissue classes and the opening keeps a part of
-    # them: measured 17 % of the crop with the 6 mm opening (32 % with 4 mm, before stop 42)
-    assert np.all(np.isfinite(chi)) and mask.sum() > 0.15 * mask.size
+    assert np.all(np.isfinite(chi)) and mask.sum() > 0.2 * mask.size
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["inputs"]["phase_scale"] == "range"
     # Brain tissue susceptibility spans about +-0.2 ppm; a scaling error would not.
