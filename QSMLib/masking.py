@@ -9,7 +9,7 @@ import scipy.ndimage as ndi
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from ._morphology import dilate, erode, fill_holes, largest_component, otsu_threshold
+from ._morphology import dilate, erode, fill_holes, large_pieces, largest_component, otsu_threshold
 from ._operators import root_sum_of_squares
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import Method
@@ -48,16 +48,6 @@ APPENDAGE_OPENING_MM = 6.0
 #: without the brainstem at the bottom face TFI no longer sees the field of view cut the mask along B0, and
 #: its shell beyond that face thins from 72 to 12 mm (bipolar_oblique_9echo 18.94 against 18.17 %).
 APPENDAGE_ML = 50.0
-
-
-def large_pieces(region: np.ndarray, largest_ml: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """The connected pieces (26-neighbourhood) of ``region`` larger than ``largest_ml`` ml."""
-    pieces, count = ndi.label(region, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(region.shape, dtype=bool)
-    voxel_ml = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) / 1000.0
-    large = np.flatnonzero(np.bincount(pieces.ravel())[1:] * voxel_ml > largest_ml) + 1
-    return np.isin(pieces, large) if large.size else np.zeros(region.shape, dtype=bool)
 
 
 def _drop_appendages(

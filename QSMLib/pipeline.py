@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _fft
 from ._backend import CPU, DEVICES, Device, resolve_device
-from ._morphology import dilate
+from ._morphology import dilate, large_pieces
 from ._operators import masked_smoothing
 from ._progress import CancelToken, ProgressCallback, check_cancel, report, sub_progress
 from ._threads import limit_threads
@@ -37,7 +37,7 @@ from .errors import QSMInputError, QSMWarning
 from .fieldmap import METHODS as ECHO_FIT_METHODS
 from .fieldmap import per_echo_fields
 from .inversion import METHODS as INVERSION_METHODS
-from .masking import APPENDAGE_ML, coverage_along_b0, large_pieces, validate_user_mask
+from .masking import APPENDAGE_ML, coverage_along_b0, validate_user_mask
 from .masking import METHODS as MASK_METHODS
 from .phase import BIPOLAR_METHODS, OFFSET_METHODS
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
