@@ -12,6 +12,7 @@ from QSMLib import _fft, metrics
 from QSMLib.background import resharp
 from QSMLib.contract import InversionResult, Method
 from QSMLib.dipole import dipole_kernel
+from QSMLib.phantom import suite
 from QSMLib.phantom.forward import shim_field
 from QSMLib.phantom.realistic import rotation_about_axes
 from QSMLib.phantom.realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head
@@ -152,6 +153,32 @@ def test_a_slab_case_is_cut_along_b0_by_its_field_of_view():
     brain_per_slice = case.brain_mask.sum(axis=tuple(a for a in range(3) if a != b0_axis))
     assert brain_per_slice[0] > 0 and brain_per_slice[-1] > 0
     assert case.acquisition.spatial_shape[b0_axis] * case.acquisition.voxel_size_mm[b0_axis] < 45.0
+
+
+def test_a_signal_cropped_in_k_space_sits_where_its_truths_block_means_do():
+    """A case simulated on a finer model grid (``model_factor`` 2) is cropped in k-space; its output voxel j
+    must sample the model grid at 2 j + 0.5, the centre of the block whose mean is the truth, not at 2 j
+    (which put the 2 mm head's signal a quarter voxel, 0.5 mm, from its chi). Known answer: a signal made
+    of k-space components inside the output's band, evaluated where the block centres lie."""
+    model_shape, output_shape = (16, 20, 12), (8, 10, 6)
+    rng = np.random.default_rng(5)
+    components = [(rng.integers(-3, 4, 3), complex(*rng.normal(size=2))) for _ in range(6)]
+
+    def signal_at(positions):
+        values = np.zeros(np.broadcast_shapes(*(p.shape for p in positions)), dtype=complex)
+        for frequency, amplitude in components:
+            values += amplitude * np.exp(2j * np.pi * sum(f * p / n for f, p, n in
+                                                          zip(frequency, positions, model_shape)))
+        return values
+
+    model = signal_at(np.indices(model_shape).astype(float))
+    cropped = qsm_forward.crop_kspace(suite._shift_to_block_centres(model, 2), output_shape)
+    centres = signal_at(2.0 * np.indices(output_shape) + 0.5)
+    corners = signal_at(2.0 * np.indices(output_shape))
+    assert np.abs(cropped - centres).max() < 1e-9 * np.abs(centres).max()
+    # the unshifted crop samples the corners, a quarter output voxel off: far from the centres
+    assert np.abs(qsm_forward.crop_kspace(model, output_shape) - corners).max() < 1e-9 * np.abs(corners).max()
+    assert np.abs(corners - centres).max() > 0.1 * np.abs(centres).max()
 
 
 def test_benchmarks_tfi_field_row_scores_on_resharps_voxels_and_beats_it(small_case):
