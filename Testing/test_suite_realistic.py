@@ -162,7 +162,8 @@ def test_a_signal_cropped_in_k_space_sits_where_its_truths_block_means_do():
     of k-space components inside the output's band, evaluated where the block centres lie."""
     model_shape, output_shape = (16, 20, 12), (8, 10, 6)
     rng = np.random.default_rng(5)
-    components = [(rng.integers(-3, 4, 3), complex(*rng.normal(size=2))) for _ in range(6)]
+    # frequencies (cycles per field of view) inside every output axis's band, its Nyquist sample left out
+    components = [(rng.integers(-2, 3, 3), complex(*rng.normal(size=2))) for _ in range(6)]
 
     def signal_at(positions):
         values = np.zeros(np.broadcast_shapes(*(p.shape for p in positions)), dtype=complex)
