@@ -150,12 +150,11 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def large_pieces(region: np.ndarray, largest_ml: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
     """The connected pieces (26-neighbourhood) of ``region`` larger than ``largest_ml`` ml."""
-    pieces, count = ndi.label(region, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(region.shape, dtype=bool)
+    pieces, _ = ndi.label(region, structure=np.ones((3, 3, 3), bool))
     voxel_ml = float(np.prod(np.asarray(voxel_size_mm, dtype=np.float64))) / 1000.0
-    large = np.flatnonzero(np.bincount(pieces.ravel())[1:] * voxel_ml > largest_ml) + 1
-    return np.isin(pieces, large) if large.size else np.zeros(region.shape, dtype=bool)
+    large = np.bincount(pieces.ravel()) * voxel_ml > largest_ml
+    large[0] = False  # label 0 is outside the region
+    return large[pieces]
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

@@ -36,6 +36,8 @@ def _opening(mask: np.ndarray, radius_mm: float, voxel_size_mm: Sequence[float])
     return opened[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
 
 
+#: Radius (mm) of the opening that cuts the magnitude mask's thin bridges to scalp and vessels.
+OPENING_MM = 4.0
 #: Radius (mm) of the wider opening that finds large pieces of tissue joined to the brain: the face and the
 #: skull base's soft tissue touch the brain through bridges up to about 10 mm wide on some heads, which the
 #: 4 mm opening keeps. What it cuts off is dropped when larger than ``APPENDAGE_ML`` (:func:`_drop_appendages`).
@@ -64,7 +66,7 @@ def magnitude_mask(
     voxel_size_mm: Sequence[float],
     *,
     threshold_scale: float = 1.0,
-    opening_mm: float = 4.0,
+    opening_mm: float = OPENING_MM,
     appendage_opening_mm: float = APPENDAGE_OPENING_MM,
     appendage_ml: float = APPENDAGE_ML,
     erosion_mm: float = 0.0,
@@ -91,8 +93,9 @@ def magnitude_mask(
     threshold_scale : float
         Multiplies Otsu's threshold (lower keeps more tissue).
     opening_mm : float
-        Radius of the morphological opening, mm: tissue joined to the brain
-        only through bridges narrower than twice this is cut off.
+        Radius of the morphological opening, mm (:data:`OPENING_MM`): tissue
+        joined to the brain only through bridges narrower than twice this is
+        cut off.
     appendage_opening_mm : float
         Radius of the wider opening, mm (:data:`APPENDAGE_OPENING_MM`); none
         when it is not above ``opening_mm`` (0 turns it off).
@@ -177,7 +180,7 @@ def phase_quality_mask(
     residual_threshold_rad: float = 0.5,
     jump_fraction: float = 0.5,
     threshold_scale: float = 1.0,
-    opening_mm: float = 4.0,
+    opening_mm: float = OPENING_MM,
     appendage_opening_mm: float = APPENDAGE_OPENING_MM,
     appendage_ml: float = APPENDAGE_ML,
     erosion_mm: float = 0.0,
