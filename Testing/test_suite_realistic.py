@@ -12,11 +12,12 @@ from QSMLib import _fft, metrics
 from QSMLib.background import resharp
 from QSMLib.contract import InversionResult, Method
 from QSMLib.dipole import dipole_kernel
+from QSMLib.errors import QSMInputError
 from QSMLib.phantom import suite
-from QSMLib.phantom.forward import shim_field
+from QSMLib.phantom.forward import band_limited_samples, shim_field
 from QSMLib.phantom.realistic import rotation_about_axes
 from QSMLib.phantom.realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head
-from QSMLib.phantom.suite import SLAB_CASES, load_case, spec_by_name, tissue_texture
+from QSMLib.phantom.suite import RECORDED_CASES, SLAB_CASES, SMALL_CASES, load_case, spec_by_name, tissue_texture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_accuracy  # noqa: E402
@@ -155,6 +156,15 @@ def test_a_slab_case_is_cut_along_b0_by_its_field_of_view():
     assert case.acquisition.spatial_shape[b0_axis] * case.acquisition.voxel_size_mm[b0_axis] < 45.0
 
 
+def _fourier_signal(components, positions, periods):
+    """Sum of ``amplitude exp(2 pi i f . p / n)`` over ``components`` (frequency in cycles per period ``n``,
+    amplitude) at ``positions`` (grid indices, one array per axis)."""
+    values = np.zeros(np.broadcast_shapes(*(p.shape for p in positions)), dtype=complex)
+    for frequency, amplitude in components:
+        values += amplitude * np.exp(2j * np.pi * sum(f * p / n for f, p, n in zip(frequency, positions, periods)))
+    return values
+
+
 def test_a_signal_cropped_in_k_space_sits_where_its_truths_block_means_do():
     """A case simulated on a finer model grid (``model_factor`` 2) is cropped in k-space; its output voxel j
     must sample the model grid at 2 j + 0.5, the centre of the block whose mean is the truth, not at 2 j
@@ -164,22 +174,70 @@ def test_a_signal_cropped_in_k_space_sits_where_its_truths_block_means_do():
     rng = np.random.default_rng(5)
     # frequencies (cycles per field of view) inside every output axis's band, its Nyquist sample left out
     components = [(rng.integers(-2, 3, 3), complex(*rng.normal(size=2))) for _ in range(6)]
-
-    def signal_at(positions):
-        values = np.zeros(np.broadcast_shapes(*(p.shape for p in positions)), dtype=complex)
-        for frequency, amplitude in components:
-            values += amplitude * np.exp(2j * np.pi * sum(f * p / n for f, p, n in
-                                                          zip(frequency, positions, model_shape)))
-        return values
-
-    model = signal_at(np.indices(model_shape).astype(float))
+    model = _fourier_signal(components, np.indices(model_shape).astype(float), model_shape)
     cropped = qsm_forward.crop_kspace(suite._shift_to_block_centres(model, 2), output_shape)
-    centres = signal_at(2.0 * np.indices(output_shape) + 0.5)
-    corners = signal_at(2.0 * np.indices(output_shape))
+    centres = _fourier_signal(components, 2.0 * np.indices(output_shape) + 0.5, model_shape)
+    corners = _fourier_signal(components, 2.0 * np.indices(output_shape), model_shape)
     assert np.abs(cropped - centres).max() < 1e-9 * np.abs(centres).max()
     # the unshifted crop samples the corners, a quarter output voxel off: far from the centres
     assert np.abs(qsm_forward.crop_kspace(model, output_shape) - corners).max() < 1e-9 * np.abs(corners).max()
     assert np.abs(corners - centres).max() > 0.1 * np.abs(centres).max()
+
+
+@pytest.mark.parametrize("supersample", [2, 3])
+def test_a_signal_recorded_in_k_space_is_its_band_limited_values_at_the_voxel_centres(supersample):
+    """Known answer: a fine signal made of k-space components inside the coarse band comes back as its values
+    at the coarse voxels' centres (fine index s j + (s - 1) / 2, where block means lie); a component beyond
+    the band, which a box average would fold in, is not recorded."""
+    coarse_shape = (8, 10, 6)
+    fine_shape = tuple(supersample * n for n in coarse_shape)
+    rng = np.random.default_rng(7)
+    components = [(rng.integers(-2, 3, 3), complex(*rng.normal(size=2))) for _ in range(6)]
+    recorded = band_limited_samples(_fourier_signal(components, np.indices(fine_shape).astype(float), fine_shape),
+                                    supersample)
+    centres = _fourier_signal(components, supersample * np.indices(coarse_shape).astype(float)
+                              + (supersample - 1) / 2.0, fine_shape)
+    assert recorded.shape == coarse_shape
+    assert np.abs(recorded - centres).max() < 1e-9 * np.abs(centres).max()
+    beyond = np.exp(2j * np.pi * 5 * np.indices(fine_shape)[0] / fine_shape[0])  # 5 cycles: past 8 voxels' band
+    assert np.abs(band_limited_samples(beyond, supersample)).max() < 1e-9
+    with pytest.raises(QSMInputError, match="multiple of supersample"):
+        band_limited_samples(np.zeros((5, 4, 4), complex), 2)
+
+
+def test_a_head_recorded_in_k_space_keeps_its_truths_magnitude_and_field():
+    """``signal="kspace"``: the same truths as the box-averaged head, the same magnitude deep in the brain, and
+    the field the echoes' phase carries within the sinc's partial volumes of the truth (the box-averaged head's
+    phase is exact there). A missing field beyond the fine box would be tens of Hz off."""
+    parameters = dict(SMALL_CASES["small_axial"].parameters, snr=None, phase_offset=False)
+    box = simulate_realistic_head(**parameters)
+    recorded = simulate_realistic_head(**parameters, signal="kspace")
+    assert np.array_equal(recorded.chi_ppm, box.chi_ppm) and np.array_equal(recorded.total_field_hz,
+                                                                             box.total_field_hz)
+    deep = box.brain_mask & (ndi.distance_transform_edt(box.brain_mask, sampling=3.0) > 9.0)
+    ratio = recorded.acquisition.magnitude[0][deep] / box.acquisition.magnitude[0][deep]
+    assert abs(float(np.median(ratio)) - 1.0) < 0.01
+    first, second = parameters["echo_times_s"][:2]
+
+    def field_error_hz(phantom):
+        magnitude, phase = phantom.acquisition.magnitude, phantom.acquisition.phase
+        product = magnitude[1] * magnitude[0] * np.exp(1j * (phase[1] - phase[0]))
+        error = np.angle(product * np.exp(-2j * np.pi * (second - first) * phantom.total_field_hz))
+        return float(np.sqrt(np.mean((error[deep] / (2 * np.pi * (second - first))) ** 2)))
+
+    assert field_error_hz(box) < 1e-3
+    assert 0.5 < field_error_hz(recorded) < 1.7  # measured 1.49 Hz RMS at 3 mm (the field spans about 200 Hz)
+    with pytest.raises(QSMInputError, match="signal must be"):
+        simulate_realistic_head(**parameters, signal="sinc")
+
+
+def test_recorded_cases_are_found_by_name_and_differ_from_their_twins_only_in_the_signal():
+    for name, spec in RECORDED_CASES.items():
+        assert spec_by_name(name) is spec
+    twin = dict(RECORDED_CASES["axial_1mm_3T_kspace"].parameters)
+    assert twin.pop("signal") == "kspace" and twin == spec_by_name("axial_1mm_3T").parameters
+    tilted = dict(RECORDED_CASES["tilted27_1mm_3T_kspace"].parameters)
+    assert tilted.pop("signal") == "kspace" and tilted == RECORDED_CASES["tilted27_1mm_3T"].parameters
 
 
 def test_benchmarks_tfi_field_row_scores_on_resharps_voxels_and_beats_it(small_case):

@@ -221,6 +221,56 @@ def _smooth_dipole_field(
     return _fft.crop(_fft.irfftn(spectrum, shape), chi.shape).astype(np.float32)
 
 
+def band_limited_samples(fine_signal: np.ndarray, supersample: int) -> np.ndarray:
+    """A fine-grid complex signal as a scanner records it on a grid ``supersample`` times coarser.
+
+    A scanner's voxel is not the mean of the signal over a box but the
+    inverse Fourier transform of the k-space samples within its band, so the
+    fine signal's spectrum is cropped to the coarse grid's band. Coarse voxel
+    ``j`` covers fine voxels ``s j`` to ``s j + s - 1``; the spectrum is
+    moved by ``(s - 1) / 2`` fine voxels (a phase ramp) so that the samples
+    lie at the voxels' centres, where block means of the fine grid (the
+    suite's truths) lie too. The spectrum is periodic: the fine box must hold
+    the whole object, or reach beyond the output grid by a margin.
+
+    Parameters
+    ----------
+    fine_signal : numpy.ndarray of complex, shape (s n0, s n1, ...)
+        The signal on the fine grid, ``s = supersample``.
+    supersample : int
+        Fine samples per coarse voxel and axis.
+
+    Returns
+    -------
+    numpy.ndarray of complex (the input's precision), shape (n0, n1, ...)
+        The band-limited signal at the coarse voxels' centres.
+
+    Examples
+    --------
+    A signal whose frequencies all lie within the coarse band comes back as
+    its values at the centres of the coarse voxels:
+
+    >>> import numpy as np
+    >>> x = np.arange(16)
+    >>> fine = np.exp(2j * np.pi * 3 * x / 16)
+    >>> coarse = band_limited_samples(fine, 2)
+    >>> bool(np.allclose(coarse, np.exp(2j * np.pi * 3 * (2 * np.arange(8) + 0.5) / 16)))
+    True
+    """
+    s = int(supersample)
+    if s < 1 or any(n % s for n in fine_signal.shape):
+        raise QSMInputError(f"A fine signal of shape {fine_signal.shape} is not a multiple of supersample={s}.")
+    coarse = tuple(n // s for n in fine_signal.shape)
+    spectrum = scipy.fft.fftn(fine_signal, workers=thread_count())
+    # the coarse band in fftfreq order: 0 .. up to Nyquist, then the negative frequencies (Nyquist among them)
+    band = spectrum[np.ix_(*[np.r_[0:(n + 1) // 2, s * n - n // 2:s * n] for n in coarse])]
+    del spectrum
+    for axis, n in enumerate(coarse):
+        ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * ((s - 1) / (2.0 * s)))
+        band *= ramp.astype(band.dtype).reshape([-1 if a == axis else 1 for a in range(band.ndim)])
+    return scipy.fft.ifftn(band, workers=thread_count(), overwrite_x=True) / band.dtype.type(s ** band.ndim)
+
+
 def _dirichlet(n: int, s: int) -> np.ndarray:
     """``sin(pi k s / n) / (s sin(pi k / n))`` for k = 0..n-1 (1 at k = 0), float32."""
     k = np.arange(n, dtype=np.float64)

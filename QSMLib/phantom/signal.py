@@ -91,6 +91,7 @@ def gre_signal(
     bipolar_error_rad: Optional[np.ndarray] = None,
     noise_sigma: float = 0.0,
     rng: Optional[np.random.Generator] = None,
+    signal_phase_rad: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multi-echo GRE magnitude and wrapped phase from amplitude and field.
 
@@ -111,6 +112,11 @@ def gre_signal(
         Standard deviation of the real and of the imaginary noise (0: none).
     rng : numpy.random.Generator, optional
         Noise source (required when ``noise_sigma > 0``).
+    signal_phase_rad : numpy.ndarray, shape (echo, n0, n1, n2), optional
+        Each echo's phase from the field, in place of ``2 pi f TE_n``: a
+        signal recorded in k-space, whose phase is not linear in TE where a
+        voxel holds several fields (``total_field_hz`` then sets only the
+        shape).
 
     Returns
     -------
@@ -124,7 +130,8 @@ def gre_signal(
     phase = np.empty_like(magnitude)
     two_pi = np.float32(2.0 * np.pi)
     for echo, te in enumerate(echo_times_s):
-        phi = total_field_hz * (two_pi * np.float32(te))
+        phi = (total_field_hz * (two_pi * np.float32(te)) if signal_phase_rad is None
+               else signal_phase_rad[echo].astype(np.float32, copy=True))
         if phase_offset_rad is not None:
             phi += phase_offset_rad
         if bipolar_error_rad is not None and echo % 2 == 1:
