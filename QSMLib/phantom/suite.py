@@ -274,12 +274,16 @@ HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 
 
 #: Heads recorded as a scanner records them: each echo's signal made on the fine grid and cropped in k-space
-#: (``signal="kspace"``, :func:`.realistic_scan.simulate_realistic_head`), against the suite's box-averaged
-#: voxels, with B0 along the grid's axis and 27 degrees off it (README, stop 44). Not in the suite's means yet:
-#: the defaults were chosen on box-averaged heads.
+#: (``signal="kspace"``, :func:`.realistic_scan.simulate_realistic_head`), each ``<name>_kspace`` against its
+#: box-averaged twin ``<name>``, among them ``axial_1mm_3T``'s head with B0 along the grid's axis and 27 degrees
+#: off it (README, stop 44). Not in the suite's means yet: the defaults were chosen on box-averaged heads.
 RECORDED_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("axial_1mm_3T_kspace", "realistic", "axial_1mm_3T's head and scan, its signal recorded in k-space",
              dict(CASES["axial_1mm_3T"].parameters, signal="kspace")),
+    CaseSpec("low_field_2mm_1p5T_kspace", "realistic", "low_field_2mm_1p5T, its signal recorded in k-space",
+             dict(CASES["low_field_2mm_1p5T"].parameters, signal="kspace")),
+    CaseSpec("bipolar_oblique_9echo_kspace", "realistic", "bipolar_oblique_9echo, its signal recorded in k-space",
+             dict(CASES["bipolar_oblique_9echo"].parameters, signal="kspace")),
     CaseSpec("tilted27_1mm_3T", "realistic", "axial_1mm_3T's head and scan, head and grid pitched 25 and rolled "
              "-10 deg (B0 27 deg off the grid's axis)",
              dict(CASES["axial_1mm_3T"].parameters, head_rotation_deg=(25.0, -10.0), slab_rotation_deg=(25.0, -10.0))),
