@@ -326,10 +326,12 @@ def simulate_realistic_head(
     crop = tuple(slice(m, m + n) for m, n in zip(margin, shape))
     chi_local_mean = np.zeros(box_shape, np.float32)
     chi_air_mean = np.zeros(box_shape, np.float32)
-    amplitude = np.zeros((echo_times.size, *box_shape), np.float32)
+    recorded = signal == "kspace"
+    # each echo's box-averaged amplitude (a signal recorded in k-space makes its own from the fine grid)
+    box_echo_times = () if recorded else echo_times
+    amplitude = np.zeros((len(box_echo_times), *box_shape), np.float32)
     m0_mean = np.zeros(box_shape, np.float32)
     r2_scale = np.float32(b0_tesla / 3.0)
-    recorded = signal == "kspace"
     # the fine grid's M0 and R2* (s^-1), for a signal recorded in k-space
     fine_m0 = np.empty_like(fine_air) if recorded else None
     fine_r2star = np.empty_like(fine_air) if recorded else None
@@ -352,7 +354,7 @@ def simulate_realistic_head(
         chi_local_mean[coarse] = block(sampled["chi_local_ppm"])
         chi_air_mean[coarse] = block(sampled["chi_air_ppm"])
         m0_mean[coarse] = block(sampled["m0"])
-        for echo, te in enumerate([] if recorded else echo_times):
+        for echo, te in enumerate(box_echo_times):
             amplitude[echo, coarse] = block(sampled["m0"] * np.exp(-sampled["r2star_3t"] * r2_scale * np.float32(te)))
     del sampled
 
@@ -378,12 +380,13 @@ def simulate_realistic_head(
     total_hz += shim
     background_hz = total_hz - local_hz
 
-    amplitude = np.ascontiguousarray(amplitude[(slice(None), *crop)])
     signal_phase = None
     if recorded:
         amplitude, signal_phase = _recorded_signal(fine_m0, fine_r2star, fine_field_hz, total_hz, echo_times, s,
                                                    crop)
         del fine_m0, fine_r2star, fine_field_hz
+    else:
+        amplitude = np.ascontiguousarray(amplitude[(slice(None), *crop)])
     if receive_bias:
         amplitude *= receive_bias_field(axes, float(receive_bias), np.random.default_rng([seed, 1]))
     if not recorded:
