@@ -226,7 +226,9 @@ def test_a_head_recorded_in_k_space_keeps_its_truths_magnitude_and_field():
         return float(np.sqrt(np.mean((error[deep] / (2 * np.pi * (second - first))) ** 2)))
 
     assert field_error_hz(box) < 1e-3
-    assert 0.5 < field_error_hz(recorded) < 1.7  # measured 1.49 Hz RMS at 3 mm (the field spans about 200 Hz)
+    # measured 1.30 Hz RMS at 3 mm (the field spans about 200 Hz); 1.49 Hz when the brain's local
+    # susceptibility was counted twice in the fine field
+    assert 0.9 < field_error_hz(recorded) < 1.4
     with pytest.raises(QSMInputError, match="signal must be"):
         simulate_realistic_head(**parameters, signal="sinc")
 

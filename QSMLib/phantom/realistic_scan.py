@@ -284,8 +284,8 @@ def simulate_realistic_head(
         output grid. The signal then rings at bright edges and its voxels
         hold a sinc's partial volumes, as measured data do; the truths stay
         block means. Measured on ``axial_1mm_3T``'s head (whole default
-        pipeline, chi NRMSE): 18.3 % from ``"box"``, 26.0 % from
-        ``"kspace"`` (:data:`.suite.RECORDED_CASES`; README, stop 44).
+        pipeline, chi NRMSE): 18.3 % from ``"box"``, 21.6 % from
+        ``"kspace"`` (:data:`.suite.RECORDED_CASES`; README, stop 45).
 
     Returns
     -------
@@ -362,7 +362,7 @@ def simulate_realistic_head(
                                                pad_factor=pad_factor)
     fine_field_hz = None
     if recorded:
-        fine_air += fine_local
+        # chi relative to air already holds the brain's local susceptibility
         fine_field_hz = ppm_to_hz(forward_field(fine_air, [v / s for v in voxel], b0_direction,
                                                 pad_factor=pad_factor), b0_tesla)
     del fine_air, fine_local
