@@ -282,10 +282,12 @@ def simulate_realistic_head(
         to the output's band (:func:`.forward.band_limited_samples`); the
         field beyond the fine box and the shim, smooth, are added on the
         output grid. The signal then rings at bright edges and its voxels
-        hold a sinc's partial volumes, as measured data do; the truths stay
+        hold a sinc's partial volumes, as measured data do. The truth
+        ``chi_ppm`` is the fine susceptibility band-limited the same way
+        (its voxels hold the same partial volumes); the fields' truths stay
         block means. Measured on ``axial_1mm_3T``'s head (whole default
         pipeline, chi NRMSE): 18.3 % from ``"box"``, 21.6 % from
-        ``"kspace"`` (:data:`.suite.RECORDED_CASES`; README, stop 45).
+        ``"kspace"`` (:data:`.suite.CASES` against :data:`.suite.TWIN_CASES`; README, stop 45).
 
     Returns
     -------
@@ -362,6 +364,8 @@ def simulate_realistic_head(
                                                pad_factor=pad_factor)
     fine_field_hz = None
     if recorded:
+        # recorded data carry the susceptibility's band, no more: its truth is band-limited the same way
+        chi_local_mean = band_limited_samples(fine_local.astype(np.complex64), s).real.astype(np.float32)
         # chi relative to air already holds the brain's local susceptibility
         fine_field_hz = ppm_to_hz(forward_field(fine_air, [v / s for v in voxel], b0_direction,
                                                 pad_factor=pad_factor), b0_tesla)

@@ -4,8 +4,11 @@ Three kinds of case:
 
 - ``realistic``: the realistic head (:mod:`.realistic`) through our forward
   model (:func:`.realistic_scan.simulate_realistic_head`): supersampled
-  field, shim, dephasing, phase offset, bipolar error, noise (in
-  :data:`RECORDED_CASES` the signal is recorded in k-space instead).
+  field, shim, dephasing, phase offset, bipolar error, noise. The heads
+  of :data:`CASES`, :data:`WARPED_CASES` and :data:`HELDOUT_CASES` record
+  each echo's signal in k-space (``signal="kspace"``, since stop 45); the
+  box-averaged twins of the first two are in :data:`TWIN_CASES`; the slabs
+  of :data:`SLAB_CASES` and the small test heads are box-averaged.
 - ``qsm_forward``: the same anatomy through the independent forward model of
   the ``qsm-forward`` package (Stewart et al.; its dipole kernel, padding,
   Legendre shim, phase offset, SPGR signal with R1, peak-SNR noise and
@@ -15,7 +18,9 @@ Three kinds of case:
 
 Every realistic case's truths: ``chi_ppm`` (relative to CSF, brain only),
 total and local field (Hz), brain mask, labels with names (deep grey matter
-left and right). Cases are cached on disk keyed by their parameters and the
+left and right). The truths are means over each output voxel, except chi
+where the signal is cropped in k-space: it is band-limited as the signal
+is. Cases are cached on disk keyed by their parameters and the
 code that made them (:func:`load_case`).
 """
 
@@ -33,6 +38,7 @@ import numpy as np
 from .._version import __version__
 from ..acquisition import MultiEchoGRE
 from ..errors import QSMInputError
+from .forward import band_limited_samples
 from .realistic import (
     _BRAIN_LABEL_MAX,
     REALISTIC_DEEP_GREY_MATTER,
@@ -62,25 +68,25 @@ def _echoes(first_ms: float, spacing_ms: float, count: int) -> tuple[float, ...]
 #: The suite (at least 8 cases with ground truth, voxel 0.7-2 mm, 1.5/3/7 T, 3-9 echoes, SNR 20-200).
 CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("axial_1mm_3T", "realistic", "1 mm, 3 T, 5 echoes 4-20 ms, SNR 100, axial, monopolar",
-             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 4, 5), snr=100.0, seed=1)),
     CaseSpec("low_field_2mm_1p5T", "realistic", "2 mm, 1.5 T, 4 echoes 10-40 ms, SNR 50, axial",
-             dict(voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
+             dict(signal="kspace", voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
                   echo_times_s=_echoes(10, 10, 4), snr=50.0, seed=2)),
     CaseSpec("slab_0p7mm_7T", "realistic", "0.7 mm, 7 T, 4 echoes 4-16 ms, SNR 60, 42 mm axial slab through "
-             "the basal ganglia", dict(voxel_size_mm=(0.7, 0.7, 0.7), fov_mm=(168.0, 201.6, 42.0), b0_tesla=7.0,
-                                       centre_mni=(0.0, -12.0, 2.0), echo_times_s=_echoes(4, 4, 4), snr=60.0,
-                                       seed=3)),
+             "the basal ganglia", dict(signal="kspace", voxel_size_mm=(0.7, 0.7, 0.7), fov_mm=(168.0, 201.6, 42.0),
+                                       b0_tesla=7.0, centre_mni=(0.0, -12.0, 2.0), echo_times_s=_echoes(4, 4, 4),
+                                       snr=60.0, seed=3)),
     CaseSpec("bipolar_oblique_9echo", "realistic", "1 mm, 3 T, 9 echoes 4-36 ms bipolar, 15 deg oblique slab, "
              "SNR 80 (the seed protocol)",
-             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 4, 9), snr=80.0, bipolar=True, slab_rotation_deg=(15.0, 0.0), seed=4)),
     CaseSpec("noisy_1p5mm_3echo", "realistic", "1.5 mm, 3 T, 3 echoes 5-15 ms, SNR 20, axial",
-             dict(voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
                   echo_times_s=_echoes(5, 5, 3), snr=20.0, seed=5)),
     CaseSpec("aniso_tilted_1x1x2", "realistic", "1 x 1 x 2 mm, 3 T, 6 echoes 3-28 ms, head tilted 20 deg "
              "(pitch) and 10 deg (roll), SNR 200",
-             dict(voxel_size_mm=(1.0, 1.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(3, 5, 6), snr=200.0, head_rotation_deg=(20.0, 10.0),
                   slab_rotation_deg=(20.0, 10.0), seed=6)),
     CaseSpec("qsmforward_1p06mm_2p89T", "qsm_forward", "qsm-forward: 1.06 mm, 2.89 T, 5 echoes 4-24 ms, peak "
@@ -128,28 +134,28 @@ SMALL_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 WARPED_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("warped_1mm_3T_a", "realistic", "another subject (warp 101: 3 mm RMS, larger, rotated 6/-4 deg), "
              "1 mm, 3 T, 5 echoes 4-20 ms, SNR 100, head tilted 8 deg, receive bias 30 %",
-             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 4, 5), snr=100.0, head_rotation_deg=(8.0, 0.0),
                   slab_rotation_deg=(8.0, 0.0), seed=21, receive_bias=0.3,
                   anatomy_warp=dict(seed=101, displacement_mm=3.0, scale=(1.05, 1.03, 0.97),
                                     rotation_deg=(6.0, -4.0), shift_mm=(2.0, -3.0, 4.0)))),
     CaseSpec("warped_1mm_3T_b", "realistic", "another subject (warp 102: 3.5 mm RMS, smaller), 1 mm, 3 T, "
              "9 echoes 4-36 ms bipolar, 15 deg oblique slab, SNR 80, receive bias 40 %",
-             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 4, 9), snr=80.0, bipolar=True, slab_rotation_deg=(15.0, 0.0), seed=22,
                   receive_bias=0.4,
                   anatomy_warp=dict(seed=102, displacement_mm=3.5, scale=(0.94, 0.96, 0.98),
                                     rotation_deg=(-5.0, 3.0), shift_mm=(-3.0, 2.0, -2.0)))),
     CaseSpec("warped_1p5mm_3T_c", "realistic", "another subject (warp 103: 3 mm RMS, wide and short), 1.5 mm, "
              "3 T, 4 echoes 5-20 ms, SNR 50, head tilted 15/8 deg, receive bias 30 %",
-             dict(voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
                   echo_times_s=_echoes(5, 5, 4), snr=50.0, head_rotation_deg=(15.0, 8.0),
                   slab_rotation_deg=(15.0, 8.0), seed=23, receive_bias=0.3,
                   anatomy_warp=dict(seed=103, displacement_mm=3.0, scale=(1.07, 0.98, 0.94),
                                     rotation_deg=(-8.0, 5.0), shift_mm=(4.0, 5.0, -5.0)))),
     CaseSpec("warped_2mm_1p5T_d", "realistic", "another subject (warp 104: 4 mm RMS), 2 mm, 1.5 T, 4 echoes "
              "10-40 ms, SNR 50, receive bias 20 %",
-             dict(voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
+             dict(signal="kspace", voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
                   echo_times_s=_echoes(10, 10, 4), snr=50.0, seed=24, receive_bias=0.2,
                   anatomy_warp=dict(seed=104, displacement_mm=4.0, scale=(0.97, 1.05, 1.04),
                                     rotation_deg=(4.0, 6.0), shift_mm=(-2.0, -4.0, 3.0)))),
@@ -241,26 +247,26 @@ SLAB_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("heldout_1p2mm_3T_7echo_bipolar", "realistic", "another subject (warp 201: 3.5 mm RMS), 1.2 mm, 3 T, "
              "7 echoes 3.5-31.1 ms bipolar, SNR 60, head tilted 10/-6 deg, receive bias 35 %",
-             dict(voxel_size_mm=(1.2, 1.2, 1.2), fov_mm=(192.0, 228.0, 180.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.2, 1.2, 1.2), fov_mm=(192.0, 228.0, 180.0), b0_tesla=3.0,
                   echo_times_s=_echoes(3.5, 4.6, 7), snr=60.0, bipolar=True, head_rotation_deg=(10.0, -6.0),
                   slab_rotation_deg=(10.0, -6.0), seed=41, receive_bias=0.35,
                   anatomy_warp=dict(seed=201, displacement_mm=3.5, scale=(1.02, 0.95, 1.03),
                                     rotation_deg=(3.0, 7.0), shift_mm=(1.0, -2.0, 2.0)))),
     CaseSpec("heldout_0p9mm_7T", "realistic", "another subject (warp 202: 4 mm RMS, smaller), 0.9 mm, 7 T, 5 echoes "
              "3-17 ms, SNR 50, receive bias 50 %",
-             dict(voxel_size_mm=(0.9, 0.9, 0.9), fov_mm=(180.0, 216.0, 162.0), b0_tesla=7.0,
+             dict(signal="kspace", voxel_size_mm=(0.9, 0.9, 0.9), fov_mm=(180.0, 216.0, 162.0), b0_tesla=7.0,
                   echo_times_s=_echoes(3, 3.5, 5), snr=50.0, seed=42, receive_bias=0.5,
                   anatomy_warp=dict(seed=202, displacement_mm=4.0, scale=(0.95, 0.97, 1.01),
                                     rotation_deg=(-4.0, 4.0), shift_mm=(2.0, 1.0, -1.0)))),
     CaseSpec("heldout_1p5mm_1p5T_5echo", "realistic", "another subject (warp 203: 3 mm RMS), 1.5 mm, 1.5 T, 5 echoes "
              "6-38 ms, SNR 40, receive bias 25 %",
-             dict(voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=1.5,
+             dict(signal="kspace", voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=1.5,
                   echo_times_s=_echoes(6, 8, 5), snr=40.0, seed=43, receive_bias=0.25,
                   anatomy_warp=dict(seed=203, displacement_mm=3.0, scale=(0.96, 1.04, 0.99),
                                     rotation_deg=(-6.0, -2.0), shift_mm=(-2.0, 3.0, 1.0)))),
     CaseSpec("heldout_slab56mm_oblique_bipolar", "realistic", "another subject (warp 204: 3 mm RMS), 1 mm, 3 T, "
              "9 echoes 4-36 ms bipolar, SNR 70, 56 mm slab 15 deg oblique, receive bias 30 %",
-             dict(voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 56.0), b0_tesla=3.0,
+             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 56.0), b0_tesla=3.0,
                   centre_mni=(0.0, -14.0, 2.0), echo_times_s=_echoes(4, 4, 9), snr=70.0, bipolar=True,
                   slab_rotation_deg=(15.0, 0.0), seed=44, receive_bias=0.3,
                   anatomy_warp=dict(seed=204, displacement_mm=3.0, scale=(1.03, 1.0, 0.96),
@@ -273,30 +279,27 @@ HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 )}
 
 
-#: Heads recorded as a scanner records them: each echo's signal made on the fine grid and cropped in k-space
-#: (``signal="kspace"``, :func:`.realistic_scan.simulate_realistic_head`), each ``<name>_kspace`` against its
-#: box-averaged twin ``<name>``, among them ``axial_1mm_3T``'s head with B0 along the grid's axis and 27 degrees
-#: off it (README, stop 44). Not in the suite's means yet: the defaults were chosen on box-averaged heads.
-RECORDED_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
-    CaseSpec("axial_1mm_3T_kspace", "realistic", "axial_1mm_3T's head and scan, its signal recorded in k-space",
-             dict(CASES["axial_1mm_3T"].parameters, signal="kspace")),
-    CaseSpec("low_field_2mm_1p5T_kspace", "realistic", "low_field_2mm_1p5T, its signal recorded in k-space",
-             dict(CASES["low_field_2mm_1p5T"].parameters, signal="kspace")),
-    CaseSpec("bipolar_oblique_9echo_kspace", "realistic", "bipolar_oblique_9echo, its signal recorded in k-space",
-             dict(CASES["bipolar_oblique_9echo"].parameters, signal="kspace")),
+#: Twins for comparisons: each of the suite's own-simulator heads (:data:`CASES`, :data:`WARPED_CASES`, recorded in
+#: k-space) box-averaged as the suite's heads were before stop 45, ``<name>_box``; and ``axial_1mm_3T``'s head with
+#: B0 27 degrees off the grid's axis, ``tilted27_1mm_3T``, and its box-averaged twin (README, stops 44 and 45).
+_TILTED27 = dict(CASES["axial_1mm_3T"].parameters, head_rotation_deg=(25.0, -10.0), slab_rotation_deg=(25.0, -10.0))
+TWIN_CASES: dict[str, CaseSpec] = {
+    f"{spec.name}_box": CaseSpec(f"{spec.name}_box", "realistic", f"{spec.name}, its voxels box averages of the fine "
+                                 "grid's signal", dict(spec.parameters, signal="box"))
+    for table in (CASES, WARPED_CASES) for spec in table.values() if spec.parameters.get("signal") == "kspace"
+}
+TWIN_CASES.update({spec.name: spec for spec in (
     CaseSpec("tilted27_1mm_3T", "realistic", "axial_1mm_3T's head and scan, head and grid pitched 25 and rolled "
-             "-10 deg (B0 27 deg off the grid's axis)",
-             dict(CASES["axial_1mm_3T"].parameters, head_rotation_deg=(25.0, -10.0), slab_rotation_deg=(25.0, -10.0))),
-    CaseSpec("tilted27_1mm_3T_kspace", "realistic", "tilted27_1mm_3T, its signal recorded in k-space",
-             dict(CASES["axial_1mm_3T"].parameters, head_rotation_deg=(25.0, -10.0), slab_rotation_deg=(25.0, -10.0),
-                  signal="kspace")),
-)}
+             "-10 deg (B0 27 deg off the grid's axis)", _TILTED27),
+    CaseSpec("tilted27_1mm_3T_box", "realistic", "tilted27_1mm_3T, its voxels box averages of the fine grid's signal",
+             dict(_TILTED27, signal="box")),
+)})
 
 
 def spec_by_name(name: str) -> CaseSpec:
     """The case of that name in any of the tables (:data:`CASES`, :data:`SMALL_CASES`, :data:`WARPED_CASES`,
-    :data:`SLAB_CASES`, :data:`HELDOUT_CASES`, :data:`RECORDED_CASES`)."""
-    tables = (CASES, SMALL_CASES, WARPED_CASES, SLAB_CASES, HELDOUT_CASES, RECORDED_CASES)
+    :data:`SLAB_CASES`, :data:`HELDOUT_CASES`, :data:`TWIN_CASES`)."""
+    tables = (CASES, SMALL_CASES, WARPED_CASES, SLAB_CASES, HELDOUT_CASES, TWIN_CASES)
     for table in tables:
         if name in table:
             return table[name]
@@ -529,7 +532,10 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
         phase.append(np.angle(signal).astype(np.float32))
     total_hz = _block_mean((shimmed_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
     local_hz = _block_mean((local_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
-    chi = np.where(brain_output, _block_mean(maps["chi_local_ppm"], factor), 0.0).astype(np.float32)
+    # a signal cropped in k-space carries chi's band, no more: its truth is band-limited the same way
+    chi_output = (band_limited_samples(maps["chi_local_ppm"].astype(np.complex64), factor).real if factor > 1
+                  else maps["chi_local_ppm"])
+    chi = np.where(brain_output, chi_output, 0.0).astype(np.float32)
     affine = np.eye(4)
     affine[:3, :3] = tilt.T * output_voxel
     affine[:3, 3] = -tilt.T @ (output_voxel * (np.asarray(output_shape) - 1) / 2.0)
