@@ -119,7 +119,9 @@ EDGE_LAMBDA_FACTOR = 1.5
 #: (worst 10.3 / 10.6 / 10.8), HFEN 18.30 / 19.29 / 20.23 %, XSIM 0.703 / 0.677 / 0.648; 0.1 lowered NRMSE on 13
 #: heads, the textured one equal. At 3 mm 0.1 was worse on two of three test heads (the project's piecewise-constant
 #: phantom 38.9 -> 49.5 %, the small_axial crop 56.9 -> 57.8 %; small_qsmforward 42.6 -> 40.2 %): a tissue border
-#: takes a larger share of coarser voxels. SS-TV alone (the fast preset) keeps 0.15.
+#: takes a larger share of coarser voxels. SS-TV alone (the fast preset) keeps 0.15. Stop 45, the suite recorded in
+#: k-space, 0.025 / 0.05 / 0.1: 27.14 / 26.80 / 27.47 % mean (worst 37.15 / 37.14 / 38.12 %), 6.66 / 6.40 / 6.38 ppb;
+#: 0.05 lost on both heads with in-vivo-like texture (26.01 -> 27.02 %, held-out 30.89 -> 31.42 %), so 0.1 stays.
 EDGE_FRACTIONS = ((2.0, 0.1), (3.0, 0.15))
 #: Share (about; the edge weight is a ramp) of a first estimate's chi gradient components whose edges a second
 #: pass leaves free too (:func:`~QSMLib.inversion._regularization.estimate_edges`); 0 runs one pass.
