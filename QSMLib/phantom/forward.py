@@ -235,14 +235,15 @@ def band_limited_samples(fine_signal: np.ndarray, supersample: int) -> np.ndarra
 
     Parameters
     ----------
-    fine_signal : numpy.ndarray of complex, shape (s n0, s n1, ...)
-        The signal on the fine grid, ``s = supersample``.
+    fine_signal : numpy.ndarray of complex or float, shape (s n0, s n1, ...)
+        The signal on the fine grid, ``s = supersample`` (a real map, such
+        as a susceptibility, comes back real).
     supersample : int
         Fine samples per coarse voxel and axis.
 
     Returns
     -------
-    numpy.ndarray of complex (the input's precision), shape (n0, n1, ...)
+    numpy.ndarray of complex, or float for a real input (the input's precision), shape (n0, n1, ...)
         The band-limited signal at the coarse voxels' centres.
 
     Examples
@@ -268,7 +269,8 @@ def band_limited_samples(fine_signal: np.ndarray, supersample: int) -> np.ndarra
     for axis, n in enumerate(coarse):
         ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * ((s - 1) / (2.0 * s)))
         band *= ramp.astype(band.dtype).reshape([-1 if a == axis else 1 for a in range(band.ndim)])
-    return scipy.fft.ifftn(band, workers=thread_count(), overwrite_x=True) / band.dtype.type(s ** band.ndim)
+    samples = scipy.fft.ifftn(band, workers=thread_count(), overwrite_x=True) / band.dtype.type(s ** band.ndim)
+    return samples if np.iscomplexobj(fine_signal) else samples.real
 
 
 def _dirichlet(n: int, s: int) -> np.ndarray:

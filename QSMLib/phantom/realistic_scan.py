@@ -326,7 +326,8 @@ def simulate_realistic_head(
     fine_air = np.empty(tuple(s * n for n in box_shape), np.float32)
     fine_local = np.empty_like(fine_air)
     crop = tuple(slice(m, m + n) for m, n in zip(margin, shape))
-    chi_local_mean = np.zeros(box_shape, np.float32)
+    # the chi truth: block means, or (recorded) the fine chi band-limited after the loop
+    chi_truth = np.zeros(box_shape, np.float32)
     chi_air_mean = np.zeros(box_shape, np.float32)
     recorded = signal == "kspace"
     # each echo's box-averaged amplitude (a signal recorded in k-space makes its own from the fine grid)
@@ -353,7 +354,8 @@ def simulate_realistic_head(
             n0, n1, n2 = (k // s for k in values.shape)
             return values.reshape(n0, s, n1, s, n2, s).mean(axis=(1, 3, 5), dtype=np.float32)
 
-        chi_local_mean[coarse] = block(sampled["chi_local_ppm"])
+        if not recorded:
+            chi_truth[coarse] = block(sampled["chi_local_ppm"])
         chi_air_mean[coarse] = block(sampled["chi_air_ppm"])
         m0_mean[coarse] = block(sampled["m0"])
         for echo, te in enumerate(box_echo_times):
@@ -365,7 +367,7 @@ def simulate_realistic_head(
     fine_field_hz = None
     if recorded:
         # recorded data carry the susceptibility's band, no more: its truth is band-limited the same way
-        chi_local_mean = band_limited_samples(fine_local.astype(np.complex64), s).real.astype(np.float32)
+        chi_truth = band_limited_samples(fine_local, s)
         # chi relative to air already holds the brain's local susceptibility
         fine_field_hz = ppm_to_hz(forward_field(fine_air, [v / s for v in voxel], b0_direction,
                                                 pad_factor=pad_factor), b0_tesla)
@@ -379,7 +381,7 @@ def simulate_realistic_head(
     axes = [((np.arange(n) - (n - 1) / 2.0) * v) for n, v in zip(shape, voxel)]
     labels = _labels_at_centres(model, axes, grid_to_mni, centre, lesions)
     brain_mask = (labels > 0) & (labels <= _BRAIN_LABEL_MAX)
-    chi_relative = np.where(brain_mask, chi_local_mean[crop], 0.0).astype(np.float32)
+    chi_relative = np.where(brain_mask, chi_truth[crop], 0.0).astype(np.float32)
     shim = np.zeros(shape, np.float32) if shim_order is None else shim_field(total_hz, brain_mask, axes, shim_order)
     total_hz += shim
     background_hz = total_hz - local_hz

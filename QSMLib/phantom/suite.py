@@ -533,7 +533,7 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
     total_hz = _block_mean((shimmed_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
     local_hz = _block_mean((local_ppm * b0 * gamma_hz_per_ppm_tesla).astype(np.float32), factor)
     # a signal cropped in k-space carries chi's band, no more: its truth is band-limited the same way
-    chi_output = (band_limited_samples(maps["chi_local_ppm"].astype(np.complex64), factor).real if factor > 1
+    chi_output = (band_limited_samples(maps["chi_local_ppm"], factor) if factor > 1
                   else maps["chi_local_ppm"])
     chi = np.where(brain_output, chi_output, 0.0).astype(np.float32)
     affine = np.eye(4)
