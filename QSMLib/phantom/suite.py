@@ -31,7 +31,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from .realistic import (
     realistic_model,
     rotation_about_axes,
 )
-from .realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head
+from .realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head, tissue_texture
 
 _ms = 1e-3
 
@@ -133,29 +133,33 @@ SMALL_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 #: Each warp has its own seed, size (scale), orientation and shape; every value is drawn by hand once.
 WARPED_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("warped_1mm_3T_a", "realistic", "another subject (warp 101: 3 mm RMS, larger, rotated 6/-4 deg), "
-             "1 mm, 3 T, 5 echoes 4-20 ms, SNR 100, head tilted 8 deg, receive bias 30 %",
-             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             "1 mm, 3 T, 5 echoes 4-20 ms, SNR 100, head tilted 8 deg, receive bias 30 %, texture 15 ppb SD",
+             dict(signal="kspace", texture_ppb=15.0, voxel_size_mm=(1.0, 1.0, 1.0),
+                  fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 4, 5), snr=100.0, head_rotation_deg=(8.0, 0.0),
                   slab_rotation_deg=(8.0, 0.0), seed=21, receive_bias=0.3,
                   anatomy_warp=dict(seed=101, displacement_mm=3.0, scale=(1.05, 1.03, 0.97),
                                     rotation_deg=(6.0, -4.0), shift_mm=(2.0, -3.0, 4.0)))),
     CaseSpec("warped_1mm_3T_b", "realistic", "another subject (warp 102: 3.5 mm RMS, smaller), 1 mm, 3 T, "
-             "9 echoes 4-36 ms bipolar, 15 deg oblique slab, SNR 80, receive bias 40 %",
-             dict(signal="kspace", voxel_size_mm=(1.0, 1.0, 1.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
+             "9 echoes 4-36 ms bipolar, 15 deg oblique slab, SNR 80, receive bias 40 %, texture 20 ppb SD",
+             dict(signal="kspace", texture_ppb=20.0, voxel_size_mm=(1.0, 1.0, 1.0),
+                  fov_mm=(192.0, 224.0, 176.0), b0_tesla=3.0,
                   echo_times_s=_echoes(4, 4, 9), snr=80.0, bipolar=True, slab_rotation_deg=(15.0, 0.0), seed=22,
                   receive_bias=0.4,
                   anatomy_warp=dict(seed=102, displacement_mm=3.5, scale=(0.94, 0.96, 0.98),
                                     rotation_deg=(-5.0, 3.0), shift_mm=(-3.0, 2.0, -2.0)))),
     CaseSpec("warped_1p5mm_3T_c", "realistic", "another subject (warp 103: 3 mm RMS, wide and short), 1.5 mm, "
-             "3 T, 4 echoes 5-20 ms, SNR 50, head tilted 15/8 deg, receive bias 30 %",
-             dict(signal="kspace", voxel_size_mm=(1.5, 1.5, 1.5), fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
+             "3 T, 4 echoes 5-20 ms, SNR 50, head tilted 15/8 deg, receive bias 30 %, texture 15 ppb SD",
+             dict(signal="kspace", texture_ppb=15.0, voxel_size_mm=(1.5, 1.5, 1.5),
+                  fov_mm=(192.0, 225.0, 177.0), b0_tesla=3.0,
                   echo_times_s=_echoes(5, 5, 4), snr=50.0, head_rotation_deg=(15.0, 8.0),
                   slab_rotation_deg=(15.0, 8.0), seed=23, receive_bias=0.3,
                   anatomy_warp=dict(seed=103, displacement_mm=3.0, scale=(1.07, 0.98, 0.94),
                                     rotation_deg=(-8.0, 5.0), shift_mm=(4.0, 5.0, -5.0)))),
     CaseSpec("warped_2mm_1p5T_d", "realistic", "another subject (warp 104: 4 mm RMS), 2 mm, 1.5 T, 4 echoes "
-             "10-40 ms, SNR 50, receive bias 20 %",
-             dict(signal="kspace", voxel_size_mm=(2.0, 2.0, 2.0), fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
+             "10-40 ms, SNR 50, receive bias 20 %, texture 20 ppb SD",
+             dict(signal="kspace", texture_ppb=20.0, voxel_size_mm=(2.0, 2.0, 2.0),
+                  fov_mm=(192.0, 224.0, 176.0), b0_tesla=1.5,
                   echo_times_s=_echoes(10, 10, 4), snr=50.0, seed=24, receive_bias=0.2,
                   anatomy_warp=dict(seed=104, displacement_mm=4.0, scale=(0.97, 1.05, 1.04),
                                     rotation_deg=(4.0, 6.0), shift_mm=(-2.0, -4.0, 3.0)))),
@@ -420,46 +424,6 @@ def _shift_to_block_centres(signal: np.ndarray, factor: int) -> np.ndarray:
         ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * shift).astype(spectrum.dtype)
         spectrum *= ramp.reshape([-1 if a == axis else 1 for a in range(signal.ndim)])
     return np.fft.ifftn(spectrum)
-
-
-#: MNI box (mm: lower corner, size) and spacing of :func:`tissue_texture`'s random field.
-_TEXTURE_BOX_MM = ((-100.0, -130.0, -90.0), (200.0, 240.0, 200.0))
-_TEXTURE_STEP_MM = 0.75
-
-
-def tissue_texture(seed: int, sd_ppb: float) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
-    """Random susceptibility texture fixed in MNI space: what a piecewise-smooth model lacks.
-
-    In-vivo susceptibility maps vary within every tissue (fibre orientation,
-    myelin, iron, small vessels) where the realistic model is smooth; that
-    variation makes a total variation prior nearly blind to smooth errors
-    added to it. The texture is white noise smoothed at 1, 2.5 and 5 mm
-    (equal parts), scaled to ``sd_ppb`` (ppb) standard deviation, on a
-    0.75 mm MNI grid; positions are interpolated linearly, so every chunk
-    and grid of a case sees the same texture.
-
-    Returns
-    -------
-    callable
-        ``texture(points)``: ppm at MNI points ``(x, y, z)`` (arrays that
-        broadcast, as :func:`.realistic_scan.grid_points` gives them).
-    """
-    from scipy import ndimage
-
-    lower, size = (np.asarray(v) for v in _TEXTURE_BOX_MM)
-    # a stream of its own (the case's noise draws from default_rng(seed))
-    white = np.random.default_rng([seed, 1]).standard_normal(
-        tuple(int(n) for n in size / _TEXTURE_STEP_MM)).astype(np.float32)
-    field = sum(ndimage.gaussian_filter(white, sigma_mm / _TEXTURE_STEP_MM) for sigma_mm in (1.0, 2.5, 5.0))
-    del white
-    field *= np.float32(sd_ppb * 1e-3 / field.std())
-
-    def texture(points: Sequence[np.ndarray]) -> np.ndarray:
-        shape = np.broadcast_shapes(*(np.shape(p) for p in points))
-        coordinates = [(np.broadcast_to(p, shape) - lower[i]) / _TEXTURE_STEP_MM for i, p in enumerate(points)]
-        return ndimage.map_coordinates(field, coordinates, order=1, mode="nearest").astype(np.float32)
-
-    return texture
 
 
 def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
