@@ -127,7 +127,8 @@ def test_automatic_lambda_lands_near_the_best_fixed_lambda(case, field, method):
 
 
 #: TFI chi NRMSE (%) from the exact total field on its valid mask (the mask less its outer 3 mm voxel layer),
-#: measured small_axial 57.6 since stop 40, the shell beyond its cut faces along B0 72 mm thick (chosen on seven
+#: measured small_axial 56.3 and small_qsmforward 36.3 since stop 46 (TFI's lambda 1.3x linear TV's rule); 57.6
+#: and 36.8 at 1.8x since stop 40, the shell beyond its cut faces along B0 72 mm thick (chosen on seven
 #: 0.7-1.06 mm slabs, see README; a crop cut along B0: TFI alone), 55.1 at stop 39 with 48 mm, TFI's lambda 1.8x
 #: linear TV's rule (54.8 at 1.5x; 53.7 before stop 38, when the second pass's TFI solve stopped after one
 #: iteration and changed nothing;
@@ -135,7 +136,7 @@ def test_automatic_lambda_lands_near_the_best_fixed_lambda(case, field, method):
 #: SMV solve (36.4 at 1.5x, 40.1 before stop 38; TFI's fine
 #: share 0.73 there; 41.2 at stop 32, the plain average; 48.8 TFI alone, without MERIT 61.8 / 51.5 before
 #: that); the best chain there (iSMV + TV) measured 66.1 / 57.0.
-TFI_BOUNDS = {"small_axial": 58.0, "small_qsmforward": 37.5}
+TFI_BOUNDS = {"small_axial": 57.0, "small_qsmforward": 37.0}
 
 
 def test_total_field_inversion_from_the_exact_total_field(case):
@@ -143,7 +144,7 @@ def test_total_field_inversion_from_the_exact_total_field(case):
     region = result.mask & case.brain_mask
     assert region.sum() > 0.85 * case.brain_mask.sum() and not np.any(result.chi_ppm[~result.mask])
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < TFI_BOUNDS[case.spec.name]
-    assert result.parameters["regularization_rule"] == "noise-proportional x1.8"
+    assert result.parameters["regularization_rule"] == "noise-proportional x1.3"
 
 
 #: TFI from the exact total field with B0 17 degrees oblique to the grid, chi NRMSE (%) on its valid mask.
@@ -218,11 +219,12 @@ def _worst_roi_ppb_and_slope(chi, case, region):
 
 #: TFI (one pass: the second, with chi's own edges, frees nuclei's borders either way) from the exact total
 #: field without / with the magnitude's edges (edge_fraction 0.15), worst deep grey matter ROI error (ppb) and
-#: ROI slope: small_axial 36.1 / 17.7 ppb, 0.888 / 0.939 since stop 39, TFI's lambda 1.8x linear TV's rule (34.5 /
+#: ROI slope: small_axial 30.4 / 14.5 ppb, 0.913 / 0.958 and small_qsmforward 13.1 / 6.3 ppb, 0.943 / 0.986 since
+#: stop 46, TFI's lambda 1.3x linear TV's rule; small_axial 36.1 / 17.7 ppb, 0.888 / 0.939 at 1.8x (34.5 /
 #: 16.3 ppb, 0.893 / 0.937 at 1.5x; 33.6 / 24.4 ppb before the thicker shell beyond its cut faces along B0);
 #: small_qsmforward, averaged with the single-step solve, 20.3 / 5.9 ppb, 0.919 / 0.980 (15.5 / 6.1 ppb, 0.934 /
 #: 0.984 at 1.5x; TFI alone 17.0 / 11.4 ppb, 0.927 / 1.001, at stop 32).
-TFI_EDGE_ROI_BOUNDS = {"small_axial": 18.5, "small_qsmforward": 7.0}
+TFI_EDGE_ROI_BOUNDS = {"small_axial": 15.5, "small_qsmforward": 7.0}
 
 
 def test_the_magnitudes_edges_keep_the_contrast_of_the_deep_grey_matter(case):
@@ -235,7 +237,7 @@ def test_the_magnitudes_edges_keep_the_contrast_of_the_deep_grey_matter(case):
         scores[magnitude is not None] = *_worst_roi_ppb_and_slope(result.chi_ppm, case, region), result.parameters
     (plain_ppb, plain_slope, plain), (edges_ppb, edges_slope, edges) = scores[False], scores[True]
     assert plain["edge_fraction"] == 0.0 and edges["edge_fraction"] == 0.15
-    assert edges["regularization_rule"] == "noise-proportional x2.7"
+    assert edges["regularization_rule"] == "noise-proportional x1.95"
     assert edges_ppb < min(plain_ppb, TFI_EDGE_ROI_BOUNDS[case.spec.name])
     assert abs(1.0 - edges_slope) < abs(1.0 - plain_slope)
 
@@ -302,8 +304,9 @@ def test_merit_keeps_field_errors_at_the_mask_edge_out_of_the_map(case):
 def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast(warped_head):
     """TFI's second pass also leaves the first estimate's edges free (``chi_edge_fraction``). Whole pipeline on
     the small warped head (another subject, 3 mm, whole head), the default against one pass: measured chi NRMSE
-    45.25 against 47.22 %, worst deep grey matter ROI error 8.7 against 22.3 ppb, ROI slope 0.950 against 0.854
-    since stop 42, whose automatic mask drops the face (47.49 / 49.71 %, 15.4 / 28.6 ppb, 0.936 / 0.824
+    44.61 against 46.10 %, worst deep grey matter ROI error 7.9 against 18.5 ppb, ROI slope 0.951 against 0.869
+    since stop 46, TFI's lambda 1.3x linear TV's rule (45.25 / 47.22 %, 8.7 / 22.3 ppb, 0.950 / 0.854 at 1.8x
+    since stop 42, whose automatic mask drops the face; 47.49 / 49.71 %, 15.4 / 28.6 ppb, 0.936 / 0.824
     at stop 39, TFI's lambda 1.8x linear TV's rule; 47.19 / 49.10 %, 14.7 / 26.6 ppb, 0.935 / 0.834 at
     1.5x; stop 37, when the second pass's TFI solve stopped after one iteration: 47.35 %, 19.6 ppb, 0.898; on
     the fourteen full-size suite heads: 27.5 against 30.0 % mean, README)."""
@@ -322,9 +325,9 @@ def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast
     (nrmse, worst_ppb, slope, chosen), (one_nrmse, one_worst_ppb, one_slope, one_pass) = scores[None], scores[0.0]
     assert chosen["inversion"]["chi_edge_fraction"] == 0.1 and chosen["inversion"]["chi_edge_smv_iterations"] > 0
     assert one_pass["inversion"]["chi_edge_fraction"] == 0.0
-    assert nrmse < min(46.0, one_nrmse - 1.5)
-    assert worst_ppb < min(9.5, one_worst_ppb - 10.0)
-    assert slope > one_slope + 0.08
+    assert nrmse < min(45.0, one_nrmse - 1.2)
+    assert worst_ppb < min(8.5, one_worst_ppb - 9.0)
+    assert slope > one_slope + 0.06
 
 
 # small_axial is a 72 mm crop: a slab
@@ -416,18 +419,19 @@ def test_default_pipeline_on_the_small_realistic_head():
                                                       "slab": True}
     region = result.local_mask & case.brain_mask
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < PIPELINE_BOUND
-    assert result.parameters["inversion"]["regularization_rule"] == "noise-proportional x2.7"
+    assert result.parameters["inversion"]["regularization_rule"] == "noise-proportional x1.95"
     assert result.parameters["inversion"]["edge_fraction"] == 0.15
 
 
-#: consensus preset (TFI) on small_axial, 3 mm: measured 58.7 % since stop 40, the shell beyond its cut faces along
+#: consensus preset (TFI) on small_axial, 3 mm: measured 56.9 % since stop 46 (TFI's lambda 1.3x linear TV's rule),
+#: 58.7 % at 1.8x since stop 40, the shell beyond its cut faces along
 #: B0 72 mm thick (chosen on seven 0.7-1.06 mm slabs: see README), 56.9 % at stop 39 with 48 mm, TFI's lambda
 #: 1.8x linear TV's rule (TFI alone; 55.9 % at 1.5x, its second pass's solve running since stop 38; 55.2 %
 #: before, 60.8 % before the thicker shell beyond the
 #: crop's faces along B0, 63.4 % before TFI left the magnitude's edges free; fast preset, iSMV + TV: 44.9 % on
 #: 70 % of the brain; at 3 mm TFI's one-voxel edge layer and the partial volumes weigh most; on the 1 mm suite
 #: cases TFI is the better one, see README).
-PIPELINE_BOUND = 59.2
+PIPELINE_BOUND = 57.7
 
 
 def test_a_users_brain_mask_reports_the_automatic_masks_solve_on_it():
