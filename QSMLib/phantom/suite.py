@@ -8,7 +8,10 @@ Three kinds of case:
   of :data:`CASES`, :data:`WARPED_CASES` and :data:`HELDOUT_CASES` record
   each echo's signal in k-space (``signal="kspace"``, since stop 45); the
   box-averaged twins of the first two are in :data:`TWIN_CASES`; the slabs
-  of :data:`SLAB_CASES` and the small test heads are box-averaged.
+  of :data:`SLAB_CASES` and the small test heads are box-averaged. The
+  heads of :data:`WARPED_CASES` (except its small test head) and the held-out ones
+  carry a random susceptibility texture as in vivo (``texture_ppb``, since
+  stop 46); the others are smooth within each structure.
 - ``qsm_forward``: the same anatomy through the independent forward model of
   the ``qsm-forward`` package (Stewart et al.; its dipole kernel, padding,
   Legendre shim, phase offset, SPGR signal with R1, peak-SNR noise and
