@@ -244,6 +244,24 @@ def tissue_texture(seed: int, sd_ppb: float, stream: int = 1) -> Callable[[Seque
     return texture
 
 
+def add_brain_texture(sampled: dict[str, np.ndarray], points: Sequence[np.ndarray],
+                      texture: Callable[[Sequence[np.ndarray]], np.ndarray]) -> None:
+    """Add ``texture`` (:func:`tissue_texture`) to the brain's susceptibility in a model sample, in place.
+
+    ``sampled`` is what :meth:`.realistic.RealisticModel.sample` returned at
+    ``points`` (MNI mm, as :func:`grid_points` gives them); both its chi maps
+    (relative to air and to CSF, ppm) take the texture at the brain's voxels
+    (labels 1-20), where alone it is interpolated.
+    """
+    label = sampled["label"]
+    brain = (label > 0) & (label <= _BRAIN_LABEL_MAX)
+    values = texture([np.broadcast_to(p, label.shape)[brain] for p in points])
+    for key in ("chi_air_ppm", "chi_local_ppm"):
+        chi = np.array(sampled[key], dtype=np.float32)
+        chi[brain] += values
+        sampled[key] = chi
+
+
 def simulate_realistic_head(
     *,
     voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
@@ -394,12 +412,7 @@ def simulate_realistic_head(
         sampled = model.sample(*points, lesions=lesions)
         piece_shape = sampled["label"].shape
         if texture is not None:
-            label = sampled["label"]
-            brain = (label > 0) & (label <= _BRAIN_LABEL_MAX)
-            values = np.where(brain, texture(points), np.float32(0))
-            sampled["chi_air_ppm"] = sampled["chi_air_ppm"] + values
-            sampled["chi_local_ppm"] = sampled["chi_local_ppm"] + values
-            del values
+            add_brain_texture(sampled, points, texture)
         fine_air[plane:plane + planes] = sampled["chi_air_ppm"]
         fine_local[plane:plane + planes] = sampled["chi_local_ppm"]
         if recorded:

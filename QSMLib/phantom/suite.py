@@ -49,7 +49,14 @@ from .realistic import (
     realistic_model,
     rotation_about_axes,
 )
-from .realistic_scan import grid_geometry, grid_points, sample_on_grid, simulate_realistic_head, tissue_texture
+from .realistic_scan import (
+    add_brain_texture,
+    grid_geometry,
+    grid_points,
+    sample_on_grid,
+    simulate_realistic_head,
+    tissue_texture,
+)
 
 _ms = 1e-3
 
@@ -457,10 +464,7 @@ def _qsm_forward_case(spec: CaseSpec) -> SuiteCase:
         sampled = model.sample(*points)
         label = sampled["label"]
         if texture is not None:
-            brain = (label > 0) & (label <= _BRAIN_LABEL_MAX)
-            values = texture(points)
-            for key in ("chi_air_ppm", "chi_local_ppm"):
-                sampled[key] = np.where(brain, sampled[key] + values, sampled[key]).astype(np.float32)
+            add_brain_texture(sampled, points, texture)
         # longitudinal relaxation rate (1/s at 3 T), only used by qsm-forward's SPGR weighting
         r1 = np.select([label == 16, (label > 0) & (label <= 14), label == 17, label == 31, label == 32],
                        [1.15, 0.9, 0.75, 2.0, 1.0], 0.3).astype(np.float32)
