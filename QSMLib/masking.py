@@ -13,7 +13,7 @@ from ._morphology import dilate, erode, fill_holes, large_pieces, largest_compon
 from ._operators import root_sum_of_squares
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .contract import Method
-from .dipole import axes_along_b0
+from .dipole import faces_cutting_mask
 from .errors import QSMInputError
 
 
@@ -378,10 +378,6 @@ def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return binary
 
 
-#: A face of the grid cuts the brain when the mask's cross-section there is at least this share of its largest
-#: cross-section along that axis. The true brain masks of the fourteen whole validation suite heads and four
-#: held-out ones reach a face with at most a voxel (0.00); the eight slabs' faces hold 0.43-1.00 of it.
-CUT_FACE_SHARE = 0.25
 
 
 def coverage_along_b0(
@@ -391,7 +387,7 @@ def coverage_along_b0(
 
     Looks at each grid axis within 60 degrees of B0 (as TFI's shell does).
     A face of the grid cuts the brain where the mask comes within two voxels
-    of it with a cross-section of at least :data:`CUT_FACE_SHARE` of the
+    of it with a cross-section of at least :data:`~QSMLib.dipole.CUT_FACE_SHARE` of the
     mask's largest one along that axis (not a brainstem cut off below the
     cerebellum). An automatic mask can hold the neck where the field of view
     cuts it, so one cut face is common on whole heads; the field of view
@@ -425,19 +421,12 @@ def coverage_along_b0(
     mask = np.asarray(mask, dtype=bool)
     nearest = int(np.argmax(np.abs(np.asarray(b0_direction, dtype=np.float64))))
     extent_mm, cut_faces, slab = 0.0, [], False
-    for axis in np.flatnonzero(axes_along_b0(b0_direction)):
-        area = mask.sum(axis=tuple(other for other in range(3) if other != axis))
-        occupied = np.flatnonzero(area)
-        if occupied.size == 0:
-            continue
-        first, last = int(occupied[0]), int(occupied[-1])
-        if axis == nearest:
-            extent_mm = round((last - first + 1) * float(voxel_size_mm[axis]), 2)
-        cut = [name for name, index, reaches in (("low", first, first <= 2),
-                                                 ("high", last, last >= mask.shape[axis] - 3))
-               if reaches and area[index] >= CUT_FACE_SHARE * area.max()]
-        cut_faces += [f"axis {axis} {name}" for name in cut]
-        slab = slab or len(cut) == 2
+    occupied = np.flatnonzero(mask.any(axis=tuple(other for other in range(3) if other != nearest)))
+    if occupied.size:
+        extent_mm = round((int(occupied[-1]) - int(occupied[0]) + 1) * float(voxel_size_mm[nearest]), 2)
+    for axis, (low, high) in faces_cutting_mask(mask, b0_direction).items():
+        cut_faces += [f"axis {axis} {name}" for name, cut in (("low", low), ("high", high)) if cut]
+        slab = slab or (low and high)
     return {"extent_mm": extent_mm, "cut_faces": cut_faces, "slab": slab}
 
 
