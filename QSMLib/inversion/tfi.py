@@ -83,7 +83,7 @@ from .._operators import (
 )
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..contract import InversionResult
-from ..dipole import axes_along_b0, dipole_kernel, even_dipole_kernel
+from ..dipole import axes_along_b0, dipole_kernel, even_dipole_kernel, faces_cutting_mask
 from ..errors import QSMInputError
 from ..units import hz_to_ppm
 from ._regularization import estimate_edges, field_noise, free_edges, merit_weight, tv_regularization
@@ -217,6 +217,7 @@ def tfi(
     kernel: str = "auto",
     merit_every: int = MERIT_EVERY,
     merit_factor: float = MERIT_FACTOR,
+    level_slab_trend: bool = True,
     device: Union[str, Device] = "cpu",
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
@@ -368,6 +369,28 @@ def tfi(
         14.5 ppb worst either way); 4 SD measured 38.9 / 53.5 % with larger
         ROI errors, 6 SD (MEDI's) 39.7 / 54.6 %, every 4 or 8 iterations
         within 0.4 points.
+    level_slab_trend : bool
+        Where the field of view cuts the mask at both ends of an axis within
+        60 degrees of B0 (a slab, :func:`~QSMLib.dipole.faces_cutting_mask`),
+        remove the linear trend of chi along that axis that makes its
+        median gradient there 0 (:func:`level_trend`; not on a local field).
+        A linear trend of susceptibility makes a field that is harmonic
+        inside the mask, so the data cannot set it, and across a slab the
+        thick shell of sources beyond its faces did: on the eight slabs of
+        the validation suite (``SLAB_CASES``, ``slab_0p7mm_7T`` and the
+        held-out 56 mm oblique bipolar slab; whole pipeline) chi's median
+        gradient along the slab was -4.7 to +13.9 ppb per 10 cm, and the
+        error of its fitted trend along B0 up to 31 ppb per 5 cm.
+        Levelling brought chi NRMSE from 28.59 / 41.08 % mean / worst to
+        27.73 / 38.52 % (lower on seven, +0.02 points on the eighth), the
+        worst deep grey matter ROI error per slab from 14.4 / 29.0 to
+        13.8 / 27.3 ppb and XSIM up on all eight (stop 47). Removing 1.5
+        times the trend measured better still (27.40 / 37.41 %): it would
+        assume the true trend has the sign of this phantom's anatomy, so the
+        tissue's own prior (1.0) is used. On ``small_axial``, a 3 mm crop
+        cut on every side, it removed 0.38 ppb per cm, and TFI from the
+        exact total field went from 56.26 to 56.48 %. Whole heads are
+        unchanged.
     pdf_iterations : int
         Conjugate-gradient iterations of the projection onto dipole fields
         that gives the outside sources' starting point, on a grid twice as
@@ -453,7 +476,8 @@ def tfi(
         the field of TFI's outside sources subtracted
         (``smv_outside_field_subtracted``, ``smv_detail_ratio``: see
         :func:`_without_kernel_ripple`), or ``smv_skipped`` (why it did not
-        run).
+        run); on a slab, ``slab_trend_removed_ppb_per_cm`` (per axis, the
+        trend ``level_slab_trend`` removed).
 
     References
     ----------
@@ -674,6 +698,10 @@ def tfi(
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = box_chi
     result[~valid] = 0
+    slab_axes = [axis for axis, ends in faces_cutting_mask(mask, b0_direction).items() if all(ends)]
+    if level_slab_trend and slab_axes and not background_removed:
+        result, slopes = level_trend(result, valid, slab_axes, voxel_size_mm)
+        parameters["slab_trend_removed_ppb_per_cm"] = {f"axis {axis}": slope for axis, slope in slopes.items()}
     report(progress, 1.0, "TFI done")
     return InversionResult(result, parameters, valid)
 
@@ -1064,6 +1092,62 @@ def _cut_share(mask: np.ndarray, extent: Sequence[slice], cut: Sequence[Sequence
             if flagged:
                 near[(slice(None),) * axis + (band,)] = True
     return float(np.count_nonzero(mask & near)) / float(np.count_nonzero(mask))
+
+
+def level_trend(chi: np.ndarray, valid: np.ndarray, axes: Sequence[int],
+                voxel_size_mm: Sequence[float]) -> tuple[np.ndarray, dict[int, float]]:
+    """``chi`` less the linear trend along each of ``axes`` that makes its median gradient there 0.
+
+    A susceptibility that changes linearly makes a field that is harmonic
+    inside the mask, which sources outside it make as well: the data leave
+    such a trend free. Along an axis a slab is cut on, TFI's thick shell of
+    sources beyond the field of view sets it. Its value here is the one the
+    tissue's own total variation prefers: the L1 fit of a constant to chi's
+    differences between neighbours along the axis, their median. The trend
+    is removed about the mean position of the valid voxels, so their mean
+    does not change.
+
+    Parameters
+    ----------
+    chi : numpy.ndarray, shape (n0, n1, n2)
+        Susceptibility (ppm), valid on ``valid``.
+    valid : numpy.ndarray of bool, shape (n0, n1, n2)
+        The voxels that hold an estimate.
+    axes : sequence of int
+        Array axes to level.
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    chi : numpy.ndarray of float32, shape (n0, n1, n2)
+        Levelled (0 outside ``valid``).
+    slopes : dict
+        Per axis, the trend removed, ppb per cm.
+
+    Examples
+    --------
+    >>> chi = np.zeros((4, 4, 8), np.float32)
+    >>> chi[...] = 0.001 * np.arange(8)  # 1 ppb per voxel along axis 2
+    >>> levelled, slopes = level_trend(chi, np.ones(chi.shape, bool), [2], (1.0, 1.0, 2.0))
+    >>> round(slopes[2], 6), bool(np.ptp(levelled) < 1e-6), round(float(levelled.mean()), 4)
+    (5.0, True, 0.0035)
+    """
+    levelled = np.asarray(chi, dtype=np.float64).copy()
+    slopes = {}
+    for axis in axes:
+        first = (slice(None),) * axis + (slice(0, -1),)
+        second = (slice(None),) * axis + (slice(1, None),)
+        pairs = valid[first] & valid[second]
+        if not pairs.any():
+            continue
+        slope = float(np.median((levelled[second] - levelled[first])[pairs])) / float(voxel_size_mm[axis])
+        position = (np.arange(chi.shape[axis]) * float(voxel_size_mm[axis])).reshape(
+            [-1 if other == axis else 1 for other in range(3)])
+        centre = float(np.broadcast_to(position, chi.shape)[valid].mean())
+        levelled -= slope * (position - centre)
+        slopes[int(axis)] = 1e4 * slope
+    return np.where(valid, levelled, 0).astype(np.float32), slopes
 
 
 def _smv_radius(radius_mm: Optional[float], voxel_size_mm: Sequence[float]) -> float:
