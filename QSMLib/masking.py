@@ -378,8 +378,6 @@ def validate_user_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return binary
 
 
-
-
 def coverage_along_b0(
     mask: np.ndarray, voxel_size_mm: Sequence[float], b0_direction: Sequence[float]
 ) -> dict[str, object]:
@@ -387,11 +385,13 @@ def coverage_along_b0(
 
     Looks at each grid axis within 60 degrees of B0 (as TFI's shell does).
     A face of the grid cuts the brain where the mask comes within two voxels
-    of it with a cross-section of at least :data:`~QSMLib.dipole.CUT_FACE_SHARE` of the
-    mask's largest one along that axis (not a brainstem cut off below the
-    cerebellum). An automatic mask can hold the neck where the field of view
-    cuts it, so one cut face is common on whole heads; the field of view
-    covers a slab when it cuts the brain at both ends of an axis.
+    of it with a cross-section of at least
+    :data:`~QSMLib.dipole.CUT_FACE_SHARE` of the mask's largest one along
+    that axis (not a brainstem cut off below the cerebellum;
+    :func:`~QSMLib.dipole.faces_cutting_mask`). An automatic mask can hold
+    the neck where the field of view cuts it, so one cut face is common on
+    whole heads; the field of view covers a slab when it cuts the brain at
+    both ends of an axis.
 
     Parameters
     ----------
