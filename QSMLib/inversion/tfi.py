@@ -698,10 +698,8 @@ def tfi(
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = box_chi
     result[~valid] = 0
-    slab_axes = [axis for axis, ends in faces_cutting_mask(mask, b0_direction).items() if all(ends)]
-    if level_slab_trend and slab_axes and not background_removed:
-        result, slopes = level_trend(result, valid, slab_axes, voxel_size_mm)
-        parameters["slab_trend_removed_ppb_per_cm"] = {f"axis {axis}": slope for axis, slope in slopes.items()}
+    if level_slab_trend and not background_removed:
+        result = _level_slab(result, valid, mask, b0_direction, voxel_size_mm, parameters)
     report(progress, 1.0, "TFI done")
     return InversionResult(result, parameters, valid)
 
@@ -727,6 +725,7 @@ def sstv(
     merit_every: int = MERIT_EVERY,
     merit_factor: float = MERIT_FACTOR,
     kernel: str = "auto",
+    level_slab_trend: bool = True,
     device: Union[str, Device] = "cpu",
     progress: ProgressCallback = None,
     cancel: CancelToken = None,
@@ -777,13 +776,20 @@ def sstv(
         Zero padding per axis of the solve frame (the mask's box plus the radius on every side, also beyond a
         face where the field of view cuts the mask), at least 1: 1 (none more) is enough, since the filter
         removes the field of the frame's periodic copies like any background.
+    level_slab_trend : bool
+        As in :func:`tfi`: on a slab, chi's linear trend along the cut axis is set so that its median gradient
+        there is 0. The SMV filter removes the field of any linear trend, so the prior alone had set it. On the
+        validation suite's eight slabs (``fast`` preset, whole pipeline; stop 47) the median gradient removed
+        was 7.4-20.6 ppb per 10 cm, and chi NRMSE went from 42.40 / 50.19 % mean / worst to 41.08 / 49.44 %
+        (lower on all eight), the worst deep grey matter ROI error per slab from 46.0 to 43.8 ppb on average.
 
     Returns
     -------
     InversionResult
         chi in ppm on ``mask`` less its outer ``edge_mm`` (not referenced), that
         mask, and ``parameters`` as :func:`tfi`'s single-step entries plus
-        ``regularization``, its rule and the noise.
+        ``regularization``, its rule and the noise (and on a slab
+        ``slab_trend_removed_ppb_per_cm``).
 
     References
     ----------
@@ -883,6 +889,8 @@ def sstv(
     result = np.zeros(mask.shape, dtype=np.float32)
     result[box] = _fft.crop(target.to_numpy(chi), box_shape)
     result[~valid] = 0
+    if level_slab_trend:
+        result = _level_slab(result, valid, mask, b0_direction, voxel_size_mm, parameters)
     report(progress, 1.0, "SS-TV done")
     return InversionResult(result, parameters, valid)
 
@@ -1092,6 +1100,18 @@ def _cut_share(mask: np.ndarray, extent: Sequence[slice], cut: Sequence[Sequence
             if flagged:
                 near[(slice(None),) * axis + (band,)] = True
     return float(np.count_nonzero(mask & near)) / float(np.count_nonzero(mask))
+
+
+def _level_slab(chi: np.ndarray, valid: np.ndarray, mask: np.ndarray, b0_direction: Sequence[float],
+                voxel_size_mm: Sequence[float], parameters: dict[str, Any]) -> np.ndarray:
+    """:func:`level_trend` along the axes where the field of view cuts ``mask`` at both ends (none: ``chi``
+    as it is), the slopes removed recorded in ``parameters`` (``slab_trend_removed_ppb_per_cm``)."""
+    slab_axes = [axis for axis, ends in faces_cutting_mask(mask, b0_direction).items() if all(ends)]
+    if not slab_axes:
+        return chi
+    chi, slopes = level_trend(chi, valid, slab_axes, voxel_size_mm)
+    parameters["slab_trend_removed_ppb_per_cm"] = {f"axis {axis}": slope for axis, slope in slopes.items()}
+    return chi
 
 
 def level_trend(chi: np.ndarray, valid: np.ndarray, axes: Sequence[int],
