@@ -120,8 +120,9 @@ def faces_cutting_mask(mask: np.ndarray, direction: Sequence[float]) -> dict[int
         if occupied.size == 0:
             continue
         first, last = int(occupied[0]), int(occupied[-1])
-        faces[int(axis)] = (bool(first <= 2 and area[first] >= CUT_FACE_SHARE * area.max()),
-                            bool(last >= mask.shape[axis] - 3 and area[last] >= CUT_FACE_SHARE * area.max()))
+        large = CUT_FACE_SHARE * area.max()
+        faces[int(axis)] = (bool(first <= 2 and area[first] >= large),
+                            bool(last >= mask.shape[axis] - 3 and area[last] >= large))
     return faces
 
 

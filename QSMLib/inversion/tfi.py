@@ -1121,7 +1121,8 @@ def level_trend(chi: np.ndarray, valid: np.ndarray, axes: Sequence[int],
     A susceptibility that changes linearly makes a field that is harmonic
     inside the mask, which sources outside it make as well: the data leave
     such a trend free. Along an axis a slab is cut on, TFI's thick shell of
-    sources beyond the field of view sets it. Its value here is the one the
+    sources beyond the field of view sets it (SS-TV's prior, whose filter
+    removes that field, sets it alone). Its value here is the one the
     tissue's own total variation prefers: the L1 fit of a constant to chi's
     differences between neighbours along the axis, their median. The trend
     is removed about the mean position of the valid voxels, so their mean
