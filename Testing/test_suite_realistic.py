@@ -297,6 +297,18 @@ def test_a_textured_head_adds_the_texture_to_the_brains_susceptibility_and_its_f
         simulate_realistic_head(**parameters, texture_ppb=-5.0)
 
 
+def test_the_seed_slabs_twins_each_change_one_part_of_the_protocol():
+    seed = dict(SLAB_CASES["slab_1mm_3T_48mm_oblique_bipolar"].parameters)
+    changed = {"slab_1mm_3T_48mm_oblique_monopolar": {"bipolar": False},
+               "slab_1mm_3T_48mm_axial_bipolar": {"slab_rotation_deg": (0.0, 0.0)},
+               "slab_1mm_3T_48mm_b0_oblique_bipolar": {"head_rotation_deg": (15.0, 0.0)}}
+    assert seed["bipolar"] and seed["slab_rotation_deg"] == (15.0, 0.0) and "head_rotation_deg" not in seed
+    for name, change in changed.items():
+        twin = dict(spec_by_name(name).parameters)
+        assert {key: twin.pop(key) for key in change} == change
+        assert twin == {key: value for key, value in seed.items() if key not in change}
+
+
 def test_the_suites_whole_heads_are_recorded_in_k_space_and_their_twins_differ_only_in_the_signal():
     own_heads = [spec for table in (CASES, WARPED_CASES) for spec in table.values()
                  if spec.kind == "realistic" and "small" not in spec.name]

@@ -300,7 +300,8 @@ HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 
 #: Twins for comparisons: each of the suite's own-simulator heads (:data:`CASES`, :data:`WARPED_CASES`, recorded in
 #: k-space) box-averaged as the suite's heads were before stop 45, ``<name>_box``; and ``axial_1mm_3T``'s head with
-#: B0 27 degrees off the grid's axis, ``tilted27_1mm_3T``, and its box-averaged twin (README, stops 44 and 45).
+#: B0 27 degrees off the grid's axis, ``tilted27_1mm_3T``, and its box-averaged twin (README, stops 44 and 45); and
+#: three twins of the seed protocol's slab (below).
 _TILTED27 = dict(CASES["axial_1mm_3T"].parameters, head_rotation_deg=(25.0, -10.0), slab_rotation_deg=(25.0, -10.0))
 TWIN_CASES: dict[str, CaseSpec] = {
     f"{spec.name}_box": CaseSpec(f"{spec.name}_box", "realistic", f"{spec.name}, its voxels box averages of the fine "
@@ -312,6 +313,20 @@ TWIN_CASES.update({spec.name: spec for spec in (
              "-10 deg (B0 27 deg off the grid's axis)", _TILTED27),
     CaseSpec("tilted27_1mm_3T_box", "realistic", "tilted27_1mm_3T, its voxels box averages of the fine grid's signal",
              dict(_TILTED27, signal="box")),
+)})
+
+#: The seed protocol's slab (``slab_1mm_3T_48mm_oblique_bipolar``) with one thing changed each, to tell what its
+#: parts cost (README, stop 48): the readout (monopolar), the slab's tilt against the anatomy (axial slab, B0 along
+#: the grid), and B0's angle to the grid alone (the head tilted with the slab: it covers what the axial slab covers).
+_SEED_SLAB = SLAB_CASES["slab_1mm_3T_48mm_oblique_bipolar"].parameters
+TWIN_CASES.update({spec.name: spec for spec in (
+    CaseSpec("slab_1mm_3T_48mm_oblique_monopolar", "realistic", "slab_1mm_3T_48mm_oblique_bipolar, read out "
+             "monopolar", dict(_SEED_SLAB, bipolar=False)),
+    CaseSpec("slab_1mm_3T_48mm_axial_bipolar", "realistic", "slab_1mm_3T_48mm_oblique_bipolar, the slab axial "
+             "(B0 along the grid's axis)", dict(_SEED_SLAB, slab_rotation_deg=(0.0, 0.0))),
+    CaseSpec("slab_1mm_3T_48mm_b0_oblique_bipolar", "realistic", "slab_1mm_3T_48mm_oblique_bipolar with the head "
+             "pitched with the slab: the axial slab's anatomy, B0 15 deg off the grid's axis",
+             dict(_SEED_SLAB, head_rotation_deg=(15.0, 0.0))),
 )})
 
 
