@@ -17,12 +17,14 @@ from QSMLib.inversion import METHODS
 from QSMLib.inversion._regularization import EDGE_RAMP, estimate_edges
 from QSMLib.inversion.tfi import (
     COARSE_SIGMA_MM,
+    CUT_FACE_FADE,
     FIRST_PASS_TOLERANCE_FACTOR,
     MAX_TFI_SHARE,
     NOISY_DETAIL_RATIO,
     TFI_COARSE_SHARE,
     TFI_SHARE,
     blend_estimates,
+    cut_face_fade,
 )
 from QSMLib.metrics import nrmse
 from QSMLib.phantom import simulate_head
@@ -305,34 +307,88 @@ def test_blend_gives_tfi_more_of_the_fine_detail_where_sstvs_carries_more_noise(
     assert abs(np.median(left) - (1 - MAX_TFI_SHARE)) < 0.01
 
 
-def test_tfi_runs_alone_where_the_single_step_solve_has_no_data_and_says_why():
-    """A local field, a slab cut along B0 by the field of view and a mask thinner than the ball: TFI alone."""
+def test_tfi_says_where_the_single_step_solve_has_no_data_and_blends_only_its_fine_detail_on_a_slab():
+    """A local field and a mask thinner than the ball: TFI alone. A slab cut along B0 or a crop by the field of
+    view: SS-TV gives only its fine detail, away from the cut faces."""
     voxel = (1.5, 1.5, 1.5)
     field, mask, _, _ = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26), supersample=1)
     tfi = METHODS["tfi"]
 
-    def skipped(volume_mask, **params):
-        return tfi(field, volume_mask, voxel, b0_direction=(0, 0, 1), b0_tesla=3.0, max_iterations=2,
-                   **params).parameters.get("smv_skipped")
+    def said(volume_mask, **params):
+        parameters = tfi(field, volume_mask, voxel, b0_direction=(0, 0, 1), b0_tesla=3.0, max_iterations=2,
+                         **params).parameters
+        return parameters.get("smv_skipped"), parameters.get("smv_blend"), parameters.get("tfi_coarse_share")
 
-    assert skipped(mask) is None
-    assert skipped(mask, background_removed=True) == "the field is a local field"
+    assert said(mask) == (None, None, TFI_COARSE_SHARE)
+    assert said(mask, background_removed=True) == ("the field is a local field", None, None)
     # a slab: the ellipsoid's columns drawn out to both ends of the field of view along B0 (the four slices
     # within 6 mm of each face hold 8 of 26 slices' voxels); then stopped three slices short of either end
     slab = np.broadcast_to(mask.any(axis=2, keepdims=True), mask.shape).copy()
-    assert skipped(slab) == "31 % of the mask lies within 6 mm of faces where the field of view cuts it"
+    assert said(slab) == (None, "fine detail only, faded in from 0 to 12 mm from the faces where the field of "
+                                "view cuts the mask (31 % of it lies within 6 mm of them)", 1.0)
+    # a thicker slab, 8 % of it near the cut faces: a slab still
+    thick = np.concatenate([slab] * 4, axis=2)
+    thick_field = np.concatenate([field] * 4, axis=2)
+    parameters = tfi(thick_field, thick, voxel, b0_direction=(0, 0, 1), b0_tesla=3.0, max_iterations=2).parameters
+    assert parameters["smv_blend"].endswith("(8 % of it lies within 6 mm of them)")
     slab[:, :, :3] = slab[:, :, -3:] = False
-    assert skipped(slab) is None
+    assert said(slab) == (None, None, TFI_COARSE_SHARE)
     # a brainstem cut off by the field of view: a few voxels near the face
     stem = mask.copy()
     stem[13:16, 13:16, :13] = True
-    assert skipped(stem) is None
+    assert said(stem) == (None, None, TFI_COARSE_SHARE)
     # a crop cut across B0: the ellipsoid drawn out to both ends of the first axis (8 of its 30 slices near a face)
     crop = np.broadcast_to(mask.any(axis=0, keepdims=True), mask.shape)
-    assert skipped(crop) == "27 % of the mask lies within 6 mm of faces where the field of view cuts it"
+    assert said(crop)[1].endswith("(27 % of it lies within 6 mm of them)")
     thin = mask.copy()
     thin[:, :, :12] = thin[:, :, 15:] = False  # three slices, 4.5 mm: no voxel 6 mm inside
-    assert skipped(thin) == "no voxel lies 6 mm inside the mask"
+    assert said(thin) == ("no voxel lies 6 mm inside the mask", None, None)
+
+
+def test_on_a_slab_sstv_gives_only_its_fine_detail_faded_in_from_the_cut_faces():
+    """cut_face_fade: 0 within CUT_FACE_FADE[0] SMV radii of a flagged face, rising to 1 at CUT_FACE_FADE[1];
+    blend_estimates with it keeps TFI's coarse part and takes SS-TV's share of the fine detail scaled by it."""
+    shape, voxel, radius = (12, 10, 64), (1.0, 1.0, 0.5), 4.0
+    extent = (slice(2, 10), slice(0, 10), slice(0, 64))
+    fade = cut_face_fade(shape, extent, [[False, False], [False, False], [True, True]], radius, voxel)
+    near, far = (radius * multiple for multiple in CUT_FACE_FADE)
+
+    def ramp_of(depth_mm):
+        return np.clip((depth_mm - near) / (far - near), 0, 1)
+
+    expected = ramp_of(np.minimum(np.arange(64), 63 - np.arange(64)) * 0.5)
+    assert np.allclose(fade, expected[None, None, :], atol=1e-6) and fade.max() == 1 and fade.min() == 0
+    # a face flagged on the first axis too (its box starts at 2): the nearer face counts
+    both = cut_face_fade(shape, extent, [[True, False], [False, False], [True, True]], radius, voxel)
+    assert np.allclose(both, np.minimum(fade, ramp_of(np.abs(np.arange(12) - 2.0))[:, None, None]), atol=1e-6)
+    assert np.all(cut_face_fade(shape, extent, [[False, False]] * 3, radius, voxel) == 1)
+
+    rng = np.random.default_rng(3)
+    valid = np.ones((24, 24, 64), dtype=bool)
+    tfi_chi = rng.normal(0, 0.02, valid.shape).astype(np.float32)
+    detail = np.zeros(valid.shape, dtype=np.float32)
+    detail[::2] = 0.004  # a difference at the finest scale: SS-TV's share of it, scaled by the weight
+    # ... on top of a constant difference, which is all coarse: TFI keeps it
+    sstv_chi = tfi_chi + np.float32(0.01) + detail
+    weight = np.broadcast_to(fade[:1, :1], valid.shape).astype(np.float32)
+    blend, parameters = blend_estimates(tfi_chi, sstv_chi, valid, (1.0, 1.0, 0.5), weight)
+    assert parameters["tfi_coarse_share"] == 1.0
+    share = parameters["tfi_share"]
+    change = blend - tfi_chi
+    none, full = expected == 0, expected == 1
+    assert none.sum() >= 2 and full.sum() >= 16
+    assert np.all(change[:, :, none] == 0)  # at the faces
+    # where the weight is 1: SS-TV's share of the fine detail (the rows alternate by 0.004 ppm), none of the offset
+    middle = change[6:-6, 6:-6][:, :, full]
+    assert np.allclose(middle[::2] - middle[1::2], (1 - share) * 0.004, atol=1e-4)
+    assert abs(float(np.mean(middle))) < 1e-4
+    # between: in proportion to the weight
+    ramp = ~none & ~full
+    assert np.allclose(change[6:-6:2, 6:-6][:, :, ramp] - change[7:-5:2, 6:-6][:, :, ramp],
+                       (1 - share) * 0.004 * expected[ramp], atol=1e-4)
+    # the whole heads' blend takes SS-TV's coarse part too
+    whole_heads = blend_estimates(tfi_chi, sstv_chi, valid, (1.0, 1.0, 0.5))[0] - tfi_chi
+    assert abs(float(np.mean(whole_heads[6:-6, 6:-6][:, :, full])) - (1 - TFI_COARSE_SHARE) * 0.012) < 2e-4
 
 
 def test_sstv_sees_through_any_field_harmonic_in_the_mask():

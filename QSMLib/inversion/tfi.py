@@ -180,9 +180,17 @@ MAX_TFI_SHARE = 0.8
 #: ``lambda`` of SS-TV alone (:func:`sstv`) per linear TV's noise-proportional rule on the filtered field: 0.15 times
 #: TFI's factor of stop 39 (1.8), as measured for the fast preset then; stop 46 lowered TFI's alone.
 SSTV_LAMBDA_FACTOR = 0.27
-# ... unless more than this share of the mask lies within the SMV radius of faces where the field of view cuts
-# the mask (a slab, a crop: the 0.7 mm 7 T suite slab has 19 %, the other eleven suite cases at most 0.2 %)
+# Where more than this share of the mask lies within the SMV radius of faces where the field of view cuts the
+# mask (a crop, a slab: the suite's slabs 7-19 %, its whole heads at most 0.2 %), or where the field of view cuts
+# it at both ends along B0 (a slab: :func:`~QSMLib.dipole.faces_cutting_mask`), SS-TV has no data near those
+# faces and none of the low spatial frequencies a slab's thin axis needs: it contributes only its fine detail
+# (TFI keeps all of the coarse), faded in from none within CUT_FACE_FADE[0] SMV radii of those faces to its
+# share from CUT_FACE_FADE[1] radii (:func:`cut_face_fade`). Before stop 48 SS-TV did not run there. On eight
+# slabs (README, stop 48) chi NRMSE 27.73 / 38.52 % mean / worst then, 26.16 / 35.25 % now; faded in over 1-3
+# radii 26.34 / 35.86 %, over 2-4 26.56 / 36.27 %; not faded (the coarse detail TFI's too) 27.08 / 36.06 %, but the
+# substantia nigra 74.6 ppb low at a 40 mm slab's face.
 MAX_CUT_SHARE = 0.1
+CUT_FACE_FADE = (0.0, 2.0)
 # the automatic stopping tolerance per mm of voxel size, and its largest value: finer grids need more ADMM
 # iterations for the same detail (the measurements are under the ``tolerance`` parameter)
 TOLERANCE_PER_MM = 0.005
@@ -412,17 +420,22 @@ def tfi(
         37.1 / 37.0 / 38.4 %; lambda 0.3 times TFI's at 6 mm 34.1 / 33.1 %.
         Weights of 0.4 or 0.6 for TFI instead of 0.5 (at 6 mm) came within
         0.8 points on every case but the slab below.
-        Not run on a local field (``background_removed``), nor where more
-        than ``MAX_CUT_SHARE`` (10 %) of the mask lies within the radius of
-        faces where the mask comes within two voxels of the field of view's
-        edge (a slab, a crop): the solve has no data there, and on the
-        0.7 mm 7 T slab (19 %, cut along B0) it measured 35.4 % alone and
-        28.7 % averaged against 27.8 % for TFI (worst ROI error 20.7 / 15.9
-        / 11.2 ppb); a brainstem cut off by the field of view, as in most
-        suite cases, is a few voxels. On the real in-vivo crop (54 %, no
-        ground truth) the average would have halved chi's spread (SD 0.026
-        against 0.049 ppm). Nor where no voxel lies that deep in the mask.
-        ``parameters`` says which (``smv_skipped``).
+        Not run on a local field (``background_removed``), nor where no
+        voxel lies that deep in the mask (``parameters["smv_skipped"]`` says
+        which). Where more than ``MAX_CUT_SHARE`` (10 %) of the mask lies
+        within the radius of faces where the mask comes within two voxels of
+        the field of view's edge (a crop, a slab), or where the field of view
+        cuts the mask at both ends along B0 (a slab), the solve has no data near
+        those faces and few of the low spatial frequencies: it gives only its
+        fine detail, faded in from nothing at those faces to its share at
+        two radii from them (:func:`cut_face_fade`), and TFI keeps all of the
+        coarse detail (``parameters["smv_blend"]``). Before stop 48 TFI ran
+        alone there: on the 0.7 mm 7 T slab (19 %, cut along B0) the whole
+        heads' average had measured 28.7 % against 27.8 % for TFI (worst ROI
+        error 15.9 / 11.2 ppb); with the fine detail alone, faded, the eight
+        slabs' chi NRMSE went from 27.73 / 38.52 % to 26.16 / 35.25 % (mean
+        / worst; README, stop 48). A brainstem cut off by the field of view,
+        as in most suite cases, is a few voxels.
     kernel : {"auto", "sampled", "even"}
         The dipole kernel of both solves. ``"sampled"``: ``D(k)`` sampled on
         the FFT grid (:func:`~QSMLib.dipole.dipole_kernel`); ``"even"``: the
@@ -605,19 +618,23 @@ def tfi(
     solve = dict(shape=shape, voxel_size_mm=voxel_size_mm, data_penalty=data_penalty, max_iterations=max_iterations,
                  tolerance=tolerance, merit_every=merit_every, merit_factor=merit_factor, target=target,
                  progress=progress, cancel=cancel)
-    # no single-step solve for a local field (no background to remove), nor where a large share of the mask
-    # lies within its radius of faces where the field of view cuts the tissue (a slab, a crop): the solve
-    # has no data there, and the field of the tissue beyond them is what TFI's shell explains
+    # no single-step solve for a local field (no background to remove); on a slab or a crop it has no data near
+    # the faces where the field of view cuts the tissue (the field of the tissue beyond them is what TFI's shell
+    # explains), and it gives only its fine detail, away from those faces
     single_step = 0.0 if background_removed else _smv_radius(smv_radius_mm, voxel_size_mm)
     cut_share = _cut_share(mask, extent, at_edge, single_step, voxel_size_mm) if single_step else 0.0
     if background_removed:
         parameters["smv_skipped"] = "the field is a local field"
     elif not single_step:
         parameters["smv_skipped"] = "turned off"
-    elif cut_share > MAX_CUT_SHARE:
-        parameters["smv_skipped"] = (f"{100 * cut_share:.0f} % of the mask lies within {single_step:g} mm of "
-                                     "faces where the field of view cuts it")
-        single_step = 0.0
+    sstv_detail_weight = None
+    slab = any(all(ends) for ends in faces_cutting_mask(mask, b0_direction).values())
+    if single_step and (cut_share > MAX_CUT_SHARE or slab):
+        sstv_detail_weight = cut_face_fade(mask.shape, extent, at_edge, single_step, voxel_size_mm)[box]
+        near, far = (single_step * multiple for multiple in CUT_FACE_FADE)
+        parameters["smv_blend"] = (f"fine detail only, faded in from {near:g} to {far:g} mm from the faces where "
+                                   f"the field of view cuts the mask ({100 * cut_share:.0f} % of it lies within "
+                                   f"{single_step:g} mm of them)")
     if edge_mm is None:
         edge_mm = 0.0 if background_removed else _default_edge_mm(voxel_size_mm)
     valid = erode(mask, float(edge_mm), voxel_size_mm)
@@ -671,7 +688,8 @@ def tfi(
         if smv_chi is not None:
             # only the mask's chi is reported, so the solve's is placed there alone
             smv_result = _fft.crop(from_frame(target.to_numpy(smv_chi), sub, inside_host), box_shape)
-            box_chi, blend_parameters = blend_estimates(box_chi, smv_result, valid[box], voxel_size_mm)
+            box_chi, blend_parameters = blend_estimates(box_chi, smv_result, valid[box], voxel_size_mm,
+                                                        sstv_detail_weight)
             parameters.update(blend_parameters)
         return box_chi
 
@@ -896,7 +914,8 @@ def sstv(
 
 
 def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray,
-                    voxel_size_mm: Sequence[float]) -> tuple[np.ndarray, dict[str, float]]:
+                    voxel_size_mm: Sequence[float],
+                    sstv_detail_weight: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict[str, float]]:
     """TFI's and SS-TV's chi combined, with TFI's share set apart for coarse and fine detail.
 
     ``share * tfi + (1 - share) * sstv``, plus ``TFI_COARSE_SHARE - share`` times the coarse part of
@@ -907,6 +926,8 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
     Gaussian, ``share`` of the way. ``share`` is ``TFI_SHARE`` unless the variance of SS-TV's finest
     detail (the map less its normalised smoothing of SD ``FINE_SIGMA_MM``) exceeds TFI's by a ratio in
     or above ``NOISY_DETAIL_RATIO``: then it rises linearly to ``MAX_TFI_SHARE`` at the range's end.
+    Given ``sstv_detail_weight`` (a slab), TFI keeps all of the coarse part and SS-TV's share of the finer
+    detail is scaled by it: ``tfi - w (1 - share) (difference - coarse)``.
 
     Parameters
     ----------
@@ -916,6 +937,9 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
         Where both estimates are reported.
     voxel_size_mm : sequence of 3 float
         Voxel size in mm per array axis.
+    sstv_detail_weight : numpy.ndarray of float32, shape (n0, n1, n2), optional
+        0 to 1: how much of its share of the fine detail SS-TV gives (:func:`cut_face_fade`). None: the
+        whole heads' blend.
 
     Returns
     -------
@@ -935,8 +959,13 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
     difference = tfi_chi - sstv_chi
     smoothed, weight = masked_smoothing(difference, valid, COARSE_SIGMA_MM, voxel_size_mm)
     coarse = smoothed / np.maximum(weight, np.float32(1e-6))
-    blended = sstv_chi + np.float32(share) * difference + np.float32(TFI_COARSE_SHARE - share) * coarse
-    parameters = {"tfi_share": share, "fine_detail_ratio": ratio, "tfi_coarse_share": TFI_COARSE_SHARE,
+    if sstv_detail_weight is None:
+        coarse_share = TFI_COARSE_SHARE
+        blended = sstv_chi + np.float32(share) * difference + np.float32(coarse_share - share) * coarse
+    else:
+        coarse_share = 1.0
+        blended = tfi_chi - sstv_detail_weight * np.float32(1.0 - share) * (difference - coarse)
+    parameters = {"tfi_share": share, "fine_detail_ratio": ratio, "tfi_coarse_share": coarse_share,
                   "coarse_sigma_mm": COARSE_SIGMA_MM}
     return np.where(valid, blended, np.float32(0)).astype(np.float32), parameters
 
@@ -1100,6 +1129,42 @@ def _cut_share(mask: np.ndarray, extent: Sequence[slice], cut: Sequence[Sequence
             if flagged:
                 near[(slice(None),) * axis + (band,)] = True
     return float(np.count_nonzero(mask & near)) / float(np.count_nonzero(mask))
+
+
+def cut_face_fade(shape: Sequence[int], extent: Sequence[slice], cut: Sequence[Sequence[bool]], radius_mm: float,
+                  voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """SS-TV's weight in a slab's blend: 0 within ``CUT_FACE_FADE[0]`` times ``radius_mm`` of the flagged faces
+    of the mask's box ``extent`` (where the field of view cuts the mask), rising linearly to 1 at
+    ``CUT_FACE_FADE[1]`` times it.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        The grid's shape.
+    extent : sequence of 3 slice
+        The mask's bounding box.
+    cut : sequence of 3 (bool, bool)
+        Per axis, whether the field of view cuts the mask at the box's low and high face.
+    radius_mm : float
+        SS-TV's SMV radius (mm).
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape ``shape``
+        The weight, 1 everywhere when no face is flagged.
+    """
+    distance_mm = np.full(tuple(shape), np.inf, dtype=np.float32)
+    for axis, (part, (before, after), voxel) in enumerate(zip(extent, cut, voxel_size_mm)):
+        index = np.arange(shape[axis], dtype=np.float32)
+        view = [1, 1, 1]
+        view[axis] = shape[axis]
+        for flagged, depth in ((before, index - part.start), (after, part.stop - 1 - index)):
+            if flagged:
+                distance_mm = np.minimum(distance_mm, (np.abs(depth) * np.float32(voxel)).reshape(view))
+    near, far = (radius_mm * multiple for multiple in CUT_FACE_FADE)
+    return np.clip((distance_mm - np.float32(near)) / np.float32(far - near), 0.0, 1.0).astype(np.float32)
 
 
 def _level_slab(chi: np.ndarray, valid: np.ndarray, mask: np.ndarray, b0_direction: Sequence[float],
