@@ -628,8 +628,8 @@ def tfi(
     elif not single_step:
         parameters["smv_skipped"] = "turned off"
     sstv_detail_weight = None
-    slab = any(all(ends) for ends in faces_cutting_mask(mask, b0_direction).values())
-    if single_step and (cut_share > MAX_CUT_SHARE or slab):
+    slab_axes = _slab_axes(mask, b0_direction)
+    if single_step and (cut_share > MAX_CUT_SHARE or slab_axes):
         sstv_detail_weight = cut_face_fade(mask.shape, extent, at_edge, single_step, voxel_size_mm)[box]
         near, far = (single_step * multiple for multiple in CUT_FACE_FADE)
         parameters["smv_blend"] = (f"fine detail only, faded in from {near:g} to {far:g} mm from the faces where "
@@ -717,7 +717,7 @@ def tfi(
     result[box] = box_chi
     result[~valid] = 0
     if level_slab_trend and not background_removed:
-        result = _level_slab(result, valid, mask, b0_direction, voxel_size_mm, parameters)
+        result = _level_slab(result, valid, slab_axes, voxel_size_mm, parameters)
     report(progress, 1.0, "TFI done")
     return InversionResult(result, parameters, valid)
 
@@ -908,7 +908,7 @@ def sstv(
     result[box] = _fft.crop(target.to_numpy(chi), box_shape)
     result[~valid] = 0
     if level_slab_trend:
-        result = _level_slab(result, valid, mask, b0_direction, voxel_size_mm, parameters)
+        result = _level_slab(result, valid, _slab_axes(mask, b0_direction), voxel_size_mm, parameters)
     report(progress, 1.0, "SS-TV done")
     return InversionResult(result, parameters, valid)
 
@@ -1167,11 +1167,15 @@ def cut_face_fade(shape: Sequence[int], extent: Sequence[slice], cut: Sequence[S
     return np.clip((distance_mm - np.float32(near)) / np.float32(far - near), 0.0, 1.0).astype(np.float32)
 
 
-def _level_slab(chi: np.ndarray, valid: np.ndarray, mask: np.ndarray, b0_direction: Sequence[float],
-                voxel_size_mm: Sequence[float], parameters: dict[str, Any]) -> np.ndarray:
-    """:func:`level_trend` along the axes where the field of view cuts ``mask`` at both ends (none: ``chi``
-    as it is), the slopes removed recorded in ``parameters`` (``slab_trend_removed_ppb_per_cm``)."""
-    slab_axes = [axis for axis, ends in faces_cutting_mask(mask, b0_direction).items() if all(ends)]
+def _slab_axes(mask: np.ndarray, b0_direction: Sequence[float]) -> list[int]:
+    """The axes within 60 degrees of B0 along which the field of view cuts ``mask`` at both ends (a slab)."""
+    return [axis for axis, ends in faces_cutting_mask(mask, b0_direction).items() if all(ends)]
+
+
+def _level_slab(chi: np.ndarray, valid: np.ndarray, slab_axes: Sequence[int], voxel_size_mm: Sequence[float],
+                parameters: dict[str, Any]) -> np.ndarray:
+    """:func:`level_trend` along ``slab_axes`` (:func:`_slab_axes`; none: ``chi`` as it is), the slopes removed
+    recorded in ``parameters`` (``slab_trend_removed_ppb_per_cm``)."""
     if not slab_axes:
         return chi
     chi, slopes = level_trend(chi, valid, slab_axes, voxel_size_mm)
