@@ -16,8 +16,9 @@ from QSMLib.pipeline import load_config, run_pipeline, run_pipeline_from_field
 VOXEL_MM = 2.0
 # Bounds a little above what the consensus preset (total field inversion blended with the
 # single-step SMV solve, automatic lambda, the magnitude's edges free of the prior, MERIT)
-# measures at 2 mm, seed 1: chi NRMSE 16.2 %, correlation 0.987, local field (the field of
-# the tissue chi) NRMSE 11.6 %, deep grey matter within 2.05 ppb since stop 46 (TFI's lambda
+# measures at 2 mm, seed 1: chi NRMSE 16.0 %, correlation 0.988, local field (the field of
+# the tissue chi) NRMSE 11.6 %, deep grey matter within 2.50 ppb (the dentate) since stop 49
+# (TFI's Bregman step); 16.2 %, 0.987, 11.6 % and 2.05 ppb since stop 46 (TFI's lambda
 # 1.3x linear TV's rule and 0.05 of the magnitude's edges at 2 mm, chosen on a suite with
 # in-vivo-like texture); 15.3 %, 0.989, 11.5 % and 1.4 ppb at stop 39 (TFI's lambda 1.8x
 # linear TV's rule and, at 2 mm, 0.1 of the magnitude's gradient components as edges, a
@@ -35,10 +36,11 @@ VOXEL_MM = 2.0
 LOCAL_FIELD_NRMSE_MAX = 12.0
 CHI_NRMSE_MAX = 16.7
 CHI_CORRELATION_MIN = 0.985
-ROI_ERROR_MAX_PPB = 2.5
+ROI_ERROR_MAX_PPB = 2.7
 # Head tilt (oblique_deg, B0 oblique to the anatomy: different physics) measures
-# 19.45 % (ROI within 3.15 ppb); oblique slices (acquisition_tilt_deg, same physics on a
-# grid tilted by 20 degrees) 21.98 % (2.56 ppb) since stop 46; 18.7 % (2.8) and 21.1 % (2.9)
+# 18.38 % (ROI within 2.34 ppb); oblique slices (acquisition_tilt_deg, same physics on a
+# grid tilted by 20 degrees) 21.22 % (3.27 ppb) since stop 49; 19.45 % (3.15) and 21.98 %
+# (2.56) since stop 46; 18.7 % (2.8) and 21.1 % (2.9)
 # at stop 39 (18.3 % (3.3) and 19.5 % (2.9)
 # with 0.15 of the magnitude's edges); 19.0 % (3.1) and 20.4 % (3.2)
 # at stop 38; 19.4 % (3.8) and 20.3 % (4.4) at
@@ -55,9 +57,9 @@ ROI_ERROR_MAX_PPB = 2.5
 # background is removed, i.e. linear TV with MERIT): 15.5 % axial, 16.0 % head tilt,
 # 17.4 % oblique slices since stop 38 (16.5, 17.4 and 18.6 % before its second pass ran).
 OBLIQUE_ROI_ERROR_MAX_PPB = 3.5
-OBLIQUE_NRMSE_MAX = 19.9
+OBLIQUE_NRMSE_MAX = 18.9
 OBLIQUE_DIPOLE_NRMSE_SLACK = 2.0
-TILTED_NRMSE_MAX = 22.4
+TILTED_NRMSE_MAX = 21.7
 TILTED_CORRELATION_SLACK = 0.03
 
 
@@ -149,7 +151,7 @@ def test_ignoring_the_oblique_b0_is_measurably_worse(oblique):
 
 def test_oblique_slices_are_as_accurate_as_axial(axial, tilted):
     # Same physics as the axial phantom, only the grid is rotated, so this isolates the
-    # geometry handling (B0 from the affine): 22.0 % against 16.2 % axial.
+    # geometry handling (B0 from the affine): 21.2 % against 16.0 % axial.
     assert np.linalg.norm(tilted["phantom"].acquisition.b0_direction - np.array([0, 0, 1])) > 0.3
     assert tilted["coverage"] > 0.85 and tilted["outside"] < 0.05
     assert tilted["chi"]["nrmse"] < TILTED_NRMSE_MAX
