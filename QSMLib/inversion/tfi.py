@@ -429,13 +429,12 @@ def tfi(
         At 0.5: 28.01 / 41.63 % and 8.31 / 20.76 ppb, held-out 32.41 /
         38.42 % and 10.90 / 15.47 ppb; at 1, without the noise guard,
         29.30 / 45.38 % (the SNR-20 head lost 8.6 points). The step raises
-        the deep grey matter against the
-        mean, which on most heads already reads a few ppb high. On the eight
-        slabs of stop 48 the step (0.5, without MERIT's weights) measured
-        26.16 / 35.25 -> 26.66 / 35.66 % and XSIM 0.688 -> 0.655: TFI's
-        residual there also holds the field of the tissue beyond the cut
-        faces, which its shell explains only in part, so the step does not
-        run on a slab or a crop.
+        the deep grey matter against the mean, which on most heads already
+        reads a few ppb high. On the eight slabs of stop 48 the step (0.5,
+        without MERIT's weights) measured 26.16 / 35.25 -> 26.66 / 35.66 %
+        and XSIM 0.688 -> 0.655: TFI's residual there also holds the field
+        of the tissue beyond the cut faces, which its shell explains only in
+        part, so the step does not run on a slab or a crop.
     pdf_iterations : int
         Conjugate-gradient iterations of the projection onto dipole fields
         that gives the outside sources' starting point, on a grid twice as
