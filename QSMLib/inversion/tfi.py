@@ -432,9 +432,11 @@ def tfi(
         the deep grey matter against the mean, which on most heads already
         reads a few ppb high. On the eight slabs of stop 48 the step (0.5,
         without MERIT's weights) measured 26.16 / 35.25 -> 26.66 / 35.66 %
-        and XSIM 0.688 -> 0.655: TFI's residual there also holds the field
+        and XSIM 0.688 -> 0.655 (TFI's residual there also holds the field
         of the tissue beyond the cut faces, which its shell explains only in
-        part, so the step does not run on a slab or a crop.
+        part); at 0.3 with them 26.08 / 35.28 % and XSIM 0.675, better on
+        four slabs and worse on four: the step does not run on a slab or a
+        crop.
     pdf_iterations : int
         Conjugate-gradient iterations of the projection onto dipole fields
         that gives the outside sources' starting point, on a grid twice as
