@@ -353,6 +353,20 @@ def test_merit_keeps_field_errors_at_the_mask_edge_out_of_the_map(case):
     assert scores["corrupted", 5] - scores["clean", 5] < 0.5 * (scores["corrupted", 0] - scores["clean", 0])
 
 
+def _tfi_pipeline_scores(head, params):
+    """Whole pipeline on a whole head with TFI given ``params``: chi NRMSE, worst ROI error (ppb), ROI slope and
+    the run's parameters."""
+    with warnings.catch_warnings():
+        # a whole head: the field of view does not cut its brain along B0, so no slab warning
+        warnings.simplefilter("error", QSMWarning)
+        result = run_pipeline(head.acquisition,
+                              PipelineConfig.from_dict({"inversion": {"method": "tfi", "params": params}}))
+    assert not result.parameters["coverage_along_b0"]["slab"]
+    region = result.local_mask & head.brain_mask
+    return (metrics.nrmse(result.chi_ppm, head.chi_ppm, region),
+            *_worst_roi_ppb_and_slope(result.chi_ppm, head, region), result.parameters)
+
+
 def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast(warped_head):
     """TFI's second pass also leaves the first estimate's edges free (``chi_edge_fraction``). Whole pipeline on
     the small warped head (another subject, 3 mm, whole head), the default against one pass: measured chi NRMSE
@@ -364,19 +378,9 @@ def test_the_second_pass_with_chis_own_edges_keeps_the_deep_grey_matter_contrast
     the fourteen full-size suite heads: 27.5 against 30.0 % mean, README). Both without the Bregman step
     (``bregman_gain``), which these figures predate; with it (the default since stop 49) one pass measured
     44.11 against 44.29 % but 16.3 against 7.0 ppb, and an ROI slope of 0.886 against 0.952."""
-    scores = {}
-    for fraction in (None, 0.0):
-        params = {"bregman_gain": 0.0} if fraction is None else {"chi_edge_fraction": fraction, "bregman_gain": 0.0}
-        with warnings.catch_warnings():
-            # a whole head: the field of view does not cut its brain along B0, so no slab warning
-            warnings.simplefilter("error", QSMWarning)
-            result = run_pipeline(warped_head.acquisition,
-                                  PipelineConfig.from_dict({"inversion": {"method": "tfi", "params": params}}))
-        assert not result.parameters["coverage_along_b0"]["slab"]
-        region = result.local_mask & warped_head.brain_mask
-        scores[fraction] = (metrics.nrmse(result.chi_ppm, warped_head.chi_ppm, region),
-                            *_worst_roi_ppb_and_slope(result.chi_ppm, warped_head, region), result.parameters)
-    (nrmse, worst_ppb, slope, chosen), (one_nrmse, one_worst_ppb, one_slope, one_pass) = scores[None], scores[0.0]
+    (nrmse, worst_ppb, slope, chosen), (one_nrmse, one_worst_ppb, one_slope, one_pass) = (
+        _tfi_pipeline_scores(warped_head, params) for params in
+        ({"bregman_gain": 0.0}, {"chi_edge_fraction": 0.0, "bregman_gain": 0.0}))
     assert chosen["inversion"]["chi_edge_fraction"] == 0.1 and chosen["inversion"]["chi_edge_smv_iterations"] > 0
     assert one_pass["inversion"]["chi_edge_fraction"] == 0.0
     assert nrmse < min(45.0, one_nrmse - 1.2)
@@ -389,15 +393,8 @@ def test_the_bregman_step_lowers_the_error_on_another_subjects_head(warped_head)
     head (another subject, 3 mm, whole head), the default (gain 0.3) against no step: measured chi NRMSE 44.41
     against 44.61 %, worst deep grey matter ROI error 6.85 against 7.93 ppb (stop 49; gain 0.5: 44.29 % and
     7.02 ppb; on the full-size suite's heads see README)."""
-    scores = {}
-    for gain in (None, 0.0):
-        params = {} if gain is None else {"bregman_gain": gain}
-        result = run_pipeline(warped_head.acquisition,
-                              PipelineConfig.from_dict({"inversion": {"method": "tfi", "params": params}}))
-        region = result.local_mask & warped_head.brain_mask
-        scores[gain] = (metrics.nrmse(result.chi_ppm, warped_head.chi_ppm, region),
-                        _worst_roi_ppb_and_slope(result.chi_ppm, warped_head, region)[0], result.parameters)
-    (nrmse, worst_ppb, chosen), (none_nrmse, none_worst_ppb, none) = scores[None], scores[0.0]
+    (nrmse, worst_ppb, _, chosen), (none_nrmse, none_worst_ppb, _, none) = (
+        _tfi_pipeline_scores(warped_head, params) for params in ({}, {"bregman_gain": 0.0}))
     assert chosen["inversion"]["bregman_gain"] == BREGMAN_GAIN and chosen["inversion"]["bregman_iterations"] > 0
     assert none["inversion"]["bregman_gain"] == 0.0
     assert nrmse < min(44.55, none_nrmse - 0.1)

@@ -1035,8 +1035,7 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
     finest = (both - smoothed / np.maximum(weight, np.float32(1e-6)))[:, valid]
     fine_variance = [float(np.var(detail, dtype=np.float64)) for detail in finest]
     ratio = fine_variance[1] / fine_variance[0] if fine_variance[0] > 0 else 1.0
-    low, high = NOISY_DETAIL_RATIO
-    share = TFI_SHARE + (MAX_TFI_SHARE - TFI_SHARE) * float(np.clip((ratio - low) / (high - low), 0.0, 1.0))
+    share = TFI_SHARE + (MAX_TFI_SHARE - TFI_SHARE) * _noisy_detail(ratio)
     difference = tfi_chi - sstv_chi
     smoothed, weight = masked_smoothing(difference, valid, COARSE_SIGMA_MM, voxel_size_mm)
     coarse = smoothed / np.maximum(weight, np.float32(1e-6))
@@ -1408,14 +1407,17 @@ def _single_step(
     return chi, parameters
 
 
-def _noise_guard(fine_detail_ratio: float) -> float:
-    """1, falling linearly to 0 across ``NOISY_DETAIL_RATIO``: how much of the Bregman step's gain to use.
-
-    ``fine_detail_ratio`` is SS-TV's finest detail variance over TFI's (:func:`blend_estimates`); where it
-    is high, the detail the data terms leave unexplained is mostly noise.
-    """
+def _noisy_detail(fine_detail_ratio: float) -> float:
+    """0, rising linearly to 1 across ``NOISY_DETAIL_RATIO``: how far SS-TV's finest detail variance over
+    TFI's (:func:`blend_estimates`) says that detail is noise."""
     low, high = NOISY_DETAIL_RATIO
-    return float(np.clip((high - fine_detail_ratio) / (high - low), 0.0, 1.0))
+    return float(np.clip((fine_detail_ratio - low) / (high - low), 0.0, 1.0))
+
+
+def _noise_guard(fine_detail_ratio: float) -> float:
+    """How much of the Bregman step's gain to use: where the fine detail is noise (:func:`_noisy_detail`),
+    so is most of what the data terms leave unexplained."""
+    return 1.0 - _noisy_detail(fine_detail_ratio)
 
 
 def _bregman_data(field: Any, chi: Any, kernel: Any, weight: Any, region: Any, shape: Sequence[int], gain: float,
