@@ -251,8 +251,9 @@ def test_tfis_second_pass_frees_the_first_estimates_edges_and_says_so():
 
 def test_tfis_bregman_step_gives_back_detail_the_prior_took_unless_the_detail_is_noise():
     """Blobs at 1.5 mm, lambda chosen from the noise. With 0.3 Hz of noise the step (gain 0.5) measured chi
-    NRMSE 20.22 against 22.36 % without it (fine detail ratio 0.90). With 1 Hz SS-TV's finest detail carries
-    1.29 times TFI's, above ``NOISY_DETAIL_RATIO``: the step does not run, and chi is the same bit for bit."""
+    NRMSE 20.95 against 22.48 % without it (fine detail ratio 0.90; 20.22 against 22.36 % before the step
+    started from MERIT's weights). With 1 Hz SS-TV's finest detail carries 1.33 times TFI's, above
+    ``NOISY_DETAIL_RATIO``: the step does not run, and chi is the same bit for bit."""
     voxel = (1.5, 1.5, 1.5)
     field, mask, chi, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26))
     rng = np.random.default_rng(0)
@@ -267,7 +268,7 @@ def test_tfis_bregman_step_gives_back_detail_the_prior_took_unless_the_detail_is
             assert step.parameters["bregman_detail_ratio"] < NOISY_DETAIL_RATIO[0]
             assert step.parameters["bregman_gain"] == 0.5
             assert step.parameters["bregman_iterations"] >= 2 and step.parameters["bregman_smv_iterations"] >= 2
-            assert nrmse(step.chi_ppm, chi, step.mask) < nrmse(without.chi_ppm, chi, without.mask) - 1.5
+            assert nrmse(step.chi_ppm, chi, step.mask) < nrmse(without.chi_ppm, chi, without.mask) - 1.2
         else:
             assert step.parameters["bregman_detail_ratio"] > NOISY_DETAIL_RATIO[1]
             assert step.parameters["bregman_gain"] == 0.0 and "bregman_iterations" not in step.parameters
