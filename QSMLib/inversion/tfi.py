@@ -95,8 +95,10 @@ from .tv import admm_chi_step, admm_data_step, admm_gradient_step, linear_update
 # coarse-grid CG iterations of the background sources' start (TFI's pdf_iterations), then full-grid ones
 PDF_ITERATIONS = 30
 FINE_ITERATIONS = 8
-# ... and more full-grid ones where the field carries the sampled kernel's ripple (:func:`_ripple_test`)
-RIPPLE_ITERATIONS = 30
+# ... and more full-grid ones where the field carries the sampled kernel's ripple (:func:`_ripple_test`): 60
+# since stop 50 (30 before), whole pipeline, chi NRMSE: qsmforward_oblique_1p06mm 20.28 -> 20.01 %, a 1.06 mm
+# qsm-forward head with B0 27 degrees oblique 34.33 -> 33.07 % (README, stop 50), 5 s more on a 1.2 mm head
+RIPPLE_ITERATIONS = 60
 # TFI's automatic lambda is this times linear TV's rule: whole pipeline on the six suite cases, chi NRMSE
 # 0.4-1.5 points lower on every case than with the TV rule itself (mean 39.3 against 40.3 %), worst deep
 # grey matter ROI error 22.3 against 25.5 ppb; 2x was as good on the two noisiest cases and 0.5-0.7x worse.
@@ -483,7 +485,7 @@ def tfi(
         background sources (through the sampled kernel) lowers the field's
         finest detail, which happens where the field itself was simulated
         with the sampled kernel (air's field then carries its Nyquist
-        ripple): then the sources also get ``RIPPLE_ITERATIONS`` (30) more
+        ripple): then the sources also get ``RIPPLE_ITERATIONS`` (60) more
         iterations on the full grid, since the ripple lies at the finest
         scale that their coarse start leaves out (:func:`_ripple_test`);
         ``"sampled"`` with B0 along an axis (the two are then the
@@ -501,9 +503,12 @@ def tfi(
         the same head with B0 along an axis); two scratch qsm-forward cases,
         1.5 mm tilted 28 degrees and 1.06 mm with 9 bipolar echoes tilted 16
         degrees, 39.1 / 8.0 -> 33.4 / 6.5 (27.1 / 2.8 axial) and 29.1 / 8.2
-        -> 25.5 / 7.1. 60 iterations instead of 30 measured 0.0 / 0.4 / 0.4
-        points better on these three, for 5 s more on the first (the
-        inversion 20.7 s, 18.0 without the refinement). The five suite
+        -> 25.5 / 7.1 (30 iterations then; 60 measured 0.0 / 0.4 / 0.4 points
+        better on these three, for 5 s more on the first). With 60, the
+        default since stop 50: ``qsmforward_oblique_1p06mm`` 20.28 / 5.8 ->
+        20.01 / 5.6 with stop 49's defaults, and a scratch qsm-forward head
+        (1.06 mm, B0 27 degrees oblique, texture, peak SNR 50) 34.33 / 11.0
+        -> 33.07 / 10.2 (27.40 / 6.8 with B0 along an axis). The five suite
         heads' gain most likely lies in their simulation: each voxel's field
         is a box average of a finer one, which folds frequencies beyond the
         grid's band into it. A signal cropped in k-space, as a scanner's is, has no
