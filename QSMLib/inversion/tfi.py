@@ -96,8 +96,7 @@ from .tv import admm_chi_step, admm_data_step, admm_gradient_step, linear_update
 PDF_ITERATIONS = 30
 FINE_ITERATIONS = 8
 # ... and more full-grid ones where the field carries the sampled kernel's ripple (:func:`_ripple_test`): 60
-# since stop 50 (30 before), whole pipeline, chi NRMSE: qsmforward_oblique_1p06mm 20.28 -> 20.01 %, a 1.06 mm
-# qsm-forward head with B0 27 degrees oblique 34.33 -> 33.07 % (README, stop 50), 5 s more on a 1.2 mm head
+# since stop 50, 30 before (measured: ``kernel`` in :func:`tfi`'s docstring; README, stop 50)
 RIPPLE_ITERATIONS = 60
 # TFI's automatic lambda is this times linear TV's rule: whole pipeline on the six suite cases, chi NRMSE
 # 0.4-1.5 points lower on every case than with the TV rule itself (mean 39.3 against 40.3 %), worst deep
