@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,6 +139,47 @@ def test_benchmark_runner_end_to_end_on_a_small_case(small_case):
     assert inversion["nrmse"] < 40  # measured 28.5 % (TV from the exact local field)
     text = bench_accuracy.markdown(rows, [bench_accuracy.case_info(small_case)])
     assert "Mean and worst case" in text and "small_axial" in text
+
+
+def _thermal_case(noise_sd: float, echo_times_s, bipolar: bool = False, corner_signal: float = 0.0):
+    """A case for :func:`bench_accuracy.thermal_noise`: magnitude 1 in a 20^3 brain, Rayleigh noise of
+    ``noise_sd`` per channel in the air around it (plus ``corner_signal`` there)."""
+    rng = np.random.default_rng(3)
+    shape = (len(echo_times_s), 40, 40, 40)
+    air = np.abs(noise_sd * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))) + corner_signal
+    brain = np.zeros(shape[1:], bool)
+    brain[10:30, 10:30, 10:30] = True
+    magnitude = np.where(brain, 1.0, air).astype(np.float32)
+    acquisition = SimpleNamespace(magnitude=magnitude, echo_times_s=tuple(echo_times_s), n_echoes=shape[0],
+                                  bipolar=bipolar)
+    return SimpleNamespace(acquisition=acquisition, brain_mask=brain, spec=SimpleNamespace(name="thermal_test"))
+
+
+def test_thermal_noise_has_the_scans_own_noise_level():
+    """The benchmark's ``thermal`` input: its field noise (Hz) is what a least-squares fit of phase with an
+    intercept gives for the noise level read off the air, ``sigma / (2 pi |S| sqrt(sum (t - mean t)^2))``."""
+    times = np.array([0.004, 0.009, 0.014, 0.019, 0.024])
+    sigma = 0.02
+    noise_hz, weight, field_sd_hz = bench_accuracy.thermal_noise(_thermal_case(sigma, times))
+    brain = np.zeros(noise_hz.shape, bool)
+    brain[10:30, 10:30, 10:30] = True
+    expected_hz = sigma / (2 * np.pi * np.sqrt(np.sum((times - times.mean()) ** 2)))
+    # the noise level from the corners' 1728 voxels per echo is known to about 1.3 %, the SD of 8000 voxels to
+    # 0.8 % (measured 2.5 % off)
+    assert noise_hz[brain].std() == pytest.approx(expected_hz, rel=0.05)
+    assert abs(noise_hz[brain].mean()) < 0.05 * expected_hz
+    # the fit's own noise map, from 3 degrees of freedom per voxel, agrees on average (measured 0.9 % off)
+    assert np.sqrt(np.mean(field_sd_hz[brain] ** 2)) == pytest.approx(expected_hz, rel=0.05)
+    # bipolar: the odd echoes alone (the even ones carry the readout error)
+    bipolar_hz, _, _ = bench_accuracy.thermal_noise(_thermal_case(sigma, times, bipolar=True))
+    odd = times[::2]
+    assert bipolar_hz[brain].std() == pytest.approx(  # measured 1.5 % off
+        sigma / (2 * np.pi * np.sqrt(np.sum((odd - odd.mean()) ** 2))), rel=0.05)
+
+
+def test_thermal_noise_refuses_a_case_without_air_in_its_corners():
+    with pytest.raises(ValueError, match="corners are not pure noise"):
+        bench_accuracy.thermal_noise(_thermal_case(0.02, [0.004, 0.009, 0.014], corner_signal=0.5))
 
 
 def test_tissue_class_scores_single_out_the_wrong_class_and_ignore_scale(small_case):

@@ -23,7 +23,9 @@ code). For each case with ground truth it prints:
   on the valid brain voxels, and the share of the brain kept;
 - ``inversion``: every registered inversion method from the exact local field
   (``exact``), the exact local field plus the echo fit's noise (``noisy``,
-  with its reliability weight) and the pipeline's local field
+  with its reliability weight; it holds the simulated partial volumes at the
+  brain's surface too), plus the echo fit of thermal noise alone at the scan's
+  own noise level (``thermal``) and the pipeline's local field
   (``pipeline``): chi NRMSE, detrended NRMSE, HFEN (%), XSIM, correlation, the
   ROI slope and every deep grey matter ROI error (ppb).
 
@@ -171,6 +173,50 @@ def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
         "field_sd_hz")
 
 
+#: Width (voxels) of the cubes at the field of view's eight corners whose magnitude gives the noise level.
+NOISE_CORNER_VOXELS = 6
+#: Standard deviation over mean of a Rayleigh (pure noise) magnitude, ``sqrt(4 / pi - 1)``.
+_RAYLEIGH_SD_PER_MEAN = math.sqrt(4.0 / math.pi - 1.0)
+
+
+def thermal_noise(case: SuiteCase, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The echo fit of the scan's thermal noise alone (Hz), with its reliability weight and noise map.
+
+    Complex Gaussian noise at each echo's own level (sigma from the
+    magnitude in the field of view's corners, which must be air: their
+    Rayleigh mean is ``sigma sqrt(pi / 2)``) is added to the case's
+    magnitude, and the phase of the sum is fitted against echo time with an
+    intercept, on the echoes :func:`echo_fit_noise` uses. Unlike
+    :func:`echo_fit_noise` it holds no model error (partial volumes at the
+    brain's surface): it is the noise a perfect field model would see, whose
+    spread follows the magnitude, the echo times and the SNR of the scan.
+    """
+    acquisition = case.acquisition
+    echoes = list(range(0, acquisition.n_echoes, 2)) if acquisition.bipolar else list(range(acquisition.n_echoes))
+    magnitude = acquisition.magnitude[echoes]
+    n = NOISE_CORNER_VOXELS
+    ends = (slice(0, n), slice(-n, None))
+    corners = np.concatenate([magnitude[:, ends[i], ends[j], ends[k]].reshape(len(echoes), -1)
+                              for i, j, k in np.ndindex(2, 2, 2)], axis=1)
+    mean, spread = corners.mean(axis=1), corners.std(axis=1)
+    if not np.all(np.abs(spread / mean / _RAYLEIGH_SD_PER_MEAN - 1.0) < 0.2):
+        raise ValueError(f"{case.spec.name}: the field of view's corners are not pure noise (SD / mean "
+                         f"{np.round(spread / mean, 3)}, Rayleigh {_RAYLEIGH_SD_PER_MEAN:.3f}); thermal noise needs "
+                         "a case with air in its corners (a whole head).")
+    sigma = (mean / math.sqrt(math.pi / 2.0)).astype(np.float32).reshape(-1, 1, 1, 1)
+    rng = np.random.default_rng(seed)
+    noise = sigma * (rng.standard_normal(magnitude.shape, dtype=np.float32)
+                     + 1j * rng.standard_normal(magnitude.shape, dtype=np.float32))
+    phase = np.angle(magnitude + noise).astype(np.float32)
+    times = np.asarray(acquisition.echo_times_s, np.float32)[echoes]
+    fitted, maps = weighted_linear(phase, magnitude, times, mask=case.brain_mask)
+    return fitted.astype(np.float32), maps["field_weight"].astype(np.float32), maps.get("field_sd_hz")
+
+
+#: The inversion stage's noisy inputs: the exact local (or total) field plus one of these (Hz, weight, noise map).
+NOISE_INPUTS = {"noisy": echo_fit_noise, "thermal": thermal_noise}
+
+
 def edge_band(mask: np.ndarray, voxel_size_mm, width_mm: float = EDGE_BAND_MM) -> np.ndarray:
     """Voxels of ``mask`` within ``width_mm`` of its boundary."""
     distance = ndi.distance_transform_edt(mask, sampling=tuple(float(v) for v in voxel_size_mm))
@@ -242,7 +288,7 @@ def evaluate_case(
     """All rows (one dict per stage, input and method) for one case.
 
     ``inputs`` selects the inputs of the background (exact, pipeline) and
-    inversion (exact, noisy, pipeline) stages; the pipeline runs only when
+    inversion (exact, noisy, thermal, pipeline) stages; the pipeline runs only when
     its stage or its input is asked for. ``true_mask`` gives the pipeline the
     case's true brain mask, as a user would give a mask.
     """
@@ -307,32 +353,33 @@ def evaluate_case(
                              "brain_kept": float(region.sum() / brain.sum())})
                 log(f"{case.spec.name}: background {method} ({input_name}) {rows[-1]['local_nrmse']:.1f} %")
     if "inversion" in stages:
-        noise, weight, field_sd = echo_fit_noise(case) if "noisy" in inputs else (None, None, None)
-        sources = {"exact": lambda: (case.local_field_hz, brain, None),
-                   "noisy": lambda: (np.where(brain, case.local_field_hz + noise, 0).astype(np.float32), brain,
-                                     weight),
+        noises = {name: make(case) for name, make in NOISE_INPUTS.items() if name in inputs}
+
+        def with_noise(field: np.ndarray, input_name: str) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+            noise, weight, field_sd = noises[input_name]
+            return np.where(brain, field + noise, 0).astype(np.float32), brain, weight, field_sd
+
+        sources = {"exact": lambda: (case.local_field_hz, brain, None, None),
+                   **{name: lambda name=name: with_noise(case.local_field_hz, name) for name in noises},
                    "pipeline": lambda: (pipeline.local_field_hz, pipeline.local_mask,
-                                        pipeline.maps.get("field_weight"))}
+                                        pipeline.maps.get("field_weight"), pipeline.maps.get("field_sd_hz"))}
         # single-step methods (takes_total_field) invert the total field with the same noise and mask
-        total_sources = {"exact": lambda: (case.total_field_hz, brain, None),
-                         "noisy": lambda: (np.where(brain, case.total_field_hz + noise, 0).astype(np.float32), brain,
-                                           weight),
+        total_sources = {"exact": lambda: (case.total_field_hz, brain, None, None),
+                         **{name: lambda name=name: with_noise(case.total_field_hz, name) for name in noises},
                          "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask,
-                                              pipeline.maps.get("field_weight"))}
+                                              pipeline.maps.get("field_weight"), pipeline.maps.get("field_sd_hz"))}
         for input_name in [name for name in sources if name in inputs]:
             for method in inversion_methods:
                 single_step = getattr(INVERSION_METHODS[method], "takes_total_field", False)
-                local, mask, field_weight = (total_sources if single_step else sources)[input_name]()
+                local, mask, field_weight, fit_sd = (total_sources if single_step else sources)[input_name]()
                 began = time.perf_counter()
-                fit_sd = field_sd if input_name == "noisy" else (
-                    pipeline.maps.get("field_sd_hz") if input_name == "pipeline" else None)
                 chi, valid, chosen = call_method(INVERSION_METHODS[method], local, mask, voxel,
                                                  dict(available, field_weight=field_weight, field_sd_hz=fit_sd),
                                                  parameters.get(method, {}))
                 row = {**base, "stage": "inversion", "input": input_name, "method": method,
                        "seconds": time.perf_counter() - began, "chosen": chosen}
-                if input_name == "noisy":
-                    row["noise_sd_hz"] = float(noise[brain].std())
+                if input_name in noises:
+                    row["noise_sd_hz"] = float(noises[input_name][0][brain].std())
                 row.update(chi_scores(chi, case, valid & brain))
                 rows.append(row)
                 log(f"{case.spec.name}: inversion {method} ({input_name}) {row['nrmse']:.1f} %")
@@ -479,8 +526,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--true-mask", action="store_true",
                         help="give the pipeline the true brain mask, as a user's mask (QSM-CI gives one)")
     parser.add_argument("--inputs", default="exact,noisy,pipeline",
-                        help="inputs of the background/inversion stages: exact,noisy,pipeline (pipeline runs the "
-                             "whole pipeline first)")
+                        help="inputs of the background/inversion stages: exact,noisy,thermal,pipeline (pipeline "
+                             "runs the whole pipeline first)")
     parser.add_argument("--cache-dir", default=str(CACHE), help="folder of cached cases")
     parser.add_argument("--markdown", help="also write the markdown tables to this file")
     parser.add_argument("--json", help="also write every row as JSON to this file")

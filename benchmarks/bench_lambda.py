@@ -6,7 +6,8 @@
 
 For every case, input and method it inverts the same field as
 ``bench_accuracy.py --stages inversion`` (``exact``: the true local field;
-``noisy``: plus the echo fit's noise, with its weight and noise map) once
+``noisy``: plus the echo fit's noise, with its weight and noise map;
+``thermal``: plus the echo fit of thermal noise alone, ditto) once
 with ``regularization="auto"`` and then with fixed multiples of the lambda
 that the automatic rule chose: 2x and 0.5x, then on in factors of 2 in
 the direction that lowered chi NRMSE until it rises again (at most
@@ -38,20 +39,19 @@ METHODS = ("tv", "nltv", "medi", "l2")
 GAP_TARGET = 0.10
 
 
-def _inputs(case: bench_accuracy.SuiteCase, name: str, noise: Optional[tuple]) -> tuple[np.ndarray, Any, Any]:
+def _inputs(case: bench_accuracy.SuiteCase, name: str, noises: dict[str, tuple]) -> tuple[np.ndarray, Any, Any]:
     """Field (Hz), weight and the fit's noise map of one inversion input."""
-    brain = case.brain_mask
     if name == "exact":
         return case.local_field_hz, None, None
-    error, weight, field_sd = noise
-    return np.where(brain, case.local_field_hz + error, 0).astype(np.float32), weight, field_sd
+    error, weight, field_sd = noises[name]
+    return np.where(case.brain_mask, case.local_field_hz + error, 0).astype(np.float32), weight, field_sd
 
 
-def sweep(case: bench_accuracy.SuiteCase, method: str, input_name: str, noise: Optional[tuple],
+def sweep(case: bench_accuracy.SuiteCase, method: str, input_name: str, noises: dict[str, tuple],
           max_steps: int, log) -> dict[str, Any]:
     """Automatic lambda and the best fixed multiple of it for one case, input and method."""
     acquisition = case.acquisition
-    field, weight, field_sd = _inputs(case, input_name, noise)
+    field, weight, field_sd = _inputs(case, input_name, noises)
     available = dict(bench_accuracy.method_inputs(case), field_weight=weight, field_sd_hz=field_sd)
     entry = bench_accuracy.INVERSION_METHODS[method]
 
@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(TUNING_CASES), help="comma-separated suite case names")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated inversion methods")
-    parser.add_argument("--inputs", default="exact,noisy", help="comma-separated: exact,noisy")
+    parser.add_argument("--inputs", default="exact,noisy,thermal", help="comma-separated: exact,noisy,thermal")
     parser.add_argument("--max-steps", type=int, default=4, help="factor-2 steps beyond 2x / 0.5x (default 4)")
     parser.add_argument("--cache-dir", default=str(bench_accuracy.CACHE), help="folder of cached cases")
     parser.add_argument("--json", help="also write every row as JSON to this file")
@@ -121,15 +121,15 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {sorted(bench_accuracy.INVERSION_METHODS)}")
     inputs = [name for name in arguments.inputs.split(",") if name]
-    if set(inputs) - {"exact", "noisy"}:
-        parser.error("--inputs takes exact and/or noisy")
+    if set(inputs) - {"exact", *bench_accuracy.NOISE_INPUTS}:
+        parser.error(f"--inputs takes exact and/or {', '.join(bench_accuracy.NOISE_INPUTS)}")
     rows = []
     for name in arguments.cases.split(","):
         case = bench_accuracy.load_case(name, arguments.cache_dir)
-        noise = bench_accuracy.echo_fit_noise(case) if "noisy" in inputs else None
+        noises = {name: make(case) for name, make in bench_accuracy.NOISE_INPUTS.items() if name in inputs}
         for input_name in inputs:
             for method in methods:
-                rows.append(sweep(case, method, input_name, noise, arguments.max_steps,
+                rows.append(sweep(case, method, input_name, noises, arguments.max_steps,
                                   lambda message: print(message, file=sys.stderr, flush=True)))
         if arguments.json:
             Path(arguments.json).write_text(json.dumps(rows, indent=1))
