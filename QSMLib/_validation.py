@@ -72,7 +72,6 @@ PARAMETER_RANGES: dict[str, Bounds] = {
     "penalty": _POSITIVE,
     "data_penalty": _POSITIVE,
     "penalty_growth": Bounds(1.0),
-    "data_weight": _POSITIVE,
     "outside_weight": _NOT_NEGATIVE,
     "noise_floor_snr": _NOT_NEGATIVE,
     "max_r2star_per_s": _POSITIVE,

@@ -24,7 +24,7 @@ METHODS = {
     "l2": Method(l2, inputs=(*_GEOMETRY, "field_sd_hz")),
     "tv": Method(tv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "device")),
     "nltv": Method(nltv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "echo_times_s", "magnitude")),
-    "rts": Method(rts, inputs=_GEOMETRY),
+    "rts": Method(rts, inputs=(*_GEOMETRY, "field_sd_hz")),
     "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "echo_times_s")),
     # single step: inverts the total field, the pipeline skips background removal
     "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "background_removed", "device"),

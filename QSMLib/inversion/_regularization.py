@@ -129,17 +129,20 @@ def effective_noise(noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Seque
 
 def noise_proportional_regularization(
     noise_ppm: float, field_rms_ppm: float, voxel_size_mm: Sequence[float],
-    model_error_fraction: float = MODEL_ERROR_FRACTION,
+    model_error_fraction: float = MODEL_ERROR_FRACTION, lambda_per_noise: float = TV_LAMBDA_PER_NOISE,
 ) -> float:
     """TV ``lambda`` (ppm mm) proportional to the effective noise: ``k sqrt((sigma h)^2 + (e rms)^2)``.
 
-    ``k`` is :data:`TV_LAMBDA_PER_NOISE`, measured on the validation suite;
-    the effective noise is :func:`effective_noise`.
+    ``k`` is ``lambda_per_noise`` (:data:`TV_LAMBDA_PER_NOISE` for a data
+    term on the field), measured on the validation suite; the effective
+    noise is :func:`effective_noise`.
 
     Parameters
     ----------
     noise_ppm, field_rms_ppm, voxel_size_mm, model_error_fraction
         As :func:`effective_noise`.
+    lambda_per_noise : float
+        ``k``.
 
     Returns
     -------
@@ -150,7 +153,7 @@ def noise_proportional_regularization(
     >>> round(noise_proportional_regularization(2e-3, 0.0, (1.0, 1.0, 1.0)), 6)
     0.00014
     """
-    return TV_LAMBDA_PER_NOISE * effective_noise(noise_ppm, field_rms_ppm, voxel_size_mm, model_error_fraction)
+    return lambda_per_noise * effective_noise(noise_ppm, field_rms_ppm, voxel_size_mm, model_error_fraction)
 
 
 def measure_field(
@@ -229,6 +232,7 @@ def tv_regularization(
     label: str,
     field_sd_ppm: Optional[np.ndarray] = None,
     model_error_fraction: float = MODEL_ERROR_FRACTION,
+    lambda_per_noise: float = TV_LAMBDA_PER_NOISE,
 ) -> tuple[float, dict[str, Any]]:
     """Resolve a TV-family ``regularization`` argument: a positive number, or ``"auto"`` (from the noise).
 
@@ -256,6 +260,8 @@ def tv_regularization(
         finest detail but not from the fit's residuals.
     model_error_fraction : float
         As :func:`effective_noise`.
+    lambda_per_noise : float
+        As :func:`noise_proportional_regularization`.
 
     Returns
     -------
@@ -278,7 +284,7 @@ def tv_regularization(
             raise QSMInputError(f"{label}: regularization must be a positive number or 'auto', got {regularization!r}.")
         measured = measure_field(field_ppm, mask, weight, field_sd_ppm)
         value = noise_proportional_regularization(measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm,
-                                                  model_error_fraction)
+                                                  model_error_fraction, lambda_per_noise)
         return value, {"regularization": value, "regularization_rule": "noise-proportional", **measured}
     value = float(regularization)
     if not (value > 0 and np.isfinite(value)):

@@ -111,7 +111,9 @@ INVERSION_PARAMETERS = {
                             "a data weight chosen from the noise of the field and recorded in the log", 1, 10.0),
     "tv": _TV_REGULARIZATION,
     "nltv": _TV_REGULARIZATION,
-    "rts": MethodParameter("delta", "Kernel threshold δ", "", 0.15, "0.15", 3, 0.01),
+    # RTS's lambda weighs its TV against the measured frequencies: 1e-3-2e-2 ppm mm on the suite's heads
+    "rts": MethodParameter("regularization", "Regularization λ", "ppm·mm", "auto",
+                           "chosen from the noise of the field and recorded in the log", 5, 0.0005),
     "l2": MethodParameter("regularization", "Regularization λ", "mm²", "auto",
                           "chosen from the field's noise-to-signal ratio and recorded in the log", 4, 0.001),
     "tkd": MethodParameter("threshold", "Kernel threshold", "", 0.19, "0.19", 3, 0.01),
