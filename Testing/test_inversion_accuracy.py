@@ -7,8 +7,7 @@ no unwrapping error is added) and fitted by the pipeline's weighted linear
 echo fit, which also gives the reliability map the weighted methods use.
 
 Targets (issue 4): the best method at or below 30 % NRMSE with deep grey
-matter means within 10 ppb of truth, and every method better than TKD (L2
-with its automatic lambda excepted, see BOUNDS).
+matter means within 10 ppb of truth, and every method better than TKD.
 """
 
 
@@ -61,13 +60,14 @@ def tkd_nrmse(head):
 
 
 #: Upper bounds per method: NRMSE (%) and the largest deep grey matter error (ppb).
-#: Measured at 1.5 mm: TKD 39 % / 30 ppb; L2 42.8 % / 66.0 (its automatic lambda, 0.096 mm^2, is chosen on the
-#: realistic suite, whose best lambdas are 3-30 times this piecewise-constant phantom's: here 0.003-0.007 mm^2
-#: gives 28.5 % / 19 ppb; so L2 is not compared with TKD here); TV 14 % / 5; nonlinear TV 14 % / 5; RTS 19.0 % /
+#: Measured at 1.5 mm: TKD 39 % / 30 ppb; L2 33.5 % / 39.1 (its automatic lambda, 0.028 mm^2 since stop 51,
+#: when its rule came to weigh the measured noise at a quarter: 42.8 % / 66.0 at 0.096 mm^2 before; chosen on the
+#: realistic suite, whose best lambdas are larger than this piecewise-constant phantom's: 0.003-0.007 mm^2 gives
+#: 28.5 % / 19 ppb here); TV 14 % / 5; nonlinear TV 14 % / 5; RTS 19.0 % /
 #: 11.4 (its automatic lambda; the paper's fixed mu = 1e5, lambda 1e-5: 25.6 % / 12.0); MEDI 12.8 % / 5.0 (its
 #: automatic data weight; the fixed 100 of before: 9.3 % / 3.3).
 BOUNDS = {
-    "l2": (44.0, 68.0),
+    "l2": (35.0, 42.0),
     "tv": (20.0, 10.0),
     "nltv": (20.0, 10.0),
     "rts": (21.0, 13.0),
@@ -80,7 +80,7 @@ def test_method_beats_tkd_and_meets_its_bounds(head, tkd_nrmse, method):
     chi = _invert(head, method)
     nrmse, errors = _scores(head, chi)
     max_nrmse, max_roi_ppb = BOUNDS[method]
-    assert method == "l2" or nrmse < tkd_nrmse, f"{method}: NRMSE {nrmse:.1f} % is not below TKD's {tkd_nrmse:.1f}"
+    assert nrmse < tkd_nrmse, f"{method}: NRMSE {nrmse:.1f} % is not below TKD's {tkd_nrmse:.1f}"
     assert nrmse <= max_nrmse
     assert max(abs(e) for e in errors.values()) <= max_roi_ppb, errors
 

@@ -97,16 +97,18 @@ def test_echo_fit_noise_map_matches_the_actual_field_noise(case):
 
 #: NRMSE with the automatic lambda relative to the best of 8 fixed lambdas (TV 1e-5 .. 1.28e-3 ppm mm, L2
 #: 0.004 .. 0.512 mm^2), 9 (RTS 1e-4 .. 0.0256 ppm mm) or of 5 fixed MEDI data weights (25 .. 6400). Measured
-#: small_axial exact, noisy, small_qsmforward exact, noisy: TV 0.99, 1.10, 1.27, 1.02; L2 1.045, 1.139, 1.203,
-#: 1.305; MEDI 1.201, 0.998, 1.926, 1.000; RTS 1.001, 1.030, 1.021, 1.000 (on small_axial's noisy field, whose
+#: small_axial exact, noisy, small_qsmforward exact, noisy: TV 0.99, 1.10, 1.27, 1.02; L2 1.001, 1.679, 1.041,
+#: 1.056 (since stop 51 its rule weighs the measured noise at a quarter, chosen with thermal noise; small_axial's
+#: noisy field is mostly the echo fit's error at the crop's surface, which the rule's full weight followed: 1.139
+#: then); MEDI 1.201, 0.998, 1.926, 1.000; RTS 1.001, 1.030, 1.021, 1.000 (on small_axial's noisy field, whose
 #: surface error RTS cannot weight down, every lambda of the grid gives 202-214 %). At 3 mm the anatomy's own
 #: finest detail raises the noise-free estimate; on the 0.7-2 mm suite heads (benchmarks/bench_lambda.py) TV is
-#: within 10 %, L2 within 4.0 % exact and 10.4 % noisy, MEDI within 1-16 % except the 2 mm 7 T head's exact field
-#: (38 %), RTS within 1.2 % exact and 0.0 % with thermal noise.
+#: within 10 %, L2 within 1.6 % exact and 1.7 % with thermal noise, MEDI within 1-16 % except the 2 mm 7 T
+#: head's exact field (38 %), RTS within 1.2 % exact and 0.0 % with thermal noise.
 AUTO_BOUNDS = {("tv", "small_axial", "exact"): 1.03, ("tv", "small_axial", "noisy"): 1.13,
                ("tv", "small_qsmforward", "exact"): 1.30, ("tv", "small_qsmforward", "noisy"): 1.05,
-               ("l2", "small_axial", "exact"): 1.07, ("l2", "small_axial", "noisy"): 1.16,
-               ("l2", "small_qsmforward", "exact"): 1.23, ("l2", "small_qsmforward", "noisy"): 1.33,
+               ("l2", "small_axial", "exact"): 1.03, ("l2", "small_axial", "noisy"): 1.75,
+               ("l2", "small_qsmforward", "exact"): 1.07, ("l2", "small_qsmforward", "noisy"): 1.09,
                ("medi", "small_axial", "exact"): 1.23, ("medi", "small_axial", "noisy"): 1.03,
                ("medi", "small_qsmforward", "exact"): 1.96, ("medi", "small_qsmforward", "noisy"): 1.03,
                ("rts", "small_axial", "exact"): 1.03, ("rts", "small_axial", "noisy"): 1.06,

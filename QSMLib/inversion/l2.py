@@ -27,7 +27,10 @@ DEFAULT_REGULARIZATION_PER_VOXEL = 0.003
 
 #: The automatic ``lambda`` (mm^2) per ``h`` times the field's effective noise-to-signal ratio (mm):
 #: measured on the validation suite (``benchmarks/bench_lambda.py``).
-LAMBDA_PER_NOISE_RATIO = 0.25
+LAMBDA_PER_NOISE_RATIO = 0.2
+#: The share of the measured noise that enters that ratio: L2's error is mostly its bias (the prior's
+#: smoothing), so its best ``lambda`` grows with noise far more slowly than TV's (README, stop 51).
+NOISE_SHARE = 0.25
 
 #: Candidates of the L-curve search, mm^2 (log spaced).
 L_CURVE_RANGE = (1e-4, 1.0)
@@ -106,11 +109,12 @@ def l2(
         estimates ``"auto"`` reads (as for ``tv``).
     regularization : float, "auto" or "l-curve"
         ``lambda`` in mm^2 (the gradient is per mm); larger is smoother.
-        ``"auto"`` (default): ``0.25 h r`` with ``h`` the geometric mean
+        ``"auto"`` (default): ``0.2 h r`` with ``h`` the geometric mean
         voxel size (mm) and ``r`` the field's effective noise (``tv``'s
-        noise estimate and model error, ppm mm) over its RMS (ppm): scaling
-        the field leaves the best ``lambda`` of a quadratic functional
-        unchanged, so it follows the noise-to-signal ratio, not the noise.
+        model error and a quarter of its noise estimate,
+        :data:`NOISE_SHARE`; ppm mm) over its RMS (ppm): scaling the field
+        leaves the best ``lambda`` of a quadratic functional unchanged, so
+        it follows the noise-to-signal ratio, not the noise.
         ``"l-curve"``: the L-curve corner (:func:`l_curve_corner`, 41 values
         from 1e-4 to 1): 30-360 % above the best NRMSE on the twelve suite
         heads (far too little regularisation).
@@ -154,7 +158,7 @@ def l2(
                                  np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0))
         if not measured["field_rms_ppm"] > 0:
             raise QSMInputError("L2: the field is constant in the mask: there is nothing to invert. Check the field.")
-        effective = effective_noise(measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm)
+        effective = effective_noise(NOISE_SHARE * measured["noise_ppm"], measured["field_rms_ppm"], voxel_size_mm)
         regularization = LAMBDA_PER_NOISE_RATIO * mean_voxel_mm(voxel_size_mm) * effective / measured["field_rms_ppm"]
         rule = "noise-to-signal"
     box, shape = inversion_frame(mask, pad_factor)
