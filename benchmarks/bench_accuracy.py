@@ -152,7 +152,7 @@ def method_inputs(case: SuiteCase) -> dict[str, Any]:
             "voxel_size_mm": tuple(acquisition.voxel_size_mm)}
 
 
-def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray]:
+def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """The echo fit's field noise (Hz) and reliability weight, from phase unwrapped with the true field.
 
     Each echo is unwrapped against echo 1 plus the true field's phase
