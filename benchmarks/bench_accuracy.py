@@ -152,6 +152,12 @@ def method_inputs(case: SuiteCase) -> dict[str, Any]:
             "voxel_size_mm": tuple(acquisition.voxel_size_mm)}
 
 
+def fitted_echoes(acquisition: Any) -> list[int]:
+    """The echoes the benchmark's noise inputs fit: all of them, or a bipolar acquisition's odd ones (the even
+    ones carry the readout error)."""
+    return list(range(0, acquisition.n_echoes, 2 if acquisition.bipolar else 1))
+
+
 def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """The echo fit's field noise (Hz) and reliability weight, from phase unwrapped with the true field.
 
@@ -163,7 +169,7 @@ def echo_fit_noise(case: SuiteCase) -> tuple[np.ndarray, np.ndarray, Optional[np
     passes it.
     """
     acquisition = case.acquisition
-    echoes = list(range(0, acquisition.n_echoes, 2)) if acquisition.bipolar else list(range(acquisition.n_echoes))
+    echoes = fitted_echoes(acquisition)
     times = np.asarray(acquisition.echo_times_s, np.float32)[echoes]
     phase = acquisition.phase[echoes] * np.float32(acquisition.phase_sign)
     model = phase[0][None] + np.float32(2 * np.pi) * case.total_field_hz[None] * (times - times[0]).reshape(-1, 1, 1, 1)
@@ -186,13 +192,13 @@ def thermal_noise(case: SuiteCase, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     magnitude in the field of view's corners, which must be air: their
     Rayleigh mean is ``sigma sqrt(pi / 2)``) is added to the case's
     magnitude, and the phase of the sum is fitted against echo time with an
-    intercept, on the echoes :func:`echo_fit_noise` uses. Unlike
+    intercept, on the echoes :func:`fitted_echoes` picks. Unlike
     :func:`echo_fit_noise` it holds no model error (partial volumes at the
     brain's surface): it is the noise a perfect field model would see, whose
     spread follows the magnitude, the echo times and the SNR of the scan.
     """
     acquisition = case.acquisition
-    echoes = list(range(0, acquisition.n_echoes, 2)) if acquisition.bipolar else list(range(acquisition.n_echoes))
+    echoes = fitted_echoes(acquisition)
     magnitude = acquisition.magnitude[echoes]
     n = NOISE_CORNER_VOXELS
     ends = (slice(0, n), slice(-n, None))
