@@ -99,7 +99,11 @@ def test_inversions_on_another_array_library_equal_numpy(blobs, name):
     inside = blobs["mask"] & (result != 0)
     # measured 0.94-0.98; SS-TV 0.89 (no data within its 4 mm radius of the small mask's edge)
     assert np.corrcoef(reference[inside], blobs["chi"][inside])[0, 1] > (0.87 if name == "sstv" else 0.9)
-    assert _nrmse(result, reference) < 1e-3
+    # from the local field 5.7e-7 (TFI) and 2.8e-7 (TV). From the total field 4.2e-3 (TFI) and 4.6e-3 (SS-TV)
+    # since stop 52 (1.4e-4 and 1.6e-4 before): this field shows the sampled kernel's ripple, so the outside
+    # sources are found on the whole field of view, whose unconverged float32 CG follows the two libraries'
+    # rounding of its dot products as far as a GPU's FFTs take it (test_cuda_matches_the_cpu's bound)
+    assert _nrmse(result, reference) < (8e-3 if name in ("tfi", "sstv") else 1e-3)
 
 
 def test_ismv_on_another_array_library_equals_numpy(blobs):
