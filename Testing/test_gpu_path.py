@@ -101,8 +101,8 @@ def test_inversions_on_another_array_library_equal_numpy(blobs, name):
     assert np.corrcoef(reference[inside], blobs["chi"][inside])[0, 1] > (0.87 if name == "sstv" else 0.9)
     # from the local field 5.7e-7 (TFI) and 2.8e-7 (TV). From the total field 4.2e-3 (TFI) and 4.6e-3 (SS-TV)
     # since stop 52 (1.4e-4 and 1.6e-4 before): this field shows the sampled kernel's ripple, so the outside
-    # sources are found on the whole field of view, whose unconverged float32 CG follows the two libraries'
-    # rounding of its dot products as far as a GPU's FFTs take it (test_cuda_matches_the_cpu's bound)
+    # sources are found on the whole field of view, and their CG, stopped unconverged in float32, carries the
+    # two libraries' different rounding as far as test_cuda_matches_the_cpu allows a GPU's to go
     assert _nrmse(result, reference) < (8e-3 if name in ("tfi", "sstv") else 1e-3)
 
 
