@@ -883,8 +883,8 @@ def sstv(
         simulated with the sampled kernel, whose air carries its Nyquist ripple past the SMV filter), the
         solve takes the field less it and the sampled kernel; elsewhere (a measured field) the field as it is
         and the even kernel (the sources of a field with the ripple are found on the whole field of view, as
-        TFI's are). ``parameters`` records ``kernel``, ``kernel_detail_ratio`` and
-        ``outside_field_subtracted``. Measured (``fast`` preset, whole pipeline, chi NRMSE % / worst deep grey
+        TFI's are). ``parameters`` records ``kernel``, ``kernel_detail_ratio``, ``outside_field_subtracted``
+        and ``whole_field_of_view``. Measured (``fast`` preset, whole pipeline, chi NRMSE % / worst deep grey
         matter ROI error ppb): qsm-forward heads with B0 oblique, 1.06 mm tilted 17 deg, 1.5 mm tilted 28 deg
         and 1.06 mm 9-echo bipolar tilted 16 deg (the last two scratch cases), 62.1 / 9.3 -> 27.4 / 6.7, 101.9
         / 10.6 -> 40.0 / 7.1 and 60.7 / 13.5 -> 27.5 / 6.0 (the first two with B0 along an axis: 20.9 / 4.4
@@ -968,10 +968,11 @@ def sstv(
     kernel_parameters: dict[str, Any] = {"kernel": "sampled" if kernel == "auto" else kernel}
     if kernel == "auto" and _oblique(b0_direction):
         report(progress, 0.0, "SS-TV: outside sources (B0 oblique to the grid)")
-        ratio, background = _outside_field(field_ppm, mask, full_weight, voxel_size_mm, b0_direction, target, cancel)
+        ratio, background, whole_field_of_view = _outside_field(field_ppm, mask, full_weight, voxel_size_mm,
+                                                                b0_direction, target, cancel)
         subtract = ratio < 1.0
         kernel_parameters.update(kernel="sampled" if subtract else "even", kernel_detail_ratio=ratio,
-                                 outside_field_subtracted=subtract)
+                                 outside_field_subtracted=subtract, whole_field_of_view=whole_field_of_view)
         if subtract:
             field_host = np.where(inside_host, frame(field_ppm - background), 0).astype(np.float32)
         del background
@@ -1107,12 +1108,12 @@ def _shell_frame(
 def _outside_field(
     field_ppm: np.ndarray, mask: np.ndarray, weight: np.ndarray, voxel_size_mm: Sequence[float],
     b0_direction: Sequence[float], target: Device, cancel: CancelToken,
-) -> tuple[float, np.ndarray]:
+) -> tuple[float, np.ndarray, bool]:
     """SS-TV's ripple test (:func:`_ripple_test`) on TFI's frame, from TFI's start of the outside sources.
 
-    Returns the detail ratio and the field (ppm, on ``mask``'s grid, 0 outside it) of the sources through
-    the sampled kernel. Where the field has the ripple, the sources are found again on a frame of the whole
-    field of view, as TFI finds them.
+    Where the field has the ripple, the sources are found again on a frame of the whole field of view, as TFI
+    finds them. Returns the detail ratio, the field (ppm, on ``mask``'s grid, 0 outside it) of the sources
+    through the sampled kernel, and whether they were found on the whole field of view.
     """
     for whole_field_of_view in (False, True):
         box, shape, *_ = _shell_frame(mask, voxel_size_mm, b0_direction, MARGIN_MM, CUT_MARGIN_MM,
@@ -1129,7 +1130,7 @@ def _outside_field(
                                                inside_host, target, cancel, refine=whole_field_of_view)
         if ratio >= 1.0 or whole_field_of_view:
             break
-    return ratio, from_frame(target.to_numpy(background), box, mask)
+    return ratio, from_frame(target.to_numpy(background), box, mask), whole_field_of_view
 
 
 def _ripple_test(
