@@ -614,7 +614,9 @@ def tfi(
     target = resolve_device(device)
     check_cancel(cancel)
     report(progress, 0.0, "TFI: set-up")
+
     def frame(volume: np.ndarray) -> np.ndarray:
+        """``volume`` on the current pass's frame (``box`` and ``shape``, set in the loop below)."""
         return _fft.pad(np.asarray(volume, dtype=np.float32)[box], shape)
 
     for whole_field_of_view in (False, True):
