@@ -645,7 +645,6 @@ def tfi(
         box, shape, sides, extent, at_edge = _shell_frame(mask, voxel_size_mm, b0_direction, margin_mm,
                                                           cut_margin_mm, whole_field_of_view)
         inside_host = frame(mask) > 0
-        tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside_host
         field_host = frame(np.where(mask, hz_to_ppm(total_field_hz, b0_tesla), 0))
         weight = frame(data_weight(mask, field_weight))
         weight_squared = weight * weight
@@ -684,6 +683,8 @@ def tfi(
             background = _backend.irfftn(spectrum * kernel, shape)
         break
     box_shape = tuple(s.stop - s.start for s in box)
+    # the prior's tissue, on the frame the loop settled on (only the solves below use it)
+    tissue = frame(erode(mask, boundary_mm, voxel_size_mm)) > 0 if boundary_mm > 0 else inside_host
     del spectrum
     # what the outside sources leave is a local field estimate: its noise and size set lambda
     # (on the host: the noise estimate takes a median)
