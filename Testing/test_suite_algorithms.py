@@ -22,7 +22,7 @@ from QSMLib.errors import QSMInputError, QSMWarning
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.inversion import METHODS as INVERSION
 from QSMLib.inversion._regularization import field_noise
-from QSMLib.inversion.tfi import BREGMAN_GAIN
+from QSMLib.inversion.tfi import BREGMAN_GAIN, LOCAL_NOISE_RATIO_KNEE
 from QSMLib.masking import field_jump_islands, phase_quality_mask
 from QSMLib.phantom.suite import load_case
 from QSMLib.pipeline import PipelineConfig, fill_edge, run_pipeline, run_pipeline_from_field
@@ -170,15 +170,20 @@ def test_total_field_inversion_from_the_exact_total_field(case):
 LOCAL_FIELD_BOUNDS = {"small_axial": 24.6, "small_qsmforward": 14.4}
 
 
+def _default_local_inversion(case, field_hz):
+    """The default pipeline from a local field and the true mask: the result and what its inversion chose."""
+    result = run_pipeline_from_field(field_hz, case.brain_mask, field_kind="local",
+                                     voxel_size_mm=case.acquisition.voxel_size_mm, **_inputs(case))
+    return result, result.parameters["inversion"]
+
+
 def test_the_default_inversion_of_an_exact_local_field(case):
-    acquisition = case.acquisition
-    result = run_pipeline_from_field(case.local_field_hz, case.brain_mask, field_kind="local",
-                                     voxel_size_mm=acquisition.voxel_size_mm, **_inputs(case))
-    chosen = result.parameters["inversion"]
+    result, chosen = _default_local_inversion(case, case.local_field_hz)
     assert chosen["smv_skipped"] == "the field is a local field"
     assert chosen["tolerance"] == pytest.approx(0.0025 * 3.0) and chosen["model_error_fraction"] == 0.04
     # noise-free: the rule as it is, without the noise factor
-    assert chosen["regularization_rule"] == "noise-proportional" and chosen["noise_to_model_error"] < 6.0
+    assert chosen["regularization_rule"] == "noise-proportional"
+    assert chosen["noise_to_model_error"] < LOCAL_NOISE_RATIO_KNEE
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, case.brain_mask) < LOCAL_FIELD_BOUNDS[case.spec.name]
 
 
@@ -189,13 +194,9 @@ NOISY_LOCAL_FIELD_BOUNDS = {"small_axial": 73.5, "small_qsmforward": 62.0}
 
 
 def test_a_local_field_whose_noise_swamps_it_gets_a_larger_lambda(case):
-    acquisition = case.acquisition
     noise = np.random.default_rng(0).normal(0.0, 2.0, case.brain_mask.shape).astype(np.float32)
-    field = np.where(case.brain_mask, case.local_field_hz + noise, 0).astype(np.float32)
-    result = run_pipeline_from_field(field, case.brain_mask, field_kind="local",
-                                     voxel_size_mm=acquisition.voxel_size_mm, **_inputs(case))
-    chosen = result.parameters["inversion"]
-    factor = chosen["noise_to_model_error"] / 6.0
+    result, chosen = _default_local_inversion(case, np.where(case.brain_mask, case.local_field_hz + noise, 0))
+    factor = chosen["noise_to_model_error"] / LOCAL_NOISE_RATIO_KNEE
     assert factor > 3.0 and chosen["regularization_rule"] == f"noise-proportional x{factor:g}"
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, case.brain_mask) < NOISY_LOCAL_FIELD_BOUNDS[case.spec.name]
 
