@@ -74,6 +74,26 @@ def test_smv_background_removal_from_the_exact_total_field(case, method):
     assert region.sum() > 0.55 * case.brain_mask.sum()
 
 
+def test_lbv_given_a_brain_mask_needs_its_surface_eroded():
+    """LBV takes the local field as 0 on the mask's boundary; at the brain's surface it is not (cortex, veins).
+
+    Exact total field and true brain mask of the 3 mm qsm-forward head, local-field NRMSE % on the voxels kept /
+    deeper than 12 mm: measured 86.8 / 37.5 without erosion (89 % of the brain kept), 39.7 / 23.8 with
+    ``erosion_mm=4`` (78 %), the README's advice for such masks.
+    """
+    case = load_case("small_qsmforward")
+    brain, voxel = case.brain_mask, case.acquisition.voxel_size_mm
+    deep = erode(brain, 12.0, voxel)
+    scores = {}
+    for erosion in (0.0, 4.0):
+        result = BACKGROUND["lbv"](case.total_field_hz, brain, voxel, erosion_mm=erosion)
+        kept = result.mask & brain
+        scores[erosion] = (metrics.nrmse(result.local_field_hz, case.local_field_hz, kept),
+                           metrics.nrmse(result.local_field_hz, case.local_field_hz, deep), kept.sum() / brain.sum())
+    assert scores[4.0][0] < 41.5 and scores[4.0][1] < 25.5 and scores[4.0][2] > 0.75
+    assert scores[0.0][1] > 35.0
+
+
 def test_field_noise_sees_added_white_noise_and_little_of_the_anatomy(case):
     """The finest-detail estimate: small on the exact local field, the added SD once noise dominates."""
     mask = case.brain_mask

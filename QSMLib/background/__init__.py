@@ -6,9 +6,9 @@ cancel=None, **params)`` returning a :class:`QSMLib.contract.BackgroundResult`
 data). Each registry entry declares the pipeline inputs it takes beyond that
 (``b0_direction``, ``b0_tesla``, ``field_weight`` = echo-fit reliability in
 [0, 1], ``magnitude``).
-Methods that need no erosion (``pdf``, ``lbv``) offer ``erosion_mm`` (default
-0), which erodes the mask before solving; ``vsharp`` always erodes by its
-smallest sphere.
+``pdf`` and ``lbv`` offer ``erosion_mm`` (default 0), which erodes the mask
+before solving (``lbv`` given a brain mask wants 4 mm: see its docstring);
+``vsharp`` always erodes by its smallest sphere.
 """
 
 from ..contract import Method
