@@ -196,7 +196,7 @@ def lbv(
           brain masks of the 13 whole suite heads, local-field NRMSE mean /
           worst on the voxels kept: 145 / 205.5 % without erosion, 38 / 59 %
           with 4 mm (79 % of the brain kept against 95 %); deeper than
-          8-10 mm, which every erosion keeps, 91 / 133 % against 27 / 48 %.
+          10 mm, which every erosion keeps, 84 / 120 % against 25 / 43 %.
           Set ``erosion_mm=4`` for such masks.
         - The pipeline's automatic mask, which reaches into the
           extracerebral CSF: erosion moves the boundary onto the brain's
