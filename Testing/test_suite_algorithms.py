@@ -75,14 +75,14 @@ def test_smv_background_removal_from_the_exact_total_field(case, method):
     assert region.sum() > 0.55 * case.brain_mask.sum()
 
 
-def test_lbv_given_a_brain_mask_needs_its_surface_eroded():
+def test_lbv_given_a_brain_mask_needs_its_surface_eroded(tmp_path_factory):
     """LBV takes the local field as 0 on the mask's boundary; at the brain's surface it is not (cortex, veins).
 
     Exact total field and true brain mask of the 3 mm qsm-forward head, local-field NRMSE % on the voxels kept /
     deeper than 12 mm: measured 86.8 / 37.5 without erosion (89 % of the brain kept), 39.7 / 23.8 with
     ``erosion_mm=4`` (78 %), the README's advice for such masks.
     """
-    case = load_case("small_qsmforward")
+    case = load_case("small_qsmforward", tmp_path_factory.getbasetemp() / "suite_cache")
     brain, voxel = case.brain_mask, case.acquisition.voxel_size_mm
     deep = erode(brain, 12.0, voxel)
     scores = {}
