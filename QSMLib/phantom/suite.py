@@ -258,7 +258,8 @@ SLAB_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 
 #: Heads held out from every choice: drawn by hand once at stop 41, after the defaults were set, and measured with
 #: them (README, "Held-out heads"); recorded in k-space since stop 45, the own simulator's with texture since stop
-#: 46. Keep them out of tuning, or they stop telling how the defaults carry over.
+#: 46; three more drawn at stop 56 (README, "Held-out heads drawn at stop 56"). Keep them out of tuning, or they
+#: stop telling how the defaults carry over.
 HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
     CaseSpec("heldout_1p2mm_3T_7echo_bipolar", "realistic", "another subject (warp 201: 3.5 mm RMS), 1.2 mm, 3 T, "
              "7 echoes 3.5-31.1 ms bipolar, SNR 60, head tilted 10/-6 deg, receive bias 35 %, texture 20 ppb SD",
@@ -295,6 +296,26 @@ HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
              dict(voxel_mm=1.2, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,
                   echo_times_s=_echoes(3, 5, 6), peak_snr=60.0, model_factor=1, texture_ppb=15.0,
                   b0_tilt_deg=(-10.0, 12.0), seed=45)),
+    CaseSpec("heldout_qsmforward_1mm_9echo_textured_tilted", "qsm_forward", "qsm-forward: 1 mm, 3 T, 9 echoes "
+             "4-36 ms, peak SNR 50, texture 20 ppb SD, B0 12 deg oblique to the grid",
+             dict(voxel_mm=1.0, fov_mm=(192.0, 240.0, 220.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 4, 9), peak_snr=50.0, model_factor=1, texture_ppb=20.0,
+                  b0_tilt_deg=(6.0, -10.0), seed=46)),
+    CaseSpec("heldout_1mm_7T_6echo_bipolar", "realistic", "another subject (warp 205: 4 mm RMS, larger), 1 mm, 7 T, "
+             "6 echoes 3-23 ms bipolar, SNR 40, head tilted -8/5 deg, receive bias 40 %, texture 20 ppb SD",
+             dict(signal="kspace", texture_ppb=20.0, voxel_size_mm=(1.0, 1.0, 1.0),
+                  fov_mm=(196.0, 232.0, 180.0), b0_tesla=7.0,
+                  echo_times_s=_echoes(3, 4, 6), snr=40.0, bipolar=True, head_rotation_deg=(-8.0, 5.0),
+                  slab_rotation_deg=(-8.0, 5.0), seed=47, receive_bias=0.4,
+                  anatomy_warp=dict(seed=205, displacement_mm=4.0, scale=(1.04, 1.06, 1.02),
+                                    rotation_deg=(-3.0, -6.0), shift_mm=(3.0, -1.0, 2.0)))),
+    CaseSpec("heldout_1p3mm_3T_5echo_snr25", "realistic", "another subject (warp 206: 3.5 mm RMS, smaller), 1.3 mm, "
+             "3 T, 5 echoes 5-35 ms, SNR 25, receive bias 30 %, texture 15 ppb SD",
+             dict(signal="kspace", texture_ppb=15.0, voxel_size_mm=(1.3, 1.3, 1.3),
+                  fov_mm=(187.2, 223.6, 175.5), b0_tesla=3.0,
+                  echo_times_s=_echoes(5, 7.5, 5), snr=25.0, seed=48, receive_bias=0.3,
+                  anatomy_warp=dict(seed=206, displacement_mm=3.5, scale=(0.97, 0.95, 0.98),
+                                    rotation_deg=(5.0, 3.0), shift_mm=(-1.0, 3.0, -2.0)))),
 )}
 
 
