@@ -142,6 +142,17 @@ def test_benchmark_runner_end_to_end_on_a_small_case(small_case):
     assert background["local_nrmse_deep"] < 33.0 < background["local_nrmse"]
     text = bench_accuracy.markdown(rows, [bench_accuracy.case_info(small_case)])
     assert "Mean and worst case" in text and "small_axial" in text and "deeper than 10 mm" in text
+    errors = np.abs(list(inversion["roi_errors_ppb"].values()))
+    assert inversion["roi_abs_mean_ppb"] == pytest.approx(errors.mean())
+    assert inversion["roi_abs_mean_ppb"] < inversion["roi_abs_max_ppb"] == pytest.approx(errors.max())
+    assert inversion["rois_over_target"] == int((errors > bench_accuracy.ROI_TARGET_PPB).sum())
+    # a pipeline-only run prints every ROI's error too (the figures here stand in for a pipeline row's)
+    pipeline = dict(inversion, stage="pipeline", input="raw", method="consensus", field_rms_hz=0.5, edge_rms_hz=1.0,
+                    edge_max_hz=30.0, edge_outliers=2, mask_dice=0.97, local_nrmse=30.0)
+    text = bench_accuracy.markdown([pipeline], [bench_accuracy.case_info(small_case)])
+    roi_table = text.split("## Deep grey matter ROI errors (ppb)")[1].split("##")[0]
+    assert "caudate_left" in roi_table and "| small_axial | raw | consensus |" in roi_table
+    assert "roi_abs_mean_ppb mean" in text and "rois_over_target worst" in text
 
 
 def _thermal_case(noise_sd: float, echo_times_s, bipolar: bool = False, corner_signal: float = 0.0):

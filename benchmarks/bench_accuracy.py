@@ -27,7 +27,8 @@ code). For each case with ground truth it prints:
   brain's surface too), plus the echo fit of thermal noise alone at the scan's
   own noise level (``thermal``) and the pipeline's local field
   (``pipeline``): chi NRMSE, detrended NRMSE, HFEN (%), XSIM, correlation, the
-  ROI slope and every deep grey matter ROI error (ppb).
+  ROI slope and every deep grey matter ROI error (ppb), with their largest and
+  mean absolute value and how many miss ``ROI_TARGET_PPB`` (10 ppb).
 
 With every chi it also prints the detrended NRMSE per tissue class as the QSM
 challenge 2.0 and QSM-CI score it (:data:`TISSUE_CLASSES`: tissue, blood and
@@ -78,7 +79,10 @@ EDGE_BAND_MM = 3.0
 # at its edge: their local fields are also scored on the voxels deeper than this, which every method keeps.
 DEEP_MM = 10.0
 FIELD_OUTLIER_HZ = 20.0
-CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_slope", "roi_abs_max_ppb")
+#: Issue 9's target for every deep grey matter ROI mean (ppb): the rows count the ROIs that miss it.
+ROI_TARGET_PPB = 10.0
+CHI_METRICS = ("nrmse", "detrended_nrmse", "hfen", "xsim", "correlation", "roi_slope", "roi_abs_max_ppb",
+               "roi_abs_mean_ppb", "rois_over_target")
 # The QSM reconstruction challenge 2.0's (and QSM-CI's) tissue classes, scored by detrended NRMSE: tissue (white
 # and grey matter and thalamus), blood (the veins dilated by one voxel in 26-connectivity) and deep grey matter.
 TISSUE_CLASSES = {
@@ -242,6 +246,8 @@ def chi_scores(chi: np.ndarray, case: SuiteCase, region: np.ndarray) -> dict[str
     errors = {name: 1000.0 * (estimated[name] - true[name]) for name in true if name in estimated}
     scores["roi_slope"] = metrics.roi_slope(estimated, true)
     scores["roi_abs_max_ppb"] = max((abs(v) for v in errors.values()), default=float("nan"))
+    scores["roi_abs_mean_ppb"] = float(np.mean(np.abs(list(errors.values())))) if errors else float("nan")
+    scores["rois_over_target"] = sum(abs(v) > ROI_TARGET_PPB for v in errors.values())
     scores["roi_errors_ppb"] = errors
     scores.update(class_scores(chi, case, region))
     return scores
@@ -418,6 +424,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per stage, input and method: mean and worst case of each metric over the cases."""
     worst_is_max = {"nrmse", "detrended_nrmse", *CLASS_METRICS, "hfen", "local_nrmse", "local_nrmse_deep",
                     "field_rms_hz", "edge_rms_hz", "edge_max_hz", "edge_outliers", "roi_abs_max_ppb",
+                    "roi_abs_mean_ppb", "rois_over_target",
                     "mask_outside_brain", "nrmse_reported", "reported_outside_brain"}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -456,6 +463,7 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
                                   [[c["case"], c["kind"], c["description"], c["matrix"], c["generation_s"]]
                                    for c in cases])]
     chi_header = ["NRMSE %", "dNRMSE %", "HFEN %", "XSIM", "corr", "ROI slope", "max abs ROI err (ppb)",
+                  "mean abs ROI err (ppb)", f"ROIs over {ROI_TARGET_PPB:g} ppb",
                   "dNRMSE % tissue", "dNRMSE % blood", "dNRMSE % DGM"]
     pipeline_rows = [r for r in rows if r["stage"] == "pipeline" and "nrmse" in r]
     if pipeline_rows:
@@ -464,9 +472,9 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
              "mask Dice", "local NRMSE %"] + chi_header + ["NRMSE % on all reported voxels", "reported outside brain",
                                                 "NRMSE % on the brain (unreported = 0)", "brain unreported %"],
             [[r["case"], r["method"], r["seconds"], r["field_rms_hz"], r["edge_rms_hz"], r["edge_max_hz"],
-              r["edge_outliers"], r["mask_dice"], r["local_nrmse"]] + [r[k] for k in CHI_METRICS + CLASS_METRICS]
-             + [r.get(k, float("nan")) for k in ("nrmse_reported", "reported_outside_brain", "nrmse_brain",
-                                                 "unreported_brain_percent")]
+              r["edge_outliers"], r["mask_dice"], r["local_nrmse"]]
+             + [r.get(k, float("nan")) for k in CHI_METRICS + CLASS_METRICS + (
+                 "nrmse_reported", "reported_outside_brain", "nrmse_brain", "unreported_brain_percent")]
              for r in pipeline_rows])]
     plausibility = [r for r in rows if r["stage"] == "pipeline" and "nrmse" not in r]
     if plausibility:
@@ -485,10 +493,11 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     if inversion:
         parts += ["\n## Dipole inversion\n", _table(
             ["case", "input", "method", "s"] + chi_header,
-            [[r["case"], r["input"], r["method"], r["seconds"]] + [r[k] for k in CHI_METRICS + CLASS_METRICS]
-             for r in inversion])]
-        names = sorted({name for r in inversion for name in r["roi_errors_ppb"]})
-        parts += ["\n### Deep grey matter ROI errors (ppb)\n", _table(
+            [[r["case"], r["input"], r["method"], r["seconds"]]
+             + [r.get(k, float("nan")) for k in CHI_METRICS + CLASS_METRICS] for r in inversion])]
+    if inversion or pipeline_rows:
+        names = sorted({name for r in inversion + pipeline_rows for name in r["roi_errors_ppb"]})
+        parts += ["\n## Deep grey matter ROI errors (ppb)\n", _table(
             ["case", "input", "method"] + names,
             [[r["case"], r["input"], r["method"]] + [r["roi_errors_ppb"].get(n, float("nan")) for n in names]
              for r in inversion + pipeline_rows])]
@@ -497,7 +506,8 @@ def markdown(rows: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
     parts.append(f"\n## Mean and worst case over the suite ({', '.join(case_names)})\n")
     for stage, entries in summary.items():
         keys = (["local_nrmse", "local_nrmse_deep"] if stage == "background"
-                else ["nrmse", "hfen", "xsim", "roi_slope", "roi_abs_max_ppb", *CLASS_METRICS])
+                else ["nrmse", "hfen", "xsim", "roi_slope", "roi_abs_max_ppb", "roi_abs_mean_ppb", "rois_over_target",
+                      *CLASS_METRICS])
         if stage == "pipeline":
             keys = ["field_rms_hz", "edge_max_hz", "local_nrmse"] + keys + ["nrmse_reported"]
         header = ["stage", "input", "method", "cases"] + [f"{k} {w}" for k in keys for w in ("mean", "worst")]
