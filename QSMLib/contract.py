@@ -59,6 +59,8 @@ PIPELINE_INPUTS: dict[str, str] = {
     "overwrite_phase": "True when a phase stage may write its result into the phase it is given (the "
                        "pipeline's own intermediate, or an array the caller handed over)",
     "mask": "the brain mask (for stages that do not take it positionally)",
+    "mask_source": "'automatic' when the stage's mask is the pipeline's own (it reaches into the extracerebral "
+                   "CSF), 'user' when it is the brain mask the user gave",
     "labels": "int label map (0 = background), when the user gave one",
     "label_names": "label value -> name, when known",
 }

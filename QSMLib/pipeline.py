@@ -538,7 +538,7 @@ def run_pipeline(
         data_mask, data_inputs = _data_region(run, brain_mask, magnitude, voxel, inputs)
     else:
         brain_mask = run("mask", magnitude, voxel, inputs=inputs)
-        data_mask, data_inputs = brain_mask, inputs
+        data_mask, data_inputs = brain_mask, dict(inputs, mask=brain_mask, mask_source="automatic")
     inputs["mask"] = brain_mask
 
     if config.per_echo:
@@ -660,7 +660,7 @@ def run_pipeline_from_field(
     run = _Stages(config, stages, progress, cancel, resolve_device(config.device))
     inputs: dict[str, Any] = {
         "b0_direction": tuple(b0_direction), "b0_tesla": b0_tesla, "voxel_size_mm": tuple(voxel_size_mm),
-        "mask": brain_mask, "labels": labels, "label_names": label_names,
+        "mask": brain_mask, "mask_source": "user", "labels": labels, "label_names": label_names,
     }
     if field_kind == "total":
         total_field_hz: Optional[np.ndarray] = field_hz
@@ -708,7 +708,7 @@ def _data_region(
         reliable = run("mask", magnitude, voxel_size_mm, inputs=inputs)
     except QSMInputError as error:
         chosen["data_region"] = f"the user's mask alone (no automatic mask: {error})"
-        return user_mask, dict(inputs, mask=user_mask)
+        return user_mask, dict(inputs, mask=user_mask, mask_source="user")
     user_voxels = int(user_mask.sum())
     reliable_voxels = int((user_mask & reliable).sum())
     reliable_share = reliable_voxels / user_voxels
@@ -718,7 +718,7 @@ def _data_region(
                       QSMWarning, stacklevel=3)
         chosen["data_region"] = (f"the user's mask alone (the automatic mask holds {100 * reliable_share:.0f} % "
                                  f"of it, under {100 * MIN_RELIABLE_SHARE:.0f} %)")
-        return user_mask, dict(inputs, mask=user_mask)
+        return user_mask, dict(inputs, mask=user_mask, mask_source="user")
     # the automatic mask can run on into the face where it touches the brain: far from the user's brain
     # its field is no help and its chi is not the brain's. Small pieces stay (a brainstem the field of view cuts
     # beyond the user's mask tells TFI that the tissue goes on beyond that face)
@@ -730,7 +730,7 @@ def _data_region(
                   user_voxels=user_voxels, added_voxels=int((region & ~user_mask).sum()),
                   unreliable_voxels=user_voxels - reliable_voxels,
                   beyond_margin_voxels=int((reliable & ~region).sum()))
-    return region, dict(inputs, mask=region)
+    return region, dict(inputs, mask=region, mask_source="automatic")
 
 
 #: Beyond this distance (mm) from a user's mask, pieces of the automatic mask over

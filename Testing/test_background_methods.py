@@ -45,8 +45,9 @@ def test_contract_local_field_and_valid_mask(head, method):
     local, valid = _remove(method, head.total_field_hz, head.brain_mask, acq.voxel_size_mm, acq.b0_direction)
     assert local.dtype == np.float32 and valid.dtype == bool and local.shape == valid.shape == head.brain_mask.shape
     assert np.all(valid <= head.brain_mask) and np.all(local[~valid] == 0)
-    # the SMV methods lose a shell of their radius (iSMV 4 mm, RESHARP 6 mm at 2 mm voxels): measured 0.85, 0.77
-    assert valid.sum() > {"ismv": 0.82, "resharp": 0.74}.get(method, 0.9) * head.brain_mask.sum()
+    # the SMV methods lose a shell of their radius (iSMV 4 mm, RESHARP 6 mm at 2 mm voxels): measured 0.85, 0.77;
+    # LBV erodes a brain mask by 4 mm: measured 0.79
+    assert valid.sum() > {"ismv": 0.82, "resharp": 0.74, "lbv": 0.76}.get(method, 0.9) * head.brain_mask.sum()
 
 
 @pytest.mark.parametrize("method, limit_hz", [("vsharp", 0.05), ("pdf", 0.15), ("lbv", 0.05)])
@@ -57,8 +58,11 @@ def test_removes_the_field_of_outside_sources(head, method, limit_hz):
     assert local[valid].std() < limit_hz
 
 
-#: Local-field NRMSE (%) on the 2 mm phantom: measured V-SHARP 96, PDF 63, LBV 72.
-@pytest.mark.parametrize("method, limit", [("vsharp", 100.0), ("pdf", 70.0), ("lbv", 78.0)])
+#: Local-field NRMSE (%) on the 2 mm phantom: measured V-SHARP 96, PDF 63, LBV 93. LBV erodes this brain mask by
+#: 4 mm (its default for a user's mask), which costs on this phantom (72 % without erosion, 93 % deeper than 10 mm
+#: against 72 %) while it gains on every one of the thirteen whole suite heads (145.3 -> 38.3 % mean), whose
+#: anatomy is realistic (see the module docstring for this phantom's large smooth local field).
+@pytest.mark.parametrize("method, limit", [("vsharp", 100.0), ("pdf", 70.0), ("lbv", 95.0)])
 def test_local_field_against_truth_on_the_phantom_with_a_sinus(head, method, limit):
     acq = head.acquisition
     local, valid = _remove(method, head.total_field_hz, head.brain_mask, acq.voxel_size_mm, acq.b0_direction)
@@ -77,7 +81,7 @@ def test_lbv_recovers_any_local_field_that_is_zero_off_the_interior():
     harmonic = (0.02 * x**2 - 0.05 * y**2 + 0.03 * z**2 + 0.4 * x - 0.2 * z + 3.0).astype(np.float32)
     rng = np.random.default_rng(0)
     local_truth = np.where(interior(mask), rng.standard_normal(shape), 0).astype(np.float32)
-    local, valid = _remove("lbv", local_truth + harmonic, mask, voxel, tolerance=1e-6)
+    local, valid = _remove("lbv", local_truth + harmonic, mask, voxel, tolerance=1e-6, erosion_mm=0.0)
     assert np.array_equal(valid, interior(mask))
     assert np.abs(local - local_truth).max() < 1e-3
 
@@ -91,12 +95,18 @@ def test_lbv_multigrid_keeps_iterations_few(head):
     assert 0 < max(iterations) <= 20
 
 
-def test_lbv_valid_mask_is_the_interior_and_erosion_is_optional(head):
+def test_lbv_erodes_a_brain_mask_by_4_mm_and_the_pipelines_own_mask_not_at_all(head):
     acq = head.acquisition
-    _, valid = _remove("lbv", head.total_field_hz, head.brain_mask, acq.voxel_size_mm)
-    assert np.array_equal(valid, interior(head.brain_mask))
-    _, eroded = _remove("lbv", head.total_field_hz, head.brain_mask, acq.voxel_size_mm, erosion_mm=4.0)
-    assert eroded.sum() < valid.sum() and np.all(eroded <= valid)
+    field, brain, voxel = head.total_field_hz, head.brain_mask, acq.voxel_size_mm
+    automatic = METHODS["lbv"](field, brain, voxel, mask_source="automatic")
+    assert np.array_equal(automatic.mask, interior(brain))
+    assert automatic.parameters == {"erosion_mm": 0.0, "erosion_chosen_for": "automatic mask"}
+    user = METHODS["lbv"](field, brain, voxel)
+    assert user.parameters == {"erosion_mm": 4.0, "erosion_chosen_for": "user mask"}
+    given = METHODS["lbv"](field, brain, voxel, erosion_mm=4.0, mask_source="automatic")
+    assert given.parameters == {"erosion_mm": 4.0}
+    assert np.array_equal(user.mask, given.mask) and np.array_equal(user.local_field_hz, given.local_field_hz)
+    assert user.mask.sum() < automatic.mask.sum() and np.all(user.mask <= automatic.mask)
 
 
 def test_lbv_erosion_protects_against_a_mask_that_reaches_bone(head):
@@ -176,7 +186,7 @@ def test_selectable_by_name_in_the_pipeline_config(method):
 @pytest.mark.parametrize(
     "method, params",
     [("pdf", {"margin_mm": 0.0}), ("pdf", {"erosion_mm": -1.0}), ("lbv", {"tolerance": 0.0}),
-     ("lbv", {"smoothing_steps": 0})],
+     ("lbv", {"smoothing_steps": 0}), ("lbv", {"mask_source": "brain"})],
 )
 def test_bad_parameters_are_refused(head, method, params):
     acq = head.acquisition
@@ -188,4 +198,4 @@ def test_lbv_refuses_a_mask_without_interior():
     mask = np.zeros((10, 10, 10), dtype=bool)
     mask[5, :, :] = True
     with pytest.raises(QSMInputError, match="interior"):
-        _remove("lbv", np.zeros((10, 10, 10), np.float32), mask, (1.0, 1.0, 1.0))
+        _remove("lbv", np.zeros((10, 10, 10), np.float32), mask, (1.0, 1.0, 1.0), erosion_mm=0.0)

@@ -352,16 +352,18 @@ def evaluate_case(
         rows.append(row)
     available = method_inputs(case)
     if "background" in stages:
-        sources = {"exact": lambda: (case.total_field_hz, brain, None, None),
+        # the true brain mask is a user's mask; the pipeline's is its automatic one
+        sources = {"exact": lambda: (case.total_field_hz, brain, None, None, "user"),
                    "pipeline": lambda: (pipeline.total_field_hz, pipeline.mask, pipeline.maps.get("field_weight"),
-                                        pipeline.maps.get("field_sd_hz"))}
+                                        pipeline.maps.get("field_sd_hz"), "automatic")}
         deep = erode(brain, DEEP_MM, voxel)
         for input_name in [name for name in sources if name in inputs]:
-            total, mask, weight, field_sd = sources[input_name]()
+            total, mask, weight, field_sd, mask_source = sources[input_name]()
             for method in background_methods:
                 began = time.perf_counter()
                 local, valid, chosen = call_method(BACKGROUND_METHODS[method], total, mask, voxel,
-                                                   dict(available, field_weight=weight, field_sd_hz=field_sd),
+                                                   dict(available, field_weight=weight, field_sd_hz=field_sd,
+                                                        mask_source=mask_source),
                                                    parameters.get(method, {}))
                 region = valid & brain
                 rows.append({**base, "stage": "background", "input": input_name, "method": method,

@@ -6,9 +6,11 @@ cancel=None, **params)`` returning a :class:`QSMLib.contract.BackgroundResult`
 data). Each registry entry declares the pipeline inputs it takes beyond that
 (``b0_direction``, ``b0_tesla``, ``field_weight`` = echo-fit reliability in
 [0, 1], ``magnitude``).
-``pdf`` and ``lbv`` offer ``erosion_mm`` (default 0), which erodes the mask
-before solving (``lbv`` given a brain mask wants 4 mm: see its docstring);
-``vsharp`` always erodes by its smallest sphere.
+``pdf`` and ``lbv`` offer ``erosion_mm``, which erodes the mask before
+solving: 0 by default for ``pdf``; for ``lbv`` 4 mm when the mask is the
+user's brain mask and 0 when it is the pipeline's automatic one (its
+docstring gives the measurements). ``vsharp`` always erodes by its smallest
+sphere.
 """
 
 from ..contract import Method
@@ -21,7 +23,7 @@ from .vsharp import vsharp
 METHODS = {
     "vsharp": Method(vsharp),
     "pdf": Method(pdf, inputs=("b0_direction", "field_weight")),
-    "lbv": Method(lbv),
+    "lbv": Method(lbv, inputs=("mask_source",)),
     "resharp": Method(resharp),
     "ismv": Method(ismv, inputs=("device",)),
 }
