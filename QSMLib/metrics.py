@@ -80,9 +80,10 @@ def xsim(
 
     SSIM (Wang et al. 2004) over a 3 x 3 x 3 uniform window with sample
     covariances, ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` and ``L = 1`` ppm, the
-    choices of XSIM (Milovic et al.) and of QSM-CI's scoring. Both maps are
-    demeaned inside ``mask`` and set to 0 outside it; the SSIM map is
-    averaged over ``mask``.
+    choices of XSIM (Milovic et al.) and of QSM-CI's earlier scoring
+    (:func:`xsim_qsm_ci` is its scorer's since). Both maps are demeaned
+    inside ``mask`` and set to 0 outside it, so their references do not
+    matter; the SSIM map is averaged over ``mask``.
 
     Parameters
     ----------
@@ -128,6 +129,58 @@ def xsim(
     ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / (
         (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
     return float(ssim_map[mask].mean())
+
+
+def xsim_qsm_ci(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """XSIM as QSM-CI's scorer computes it (its primary metric for chi maps, 2026).
+
+    The same index as :func:`xsim` with three differences that QSM-CI's
+    scorer (``eval/qsm_eval.py``, ported from QSM.rs) makes: 5 x 5 x 5
+    uniform windows, cut where they run past the volume's edge (each mean
+    over the voxels inside); population rather than sample (co)variances;
+    and the maps as given, not demeaned, so an offset between them (their
+    references: whole brain, CSF) lowers the score. ``C1 = 1e-4`` and
+    ``C2 = 1e-6`` (L = 1 ppm); the index is averaged over the voxels of
+    ``mask`` whose denominator is positive. QSM-CI's mask is the brain mask
+    where the map is non-zero.
+
+    Parameters
+    ----------
+    estimate, truth : numpy.ndarray, shape (n0, n1, n2)
+        Susceptibility in ppm, each on its own reference.
+    mask : numpy.ndarray of bool, shape (n0, n1, n2)
+        Where to average.
+
+    Returns
+    -------
+    float
+        1 for identical maps, lower for worse ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.random.default_rng(0).normal(0, 0.05, (8, 8, 8))
+    >>> mask = np.ones(truth.shape, bool)
+    >>> round(xsim_qsm_ci(truth, truth, mask), 6), xsim_qsm_ci(truth + 0.05, truth, mask) < 0.8
+    (1.0, True)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    x, y = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+
+    def window_mean(values: np.ndarray) -> np.ndarray:
+        # sums over the window's voxels inside the volume, divided by their count
+        return ndi.uniform_filter(values, 5, mode="constant", cval=0.0) / counts
+
+    counts = ndi.uniform_filter(np.ones(x.shape), 5, mode="constant", cval=0.0)
+    mean_x, mean_y = window_mean(x), window_mean(y)
+    var_x = window_mean(x * x) - mean_x * mean_x
+    var_y = window_mean(y * y) - mean_y * mean_y
+    cov_xy = window_mean(x * y) - mean_x * mean_y
+    c1, c2 = 1e-4, 1e-6
+    denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+    valid = mask & (denominator > 0)
+    ssim_map = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2) / np.where(valid, denominator, 1.0)
+    return float(ssim_map[valid].mean()) if valid.any() else 0.0
 
 
 def roi_slope(estimate_means: Mapping[str, float], truth_means: Mapping[str, float]) -> float:

@@ -56,6 +56,19 @@ def test_xsim_of_a_doubled_map_is_near_the_ssim_value_0_64():
     assert metrics.xsim(2 * truth, truth, np.ones(truth.shape, bool)) == pytest.approx(0.64, abs=0.01)
 
 
+def test_qsm_ci_xsim_counts_the_offset_between_the_maps(small_case):
+    """QSM-CI's XSIM takes the maps as given: an offset lowers it, where the demeaned XSIM is unchanged."""
+    truth, brain = small_case.chi_ppm, small_case.brain_mask
+    assert metrics.xsim_qsm_ci(truth, truth, brain) == pytest.approx(1.0)
+    shifted = np.where(brain, truth + 0.01, 0)
+    assert metrics.xsim(shifted, truth, brain) == pytest.approx(1.0)
+    # measured 0.944: the 10 ppb offset against the brain's local means (C1 = 1e-4 ppm^2)
+    assert metrics.xsim_qsm_ci(shifted, truth, brain) < 0.96
+    # two constant maps: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1) = 5e-4 / 6e-4
+    ones = np.ones((9, 9, 9))
+    assert metrics.xsim_qsm_ci(0.02 * ones, 0.01 * ones, ones > 0) == pytest.approx(5 / 6)
+
+
 def test_roi_slope_of_a_scaled_estimate():
     truth = {"a": 0.05, "b": 0.2, "c": -0.01}
     assert metrics.roi_slope({k: 0.8 * v + 0.3 for k, v in truth.items()}, truth) == pytest.approx(0.8)
@@ -137,6 +150,8 @@ def test_benchmark_runner_end_to_end_on_a_small_case(small_case):
     inversion = next(r for r in rows if r["stage"] == "inversion")
     assert len(inversion["roi_errors_ppb"]) == 14 and all(np.isfinite(list(inversion["roi_errors_ppb"].values())))
     assert inversion["nrmse"] < 40  # measured 28.5 % (TV from the exact local field)
+    # measured 0.794 as QSM-CI scores it (5-voxel windows, maps not demeaned), 0.730 demeaned with 3-voxel ones
+    assert 0.77 < inversion["xsim_qsm_ci"] < 1.0 and 0.71 < inversion["xsim"] < 1.0
     background = next(r for r in rows if r["stage"] == "background")
     # V-SHARP's local field measured 41.6 % on the voxels it keeps, 31.3 % on those deeper than DEEP_MM
     assert background["local_nrmse_deep"] < 33.0 < background["local_nrmse"]
@@ -152,7 +167,7 @@ def test_benchmark_runner_end_to_end_on_a_small_case(small_case):
     text = bench_accuracy.markdown([pipeline], [bench_accuracy.case_info(small_case)])
     roi_table = text.split("## Deep grey matter ROI errors (ppb)")[1].split("##")[0]
     assert "caudate_left" in roi_table and "| small_axial | raw | consensus |" in roi_table
-    assert "roi_abs_mean_ppb mean" in text and "rois_over_target worst" in text
+    assert "roi_abs_mean_ppb mean" in text and "rois_over_target worst" in text and "xsim_qsm_ci mean" in text
 
 
 def _thermal_case(noise_sd: float, echo_times_s, bipolar: bool = False, corner_signal: float = 0.0):
