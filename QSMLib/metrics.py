@@ -6,7 +6,7 @@ maps are compared inside a mask after removing each map's mean there.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -118,17 +118,11 @@ def xsim(
     x = np.where(mask, np.asarray(estimate, np.float64) - np.asarray(estimate, np.float64)[mask].mean(), 0.0)
     y = np.where(mask, np.asarray(truth, np.float64) - np.asarray(truth, np.float64)[mask].mean(), 0.0)
     window = 27
-    mean_x = ndi.uniform_filter(x, 3, mode="reflect")
-    mean_y = ndi.uniform_filter(y, 3, mode="reflect")
     # sample (not population) covariances, as scikit-image's structural_similarity uses
-    scale = window / (window - 1.0)
-    var_x = scale * (ndi.uniform_filter(x * x, 3, mode="reflect") - mean_x * mean_x)
-    var_y = scale * (ndi.uniform_filter(y * y, 3, mode="reflect") - mean_y * mean_y)
-    cov_xy = scale * (ndi.uniform_filter(x * y, 3, mode="reflect") - mean_x * mean_y)
-    c1, c2 = (k1 * data_range_ppm) ** 2, (k2 * data_range_ppm) ** 2
-    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / (
-        (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return float(ssim_map[mask].mean())
+    numerator, denominator = _ssim_terms(x, y, lambda values: ndi.uniform_filter(values, 3, mode="reflect"),
+                                         window / (window - 1.0), (k1 * data_range_ppm) ** 2,
+                                         (k2 * data_range_ppm) ** 2)
+    return float((numerator / denominator)[mask].mean())
 
 
 def xsim_qsm_ci(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
@@ -172,15 +166,22 @@ def xsim_qsm_ci(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> fl
         return ndi.uniform_filter(values, 5, mode="constant", cval=0.0) / counts
 
     counts = ndi.uniform_filter(np.ones(x.shape), 5, mode="constant", cval=0.0)
-    mean_x, mean_y = window_mean(x), window_mean(y)
-    var_x = window_mean(x * x) - mean_x * mean_x
-    var_y = window_mean(y * y) - mean_y * mean_y
-    cov_xy = window_mean(x * y) - mean_x * mean_y
-    c1, c2 = 1e-4, 1e-6
-    denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+    numerator, denominator = _ssim_terms(x, y, window_mean, 1.0, 1e-4, 1e-6)
     valid = mask & (denominator > 0)
-    ssim_map = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2) / np.where(valid, denominator, 1.0)
+    ssim_map = numerator / np.where(valid, denominator, 1.0)
     return float(ssim_map[valid].mean()) if valid.any() else 0.0
+
+
+def _ssim_terms(x: np.ndarray, y: np.ndarray, window_mean: Callable[[np.ndarray], np.ndarray], scale: float,
+                c1: float, c2: float) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM's numerator and denominator per voxel: means over the windows of ``window_mean``, (co)variances
+    from them times ``scale`` (1: population; n / (n - 1): sample)."""
+    mean_x, mean_y = window_mean(x), window_mean(y)
+    var_x = scale * (window_mean(x * x) - mean_x * mean_x)
+    var_y = scale * (window_mean(y * y) - mean_y * mean_y)
+    cov_xy = scale * (window_mean(x * y) - mean_x * mean_y)
+    return ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2),
+            (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
 
 
 def roi_slope(estimate_means: Mapping[str, float], truth_means: Mapping[str, float]) -> float:
