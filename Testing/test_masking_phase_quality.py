@@ -11,7 +11,6 @@ from QSMLib.errors import QSMInputError
 from QSMLib.fieldmap import weighted_linear
 from QSMLib.masking import METHODS, coverage_along_b0, magnitude_mask, phase_quality_mask
 from QSMLib.phantom import simulate_head
-from QSMLib.phantom.suite import load_case
 from QSMLib.phase import mcpc3ds
 from QSMLib.unwrap import romeo
 
@@ -80,7 +79,7 @@ def test_phantom_brain_is_kept_and_bad_phase_is_dropped():
 
 
 def test_the_wider_opening_drops_the_face_and_keeps_the_brainstem_where_the_field_of_view_cuts_it(warped_head,
-                                                                                                 suite_cache):
+                                                                                                 suite_case):
     """On the small warped head the face touches the brain below the frontal lobes, through bridges the 4 mm
     opening keeps. Measured voxels of the magnitude mask beyond the true brain + 3 mm: 550 by default (the 6 mm
     opening cuts the face off, a 448 ml piece), 17160 with the 4 mm opening alone; brain voxels missed: 0.65 %
@@ -93,7 +92,7 @@ def test_the_wider_opening_drops_the_face_and_keeps_the_brainstem_where_the_fiel
     beyond = {name: int((mask & ~near_brain).sum()) for name, mask in masks.items()}
     assert beyond["default"] < 800 and beyond["4 mm alone"] > 15000
     assert np.mean(masks["default"][brain]) > 0.99
-    acquisition = load_case("small_qsmforward", suite_cache).acquisition
+    acquisition = suite_case("small_qsmforward").acquisition
     default = magnitude_mask(acquisition.magnitude, acquisition.voxel_size_mm)
     alone = magnitude_mask(acquisition.magnitude, acquisition.voxel_size_mm, appendage_opening_mm=0.0)
     every_piece = magnitude_mask(acquisition.magnitude, acquisition.voxel_size_mm, appendage_ml=0.0)

@@ -25,7 +25,6 @@ from QSMLib.inversion import METHODS as INVERSION
 from QSMLib.inversion._regularization import field_noise
 from QSMLib.inversion.tfi import BREGMAN_GAIN, LOCAL_NOISE_RATIO_KNEE
 from QSMLib.masking import field_jump_islands, phase_quality_mask
-from QSMLib.phantom.suite import load_case
 from QSMLib.pipeline import PipelineConfig, fill_edge, run_pipeline, run_pipeline_from_field
 from QSMLib.units import hz_to_ppm
 
@@ -33,8 +32,8 @@ CASES = ("small_axial", "small_qsmforward")
 
 
 @pytest.fixture(scope="module", params=CASES)
-def case(request, suite_cache):
-    return load_case(request.param, suite_cache)
+def case(request, suite_case):
+    return suite_case(request.param)
 
 
 def _inputs(case):
@@ -75,7 +74,7 @@ def test_smv_background_removal_from_the_exact_total_field(case, method):
     assert region.sum() > 0.55 * case.brain_mask.sum()
 
 
-def test_lbv_erodes_a_given_brain_mask_by_default_and_not_the_pipelines_own(suite_cache):
+def test_lbv_erodes_a_given_brain_mask_by_default_and_not_the_pipelines_own(suite_case):
     """LBV takes the local field as 0 on the mask's boundary; at the brain's surface it is not (cortex, veins).
 
     Exact total field and true brain mask of the 3 mm qsm-forward head, local-field NRMSE % on the voxels kept /
@@ -83,7 +82,7 @@ def test_lbv_erodes_a_given_brain_mask_by_default_and_not_the_pipelines_own(suit
     default's 4 mm (78 %). The pipeline from a field map (a user's mask) erodes it; from raw phase with its own
     mask, which reaches into the extracerebral CSF, it does not.
     """
-    case = load_case("small_qsmforward", suite_cache)
+    case = suite_case("small_qsmforward")
     acquisition = case.acquisition
     brain, voxel = case.brain_mask, acquisition.voxel_size_mm
     deep = erode(brain, 12.0, voxel)
@@ -269,8 +268,8 @@ RIPPLE_BOUNDS = {"tfi": (50.2, "even", 0.7), "sstv": (57.0, "sampled", 0.4)}
 
 
 @pytest.mark.parametrize("method", sorted(RIPPLE_BOUNDS))
-def test_a_field_simulated_with_the_sampled_kernel_keeps_it_and_loses_its_ripple(method, suite_cache):
-    case = load_case("small_qsmforward_oblique", suite_cache)
+def test_a_field_simulated_with_the_sampled_kernel_keeps_it_and_loses_its_ripple(method, suite_case):
+    case = suite_case("small_qsmforward_oblique")
     automatic, chosen, _ = _oblique_inversion(case, method, "auto")
     bound, other_kernel, share = RIPPLE_BOUNDS[method]
     other, _, _ = _oblique_inversion(case, method, other_kernel)
@@ -290,8 +289,8 @@ EVEN_BOUNDS = {"tfi": (65.5, 0.8), "sstv": (60.5, 0.5)}
 
 
 @pytest.mark.parametrize("method", sorted(EVEN_BOUNDS))
-def test_a_measured_like_oblique_field_is_modelled_with_the_even_kernel(method, suite_cache):
-    case = load_case("small_oblique", suite_cache)
+def test_a_measured_like_oblique_field_is_modelled_with_the_even_kernel(method, suite_case):
+    case = suite_case("small_oblique")
     automatic, chosen, automatic_chi = _oblique_inversion(case, method, "auto")
     (sampled, _, _), (even, _, even_chi) = (_oblique_inversion(case, method, kernel) for kernel in ("sampled", "even"))
     bound, margin = EVEN_BOUNDS[method]
@@ -302,8 +301,8 @@ def test_a_measured_like_oblique_field_is_modelled_with_the_even_kernel(method, 
         assert not chosen["outside_field_subtracted"] and np.array_equal(automatic_chi, even_chi)
 
 
-def test_sstv_runs_no_kernel_test_with_b0_along_an_axis(suite_cache):
-    _, chosen, _ = _oblique_inversion(load_case("small_qsmforward", suite_cache), "sstv", "auto")
+def test_sstv_runs_no_kernel_test_with_b0_along_an_axis(suite_case):
+    _, chosen, _ = _oblique_inversion(suite_case("small_qsmforward"), "sstv", "auto")
     assert chosen["kernel"] == "sampled" and "kernel_detail_ratio" not in chosen
     assert "outside_field_subtracted" not in chosen
 
@@ -343,12 +342,12 @@ def test_the_magnitudes_edges_keep_the_contrast_of_the_deep_grey_matter(case):
     assert abs(1.0 - edges_slope) < abs(1.0 - plain_slope)
 
 
-def test_tissue_beyond_a_cut_along_b0_is_explained_by_a_thicker_shell(suite_cache):
+def test_tissue_beyond_a_cut_along_b0_is_explained_by_a_thicker_shell(suite_case):
     """small_axial is a crop cut on every side: only the faces along B0 get the thicker shell of sources, and
     its deep grey matter comes out closer (measured worst ROI error 16.4 ppb with 16 mm there, 10.8 with 48, since
     stop 39; 16.2 and 10.2 at stop 38; 22.4 and 16.3 before the second pass; 12 mm on the other faces). The
     default is 72 mm since stop 40 (48 before)."""
-    case = load_case("small_axial", suite_cache)
+    case = suite_case("small_axial")
     acquisition = case.acquisition
     errors = {}
     for cut_margin_mm in (16.0, 48.0):
@@ -366,13 +365,13 @@ def test_tissue_beyond_a_cut_along_b0_is_explained_by_a_thicker_shell(suite_cach
     assert result.parameters["margin_mm"][2] == [72.0, 72.0]
 
 
-def test_tfi_levels_a_slabs_trend_along_b0_to_the_tissues_own_median_gradient(suite_cache):
+def test_tfi_levels_a_slabs_trend_along_b0_to_the_tissues_own_median_gradient(suite_case):
     """A linear trend of chi makes a field that is harmonic inside the mask, which the data cannot tell from
     background: across a slab TFI (and SS-TV alone) removes the trend along the cut axis that makes chi's median
     gradient there 0 and records it; the rest of chi is the solve's. A whole head keeps its chi bit for bit.
     (What it is worth is measured on the suite's slabs, see ``level_slab_trend``; on this 3 mm crop it removed
     0.38 ppb per cm.)"""
-    case = load_case("small_axial", suite_cache)
+    case = suite_case("small_axial")
     acquisition = case.acquisition
     voxel = acquisition.voxel_size_mm
     one_pass = dict(_inputs(case), magnitude=acquisition.magnitude, chi_edge_fraction=0.0, max_iterations=20)
@@ -397,7 +396,7 @@ def test_tfi_levels_a_slabs_trend_along_b0_to_the_tissues_own_median_gradient(su
     assert list(single.parameters["slab_trend_removed_ppb_per_cm"]) == ["axis 2"]
     assert abs(np.median(np.diff(single.chi_ppm, axis=2)[single_pairs])) < 1e-7
 
-    whole = load_case("small_qsmforward", suite_cache)
+    whole = suite_case("small_qsmforward")
     inputs = dict(_inputs(whole), magnitude=whole.acquisition.magnitude, chi_edge_fraction=0.0, max_iterations=5)
     on = INVERSION["tfi"](whole.total_field_hz, whole.brain_mask, whole.acquisition.voxel_size_mm, **inputs)
     off = INVERSION["tfi"](whole.total_field_hz, whole.brain_mask, whole.acquisition.voxel_size_mm,
@@ -570,9 +569,9 @@ def test_field_jump_islands_are_the_components_of_the_voxel_graph(seed):
     np.testing.assert_array_equal(islands, _islands_by_voxel_graph(field, mask, jump))
 
 
-def test_default_pipeline_on_the_small_realistic_head(suite_cache):
+def test_default_pipeline_on_the_small_realistic_head(suite_case):
     """Raw phase to chi with the consensus preset: chi NRMSE bound (measured below) and chosen lambda recorded."""
-    case = load_case("small_axial", suite_cache)
+    case = suite_case("small_axial")
     # a 72 mm crop: the field of view cuts the brain along B0, and the user is told what that costs
     with pytest.warns(QSMWarning, match=r"cuts the brain at both ends along B0 \(axis 2 low, axis 2 high; 72 mm"):
         result = run_pipeline(case.acquisition)
@@ -597,7 +596,7 @@ def test_default_pipeline_on_the_small_realistic_head(suite_cache):
 PIPELINE_BOUND = 57.7
 
 
-def test_a_users_brain_mask_reports_the_automatic_masks_solve_on_it(suite_cache):
+def test_a_users_brain_mask_reports_the_automatic_masks_solve_on_it(suite_case):
     """Given the true brain mask, the inversion solves on the reliable voxels and reports chi inside the mask.
 
     The solve is the automatic mask's, so chi on the user's mask is the no-mask run's chi there (up to the
@@ -608,7 +607,7 @@ def test_a_users_brain_mask_reports_the_automatic_masks_solve_on_it(suite_cache)
     TFI's lambda 1.5x linear TV's rule; 44.9 % when the rejected voxels stayed in the solve without data weight and
     were reported, before stop 39).
     """
-    case = load_case("small_qsmforward", suite_cache)
+    case = suite_case("small_qsmforward")
     brain = case.brain_mask
     result = run_pipeline(case.acquisition, mask=brain)
     automatic = run_pipeline(case.acquisition)
@@ -659,11 +658,11 @@ def test_a_users_mask_keeps_the_face_the_automatic_mask_runs_into_out_of_the_sol
 
 # the whole grid as the mask: cut at both ends
 @pytest.mark.filterwarnings("ignore:The field of view cuts the brain at both ends")
-def test_a_users_mask_the_automatic_mask_mostly_misses_is_solved_alone_with_a_warning(suite_cache):
+def test_a_users_mask_the_automatic_mask_mostly_misses_is_solved_alone_with_a_warning(suite_case):
     """When the automatic mask holds under MIN_RELIABLE_SHARE of the user's mask (here the whole array, of which
     the automatic mask holds 19 %), it has failed rather than found unreliable voxels: the user's mask is the
     data region, and the run says so."""
-    case = load_case("small_qsmforward", suite_cache)
+    case = suite_case("small_qsmforward")
     whole = np.ones(case.brain_mask.shape, dtype=bool)
     with pytest.warns(QSMWarning, match="automatic mask holds only 19 % of the given mask"):
         result = run_pipeline(case.acquisition, mask=whole)
@@ -672,11 +671,11 @@ def test_a_users_mask_the_automatic_mask_mostly_misses_is_solved_alone_with_a_wa
 
 
 @pytest.mark.parametrize("name, bound", [("small_axial", 0.70), ("small_qsmforward", 0.75)])
-def test_filling_the_edge_from_the_chi_around_it_beats_leaving_it_empty(name, bound, suite_cache):
+def test_filling_the_edge_from_the_chi_around_it_beats_leaving_it_empty(name, bound, suite_case):
     """The premise of :func:`QSMLib.pipeline.fill_edge` on realistic anatomy: given the true chi deeper than
     the mask's outer voxel layer, the fill's RMS error in that layer is well below that of 0 (what a map that
     leaves it out is scored with). Measured 0.66 (small_axial) and 0.72 (small_qsmforward) of it."""
-    case = load_case(name, suite_cache)
+    case = suite_case(name)
     brain, voxel = case.brain_mask, case.acquisition.voxel_size_mm
     inner = erode(brain, 3.0, voxel)
     band = brain & ~inner

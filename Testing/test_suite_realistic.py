@@ -35,8 +35,8 @@ import bench_accuracy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def small_case(suite_cache):
-    return load_case("small_axial", suite_cache)
+def small_case(suite_case):
+    return suite_case("small_axial")
 
 
 def test_xsim_is_one_for_identical_maps_and_falls_with_noise(small_case):

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from case_cache import load_case_once, shared_temporary_folder
 
 from QSMLib.io.nifti import write_volume
-from QSMLib.phantom.suite import load_case
 
 CASE = "warped_small_3mm"
 
@@ -18,8 +18,11 @@ def warped_head(pytestconfig, tmp_path_factory):
     (``-p no:cacheprovider`` turns it off: then in a temporary folder).
     """
     cache = getattr(pytestconfig, "cache", None)
-    folder = cache.mkdir("suite_cache") if cache is not None else tmp_path_factory.mktemp("suite_cache")
-    return load_case(CASE, folder)
+    if cache is not None:
+        folder = cache.mkdir("suite_cache")
+    else:
+        folder = shared_temporary_folder(tmp_path_factory) / "suite_cache"
+    return load_case_once(CASE, folder)
 
 
 def write_warped_acquisition(case, folder):

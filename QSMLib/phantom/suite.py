@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,8 @@ def load_case(spec: Union[CaseSpec, str], cache_dir: Optional[Union[str, Path]] 
         return _read(spec, path)
     case = generate_case(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
+    # a name of this process's own, so that processes sharing the folder never write into one file
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     _write(case, temporary)
     temporary.replace(path)
     return case
