@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import qsm_forward
 import scipy.ndimage as ndi
 
 from QSMLib import _fft
@@ -12,8 +13,6 @@ from QSMLib.acquisition import b0_direction_from_affine
 from QSMLib.dipole import dipole_kernel, forward_field
 from QSMLib.errors import QSMInputError
 from QSMLib.units import ppm_to_hz
-
-qsm_forward = pytest.importorskip("qsm_forward")
 
 GAMMA_HZ_PER_PPM_3T = float(ppm_to_hz(np.float32(1.0), 3.0))
 
