@@ -8,6 +8,7 @@ the full-size numbers are in README and /benchmarks/bench_accuracy.py.
 
 import warnings
 from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -594,6 +595,23 @@ def test_default_pipeline_on_the_small_realistic_head(suite_case):
 #: 70 % of the brain; at 3 mm TFI's one-voxel edge layer and the partial volumes weigh most; on the 1 mm suite
 #: cases TFI is the better one, see README).
 PIPELINE_BOUND = 57.7
+
+
+def test_a_skull_stripped_scan_is_reconstructed_about_as_well_as_the_whole_head(suite_case):
+    """Many shared datasets come skull-stripped: magnitude and phase 0 outside the brain, no noise in the air to
+    measure. On the small qsm-forward head the default pipeline measured chi NRMSE 41.55 % on the whole head and
+    42.45 % stripped (91 and 88 % of the brain reported); the mask stays inside the brain, and nothing warns."""
+    case = suite_case("small_qsmforward")
+    brain = case.brain_mask
+    acquisition = replace(case.acquisition, magnitude=case.acquisition.magnitude * brain,
+                          phase=case.acquisition.phase * brain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QSMWarning)
+        result = run_pipeline(acquisition)
+    region = result.local_mask & brain
+    assert not (result.mask & ~brain).any()
+    assert region.sum() > 0.85 * brain.sum()
+    assert metrics.nrmse(result.chi_ppm, case.chi_ppm, region) < 43.5
 
 
 def test_a_users_brain_mask_reports_the_automatic_masks_solve_on_it(suite_case):
