@@ -8,6 +8,12 @@ from case_cache import load_case_once, shared_temporary_folder
 from QSMLib._threads import available_cores, set_threads
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may run on (its CPU affinity), where xdist would count the
+    machine's cores, which a container or ``taskset`` may not give it."""
+    return available_cores()
+
+
 def pytest_configure(config):
     """On an xdist worker, give QSMLib's FFTs and slab loops this worker's share of the cores: every worker
     running as many threads as there are cores would oversubscribe them (workers x cores threads)."""
