@@ -41,6 +41,7 @@ from .masking import APPENDAGE_ML, coverage_along_b0, validate_user_mask
 from .masking import METHODS as MASK_METHODS
 from .phase import BIPOLAR_METHODS, OFFSET_METHODS
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
+from .plausibility import chi_tail_asymmetry
 from .referencing import METHODS as REFERENCE_METHODS
 from .relaxometry import METHODS as RELAXOMETRY_METHODS
 from .roi import roi_statistics
@@ -515,6 +516,7 @@ def run_pipeline(
         "magnitude": magnitude, "echo_times_s": echo_times, "voxel_size_mm": voxel,
         "b0_tesla": acquisition.b0_tesla, "b0_direction": acquisition.b0_direction,
         "invalid": acquisition.invalid_voxels, "labels": labels, "label_names": label_names,
+        "phase_sign": acquisition.phase_sign,
     }
     maps: dict[str, np.ndarray] = {}
 
@@ -869,6 +871,32 @@ def _check_coverage(run: _Stages, mask: np.ndarray, voxel_size_mm: Sequence[floa
             "cover the whole brain along B0.", QSMWarning, stacklevel=4)
 
 
+def _check_sign(run: _Stages, chi: np.ndarray, local_mask: np.ndarray, voxel_size_mm: Sequence[float],
+                phase_sign: Optional[int]) -> None:
+    """Record the map's tail asymmetry, and warn when the map looks negated (phase of the other handedness).
+
+    ``phase_sign`` is the acquisition's (None: the pipeline was given a field, not phase).
+    """
+    check = chi_tail_asymmetry(chi, local_mask, voxel_size_mm)
+    run.parameters["sign_check"] = check
+    if not check.get("reversed"):
+        return
+    low, median, high = check["percentiles_ppm"].values()
+    if phase_sign is None:
+        advice = ("The field map was probably computed from phase of the other handedness: negate it and rerun, or "
+                  "give the multi-echo phase with the right sign.")
+    else:
+        other = -phase_sign
+        advice = (f"The phase was probably stored with the other handedness (e.g. some GE data): rerun with "
+                  f"phase_sign={other} (--phase-sign {other} for qsm run and qsm bids; in Slicer, Phase sign: "
+                  f"{'Reversed' if other == -1 else 'As stored'}).")
+    warnings.warn(
+        f"The susceptibility map looks sign-reversed: deep in the brain its negative tail reaches {median - low:.3f} "
+        f"ppm below the median and its positive tail only {high - median:.3f} ppm above (tail asymmetry "
+        f"{check['tail_asymmetry']:+.2f}), where a brain's map has the long positive tail of its veins and "
+        f"iron-rich nuclei. {advice}", QSMWarning, stacklevel=4)
+
+
 def _finish(
     run: _Stages,
     chi: np.ndarray,
@@ -881,6 +909,7 @@ def _finish(
 ) -> QSMResult:
     """Reference chi, add the whole-brain reference the consensus asks for, compute ROI statistics."""
     _check_coverage(run, intermediates["mask"], voxel_size_mm, inputs["b0_direction"])
+    _check_sign(run, chi, local_mask, voxel_size_mm, inputs.get("phase_sign"))
     referenced = run("reference", chi, local_mask, inputs=inputs)
     reference = dict(referenced.info)
     chi_ppm = referenced.chi_ppm

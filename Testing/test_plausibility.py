@@ -1,0 +1,76 @@
+"""The sign check: a map made from phase of the other handedness is reported, a brain's map is not."""
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from QSMLib.errors import QSMWarning
+from QSMLib.pipeline import PRESETS, run_pipeline, run_pipeline_from_field
+from QSMLib.plausibility import MIN_VOLUME_ML, REVERSED_BELOW, chi_tail_asymmetry
+
+SIGN_WARNING = "looks sign-reversed"
+
+
+def _sign_warnings(caught):
+    return [str(w.message) for w in caught if issubclass(w.category, QSMWarning) and SIGN_WARNING in str(w.message)]
+
+
+def test_a_brains_susceptibility_has_the_longer_positive_tail(suite_case):
+    case = suite_case("small_qsmforward")
+    voxel = case.acquisition.voxel_size_mm
+    truth = chi_tail_asymmetry(case.chi_ppm, case.brain_mask, voxel)
+    # measured +0.97 on this head's truth (its veins and nuclei against white matter)
+    assert truth["checked"] and truth["tail_asymmetry"] > 0.9 and not truth["reversed"], truth
+    negated = chi_tail_asymmetry(-case.chi_ppm, case.brain_mask, voxel)
+    assert negated["reversed"] and negated["tail_asymmetry"] == pytest.approx(-truth["tail_asymmetry"]), negated
+    assert negated["tail_asymmetry"] < REVERSED_BELOW
+
+
+def test_a_small_crop_or_a_constant_map_is_not_judged(suite_case):
+    case = suite_case("small_qsmforward")
+    voxel = case.acquisition.voxel_size_mm
+    centre = [int(np.mean(axis)) for axis in np.nonzero(case.brain_mask)]
+    cube = tuple(slice(c - 8, c + 8) for c in centre)  # 48 mm: 111 mL deeper than 6 mm
+    crop = chi_tail_asymmetry(case.chi_ppm[cube], case.brain_mask[cube], voxel)
+    assert not crop["checked"] and 0 < crop["deep_volume_ml"] < MIN_VOLUME_ML, crop
+    flat = chi_tail_asymmetry(np.zeros(case.chi_ppm.shape, np.float32), case.brain_mask, voxel)
+    assert not flat["checked"] and flat["deep_volume_ml"] > MIN_VOLUME_ML, flat
+
+
+def test_phase_of_the_other_handedness_is_reported_with_what_to_do(suite_case):
+    case = suite_case("small_qsmforward")
+    acquisition = case.acquisition
+    left_handed = replace(acquisition, phase=-acquisition.phase)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrong = run_pipeline(left_handed, PRESETS["consensus"]())
+    messages = _sign_warnings(caught)
+    assert len(messages) == 1 and "phase_sign=-1" in messages[0] and "--phase-sign -1" in messages[0], messages
+    assert wrong.parameters["sign_check"]["reversed"]
+    # told the handedness, the same data give a brain's map, no warning, and the check in the provenance
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        right = run_pipeline(replace(left_handed, phase_sign=-1), PRESETS["consensus"]())
+    assert not _sign_warnings(caught)
+    check = right.provenance()["chosen_parameters"]["sign_check"]
+    # measured +1.11
+    assert check["checked"] and not check["reversed"] and check["tail_asymmetry"] > 1.0, check
+    # the pipeline is odd in the phase: the wrong map is the right one negated (measured: to the bit)
+    np.testing.assert_allclose(wrong.chi_ppm, -right.chi_ppm, rtol=0, atol=1e-5)
+    # the other way round: right-handed data declared left-handed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_pipeline(replace(acquisition, phase_sign=-1), PRESETS["consensus"]())
+    messages = _sign_warnings(caught)
+    assert len(messages) == 1 and "phase_sign=1" in messages[0], messages
+
+
+def test_a_negated_field_map_is_reported(suite_case):
+    case = suite_case("small_qsmforward")
+    acquisition = case.acquisition
+    with pytest.warns(QSMWarning, match=SIGN_WARNING + ".*negate it and rerun"):
+        run_pipeline_from_field(
+            -case.total_field_hz, case.brain_mask, field_kind="total", voxel_size_mm=acquisition.voxel_size_mm,
+            b0_direction=acquisition.b0_direction, b0_tesla=acquisition.b0_tesla)
