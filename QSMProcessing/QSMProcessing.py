@@ -97,9 +97,10 @@ class QSMProcessingTest(ScriptedLoadableModuleTest):
         self.assertEqual(ui.echoTimesLineEdit.text, "4, 8, 12")
         ui.roiSegmentationSelector.setCurrentNode(small.segmentation)
         ui.presetComboBox.currentIndex = list(Parameters.PRESET_LABELS).index("fast")
-        self.assertEqual(panel.parameterNode.preset, "fast")
+        ui.phaseSignComboBox.currentIndex = list(Parameters.PHASE_SIGNS).index("reversed")
+        self.assertEqual((panel.parameterNode.preset, panel.parameterNode.phaseSign), ("fast", "reversed"))
         self.assertTrue(ui.applyButton.enabled)
-        self.delayDisplay("Apply")
+        self.delayDisplay("Apply, the phase sign reversed: the map comes out negated and the log warns")
         ui.applyButton.click()
         self._waitFor(lambda: not panel.running, 300, "the computation to end")
         result = panel.lastResult
@@ -110,7 +111,7 @@ class QSMProcessingTest(ScriptedLoadableModuleTest):
         self.assertEqual(*[[m.GetElement(r, c) for r in range(4) for c in range(4)] for m in matrices])
         self.assertEqual(ui.resultsTableView.mrmlTableNode().GetNumberOfRows(),
                          small.segmentation.GetSegmentation().GetNumberOfSegments())
-        self.assertIn("Configuration used:", ui.logTextEdit.plainText)
+        self.assertRegex(ui.logTextEdit.plainText, r"(?s)Warning: .* looks sign-reversed.*Configuration used:")
         self.delayDisplay("Apply, then Cancel")
         large = loadHeadPhantom(slicer.mrmlScene, voxelSizeMm=2.0, echoTimesSeconds=(0.004, 0.008, 0.012))
         self._check(ui, small, qt.Qt.Unchecked)
@@ -133,11 +134,10 @@ class QSMProcessingTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _check(ui, phantom, state) -> None:
-        selector: slicer.qMRMLCheckableNodeComboBox
-        for selector, volumes in ((ui.magnitudeSelector, phantom.magnitudeVolumes),
-                                  (ui.phaseSelector, phantom.phaseVolumes)):
-            for volume in volumes:
-                selector.setCheckState(volume, state)
+        box: slicer.qMRMLCheckableNodeComboBox
+        for box, nodes in ((ui.magnitudeSelector, phantom.magnitudeVolumes), (ui.phaseSelector, phantom.phaseVolumes)):
+            for volume in nodes:
+                box.setCheckState(volume, state)
 
     def _waitFor(self, condition, timeoutSeconds: float, what: str) -> None:
         """Run the event loop (the panel polls the engine from a timer) until ``condition()`` holds."""

@@ -129,6 +129,18 @@ def test_oblique_nifti_volumes_give_chi_on_the_input_grid_equal_to_the_cli(slice
     assert not any(tmp_path.glob("QSMProcessing-*"))
 
 
+def test_the_phase_sign_reaches_the_engine_and_a_negated_map_is_warned_about(slicer_phantom, tmp_path):
+    # the phantom's phase is right-handed: declared reversed, its map comes out negated and the log says so
+    log = []
+    result = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
+        slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None, config="fast", phaseSign="reversed",
+        logCallback=log.append)
+    assert log[0].endswith(", phase negated (reversed sign)."), log[0]
+    warned = [line for line in log if line.startswith("Warning: The susceptibility map looks sign-reversed")]
+    assert len(warned) == 1 and "in Slicer, Phase sign: As stored" in warned[0], log
+    assert result.provenance["chosen_parameters"]["sign_check"]["reversed"]
+
+
 def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom, slicer_scene, tmp_path):
     log = []
     result = QSMProcessingLogic(temporaryDirectory=str(tmp_path)).process(
@@ -174,6 +186,7 @@ def test_roi_table_has_one_row_per_named_segment_with_numpy_means(slicer_phantom
     assert any(line.startswith("Reference: reference=whole_brain, offset_ppm=") for line in log)
     # the readout was left to QSMLib: the log says what it found
     assert any(line.startswith("bipolar chose from the data: readout=detected monopolar") for line in log), log
+    assert not any("looks sign-reversed" in line for line in log), log
     assert result.provenance["config"]["inversion"]["method"] == "sstv"
 
     for node in (result.localFieldVolume, result.maskVolume):
@@ -364,6 +377,7 @@ def test_bad_inputs_are_refused_before_anything_is_created(slicer_phantom, slice
         "threads must be a whole number": dict(threads=-1),
         "device must be one of": dict(device="gpu"),
         "readout must be one of": dict(readout="flyback"),
+        "phaseSign must be one of": dict(phaseSign="-1"),
     }
     count = slicer_scene.GetNumberOfNodes()
     for message, change in cases.items():
@@ -451,7 +465,7 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
         QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
             slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None,
             maskSegmentation=slicer_phantom.segmentation, config=config, outputs=("chi", "total_field"), threads=2,
-            device="auto", readout="bipolar")
+            device="auto", readout="bipolar", phaseSign="reversed")
     arguments = runner.arguments
     assert arguments[1:4] == ["-m", "QSMLib.cli", "run"]
     assert len(arguments[arguments.index("--mag") + 1:arguments.index("--phase")]) == 3
@@ -463,16 +477,17 @@ def test_custom_config_and_inputs_reach_the_cli_and_missing_outputs_fail(slicer_
     assert arguments[arguments.index("--threads") + 1] == "2" and runner.environment["OPENBLAS_NUM_THREADS"] == "2"
     assert arguments[arguments.index("--device") + 1] == "auto"
     assert "--bipolar" in arguments and "--monopolar" not in arguments
+    assert arguments[arguments.index("--phase-sign") + 1] == "-1"
     # temporary files: echoes and outputs uncompressed
     assert arguments[arguments.index("--compress") + 1] == "none"
     assert all(path.endswith(".nii") for path in arguments[arguments.index("--mag") + 1:arguments.index("--phase")])
     assert slicer_scene.GetNumberOfNodes() == count and not any(tmp_path.iterdir())
-    # the default readout is left to QSMLib to detect: no flag
+    # the default readout is left to QSMLib to detect, and the phase goes in as stored: no flags
     runner = FakeRunner(FakeProcess(lines, 0))
     with pytest.raises(RuntimeError, match="failed"):
         QSMProcessingLogic(runner=runner, temporaryDirectory=str(tmp_path)).process(
             slicer_phantom.magnitudeVolumes, slicer_phantom.phaseVolumes, None)
-    assert not {"--bipolar", "--monopolar"} & set(runner.arguments)
+    assert not {"--bipolar", "--monopolar", "--phase-sign"} & set(runner.arguments)
 
 
 def test_parameter_node_is_one_singleton_per_scene(slicer_scene):

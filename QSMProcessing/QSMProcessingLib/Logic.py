@@ -386,6 +386,7 @@ class QSMProcessingLogic:
         threads: int = 0,
         device: str = "cpu",
         readout: str = "detect",
+        phaseSign: str = "as_stored",
     ) -> Union[QSMOutputNodes, QSMRun]:
         """Compute a susceptibility map (ppm) and the requested intermediates.
 
@@ -437,6 +438,10 @@ class QSMProcessingLogic:
             ``"detect"`` (default: the even echoes are corrected when they
             look like a bipolar readout's, and the log says so),
             ``"bipolar"`` (always corrected) or ``"monopolar"`` (never).
+        phaseSign : str
+            ``"as_stored"`` (default) or ``"reversed"``: the phase is negated
+            (left-handed data, e.g. some GE; QSMLib's ``--phase-sign -1``).
+            QSMLib's log warns when the map looks negated.
 
         Raises
         ------
@@ -473,6 +478,8 @@ class QSMProcessingLogic:
             raise ValueError(f"device must be one of {', '.join(Parameters.DEVICES)}, got {device!r}.")
         if readout not in Parameters.READOUTS:
             raise ValueError(f"readout must be one of {', '.join(Parameters.READOUTS)}, got {readout!r}.")
+        if phaseSign not in Parameters.PHASE_SIGNS:
+            raise ValueError(f"phaseSign must be one of {', '.join(Parameters.PHASE_SIGNS)}, got {phaseSign!r}.")
         frames = phaseFrames + magnitudeFrames
         _checkOutputVolume(outputVolume, magnitudeList + phaseList, frames)
         Nodes.checkSameGrid(frames)
@@ -519,6 +526,8 @@ class QSMProcessingLogic:
                 arguments += ["--device", device]
             if readout != "detect":
                 arguments.append(f"--{readout}")
+            if phaseSign == "reversed":
+                arguments += ["--phase-sign", "-1"]
             process = self.runner.start([self._python(), "-m", "QSMLib.cli", "run", *arguments], environment)
         except BaseException:
             shutil.rmtree(workDirectory, ignore_errors=True)
@@ -529,7 +538,8 @@ class QSMProcessingLogic:
         if logCallback is not None:
             configText = configArgument if isinstance(configArgument, str) else json.dumps(configArgument)
             logCallback(f"Started: {len(echoTimes)} echoes, TE {Parameters.formatEchoTimesMs(echoTimes)} ms, "
-                        f"B0 {float(b0):.3f} T, configuration {configText}, outputs {', '.join(requested)}.")
+                        f"B0 {float(b0):.3f} T, configuration {configText}, outputs {', '.join(requested)}"
+                        f"{', phase negated (reversed sign)' if phaseSign == 'reversed' else ''}.")
         return run.wait() if wait else run
 
     def _python(self) -> str:

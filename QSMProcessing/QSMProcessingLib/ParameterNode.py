@@ -29,6 +29,7 @@ class QSMProcessingParameterNode:
     roiSegmentation: vtkMRMLSegmentationNode
     roiSource: Annotated[str, Choice(list(Parameters.ROI_SOURCES))] = "segmentation"
     readout: Annotated[str, Choice(list(Parameters.READOUTS))] = "detect"
+    phaseSign: Annotated[str, Choice(list(Parameters.PHASE_SIGNS))] = "as_stored"
     preset: Annotated[str, Choice(list(Parameters.PRESET_LABELS))] = "consensus"
     unwrapMethod: Annotated[str, Choice(list(Parameters.UNWRAP_METHODS))] = "romeo"
     backgroundMethod: Annotated[str, Choice(list(Parameters.BACKGROUND_METHODS))] = "vsharp"

@@ -62,6 +62,10 @@ ROI_SOURCES = {"segmentation": "From a segmentation", "atlas": "Automatic deep g
 #: "detect" lets QSMLib correct the even echoes when they look bipolar (it says so in the log).
 READOUTS = {"detect": "Detect from the echoes", "bipolar": "Bipolar", "monopolar": "Monopolar"}
 
+#: The handedness of the phase (QSMLib's ``--phase-sign``): name -> name shown. "reversed" negates the phase
+#: (``--phase-sign -1``: left-handed data, e.g. some GE); QSMLib warns when a map looks negated.
+PHASE_SIGNS = {"as_stored": "As stored (most scanners)", "reversed": "Reversed (left-handed phase, e.g. some GE)"}
+
 #: Where background removal and the inversion run (QSMLib's ``--device``): QSMLib name -> name shown.
 DEVICES = {"cpu": "CPU", "auto": "GPU if there is one, else CPU", "cuda": "GPU (CUDA)"}
 

@@ -34,6 +34,7 @@ METHOD_COMBO_BOXES = {
     "referenceMethodComboBox": ("referenceMethod", Parameters.REFERENCE_METHODS),
     "roiSourceComboBox": ("roiSource", Parameters.ROI_SOURCES),
     "readoutComboBox": ("readout", Parameters.READOUTS),
+    "phaseSignComboBox": ("phaseSign", Parameters.PHASE_SIGNS),
     "deviceComboBox": ("device", Parameters.DEVICES),
 }
 #: Output check boxes: parameter node field -> output name of the logic.
@@ -280,7 +281,8 @@ class QSMProcessingPanel(VTKObservationMixin):
                 roiSegmentation=None if atlas else node.roiSegmentation, automaticRois="atlas" if atlas else None,
                 config=config, outputs=outputs, wait=False,
                 progressCallback=self.onProgress, outputVolume=node.outputVolume, logCallback=self.onLog,
-                threads=node.threads, device=node.device, readout=node.readout)
+                threads=node.threads, device=node.device, readout=node.readout,
+                phaseSign=node.phaseSign)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the computation; the scene is left as it was.")
             self.ui.progressBar.value = 0
