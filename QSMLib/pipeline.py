@@ -881,7 +881,6 @@ def _check_sign(run: _Stages, chi: np.ndarray, local_mask: np.ndarray, voxel_siz
     run.parameters["sign_check"] = check
     if not check.get("reversed"):
         return
-    low, median, high = check["percentiles_ppm"].values()
     if phase_sign is None:
         advice = ("The field map was probably computed from phase of the other handedness: negate it and rerun, or "
                   "give the multi-echo phase with the right sign.")
@@ -891,8 +890,9 @@ def _check_sign(run: _Stages, chi: np.ndarray, local_mask: np.ndarray, voxel_siz
                   f"phase_sign={other} (--phase-sign {other} for qsm run and qsm bids; in Slicer, Phase sign: "
                   f"{'Reversed' if other == -1 else 'As stored'}).")
     warnings.warn(
-        f"The susceptibility map looks sign-reversed: deep in the brain its negative tail reaches {median - low:.3f} "
-        f"ppm below the median and its positive tail only {high - median:.3f} ppm above (tail asymmetry "
+        f"The susceptibility map looks sign-reversed: deep in the brain its negative tail reaches "
+        f"{check['negative_tail_ppm']:.3f} ppm below the median and its positive tail only "
+        f"{check['positive_tail_ppm']:.3f} ppm above (tail asymmetry "
         f"{check['tail_asymmetry']:+.2f}), where a brain's map has the long positive tail of its veins and "
         f"iron-rich nuclei. {advice}", QSMWarning, stacklevel=4)
 

@@ -48,11 +48,12 @@ def chi_tail_asymmetry(chi_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Seq
     dict
         ``deep_volume_ml`` (the voxels deeper than :data:`DEPTH_MM`) and
         ``checked`` (False below :data:`MIN_VOLUME_ML`). When checked:
-        ``tail_asymmetry``, ``log((p[100 - q] - median) / (median - p[q]))``
-        with ``q`` = :data:`TAIL_PERCENT` (positive for a brain's map, about 0
-        for a symmetric distribution, negative for a negated map), the
-        percentiles (ppm), and ``reversed`` (asymmetry below
-        :data:`REVERSED_BELOW`).
+        ``tail_asymmetry``, ``log(positive_tail_ppm / negative_tail_ppm)``
+        (positive for a brain's map, about 0 for a symmetric distribution,
+        negative for a negated map), where the tails are
+        ``p[100 - q] - median`` and ``median - p[q]`` (ppm) with ``q`` =
+        :data:`TAIL_PERCENT`; ``median_ppm``; and ``reversed`` (asymmetry
+        below :data:`REVERSED_BELOW`).
     """
     deep = erode(np.asarray(mask, bool), DEPTH_MM, voxel_size_mm)
     volume_ml = float(np.count_nonzero(deep) * np.prod(voxel_size_mm) / 1000.0)
@@ -63,7 +64,7 @@ def chi_tail_asymmetry(chi_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Seq
     if not median - low > 0 or not high - median > 0:
         return result  # a constant map (e.g. all zero) has no tails to compare
     asymmetry = float(np.log((high - median) / (median - low)))
-    result.update(checked=True, tail_asymmetry=round(asymmetry, 3), percentiles_ppm={
-        f"p{TAIL_PERCENT:g}": round(float(low), 4), "p50": round(float(median), 4),
-        f"p{100 - TAIL_PERCENT:g}": round(float(high), 4)}, reversed=asymmetry < REVERSED_BELOW)
+    result.update(checked=True, tail_asymmetry=round(asymmetry, 3), median_ppm=round(float(median), 4),
+                  negative_tail_ppm=round(float(median - low), 4), positive_tail_ppm=round(float(high - median), 4),
+                  reversed=asymmetry < REVERSED_BELOW)
     return result
