@@ -620,7 +620,9 @@ def cohort_index_html(records: Sequence[dict[str, Any]], *, title: str, links: S
         One per acquisition with ``name``, ``status`` (``processed``,
         ``skipped`` or ``failed``), ``reason``, ``seconds``, ``outputs``
         (key -> path relative to the page), ``qc`` (relative PNG path or
-        None) and ``roi`` (rows of :func:`QSMLib.roi.roi_statistics`).
+        None), ``roi`` (rows of :func:`QSMLib.roi.roi_statistics`) and
+        optionally ``warnings`` (the run's warnings: listed with the
+        acquisition, counted in the table, e.g. a map that looks negated).
     title : str
         Page title.
     links : sequence of (text, relative path)
@@ -647,7 +649,7 @@ def cohort_index_html(records: Sequence[dict[str, Any]], *, title: str, links: S
         ".failed{background:#fdd}img{max-width:100%;image-rendering:pixelated}</style>",
         "</head>", "<body>", f"<h1>{html.escape(title)}</h1>",
         f"<p>{counts['processed']} processed, {counts['skipped']} already complete (skipped), "
-        f"{counts['failed']} failed.</p>",
+        f"{counts['failed']} failed; {sum(bool(r.get('warnings')) for r in records)} with warnings.</p>",
         "<p>" + " | ".join(f'<a href="{link(path)}">{html.escape(text)}</a>' for text, path in links) + "</p>",
     ]
     failed = [r for r in records if r["status"] == "failed"]
@@ -663,8 +665,10 @@ def cohort_index_html(records: Sequence[dict[str, Any]], *, title: str, links: S
         values = {row["name"]: row.get(roi_column) for row in record.get("roi") or []}
         cells = "".join(f"<td>{_format_value(values.get(n))}</td>" for n in names)
         css = ' class="failed"' if record["status"] == "failed" else ""
+        warned = len(record.get("warnings") or [])
+        status = record["status"] + (f", {warned} warning{'s' * (warned > 1)}" if warned else "")
         parts.append(f'<tr{css}><td class="t"><a href="#{link(record["name"])}">{html.escape(record["name"])}</a>'
-                     f'</td><td class="t">{html.escape(record["status"])}</td>{cells}</tr>')
+                     f'</td><td class="t">{html.escape(status)}</td>{cells}</tr>')
     parts += ["</table>", "<h2>Acquisitions</h2>"]
     for record in records:
         parts.append(f'<section id="{html.escape(record["name"], quote=True)}"><h3>{html.escape(record["name"])}</h3>')
@@ -673,6 +677,8 @@ def cohort_index_html(records: Sequence[dict[str, Any]], *, title: str, links: S
         if record.get("reason"):
             detail += ": " + record["reason"]
         parts.append(f"<p>{html.escape(detail)}</p>")
+        if record.get("warnings"):
+            parts.append("<ul>" + "".join(f"<li>Warning: {html.escape(w)}</li>" for w in record["warnings"]) + "</ul>")
         outputs = record.get("outputs") or {}
         if outputs:
             parts.append("<p>" + " | ".join(f'<a href="{link(path)}">{html.escape(key)}</a>'

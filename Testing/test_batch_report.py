@@ -15,6 +15,19 @@ def test_index_escapes_untrusted_text(tmp_path):
     assert "<script>" not in text and "&lt;script&gt;" in text and "a &lt;b&gt; title" in text
 
 
+def test_index_lists_each_acquisitions_warnings_and_counts_them():
+    warned = {"name": "sub-ge", "status": "processed", "reason": None, "seconds": 2.0, "outputs": {}, "qc": None,
+              "roi": [], "warnings": ["The susceptibility map looks sign-reversed: <rerun> with phase_sign=-1", "x"]}
+    quiet = dict(warned, name="sub-ok", warnings=[])
+    text = cohort_index_html([warned, quiet], title="t", links=[])
+    check_html(text)
+    assert "2 processed, 0 already complete (skipped), 0 failed; 1 with warnings." in text
+    assert '<td class="t">processed, 2 warnings</td>' in text and '<td class="t">processed</td>' in text
+    assert "<li>Warning: The susceptibility map looks sign-reversed: &lt;rerun&gt; with phase_sign=-1</li>" in text
+    section = text[text.index('<section id="sub-ok">'):]
+    assert "Warning:" not in section.split("</section>")[0]
+
+
 def test_methods_cite_the_consensus_only_for_the_consensus_preset():
     config = {"unwrap": {"method": "laplacian", "params": {}}, "inversion": {"method": "tkd", "params": {}}}
     text = methods_markdown(config, {"QSMLib": "9"}, stages_used={"unwrap", "inversion"}, n_acquisitions=1,
