@@ -41,7 +41,7 @@ from .masking import APPENDAGE_ML, coverage_along_b0, validate_user_mask
 from .masking import METHODS as MASK_METHODS
 from .phase import BIPOLAR_METHODS, OFFSET_METHODS
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
-from .plausibility import chi_tail_asymmetry
+from .plausibility import ECHO_RISE_ALLOWED, chi_tail_asymmetry, magnitude_decay
 from .referencing import METHODS as REFERENCE_METHODS
 from .relaxometry import METHODS as RELAXOMETRY_METHODS
 from .roi import roi_statistics
@@ -499,6 +499,7 @@ def run_pipeline(
         raise QSMInputError(
             f"The label map has shape {np.shape(labels)}, the images {acquisition.spatial_shape}: they must match."
         )
+    echo_order = _check_echo_order(acquisition)
     bipolar, detection = _bipolar_readout(acquisition, config)
     # the bipolar error is estimated from echo triples in which any echo-independent offset cancels; corrected
     # first, the even echoes give MCPC-3D-S an offset estimate free of it
@@ -511,6 +512,8 @@ def run_pipeline(
     run = _Stages(config, stages, progress, cancel, resolve_device(config.device))
     if detection:
         run.parameters["bipolar"] = detection
+    if echo_order:
+        run.parameters["echo_order"] = echo_order
     magnitude, echo_times, voxel = acquisition.magnitude, acquisition.echo_times_s, acquisition.voxel_size_mm
     inputs: dict[str, Any] = {
         "magnitude": magnitude, "echo_times_s": echo_times, "voxel_size_mm": voxel,
@@ -566,6 +569,23 @@ def run_pipeline(
         mask=brain_mask, local_field_hz=local_field_hz, total_field_hz=fit.total_field_hz,
         unwrapped_phase=unwrapped, maps=maps,
     )
+
+
+def _check_echo_order(acquisition: MultiEchoGRE) -> dict[str, Any]:
+    """How the head's magnitude decays over the echoes, with a warning when it rises (echoes out of order)."""
+    if acquisition.n_echoes < 2:
+        return {}
+    decay = magnitude_decay(acquisition.magnitude)
+    if decay["largest_rise"] > ECHO_RISE_ALLOWED:
+        k = decay["rise_after_echo"]
+        times_ms = [round(1000 * t, 2) for t in acquisition.echo_times_s]
+        warnings.warn(
+            f"The magnitude rises by {100 * decay['largest_rise']:.0f} % over the head from echo {k} "
+            f"({times_ms[k - 1]:g} ms) to echo {k + 1} ({times_ms[k]:g} ms), where a gradient echo decays: the echoes "
+            "are probably not in the order of their echo times (e.g. files sorted as echo-1, echo-10, echo-2), and "
+            f"the map will be wrong. Median magnitude per echo, relative to the first: {decay['relative_median']}. "
+            "Give the magnitude and phase echoes in the order of the echo times.", QSMWarning, stacklevel=3)
+    return decay
 
 
 def _bipolar_readout(acquisition: MultiEchoGRE, config: PipelineConfig) -> tuple[bool, dict[str, Any]]:

@@ -123,8 +123,9 @@ def test_the_pipeline_passes_exactly_the_declared_inputs_and_records_chosen_para
     # the default background method (iSMV) records its radius and iterations too
     assert result.parameters["inversion"] == {"regularization": 0.5, "regularization_rule": "spy"}
     # the readout was not given, so the echoes told it (three echoes of a toy head: monopolar); the field of
-    # view's coverage along B0 and the map's sign check are always recorded
-    assert set(result.parameters) == {"bipolar", "background", "inversion", "coverage_along_b0", "sign_check"}
+    # view's coverage along B0, how the magnitude decays over the echoes and the map's sign check are always recorded
+    assert set(result.parameters) == {"bipolar", "background", "inversion", "coverage_along_b0", "sign_check",
+                                      "echo_order"}
     assert result.parameters["bipolar"]["readout"] == "detected monopolar"
     assert result.provenance()["chosen_parameters"] == result.parameters
 
