@@ -5,10 +5,8 @@ over the head it falls from each echo to the next. Echoes handed over out of
 order (files sorted as echo-1, echo-10, echo-2, or reversed) break that, and
 nothing else in the reconstruction says so: :func:`magnitude_decay`.
 
-Sign:
-
-The phase's handedness is not stored in the images, and scanners differ
-(some GE data are left-handed): read with the wrong sign, every field and
+Sign: the phase's handedness is not stored in the images, and scanners differ
+(some GE data are left-handed). Read with the wrong sign, every field and
 every susceptibility comes out negated, and nothing in the reconstruction
 fails. The map itself tells: in a brain the strongly paramagnetic voxels
 (veins, iron-rich nuclei, haemorrhage: up to +0.3..+0.6 ppm) outnumber and
