@@ -612,3 +612,32 @@ def test_slab_by_slab_operators_equal_the_whole_volume_ones(shape, monkeypatch):
         two_threads = relative_change(chi, first[0], region)
     whole_change = np.linalg.norm((chi - first[0])[region].astype(np.float64)) / np.linalg.norm(chi[region])
     assert one_thread == two_threads and abs(one_thread / whole_change - 1) < 1e-6
+
+
+@pytest.mark.parametrize("leading", [(), (2,)])
+def test_threaded_gaussian_smoothing_equals_scipys_to_the_last_bit(leading, monkeypatch):
+    """The slab-parallel separable smoothing (the TFI/SS-TV blend's) gives exactly
+    ``scipy.ndimage.gaussian_filter`` with zeros beyond the faces, per 3D volume, on one thread or two; a
+    smoothed mask handed back to :func:`masked_smoothing` is returned, not computed again."""
+    from scipy import ndimage
+
+    import QSMLib._parallel as parallel
+    from QSMLib._operators import gaussian_smoothing, masked_smoothing
+    from QSMLib._threads import limit_threads
+
+    shape = (17, 13, 11)
+    monkeypatch.setattr(parallel, "_SLAB_VOXELS", 3 * shape[1] * shape[2])  # several slabs, a short last one
+    rng = np.random.default_rng(5)
+    volume = rng.standard_normal((*leading, *shape)).astype(np.float32)
+    sigma = (2.5, 0.0, 1.2)  # one axis left alone, and a kernel wider than the array along axis 2
+    expected = ndimage.gaussian_filter(volume, [0.0] * len(leading) + list(sigma), mode="constant")
+    for threads in (1, 2):
+        with limit_threads(threads):
+            np.testing.assert_array_equal(gaussian_smoothing(volume, sigma), expected)
+    assert volume.dtype == expected.dtype and np.abs(expected).max() > 0.1
+    mask = rng.random(shape) < 0.5
+    values, weight = masked_smoothing(volume, mask, 2.0, (0.8, 1.0, 1.6))
+    assert weight.max() > 0.1
+    again, same = masked_smoothing(volume, mask, 2.0, (0.8, 1.0, 1.6), smoothed_mask=weight)
+    assert same is weight
+    np.testing.assert_array_equal(again, values)

@@ -796,6 +796,8 @@ def tfi(
         smv_chi, smv_parameters = smv_pass(tissue_weight, (tfi_span, pass_span))
         parameters.update(smv_parameters)
 
+    smoothed_valid: dict[float, np.ndarray] = {}
+
     def estimate() -> np.ndarray:
         """The reported chi on TFI's box: TFI's, or TFI's blended with SS-TV's."""
         box_chi = _fft.crop(target.to_numpy(chi), box_shape)
@@ -803,7 +805,7 @@ def tfi(
             # only the mask's chi is reported, so the solve's is placed there alone
             smv_result = _fft.crop(from_frame(target.to_numpy(smv_chi), sub, inside_host), box_shape)
             box_chi, blend_parameters = blend_estimates(box_chi, smv_result, valid[box], voxel_size_mm,
-                                                        sstv_detail_weight)
+                                                        sstv_detail_weight, smoothed_valid)
             parameters.update(blend_parameters)
         return box_chi
 
@@ -1060,7 +1062,8 @@ def sstv(
 
 def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray,
                     voxel_size_mm: Sequence[float],
-                    sstv_detail_weight: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict[str, float]]:
+                    sstv_detail_weight: Optional[np.ndarray] = None,
+                    smoothed_valid: Optional[dict[float, np.ndarray]] = None) -> tuple[np.ndarray, dict[str, float]]:
     """TFI's and SS-TV's chi combined, with TFI's share set apart for coarse and fine detail.
 
     ``share * tfi + (1 - share) * sstv``, plus ``TFI_COARSE_SHARE - share`` times the coarse part of
@@ -1085,6 +1088,9 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
     sstv_detail_weight : numpy.ndarray of float32, shape (n0, n1, n2), optional
         0 to 1: how much of its share of the fine detail SS-TV gives (:func:`cut_face_fade`). None: the
         whole heads' blend.
+    smoothed_valid : dict of float to numpy.ndarray, optional
+        Kept by a caller that blends more than once on the same ``valid``: ``valid`` smoothed at each SD
+        (mm, the key) is stored there by the first blend and reused by the next.
 
     Returns
     -------
@@ -1094,14 +1100,19 @@ def blend_estimates(tfi_chi: np.ndarray, sstv_chi: np.ndarray, valid: np.ndarray
         ``tfi_share`` (fine detail), ``fine_detail_ratio`` (SS-TV's finest detail variance over TFI's),
         ``tfi_coarse_share`` and ``coarse_sigma_mm``.
     """
+    smoothed_valid = {} if smoothed_valid is None else smoothed_valid
     both = np.stack([tfi_chi, sstv_chi])
-    smoothed, weight = masked_smoothing(both, valid, FINE_SIGMA_MM, voxel_size_mm)
+    smoothed, weight = masked_smoothing(both, valid, FINE_SIGMA_MM, voxel_size_mm,
+                                        smoothed_valid.get(FINE_SIGMA_MM))
+    smoothed_valid[FINE_SIGMA_MM] = weight
     finest = (both - smoothed / np.maximum(weight, np.float32(1e-6)))[:, valid]
     fine_variance = [float(np.var(detail, dtype=np.float64)) for detail in finest]
     ratio = fine_variance[1] / fine_variance[0] if fine_variance[0] > 0 else 1.0
     share = TFI_SHARE + (MAX_TFI_SHARE - TFI_SHARE) * _noisy_detail(ratio)
     difference = tfi_chi - sstv_chi
-    smoothed, weight = masked_smoothing(difference, valid, COARSE_SIGMA_MM, voxel_size_mm)
+    smoothed, weight = masked_smoothing(difference, valid, COARSE_SIGMA_MM, voxel_size_mm,
+                                        smoothed_valid.get(COARSE_SIGMA_MM))
+    smoothed_valid[COARSE_SIGMA_MM] = weight
     coarse = smoothed / np.maximum(weight, np.float32(1e-6))
     if sstv_detail_weight is None:
         coarse_share = TFI_COARSE_SHARE
