@@ -23,6 +23,7 @@ from QSMLib.phantom.suite import (
     HELDOUT_CASES,
     SLAB_CASES,
     SMALL_CASES,
+    STRESS_CASES,
     TWIN_CASES,
     WARPED_CASES,
     load_case,
@@ -392,6 +393,24 @@ def test_the_suites_whole_heads_are_recorded_in_k_space_and_their_twins_differ_o
         twin, head = dict(TWIN_CASES[name].parameters), dict(spec_by_name(name[:-len("_box")]).parameters)
         assert spec_by_name(name) is TWIN_CASES[name]
         assert twin.pop("signal") == "box" and head.pop("signal") == "kspace" and twin == head
+
+
+def test_the_stress_acquisitions_are_found_by_name_and_the_shim_pair_differs_only_in_its_shim():
+    """Stop 60's stress acquisitions: names unique across every table, each found by :func:`spec_by_name`, each
+    outside the suite's usual acquisition in its own way, and the no-shim head's twin changed in the shim alone."""
+    tables = (CASES, SMALL_CASES, WARPED_CASES, SLAB_CASES, HELDOUT_CASES, TWIN_CASES, STRESS_CASES)
+    names = [name for table in tables for name in table]
+    assert len(names) == len(set(names)) and len(STRESS_CASES) == 8
+    assert all(spec_by_name(name) is spec for name, spec in STRESS_CASES.items())
+    echoes = {name: spec.parameters["echo_times_s"] for name, spec in STRESS_CASES.items()}
+    assert len(echoes["stress_1p2mm_3T_2echo"]) == 2 and len(echoes["stress_1p3mm_3T_12echo_bipolar"]) == 12
+    assert echoes["stress_1p2mm_7T_late_echoes"][0] == pytest.approx(0.008)
+    assert echoes["stress_1p5mm_1p5T_long_echoes"][-1] == pytest.approx(0.058)
+    spacings = np.diff(echoes["stress_1p3mm_3T_uneven_echoes"])
+    assert spacings.max() > 5 * spacings.min()
+    no_shim = dict(STRESS_CASES["stress_1p5mm_3T_no_shim"].parameters)
+    shimmed = dict(STRESS_CASES["stress_1p5mm_3T_shimmed"].parameters)
+    assert no_shim.pop("shim_order") is None and shimmed.pop("shim_order") == 2 and no_shim == shimmed
 
 
 def test_benchmarks_tfi_field_row_scores_on_resharps_voxels_and_beats_it(small_case):

@@ -33,8 +33,9 @@ code). For each case with ground truth it prints:
 With every chi it also prints the detrended NRMSE per tissue class as the QSM
 challenge 2.0 and QSM-CI score it (:data:`TISSUE_CLASSES`: tissue, blood and
 deep grey matter). ``--cases`` also takes the slabs of
-``QSMLib.phantom.suite.SLAB_CASES``, the other subjects of ``WARPED_CASES``
-and the box-averaged twins of ``TWIN_CASES``.
+``QSMLib.phantom.suite.SLAB_CASES``, the other subjects of ``WARPED_CASES``,
+the box-averaged twins of ``TWIN_CASES``, the held-out heads of ``HELDOUT_CASES``
+and the unusual acquisitions of ``STRESS_CASES``.
 
 Chi and fields are compared on the voxels where both are defined (true
 brain mask and the method's mask), each map demeaned there (ROI means are

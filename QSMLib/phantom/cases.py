@@ -229,6 +229,44 @@ HELDOUT_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
 )}
 
 
+def _stress_warp(seed: int) -> dict[str, Any]:
+    return dict(seed=seed, displacement_mm=3.5, scale=(1.0, 0.97, 1.0), rotation_deg=(3.0, -3.0),
+                shift_mm=(1.0, 0.0, -1.0))
+
+
+#: Acquisitions outside the suite's usual range, drawn at stop 60 with the defaults of the day to look for failures
+#: (validation record, stop 60); they chose nothing. Textured (15 ppb SD), receive bias, another subject each.
+_STRESS_HEAD = dict(signal="kspace", texture_ppb=15.0, fov_mm=(192.0, 228.0, 180.0), receive_bias=0.3)
+STRESS_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
+    CaseSpec("stress_1p2mm_7T_late_echoes", "realistic", "1.2 mm, 7 T, 4 echoes 8-32 ms (a late first echo), "
+             "SNR 40, receive bias 40 %",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.2, 1.2, 1.2), b0_tesla=7.0, echo_times_s=_echoes(8, 8, 4),
+                  snr=40.0, seed=71, receive_bias=0.4, anatomy_warp=_stress_warp(301))),
+    CaseSpec("stress_1p3mm_3T_uneven_echoes", "realistic", "1.3 mm, 3 T, 5 echoes 3.5/5.5/12/24/36 ms, SNR 60",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.3, 1.3, 1.3), fov_mm=(187.2, 223.6, 175.5), b0_tesla=3.0,
+                  echo_times_s=tuple(round(t * _ms, 6) for t in (3.5, 5.5, 12.0, 24.0, 36.0)), snr=60.0, seed=72,
+                  anatomy_warp=_stress_warp(302))),
+    CaseSpec("stress_1p2mm_3T_2echo", "realistic", "1.2 mm, 3 T, 2 echoes 10 and 20 ms, SNR 60",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.2, 1.2, 1.2), b0_tesla=3.0, echo_times_s=_echoes(10, 10, 2),
+                  snr=60.0, seed=73, anatomy_warp=_stress_warp(303))),
+    CaseSpec("stress_1p5mm_1p5T_long_echoes", "realistic", "1.5 mm, 1.5 T, 6 echoes 8-58 ms, SNR 30",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.5, 1.5, 1.5), b0_tesla=1.5, echo_times_s=_echoes(8, 10, 6),
+                  snr=30.0, seed=74, anatomy_warp=_stress_warp(304))),
+    CaseSpec("stress_1p3mm_3T_12echo_bipolar", "realistic", "1.3 mm, 3 T, 12 echoes 2-29.5 ms bipolar, SNR 50",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.3, 1.3, 1.3), fov_mm=(187.2, 223.6, 175.5), b0_tesla=3.0,
+                  echo_times_s=_echoes(2, 2.5, 12), snr=50.0, bipolar=True, seed=75, anatomy_warp=_stress_warp(305))),
+    CaseSpec("stress_0p8x0p8x2p4mm_3T", "realistic", "0.8 x 0.8 x 2.4 mm (a clinical SWI-like grid), 3 T, 4 echoes "
+             "6-30 ms, SNR 50",
+             dict(_STRESS_HEAD, voxel_size_mm=(0.8, 0.8, 2.4), fov_mm=(192.0, 224.0, 172.8), b0_tesla=3.0,
+                  echo_times_s=_echoes(6, 8, 4), snr=50.0, seed=76, anatomy_warp=_stress_warp(306))),
+    CaseSpec("stress_1p5mm_3T_no_shim", "realistic", "1.5 mm, 3 T, 5 echoes 4-24 ms, SNR 60, no shim",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.5, 1.5, 1.5), b0_tesla=3.0, echo_times_s=_echoes(4, 5, 5),
+                  snr=60.0, seed=77, shim_order=None, anatomy_warp=_stress_warp(307))),
+    CaseSpec("stress_1p5mm_3T_shimmed", "realistic", "stress_1p5mm_3T_no_shim with the second-order shim",
+             dict(_STRESS_HEAD, voxel_size_mm=(1.5, 1.5, 1.5), b0_tesla=3.0, echo_times_s=_echoes(4, 5, 5),
+                  snr=60.0, seed=77, shim_order=2, anatomy_warp=_stress_warp(307))),
+)}
+
 #: Twins for comparisons: each of the suite's own-simulator heads (:data:`CASES`, :data:`WARPED_CASES`, recorded in
 #: k-space) box-averaged as the suite's heads were before stop 45, ``<name>_box``; and ``axial_1mm_3T``'s head with
 #: B0 27 degrees off the grid's axis, ``tilted27_1mm_3T``, and its box-averaged twin (README, stops 44 and 45); and

@@ -45,7 +45,16 @@ import numpy as np
 from .._version import __version__
 from ..acquisition import MultiEchoGRE
 from ..errors import QSMInputError
-from .cases import CASES, HELDOUT_CASES, SLAB_CASES, SMALL_CASES, TWIN_CASES, WARPED_CASES, CaseSpec
+from .cases import (
+    CASES,
+    HELDOUT_CASES,
+    SLAB_CASES,
+    SMALL_CASES,
+    STRESS_CASES,
+    TWIN_CASES,
+    WARPED_CASES,
+    CaseSpec,
+)
 from .forward import band_limited_samples
 from .realistic import (
     _BRAIN_LABEL_MAX,
@@ -109,8 +118,8 @@ class SuiteCase:
 
 def spec_by_name(name: str) -> CaseSpec:
     """The case of that name in any of the tables (:data:`CASES`, :data:`SMALL_CASES`, :data:`WARPED_CASES`,
-    :data:`SLAB_CASES`, :data:`HELDOUT_CASES`, :data:`TWIN_CASES`)."""
-    tables = (CASES, SMALL_CASES, WARPED_CASES, SLAB_CASES, HELDOUT_CASES, TWIN_CASES)
+    :data:`SLAB_CASES`, :data:`HELDOUT_CASES`, :data:`TWIN_CASES`, :data:`STRESS_CASES`)."""
+    tables = (CASES, SMALL_CASES, WARPED_CASES, SLAB_CASES, HELDOUT_CASES, TWIN_CASES, STRESS_CASES)
     for table in tables:
         if name in table:
             return table[name]
