@@ -22,6 +22,7 @@ from QSMLib.inversion.tfi import (
     FIRST_PASS_TOLERANCE_FACTOR,
     MAX_TFI_SHARE,
     NOISY_DETAIL_RATIO,
+    RELAXED_TOLERANCE_FACTOR,
     TFI_COARSE_SHARE,
     TFI_SHARE,
     _bregman_data,
@@ -165,6 +166,30 @@ def test_tfi_averages_a_single_step_solve_of_four_voxels_radius_within_4_to_6_mm
     assert chosen["smv_regularization"] == pytest.approx(0.15 * chosen["regularization"])
     assert alone.parameters["smv_skipped"] == "turned off" and "smv_iterations" not in alone.parameters
     assert np.abs(averaged.chi_ppm - alone.chi_ppm).max() > 1e-3
+
+
+def test_over_relaxed_admm_stops_sooner_with_the_same_accuracy():
+    """``relaxation`` 1.8 (a speed option; plain ADMM is the default) takes 2.5 times the automatic tolerance and
+    runs fewer iterations for about the same chi. Measured on these blobs (1.5 mm): 25 + 15 + 10 iterations (two
+    passes and the Bregman step) and chi NRMSE 15.78 % plain, 14 + 9 + 7 and 15.60 % over-relaxed."""
+    voxel = (1.5, 1.5, 1.5)
+    field, mask, chi, magnitude = _blobs(voxel, (0, 0, 1), shape=(30, 28, 26))
+    field = field + np.float32(3.0) * np.indices(mask.shape, dtype=np.float32)[2]  # a background gradient
+    common = dict(b0_direction=(0, 0, 1), b0_tesla=3.0, magnitude=magnitude)
+    plain = METHODS["tfi"](field, mask, voxel, **common)
+    relaxed = METHODS["tfi"](field, mask, voxel, relaxation=1.8, **common)
+    assert plain.parameters["relaxation"] == 1.0 and relaxed.parameters["relaxation"] == 1.8
+    assert relaxed.parameters["tolerance"] == pytest.approx(RELAXED_TOLERANCE_FACTOR * plain.parameters["tolerance"])
+
+    def iterations(result):
+        return sum(result.parameters[key] for key in ("iterations", "chi_edge_iterations", "bregman_iterations"))
+
+    assert iterations(relaxed) < 0.7 * iterations(plain)
+    assert nrmse(relaxed.chi_ppm, chi, relaxed.mask) < 16.0 and nrmse(plain.chi_ppm, chi, plain.mask) < 16.2
+    for method in ("tfi", "sstv"):
+        for relaxation in (0.0, 2.0):
+            with pytest.raises(QSMInputError, match="relaxation must lie in"):
+                METHODS[method](field, mask, voxel, relaxation=relaxation, **common)
 
 
 @pytest.mark.parametrize("edges", [False, True])

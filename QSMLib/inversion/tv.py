@@ -78,25 +78,38 @@ def admm_chi_step(
     return chi, _backend.irfftn(spectrum, shape)
 
 
-def admm_data_step(u: Any, y: Any, field_of_chi: Any, weighted_field: Any, inverse: Any, mu: float) -> None:
+def admm_data_step(
+    u: Any, y: Any, field_of_chi: Any, weighted_field: Any, inverse: Any, mu: float, relaxation: float = 1.0
+) -> None:
     """The data split and scaled dual of the TV ADMM, in place: ``u += D chi``, ``y = (W^2 f + mu u) inverse``,
     ``u -= y`` (``weighted_field`` and ``inverse`` from :func:`linear_update_terms`).
 
-    numpy arrays go slab by slab on all threads (the same operations per
-    voxel, so the same values).
+    With ``relaxation`` alpha other than 1 the step is over-relaxed (Boyd
+    et al., "Distributed optimization and statistical learning via ADMM",
+    2011, section 3.4.3): ``D chi`` is replaced by ``alpha D chi + (1 -
+    alpha) y``, ``y`` being the split before this step. numpy arrays go slab
+    by slab on all threads (the same operations per voxel, so the same
+    values).
     """
     if not isinstance(u, np.ndarray):
-        u += field_of_chi
+        if relaxation != 1.0:
+            u += relaxation * field_of_chi + (1.0 - relaxation) * y
+        else:
+            u += field_of_chi
         _backend.into(y, "multiply", u, mu)
         y += weighted_field
         y *= inverse
         u -= y
         return
     scale = np.float32(mu)
+    new_share, old_share = np.float32(relaxation), np.float32(1.0 - relaxation)
 
     def rows_job(rows: slice) -> None:
         slab_u, slab_y = u[rows], y[rows]
-        slab_u += field_of_chi[rows]
+        if relaxation != 1.0:
+            slab_u += new_share * field_of_chi[rows] + old_share * slab_y
+        else:
+            slab_u += field_of_chi[rows]
         np.multiply(slab_u, scale, out=slab_y)
         slab_y += weighted_field[rows]
         slab_y *= inverse[rows]
@@ -125,19 +138,26 @@ def relative_change(new: Any, old: Any, region: Any) -> float:
 
 
 def admm_gradient_step(
-    chi: Any, z: Any, w: Any, grad: Any, threshold: Any, work: Any, voxel_size_mm: Sequence[float]
+    chi: Any, z: Any, w: Any, grad: Any, threshold: Any, work: Any, voxel_size_mm: Sequence[float],
+    relaxation: float = 1.0,
 ) -> None:
     """The gradient split of the TV ADMM, in place: ``w += grad chi``, ``z = shrink(w)``, ``w -= z``.
 
-    numpy arrays go slab by slab on all threads (:func:`_gradient_step_rows`;
-    the same operations per voxel, so the same result), other libraries
-    through the array API with ``grad`` and ``work`` as scratch.
+    With ``relaxation`` alpha other than 1 the step is over-relaxed, as in
+    :func:`admm_data_step`: ``grad chi`` is replaced by ``alpha grad chi +
+    (1 - alpha) z``, ``z`` being the split before this step. numpy arrays go
+    slab by slab on all threads (:func:`_gradient_step_rows`; the same
+    operations per voxel, so the same result), other libraries through the
+    array API with ``grad`` and ``work`` as scratch.
     """
     if isinstance(chi, np.ndarray):
-        for_each_slab(lambda rows: _gradient_step_rows(chi, z, w, threshold, voxel_size_mm, rows),
+        for_each_slab(lambda rows: _gradient_step_rows(chi, z, w, threshold, voxel_size_mm, rows, relaxation),
                       chi.shape[0], chi[0].size)
         return
     gradient(chi, voxel_size_mm, out=grad)
+    if relaxation != 1.0:
+        grad *= relaxation
+        grad += (1.0 - relaxation) * z
     w += grad
     z[...] = w
     shrink(z, threshold, work)
@@ -145,7 +165,8 @@ def admm_gradient_step(
 
 
 def _gradient_step_rows(
-    chi: np.ndarray, z: np.ndarray, w: np.ndarray, threshold: Any, voxel_size_mm: Sequence[float], rows: slice
+    chi: np.ndarray, z: np.ndarray, w: np.ndarray, threshold: Any, voxel_size_mm: Sequence[float], rows: slice,
+    relaxation: float,
 ) -> None:
     """:func:`admm_gradient_step` on rows ``rows`` of axis 0, with temporaries of the slab's size.
 
@@ -154,8 +175,11 @@ def _gradient_step_rows(
     """
     grad = gradient_rows(chi, voxel_size_mm, rows)
     slab_w = w[:, rows]
-    slab_w += grad
     slab_z = z[:, rows]
+    if relaxation != 1.0:
+        grad *= np.float32(relaxation)
+        grad += np.float32(1.0 - relaxation) * slab_z
+    slab_w += grad
     slab_z[...] = slab_w
     shrink(slab_z, threshold[rows] if isinstance(threshold, np.ndarray) else threshold, grad[0])
     slab_w -= slab_z
