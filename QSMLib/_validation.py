@@ -66,6 +66,7 @@ PARAMETER_RANGES: dict[str, Bounds] = {
     "jump_fraction": _POSITIVE,
     "edge_fraction": _UNIT_INTERVAL,
     "stall_ratio": Bounds(0.0, 1.0, low_open=True, high_open=True),
+    "relaxation": Bounds(0.0, 2.0, low_open=True, high_open=True),  # ADMM over-relaxation (TFI, SS-TV)
     "r2star_fraction": _FRACTION,
     "regularization": _POSITIVE,
     "csf_regularization": _NOT_NEGATIVE,

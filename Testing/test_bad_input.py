@@ -212,6 +212,8 @@ def test_disagreeing_field_strengths_are_warned(toy, tmp_path):
      r"parameter 'intercept': got \"no\", allowed: true or false"),
     ({"inversion": {"method": "l2", "params": {"regularization": "best"}}},
      r"parameter 'regularization': got \"best\", allowed: .*\"auto\""),
+    ({"inversion": {"method": "tfi", "params": {"relaxation": 2.0}}},
+     r"parameter 'relaxation': got 2.0, allowed: a number above 0 and below 2"),
     ({"inversion": {"method": "tkd", "params": {"threshold": 1.5, "pad_factor": True}}},
      r"Invalid configuration:\n  - .*'threshold': got 1.5, allowed: a number above 0 and at most 1\n"
      r"  - .*'pad_factor': got true, allowed: a number at least 1"),
