@@ -639,8 +639,8 @@ def tfi(
         raise QSMInputError("TFI: the mask is empty, so there is no field to invert. Check the mask.")
     _check_relaxation("TFI", relaxation)
     if tolerance is None:
-        tolerance = _default_tolerance(voxel_size_mm, LOCAL_TOLERANCE_PER_MM if background_removed else
-                                       TOLERANCE_PER_MM) * (RELAXED_TOLERANCE_FACTOR if relaxation > 1 else 1.0)
+        tolerance = _default_tolerance(voxel_size_mm, relaxation, LOCAL_TOLERANCE_PER_MM if background_removed else
+                                       TOLERANCE_PER_MM)
     if edge_fraction is None:
         edge_fraction = _default_edge_fraction(voxel_size_mm)
     for name, value in (("data_penalty", data_penalty), ("margin_mm", margin_mm), ("cut_margin_mm", cut_margin_mm),
@@ -1004,7 +1004,7 @@ def sstv(
         raise QSMInputError("SS-TV: the mask is empty, so there is no field to invert. Check the mask.")
     _check_relaxation("SS-TV", relaxation)
     if tolerance is None:
-        tolerance = _default_tolerance(voxel_size_mm) * (RELAXED_TOLERANCE_FACTOR if relaxation > 1 else 1.0)
+        tolerance = _default_tolerance(voxel_size_mm, relaxation)
     for name, value in (("data_penalty", data_penalty), ("merit_factor", merit_factor)):
         if not value > 0:
             raise QSMInputError(f"SS-TV: {name} must be positive, got {value!r}.")
@@ -1289,9 +1289,11 @@ def _check_relaxation(label: str, relaxation: float) -> None:
                             f"got {relaxation!r}.")
 
 
-def _default_tolerance(voxel_size_mm: Sequence[float], per_mm: float = TOLERANCE_PER_MM) -> float:
-    """The automatic stopping tolerance: ``per_mm`` per mm of voxel size, at most ``MAX_AUTO_TOLERANCE``."""
-    return min(MAX_AUTO_TOLERANCE, per_mm * mean_voxel_mm(voxel_size_mm))
+def _default_tolerance(voxel_size_mm: Sequence[float], relaxation: float, per_mm: float = TOLERANCE_PER_MM) -> float:
+    """The automatic stopping tolerance: ``per_mm`` per mm of voxel size, at most ``MAX_AUTO_TOLERANCE``, and
+    ``RELAXED_TOLERANCE_FACTOR`` times that where the ADMM is over-relaxed (``relaxation`` above 1)."""
+    plain = min(MAX_AUTO_TOLERANCE, per_mm * mean_voxel_mm(voxel_size_mm))
+    return plain * (RELAXED_TOLERANCE_FACTOR if relaxation > 1 else 1.0)
 
 
 def _local_noise_factor(parameters: dict[str, Any]) -> float:
