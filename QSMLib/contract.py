@@ -54,6 +54,8 @@ PIPELINE_INPUTS: dict[str, str] = {
     "romeo_quality": "ROMEO's voxel quality in [0, 1]",
     "total_field_hz": "total field of the echo fit, Hz (for stages after it that do not take it positionally)",
     "background_removed": "True when the field a single-step inversion gets is already a local field",
+    "acquired_voxel_size_mm": "the scan's voxel size in mm when the stages run on a zero-filled finer grid "
+                              "(QSMLib.zero_fill): automatic choices that follow the data's resolution use it",
     "device": "where the solver runs: the configuration's device, resolved (QSMLib._backend.Device)",
     "phase_offset_rad": "echo-independent phase offset removed by the offset stage, radians",
     "overwrite_phase": "True when a phase stage may write its result into the phase it is given (the "

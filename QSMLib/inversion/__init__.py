@@ -27,7 +27,8 @@ METHODS = {
     "rts": Method(rts, inputs=(*_GEOMETRY, "field_sd_hz")),
     "medi": Method(medi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "echo_times_s")),
     # single step: inverts the total field, the pipeline skips background removal
-    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "background_removed", "device"),
+    "tfi": Method(tfi, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "background_removed",
+                                "acquired_voxel_size_mm", "device"),
                   takes_total_field=True),
     "sstv": Method(sstv, inputs=(*_GEOMETRY, "field_weight", "field_sd_hz", "magnitude", "device"),
                    takes_total_field=True),

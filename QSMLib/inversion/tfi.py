@@ -244,6 +244,7 @@ def tfi(
     field_sd_hz: Optional[np.ndarray] = None,
     magnitude: Optional[np.ndarray] = None,
     background_removed: bool = False,
+    acquired_voxel_size_mm: Optional[Sequence[float]] = None,
     regularization: Union[float, str] = "auto",
     edge_fraction: Optional[float] = None,
     chi_edge_fraction: float = CHI_EDGE_FRACTION,
@@ -294,6 +295,14 @@ def tfi(
         linear TV on the padded frame, with MERIT and the second pass), with
         its own defaults for the automatic ``lambda`` and ``tolerance``
         (``LOCAL_MODEL_ERROR_FRACTION``, ``LOCAL_TOLERANCE_PER_MM``).
+    acquired_voxel_size_mm : sequence of 3 float, optional
+        The scan's voxel size (mm) when the field was zero-filled onto this
+        finer grid (:mod:`QSMLib.zero_fill`; the pipeline passes it): the
+        automatic ``lambda`` follows it, since the data hold no more than the
+        scan's information (on the project's 2 mm phantom zero-filled to 1 mm,
+        chi NRMSE 34.8 % against 40.3 % with the grid's own voxel; the suite's
+        1.5 mm heads the same to 0.4 point). Other automatic choices follow
+        the grid. Default: ``voxel_size_mm``.
     regularization : float or "auto"
         ``lambda`` in ppm mm, as in :func:`QSMLib.inversion.tv.tv`; ``"auto"``
         chooses it (``AUTO_LAMBDA_FACTOR`` times TV's rule, or TV's rule itself with
@@ -722,7 +731,8 @@ def tfi(
     model_error_fraction = LOCAL_MODEL_ERROR_FRACTION if background_removed else MODEL_ERROR_FRACTION
     regularization, parameters = tv_regularization(
         regularization, np.where(inside_host, field_host - target.to_numpy(background), 0), inside_host, weight,
-        voxel_size_mm, "TFI",
+        # zero-filled data hold the acquisition's information: lambda follows its voxels, not the solving grid's
+        voxel_size_mm if acquired_voxel_size_mm is None else acquired_voxel_size_mm, "TFI",
         None if field_sd_hz is None else frame(np.where(mask, hz_to_ppm(field_sd_hz, b0_tesla), 0)),
         model_error_fraction=model_error_fraction)
     parameters.update(kernel_parameters)

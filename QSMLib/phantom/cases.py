@@ -85,6 +85,10 @@ SMALL_CASES: dict[str, CaseSpec] = {spec.name: spec for spec in (
              dict(voxel_size_mm=(3.0, 3.0, 3.0), fov_mm=(120.0, 150.0, 72.0), centre_mni=(0.0, -15.0, 5.0),
                   b0_tesla=3.0, echo_times_s=_echoes(4, 5, 3), snr=100.0, head_rotation_deg=(15.0, 8.0),
                   slab_rotation_deg=(15.0, 8.0), seed=14)),
+    CaseSpec("small_qsmforward_kspace", "qsm_forward", "qsm-forward: 3 T, 1.5 mm model cropped in k-space to 3 mm "
+             "(as a scanner records it), 3 echoes, peak SNR 100",
+             dict(voxel_mm=3.0, fov_mm=(192.0, 240.0, 222.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,
+                  echo_times_s=_echoes(4, 5, 3), peak_snr=100.0, model_factor=2, seed=12)),
     CaseSpec("small_qsmforward_oblique", "qsm_forward", "qsm-forward: 3 mm, 3 T, 3 echoes, peak SNR 100, B0 17 deg "
              "oblique to the grid",
              dict(voxel_mm=3.0, fov_mm=(192.0, 240.0, 222.0), centre_mni=(0.0, -15.0, -10.0), b0_tesla=3.0,

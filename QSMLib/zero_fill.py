@@ -1,0 +1,240 @@
+"""Zero-filling: solving a coarse scan on a finer grid, and bringing the results back.
+
+A scanner's image is the inverse Fourier transform of the k-space samples it
+acquired, so the band-limited interpolation of its complex images onto a finer
+grid (zero-filling the spectrum, "ZIP") adds no information and changes no
+sample's content. The pipeline uses it on scans whose voxels are coarse
+(1.5-2 mm): the phase, field and inversion stages then work on voxels of about
+1 mm, where the phase of the complex signal follows the field more closely near
+air and the dipole model and the TV prior resolve the tissue's structure, and
+the maps are brought back to the scan's grid by keeping their spectrum's band
+(the scan's own band) and nothing beyond it, which is only noise and the
+prior's detail. Masks and the other maps take the value of the fine voxel
+nearest each scan voxel's centre.
+
+Grids share their first voxel's centre: fine voxel ``j`` along an axis of ``n``
+scan voxels and ``m`` fine ones lies at scan index ``j * n / m``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage as ndi
+
+from .acquisition import MultiEchoGRE
+
+#: An axis is zero-filled when its voxel exceeds the solving voxel by more than this factor.
+COARSE_FACTOR = 1.25
+#: The solving grid holds at most this many times the scan's voxels (time and memory grow with the count).
+MAX_VOXEL_GROWTH = 8.0
+#: An axis is cut (a slab's) when more than this share of each of its two end faces has signal.
+CUT_FACE_SHARE = 0.25
+#: Signal: a magnitude above this fraction of the first echo's 99th percentile.
+SIGNAL_FRACTION = 0.2
+
+
+def cut_axes(magnitude: np.ndarray) -> tuple:
+    """Per array axis, whether the field of view cuts the object at both of its ends (a slab's axis).
+
+    A whole head's field of view ends in air on at least one side of every
+    axis (the neck and the face may touch one face); a slab's faces along its
+    thin axis both cut through the head. Zero-filling along a cut axis would
+    make the periodic spectrum ring from one face into the other.
+
+    Parameters
+    ----------
+    magnitude : numpy.ndarray, shape (n0, n1, n2)
+        A magnitude image (the first echo's).
+
+    Returns
+    -------
+    tuple of 3 bool
+
+    Examples
+    --------
+    >>> slab = np.zeros((20, 20, 8)); slab[4:16, 4:16, :] = 1
+    >>> cut_axes(slab)
+    (False, False, True)
+    """
+    level = SIGNAL_FRACTION * np.percentile(magnitude, 99)
+    cut = []
+    for axis in range(3):
+        faces = np.moveaxis(magnitude, axis, 0)
+        cut.append(bool(min(np.mean(faces[0] > level), np.mean(faces[-1] > level)) > CUT_FACE_SHARE))
+    return tuple(cut)
+
+
+def solving_shape(shape: Sequence[int], voxel_size_mm: Sequence[float], solve_voxel_mm: Optional[float],
+                  keep_axes: Sequence[bool] = (False, False, False)) -> tuple:
+    """The grid the stages solve on: each coarse axis zero-filled to voxels of about ``solve_voxel_mm``.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        The scan's grid (array axes).
+    voxel_size_mm : sequence of 3 float
+        Its voxel size per axis, mm.
+    solve_voxel_mm : float or None
+        Target voxel size, mm. Axes whose voxel is at most
+        :data:`COARSE_FACTOR` times it keep their size; None keeps the scan's
+        grid.
+    keep_axes : sequence of 3 bool
+        Axes kept as they are whatever their voxel (:func:`cut_axes`).
+
+    Returns
+    -------
+    tuple of 3 int
+        The solving grid's shape; ``tuple(shape)`` when nothing is refined or
+        the refined grid would hold more than :data:`MAX_VOXEL_GROWTH` times
+        the scan's voxels.
+
+    Examples
+    --------
+    >>> solving_shape((96, 112, 88), (2.0, 2.0, 2.0), 1.0)
+    (192, 224, 176)
+    >>> solving_shape((192, 224, 88), (1.0, 1.0, 2.0), 1.0)
+    (192, 224, 176)
+    >>> solving_shape((64, 80, 60), (3.0, 3.0, 3.0), 1.0)  # 27 times the voxels: the scan's grid
+    (64, 80, 60)
+    """
+    shape = tuple(int(n) for n in shape)
+    if solve_voxel_mm is None:
+        return shape
+    fine = tuple(int(round(n * v / solve_voxel_mm)) if v > COARSE_FACTOR * solve_voxel_mm and not keep else n
+                 for n, v, keep in zip(shape, voxel_size_mm, keep_axes))
+    if np.prod(fine, dtype=float) > MAX_VOXEL_GROWTH * np.prod(shape, dtype=float):
+        return shape
+    return fine
+
+
+def _resized_spectrum(spectrum: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The centred spectrum zero-padded or cropped to ``shape`` (the DC term at index ``n // 2`` in both)."""
+    out = np.zeros(tuple(shape), spectrum.dtype)
+    source, target = [], []
+    for n, m in zip(spectrum.shape, shape):
+        kept = min(n, m)
+        source.append(slice(n // 2 - kept // 2, n // 2 - kept // 2 + kept))
+        target.append(slice(m // 2 - kept // 2, m // 2 - kept // 2 + kept))
+    out[tuple(target)] = spectrum[tuple(source)]
+    return out
+
+
+def fourier_resample(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Band-limited resampling of a 3D volume onto ``shape`` (zero-filled or cropped spectrum).
+
+    The values keep their scale (a constant stays that constant). Complex in,
+    complex out; real in, real out (complex128 / float64).
+
+    Examples
+    --------
+    >>> volume = np.cos(2 * np.pi * np.arange(8) / 8)[:, None, None] * np.ones((8, 4, 4))
+    >>> fine = fourier_resample(volume, (16, 4, 4))
+    >>> bool(np.allclose(fine[::2], volume)), bool(np.allclose(fourier_resample(fine, (8, 4, 4)), volume))
+    (True, True)
+    """
+    spectrum = scipy.fft.fftshift(scipy.fft.fftn(volume, workers=-1))
+    resized = _resized_spectrum(spectrum, shape)
+    result = scipy.fft.ifftn(scipy.fft.ifftshift(resized), workers=-1)
+    result *= np.prod(shape, dtype=float) / np.prod(volume.shape, dtype=float)
+    return result if np.iscomplexobj(volume) else result.real
+
+
+def zero_filled_acquisition(acquisition: MultiEchoGRE, shape: Sequence[int]) -> MultiEchoGRE:
+    """The acquisition's complex echoes interpolated onto ``shape`` by zero-filling their spectra.
+
+    The affine's axes are scaled so that the new grid covers the same field
+    of view with its first voxel's centre where the scan's is; B0's
+    direction, the echo times, the readout and the phase's sign stay. Voxels
+    nearest a scan voxel that was not finite stay excluded.
+    """
+    shape = tuple(int(n) for n in shape)
+    factors = [m / n for m, n in zip(shape, acquisition.spatial_shape)]
+    magnitude = np.empty((acquisition.n_echoes, *shape), np.float32)
+    phase = np.empty_like(magnitude)
+    for echo in range(acquisition.n_echoes):
+        signal = fourier_resample(acquisition.magnitude[echo] * np.exp(1j * acquisition.phase[echo]), shape)
+        magnitude[echo] = np.abs(signal)
+        phase[echo] = np.angle(signal)
+    affine = None
+    if acquisition.affine is not None:
+        affine = np.array(acquisition.affine, dtype=float)
+        affine[:3, :3] /= np.asarray(factors)[None, :]
+    fine = MultiEchoGRE(magnitude, phase, acquisition.echo_times_s, acquisition.b0_tesla, affine=affine,
+                        voxel_size_mm=tuple(v / f for v, f in zip(acquisition.voxel_size_mm, factors)),
+                        b0_direction=acquisition.b0_direction, phase_sign=acquisition.phase_sign,
+                        bipolar=acquisition.bipolar)
+    if acquisition.invalid_voxels.any():
+        fine.invalid_voxels = nearest_upsampled(acquisition.invalid_voxels, shape)
+        fine.magnitude[:, fine.invalid_voxels] = 0
+        fine.phase[:, fine.invalid_voxels] = 0
+    return fine
+
+
+def _nearest_indices(source: int, target: int) -> np.ndarray:
+    """Index along a ``source``-voxel axis nearest each of ``target`` voxels (shared first centre)."""
+    return np.minimum(np.round(np.arange(target) * source / target).astype(int), source - 1)
+
+
+def nearest_upsampled(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``volume`` on the finer grid ``shape``: each fine voxel takes the nearest scan voxel's value."""
+    return volume[np.ix_(*[_nearest_indices(n, m) for n, m in zip(volume.shape, shape)])]
+
+
+def nearest_samples(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``volume`` (on a fine grid) at the voxels of ``shape`` nearest each coarse voxel's centre.
+
+    Leading axes (e.g. echoes) are kept; the last three are resampled.
+    """
+    spatial = volume.shape[-3:]
+    index = np.ix_(*[_nearest_indices(m, n) for m, n in zip(spatial, shape)])
+    return volume[(Ellipsis, *index)]
+
+
+def _extended(values: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """``values`` inside ``mask``, outside it a smooth continuation (Gaussian-weighted means at growing widths).
+
+    A map that is 0 beyond its mask jumps at the mask's edge, and cropping its
+    spectrum would ring into the brain; continued smoothly, it does not.
+    """
+    known = mask.astype(np.float64)
+    weighted = np.where(mask, values, 0.0)
+    result = weighted.copy()
+    filled = mask.copy()
+    for width_mm in (2.0, 4.0, 8.0, 16.0):
+        sigma = [width_mm / v for v in voxel_size_mm]
+        numerator = ndi.gaussian_filter(weighted, sigma, truncate=3.0)
+        denominator = ndi.gaussian_filter(known, sigma, truncate=3.0)
+        reached = ~filled & (denominator > 1e-6)
+        result[reached] = numerator[reached] / denominator[reached]
+        filled |= reached
+    return result
+
+
+def band_limited_back(values: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float],
+                      shape: Sequence[int]) -> np.ndarray:
+    """A map solved on the fine grid, brought back to the scan's grid ``shape`` with the scan's band only.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (m0, m1, m2)
+        The map on the fine grid, meaningful inside ``mask``.
+    mask : numpy.ndarray of bool, shape (m0, m1, m2)
+    voxel_size_mm : sequence of 3 float
+        The fine grid's voxel size, mm.
+    shape : sequence of 3 int
+        The scan's grid.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape ``shape``
+        The map band-limited to the scan's k-space band and sampled on its
+        grid (outside the mask's continuation included: the caller masks it).
+    """
+    if not mask.any():
+        return np.zeros(tuple(shape), np.float32)
+    extended = _extended(values.astype(np.float64), mask, voxel_size_mm)
+    return fourier_resample(extended, shape).astype(np.float32)
