@@ -71,7 +71,7 @@ from QSMLib.fieldmap import weighted_linear  # noqa: E402
 from QSMLib.inversion import METHODS as INVERSION_METHODS  # noqa: E402
 from QSMLib.phantom.realistic import REALISTIC_DEEP_GREY_MATTER  # noqa: E402
 from QSMLib.phantom.suite import CASES, SMALL_CASES, SuiteCase, load_case  # noqa: E402
-from QSMLib.pipeline import PRESETS, REGISTRY, PipelineConfig, run_pipeline, tissue_field_hz  # noqa: E402
+from QSMLib.pipeline import REGISTRY, PipelineConfig, load_config, run_pipeline, tissue_field_hz  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "results" / "suite_cache"
 STAGES = ("pipeline", "background", "inversion")
@@ -284,8 +284,9 @@ def _field_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray, ed
 
 
 def _preset_with(preset: str, parameters: dict[str, dict]) -> PipelineConfig:
-    """The preset's configuration with ``--param`` values applied to every stage whose method they name."""
-    config = PRESETS[preset]().to_dict()
+    """The preset's (or JSON file's) configuration with ``--param`` values applied to every stage whose method
+    they name."""
+    config = load_config(preset).to_dict()
     for stage in config.values():
         if isinstance(stage, dict) and stage.get("method") in parameters:
             stage["params"] = {**stage["params"], **parameters[stage["method"]]}
@@ -550,7 +551,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--param", action="append", default=[],
                         help="METHOD.NAME=VALUE (JSON value), repeatable; also set in the pipeline's stages "
                              "that use METHOD")
-    parser.add_argument("--preset", default="consensus", help="pipeline preset (default consensus)")
+    parser.add_argument("--preset", default="consensus",
+                        help="pipeline preset or JSON configuration file (default consensus)")
     parser.add_argument("--true-mask", action="store_true",
                         help="give the pipeline the true brain mask, as a user's mask (QSM-CI gives one)")
     parser.add_argument("--inputs", default="exact,noisy,pipeline",
