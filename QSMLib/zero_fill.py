@@ -25,6 +25,7 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage as ndi
 
+from . import _fft
 from .acquisition import MultiEchoGRE
 
 #: An axis is zero-filled when its voxel exceeds the solving voxel by more than this factor.
@@ -136,9 +137,9 @@ def fourier_resample(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     >>> bool(np.allclose(fine[::2], volume)), bool(np.allclose(fourier_resample(fine, (8, 4, 4)), volume))
     (True, True)
     """
-    spectrum = scipy.fft.fftshift(scipy.fft.fftn(volume, workers=-1))
+    spectrum = scipy.fft.fftshift(_fft.fftn(volume))
     resized = _resized_spectrum(spectrum, shape)
-    result = scipy.fft.ifftn(scipy.fft.ifftshift(resized), workers=-1)
+    result = _fft.ifftn(scipy.fft.ifftshift(resized))
     result *= np.prod(shape, dtype=float) / np.prod(volume.shape, dtype=float)
     return result if np.iscomplexobj(volume) else result.real
 
