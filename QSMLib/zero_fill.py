@@ -3,14 +3,16 @@
 A scanner's image is the inverse Fourier transform of the k-space samples it
 acquired, so the band-limited interpolation of its complex images onto a finer
 grid (zero-filling the spectrum, "ZIP") adds no information and changes no
-sample's content. The pipeline uses it on scans whose voxels are coarse
-(1.5-2 mm): the phase, field and inversion stages then work on voxels of about
-1 mm, where the phase of the complex signal follows the field more closely near
-air and the dipole model and the TV prior resolve the tissue's structure, and
-the maps are brought back to the scan's grid by keeping their spectrum's band
-(the scan's own band) and nothing beyond it, which is only noise and the
-prior's detail. Masks and the other maps take the value of the fine voxel
-nearest each scan voxel's centre.
+sample's content. Asked to (``PipelineConfig.zero_fill_mm``), the pipeline
+runs the phase, field, mask and inversion stages of a coarse scan (1.5-2 mm
+voxels) on such a grid of about 1 mm, where the dipole model and the TV prior
+resolve the tissue's structure (on the validation suite the gain is the
+inversion's), and brings the maps back to the scan's grid by keeping their
+spectrum's band (the scan's own band) and nothing beyond it, which is only
+noise and the prior's detail. Masks and the other maps take the value of the
+fine voxel nearest each scan voxel's centre. It helps on data that are
+band-limited as a scanner records them, and hurts on data that are not (README,
+"Zero-filling coarse scans").
 
 Grids share their first voxel's centre: fine voxel ``j`` along an axis of ``n``
 scan voxels and ``m`` fine ones lies at scan index ``j * n / m``.
