@@ -642,8 +642,7 @@ def _back_on_scan_grid(scan: MultiEchoGRE, fine: MultiEchoGRE, chi: np.ndarray, 
     """Every map of a zero-filled run on the scan's grid (:mod:`QSMLib.zero_fill`); chi and the local field masked."""
     shape = scan.spatial_shape
     coarse_local_mask = nearest_samples(local_mask, shape)
-    chi_back = band_limited_back(chi, local_mask, fine.voxel_size_mm, shape)
-    local_back = band_limited_back(local_field_hz, local_mask, fine.voxel_size_mm, shape)
+    chi_back, local_back = band_limited_back(np.stack([chi, local_field_hz]), local_mask, fine.voxel_size_mm, shape)
     zero = np.float32(0)
 
     def on_scan_grid(value: Any) -> Any:

@@ -25,9 +25,9 @@ from typing import Optional
 
 import numpy as np
 import scipy.fft
-import scipy.ndimage as ndi
 
 from . import _fft
+from ._operators import masked_smoothing
 from .acquisition import MultiEchoGRE
 
 #: An axis is zero-filled when its voxel exceeds the solving voxel by more than this factor.
@@ -115,10 +115,10 @@ def solving_shape(shape: Sequence[int], voxel_size_mm: Sequence[float], solve_vo
 
 
 def _resized_spectrum(spectrum: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """The centred spectrum zero-padded or cropped to ``shape`` (the DC term at index ``n // 2`` in both)."""
-    out = np.zeros(tuple(shape), spectrum.dtype)
-    source, target = [], []
-    for n, m in zip(spectrum.shape, shape):
+    """The centred spectrum (last three axes) zero-padded or cropped to ``shape`` (DC at index ``n // 2`` in both)."""
+    out = np.zeros((*spectrum.shape[:-3], *shape), spectrum.dtype)
+    source, target = [Ellipsis], [Ellipsis]
+    for n, m in zip(spectrum.shape[-3:], shape):
         kept = min(n, m)
         source.append(slice(n // 2 - kept // 2, n // 2 - kept // 2 + kept))
         target.append(slice(m // 2 - kept // 2, m // 2 - kept // 2 + kept))
@@ -127,10 +127,10 @@ def _resized_spectrum(spectrum: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def fourier_resample(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Band-limited resampling of a 3D volume onto ``shape`` (zero-filled or cropped spectrum).
+    """Band-limited resampling of a volume's last three axes onto ``shape`` (zero-filled or cropped spectrum).
 
-    The values keep their scale (a constant stays that constant). Complex in,
-    complex out; real in, real out (complex128 / float64).
+    The values keep their scale (a constant stays that constant); leading axes
+    are resampled one by one. Complex in, complex out; real in, real out.
 
     Examples
     --------
@@ -139,10 +139,11 @@ def fourier_resample(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     >>> bool(np.allclose(fine[::2], volume)), bool(np.allclose(fourier_resample(fine, (8, 4, 4)), volume))
     (True, True)
     """
-    spectrum = scipy.fft.fftshift(_fft.fftn(volume))
+    axes = (-3, -2, -1)
+    spectrum = scipy.fft.fftshift(_fft.fftn(volume), axes=axes)
     resized = _resized_spectrum(spectrum, shape)
-    result = _fft.ifftn(scipy.fft.ifftshift(resized))
-    result *= np.prod(shape, dtype=float) / np.prod(volume.shape, dtype=float)
+    result = _fft.ifftn(scipy.fft.ifftshift(resized, axes=axes))
+    result *= np.prod(shape, dtype=float) / np.prod(volume.shape[-3:], dtype=float)
     return result if np.iscomplexobj(volume) else result.real
 
 
@@ -202,29 +203,27 @@ def _extended(values: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[floa
 
     A map that is 0 beyond its mask jumps at the mask's edge, and cropping its
     spectrum would ring into the brain; continued smoothly, it does not.
+    Leading axes of ``values`` are maps on the same mask.
     """
-    known = mask.astype(np.float64)
-    weighted = np.where(mask, values, 0.0)
-    result = weighted.copy()
+    result = np.where(mask, values, 0.0)
     filled = mask.copy()
     for width_mm in (2.0, 4.0, 8.0, 16.0):
-        sigma = [width_mm / v for v in voxel_size_mm]
-        numerator = ndi.gaussian_filter(weighted, sigma, truncate=3.0)
-        denominator = ndi.gaussian_filter(known, sigma, truncate=3.0)
+        numerator, denominator = masked_smoothing(values, mask, width_mm, voxel_size_mm)
         reached = ~filled & (denominator > 1e-6)
-        result[reached] = numerator[reached] / denominator[reached]
+        result[..., reached] = numerator[..., reached] / denominator[reached]
         filled |= reached
     return result
 
 
 def band_limited_back(values: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float],
                       shape: Sequence[int]) -> np.ndarray:
-    """A map solved on the fine grid, brought back to the scan's grid ``shape`` with the scan's band only.
+    """Maps solved on the fine grid, brought back to the scan's grid ``shape`` with the scan's band only.
 
     Parameters
     ----------
-    values : numpy.ndarray, shape (m0, m1, m2)
-        The map on the fine grid, meaningful inside ``mask``.
+    values : numpy.ndarray, shape (..., m0, m1, m2)
+        The map (or maps, along leading axes) on the fine grid, meaningful
+        inside ``mask``.
     mask : numpy.ndarray of bool, shape (m0, m1, m2)
     voxel_size_mm : sequence of 3 float
         The fine grid's voxel size, mm.
@@ -233,11 +232,11 @@ def band_limited_back(values: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
 
     Returns
     -------
-    numpy.ndarray of float32, shape ``shape``
-        The map band-limited to the scan's k-space band and sampled on its
+    numpy.ndarray of float32, shape ``(..., *shape)``
+        The maps band-limited to the scan's k-space band and sampled on its
         grid (outside the mask's continuation included: the caller masks it).
     """
     if not mask.any():
-        return np.zeros(tuple(shape), np.float32)
+        return np.zeros((*values.shape[:-3], *shape), np.float32)
     extended = _extended(values.astype(np.float64), mask, voxel_size_mm)
     return fourier_resample(extended, shape).astype(np.float32)
