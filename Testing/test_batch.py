@@ -26,6 +26,12 @@ from QSMLib.batch import (
     plan_local_cluster,
     run_cohort,
 )
+from QSMLib.batch.layout import (
+    TASK_BASE_BYTES,
+    TASK_BYTES_PER_VOXEL,
+    TASK_BYTES_PER_VOXEL_ECHO,
+    ZERO_FILL_MEMORY_FACTOR,
+)
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, main
 from QSMLib.errors import QSMCancelled, QSMInputError
 from QSMLib.io.files import file_checksum
@@ -426,6 +432,24 @@ def test_missing_dask_is_explained(dataset, tmp_path, monkeypatch):
         run_cohort(dataset["root"], tmp_path / "out")
 
 
+def test_the_memory_estimate_counts_the_grid_a_coarse_scan_may_be_zero_filled_onto():
+    def acquisition(shape, voxel):
+        return Acquisition((("sub", "01"),), ("m.nii",), ("p.nii",), n_voxels=int(np.prod(shape)), n_echoes=5,
+                           grid_shape=shape, voxel_size_mm=voxel)
+
+    coarse = acquisition((128, 128, 88), (2.0, 2.0, 2.0))
+    plain = coarse.memory_bytes(None)
+    assert plain == TASK_BASE_BYTES + coarse.n_voxels * (TASK_BYTES_PER_VOXEL + 5 * TASK_BYTES_PER_VOXEL_ECHO)
+    # "auto" may solve it on 1 mm voxels (8 times as many), as zero_fill_mm 1.0 does; 1.5 mm voxels: 27/8 times
+    assert coarse.memory_bytes() == coarse.memory_bytes(1.0) == TASK_BASE_BYTES + int(
+        ZERO_FILL_MEMORY_FACTOR * 8 * (plain - TASK_BASE_BYTES))
+    assert coarse.memory_bytes(1.5) < coarse.memory_bytes(1.0)
+    fine = acquisition((256, 256, 176), (1.0, 1.0, 1.0))
+    assert fine.memory_bytes() == fine.memory_bytes(None)  # nothing to refine
+    unknown = Acquisition((("sub", "01"),), ("m.nii",), ("p.nii",), n_voxels=coarse.n_voxels, n_echoes=5)
+    assert unknown.memory_bytes() == plain  # a header without spacing: the scan's own grid
+
+
 def test_discovery_groups_echoes_and_parts_and_names_problems(tmp_path):
     affine = np.diag([4.0, 4.0, 4.0, 1.0])
     volume = np.ones((4, 5, 6), np.float32)
@@ -449,6 +473,7 @@ def test_discovery_groups_echoes_and_parts_and_names_problems(tmp_path):
     assert sorted(found) == ["sub-a_run-2", "sub-a_run-3", "sub-b_ses-x", "sub-c"]
     good = found["sub-a_run-2"]
     assert good.problem is None and good.n_echoes == 2 and good.n_voxels == 120
+    assert good.grid_shape == (4, 5, 6) and good.voxel_size_mm == (4.0, 4.0, 4.0)
     assert [Path(p).name for p in good.phase] == ["sub-a_run-2_echo-1_part-phase_MEGRE.nii.gz",
                                                   "sub-a_run-2_echo-2_part-phase_MEGRE.nii.gz"]
     assert good.output_path("chi") == Path("sub-a/anat/sub-a_run-2_Chimap.nii.gz")

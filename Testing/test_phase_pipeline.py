@@ -30,14 +30,15 @@ def test_consensus_is_the_default_and_uses_the_consensus_phase_methods():
     assert PipelineConfig.from_json(consensus.to_json()).to_dict() == consensus.to_dict()
 
 
-def test_fast_differs_from_consensus_only_in_the_inversion():
+def test_fast_differs_from_consensus_only_in_the_inversion_and_the_solving_grid():
     # both invert the total field in one step: consensus with TFI (averaged with single-step TV), fast with
-    # that single-step TV alone, stopping sooner
+    # that single-step TV alone, stopping sooner; fast always solves on the scan's grid
     fast, consensus = PRESETS["fast"](), PRESETS["consensus"]()
     assert fast.inversion.method == "sstv" and fast.inversion.params == {"tolerance": 0.01}
     assert consensus.inversion.method == "tfi"
+    assert fast.zero_fill_mm is None and consensus.zero_fill_mm == "auto"
     assert fast.background == consensus.background
-    fast.inversion = consensus.inversion
+    fast.inversion, fast.zero_fill_mm = consensus.inversion, consensus.zero_fill_mm
     assert fast.to_dict() == consensus.to_dict()
 
 

@@ -8,14 +8,18 @@ import pytest
 from QSMLib import metrics
 from QSMLib.acquisition import MultiEchoGRE
 from QSMLib.errors import QSMInputError, QSMWarning
+from QSMLib.phantom import simulate_head
 from QSMLib.pipeline import PRESETS, PipelineConfig, run_pipeline
 from QSMLib.zero_fill import (
     MAX_VOXEL_GROWTH,
+    RINGING_THRESHOLD,
+    auto_solve_voxel_mm,
     band_limited_back,
     cut_axes,
     fourier_resample,
     nearest_samples,
     nearest_upsampled,
+    ringing_excess,
     solving_shape,
     zero_filled_acquisition,
 )
@@ -103,17 +107,18 @@ def _chi_nrmse(result, case):
     return metrics.nrmse(result.chi_ppm, case.chi_ppm, region), region
 
 
-def test_a_coarse_scan_solved_on_the_zero_filled_grid_is_more_accurate_and_reported_on_its_own_grid(suite_case):
-    # a qsm-forward head recorded as a scanner records it (its 1.5 mm model cropped in k-space to 3 mm), zero-filled
-    # to 1.5 mm voxels (zero_fill_mm 1.0 would be 27 times the voxels, over the growth limit)
+def test_a_coarse_band_limited_scan_is_solved_on_the_zero_filled_grid_by_default_and_reported_on_its_own_grid(
+        suite_case):
+    # a qsm-forward head recorded as a scanner records it (its 1.5 mm model cropped in k-space to 3 mm): the default
+    # ("auto") zero-fills it to 1.5 mm voxels (1 mm would be 27 times the voxels, over the growth limit)
     case = suite_case("small_qsmforward_kspace")
-    scan_grid = PRESETS["consensus"]()
-    assert scan_grid.zero_fill_mm is None  # off by default
-    refined = PipelineConfig.from_dict({"zero_fill_mm": 1.5})
+    default = PRESETS["consensus"]()
+    assert default.zero_fill_mm == "auto" and auto_solve_voxel_mm(case.acquisition.voxel_size_mm) == 1.5
+    scan_grid = PipelineConfig.from_dict({"zero_fill_mm": None})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QSMWarning)
         plain = run_pipeline(case.acquisition, scan_grid)
-        result = run_pipeline(case.acquisition, refined, labels=case.labels, label_names=case.label_names)
+        result = run_pipeline(case.acquisition, default, labels=case.labels, label_names=case.label_names)
     shape = case.acquisition.spatial_shape
     for name in ("chi_ppm", "mask", "local_mask", "local_field_hz", "total_field_hz"):
         assert getattr(result, name).shape == shape, name
@@ -122,6 +127,7 @@ def test_a_coarse_scan_solved_on_the_zero_filled_grid_is_more_accurate_and_repor
     assert result.chi_ppm.dtype == np.float32 and result.local_mask.dtype == bool
     assert not result.chi_ppm[~result.local_mask].any()
     chosen = result.parameters["zero_fill"]
+    assert chosen["setting"] == "auto" and chosen["ringing"]["band_limited"] is True
     assert chosen["solving_shape"] == [2 * n for n in shape] and chosen["solving_voxel_size_mm"] == [1.5] * 3
     assert "zero_fill" not in plain.parameters
     assert result.roi and {row["label"] for row in result.roi} <= set(np.unique(case.labels).tolist())
@@ -133,6 +139,36 @@ def test_a_coarse_scan_solved_on_the_zero_filled_grid_is_more_accurate_and_repor
     # on the voxels both runs report, too
     common = plain.local_mask & result.local_mask & case.brain_mask
     assert metrics.nrmse(result.chi_ppm, case.chi_ppm, common) < metrics.nrmse(plain.chi_ppm, case.chi_ppm, common) - 10
+
+
+def test_a_coarse_scan_whose_data_are_not_band_limited_keeps_its_grid_and_its_result(suite_case):
+    # chi sampled on the 3 mm output grid and simulated there (as QSM-CI makes its heads): no ringing, the scan's
+    # grid, and the same map as with zero-filling off
+    case = suite_case("small_qsmforward")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QSMWarning)
+        automatic = run_pipeline(case.acquisition, PRESETS["consensus"]())
+        off = run_pipeline(case.acquisition, PipelineConfig.from_dict({"zero_fill_mm": None}))
+    chosen = automatic.parameters["zero_fill"]
+    assert chosen["ringing"]["band_limited"] is False and "scan's grid" in chosen["reason"]
+    assert "solving_shape" not in chosen
+    assert np.array_equal(automatic.chi_ppm, off.chi_ppm) and np.array_equal(automatic.local_mask, off.local_mask)
+
+
+def test_the_ringing_of_an_image_recorded_in_k_space_is_told_from_noise(suite_case):
+    recorded = ringing_excess(suite_case("small_qsmforward_kspace").acquisition.magnitude[0])
+    sampled = ringing_excess(suite_case("small_qsmforward").acquisition.magnitude[0])
+    # measured 2.08e-4 (its standard error 3e-6) and 1.7e-6 (1.9e-6)
+    assert recorded["band_limited"] is True and recorded["excess"] > 4 * RINGING_THRESHOLD
+    assert sampled["band_limited"] is False and abs(sampled["excess"]) < 0.25 * RINGING_THRESHOLD
+    # the project's phantom (box averages of a finer grid) at 2 mm, axial and on a grid tilted by 20 degrees:
+    # measured 7.1e-7 and 1.28e-5
+    for tilt in (0.0, 20.0):
+        phantom = simulate_head(voxel_size_mm=(2.0,) * 3, acquisition_tilt_deg=tilt, snr=100.0, seed=1)
+        boxed = ringing_excess(phantom.acquisition.magnitude[0])
+        assert boxed["band_limited"] is False and boxed["excess"] < 0.5 * RINGING_THRESHOLD
+    # a crop inside the head has no air to judge by
+    assert ringing_excess(suite_case("small_axial").acquisition.magnitude[0])["band_limited"] is not True
 
 
 def test_a_users_mask_bounds_a_zero_filled_run_as_it_bounds_a_plain_one(suite_case):
@@ -163,13 +199,14 @@ def test_axes_that_the_field_of_view_cuts_at_both_ends_are_not_zero_filled(suite
     assert "zero_fill" not in result.parameters
 
 
-@pytest.mark.parametrize("value", [0, -1.0, 0.1, 11, "1", True, [1.0]])
+@pytest.mark.parametrize("value", [0, -1.0, 0.1, 11, "1", "Auto", True, [1.0]])
 def test_a_zero_fill_voxel_size_that_is_not_one_is_refused(value):
-    with pytest.raises(QSMInputError, match="zero_fill_mm must be a voxel size in mm from 0.2 to 10, or null"):
+    with pytest.raises(QSMInputError, match='zero_fill_mm must be "auto", a voxel size in mm from 0.2 to 10, or null'):
         PipelineConfig.from_dict({"zero_fill_mm": value})
 
 
 def test_the_zero_fill_voxel_size_round_trips_through_json():
     config = PipelineConfig.from_dict({"zero_fill_mm": 1})
     assert PipelineConfig.from_json(config.to_json()) == config and config.zero_fill_mm == 1
-    assert PipelineConfig.from_json(PRESETS["consensus"]().to_json()).zero_fill_mm is None
+    assert PipelineConfig.from_json(PRESETS["consensus"]().to_json()).zero_fill_mm == "auto"
+    assert PipelineConfig.from_json(PRESETS["fast"]().to_json()).zero_fill_mm is None

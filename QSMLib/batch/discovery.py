@@ -114,14 +114,17 @@ def _acquisition(key: tuple[tuple[str, str], ...], parts: dict[str, dict[Optiona
         reader = sitk.ImageFileReader()
         reader.SetFileName(magnitude[0])
         reader.ReadImageInformation()
-        size = reader.GetSize()
+        size, spacing = reader.GetSize(), reader.GetSpacing()
     except RuntimeError as error:
         return Acquisition(key, magnitude, phase, problem=f"cannot read {Path(magnitude[0]).name} "
                            f"({str(error).strip().splitlines()[-1]}).")
     n_voxels = int(size[0] * size[1] * size[2]) if len(size) >= 3 else 0
     n_echoes = len(magnitude) if len(size) < 4 else int(size[3])
     labels, names, reason = _find_labels(labels_dir, dict(key)) if labels_dir else (None, None, None)
-    return Acquisition(key, magnitude, phase, labels, names, n_voxels, n_echoes, reason)
+    # array axes are ITK's in reverse (the arrays are read as SimpleITK hands them over)
+    grid = ((tuple(int(n) for n in size[2::-1]), tuple(float(v) for v in spacing[2::-1])) if len(size) >= 3
+            else ((), ()))
+    return Acquisition(key, magnitude, phase, labels, names, n_voxels, n_echoes, reason, *grid)
 
 
 def _echo_list(files: Mapping[Optional[str], Path]) -> str:
