@@ -109,7 +109,8 @@ def ringing_excess(magnitude: np.ndarray) -> dict:
     Parameters
     ----------
     magnitude : numpy.ndarray, shape (n0, n1, n2)
-        A magnitude image (the first echo's).
+        The first echo's magnitude, in any units (the excess is relative to
+        its 99th percentile).
 
     Returns
     -------
