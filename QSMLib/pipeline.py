@@ -49,13 +49,13 @@ from .units import ppm_to_hz
 from .unwrap import METHODS as UNWRAP_METHODS
 from .zero_fill import (
     COARSE_FACTOR,
-    auto_solve_voxel_mm,
     band_limited_back,
     cut_axes,
     nearest_samples,
     nearest_upsampled,
     ringing_excess,
     solving_shape,
+    solving_voxel_mm,
     zero_filled_acquisition,
 )
 
@@ -623,9 +623,9 @@ def run_pipeline(
 def _solving_acquisition(run: _Stages, scan: MultiEchoGRE) -> MultiEchoGRE:
     """The scan, or its echoes zero-filled onto the finer grid the configuration's ``zero_fill_mm`` asks for."""
     setting = run.config.zero_fill_mm
-    if setting is None:
+    solve_voxel_mm = solving_voxel_mm(setting, scan.voxel_size_mm)
+    if solve_voxel_mm is None:
         return scan
-    solve_voxel_mm = auto_solve_voxel_mm(scan.voxel_size_mm) if setting == "auto" else float(setting)
     cut = cut_axes(scan.magnitude[0])
     shape = solving_shape(scan.spatial_shape, scan.voxel_size_mm, solve_voxel_mm, keep_axes=cut)
     if shape == scan.spatial_shape:

@@ -23,13 +23,14 @@ scan voxels and ``m`` fine ones lies at scan index ``j * n / m``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import scipy.fft
 from scipy import ndimage as ndi
 
 from . import _fft
+from ._morphology import fill_holes
 from ._operators import masked_smoothing
 from .acquisition import MultiEchoGRE
 
@@ -143,7 +144,7 @@ def ringing_excess(magnitude: np.ndarray) -> dict:
         np.flip(magnitude, axes)[tuple(corner)].ravel()
         for axes in ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))])))
     head = magnitude > max(HEAD_NOISE_FACTOR * floor, NOISE_FREE_FRACTION * top)
-    head = ndi.binary_fill_holes(ndi.binary_closing(head, iterations=2))
+    head = fill_holes(ndi.binary_closing(head, iterations=2))
     distance = ndi.distance_transform_edt(~head)
     power = (magnitude / top) ** 2
     far = power[distance > FAR_AIR_VOXELS]
@@ -169,6 +170,23 @@ def auto_solve_voxel_mm(voxel_size_mm: Sequence[float]) -> float:
     (1.0, 1.5)
     """
     return max(AUTO_SOLVE_VOXEL_MM, max(float(v) for v in voxel_size_mm) / 2.0)
+
+
+def solving_voxel_mm(setting: Union[str, float, None], voxel_size_mm: Sequence[float]) -> Optional[float]:
+    """The solving voxel (mm) a ``PipelineConfig.zero_fill_mm`` setting asks for.
+
+    None for None (the scan's grid), :func:`auto_solve_voxel_mm` for ``"auto"``
+    (whether the data are band-limited is the caller's test), else the number.
+
+    Examples
+    --------
+    >>> voxel = (2.0, 2.0, 2.0)
+    >>> solving_voxel_mm("auto", voxel), solving_voxel_mm(0.7, voxel), solving_voxel_mm(None, voxel)
+    (1.0, 0.7, None)
+    """
+    if setting is None:
+        return None
+    return auto_solve_voxel_mm(voxel_size_mm) if setting == "auto" else float(setting)
 
 
 def solving_shape(shape: Sequence[int], voxel_size_mm: Sequence[float], solve_voxel_mm: Optional[float],

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..io.bids import bids_name
-from ..zero_fill import auto_solve_voxel_mm, solving_shape
+from ..zero_fill import solving_shape, solving_voxel_mm
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: One acquisition's outcome: ``name``, ``subject``, ``session``, ``status``
@@ -145,8 +145,8 @@ class Acquisition:
         were band-limited, which only its images can tell).
         """
         per_voxel = self.n_voxels * (TASK_BYTES_PER_VOXEL + TASK_BYTES_PER_VOXEL_ECHO * self.n_echoes)
-        if zero_fill_mm is not None and len(self.grid_shape) == 3 and len(self.voxel_size_mm) == 3:
-            target = auto_solve_voxel_mm(self.voxel_size_mm) if zero_fill_mm == "auto" else float(zero_fill_mm)
+        if len(self.grid_shape) == 3 and len(self.voxel_size_mm) == 3:
+            target = solving_voxel_mm(zero_fill_mm, self.voxel_size_mm)
             fine = math.prod(solving_shape(self.grid_shape, self.voxel_size_mm, target))
             if fine > self.n_voxels:
                 per_voxel = int(ZERO_FILL_MEMORY_FACTOR * per_voxel * fine / self.n_voxels)
