@@ -48,6 +48,7 @@ from .roi import roi_statistics
 from .units import ppm_to_hz
 from .unwrap import METHODS as UNWRAP_METHODS
 from .zero_fill import (
+    AUTO_ZERO_FILL_INVERSIONS,
     COARSE_FACTOR,
     band_limited_back,
     cut_axes,
@@ -133,8 +134,11 @@ class PipelineConfig:
         the scan's largest voxel, if coarser) when the magnitude rings in the
         air outside the head as an image recorded in k-space does
         (:func:`~QSMLib.zero_fill.ringing_excess`), else the scan's grid; in
-        effect, scans with voxels over 1.25 mm whose data are band-limited.
-        None solves on the scan's grid. On the validation suite's 1.3-2 mm
+        effect, scans with voxels over 1.25 mm whose data are band-limited,
+        and only with the inversions in
+        :data:`~QSMLib.zero_fill.AUTO_ZERO_FILL_INVERSIONS` (TFI, the default:
+        its automatic lambda follows the scan's voxels; with linear TV or
+        MEDI zero-filling raised chi NRMSE). None solves on the scan's grid. On the validation suite's 1.3-2 mm
         heads, whose data are band-limited as a scanner records them, 1 mm
         lowered chi NRMSE by 2.2-4.2 points; on heads simulated with chi
         sampled on the output grid and on the project's box-averaged
@@ -623,6 +627,7 @@ def run_pipeline(
 def _solving_acquisition(run: _Stages, scan: MultiEchoGRE) -> MultiEchoGRE:
     """The scan, or its echoes zero-filled onto the finer grid the configuration's ``zero_fill_mm`` asks for."""
     setting = run.config.zero_fill_mm
+    # the grid "auto" would choose for TFI, so that a run with another inversion records why it kept the scan's
     solve_voxel_mm = solving_voxel_mm(setting, scan.voxel_size_mm)
     if solve_voxel_mm is None:
         return scan
@@ -633,6 +638,14 @@ def _solving_acquisition(run: _Stages, scan: MultiEchoGRE) -> MultiEchoGRE:
     check_cancel(run.cancel)
     began = time.perf_counter()
     choice: dict[str, Any] = {"setting": setting}
+    inversion = run.config.inversion.method
+    if solving_voxel_mm(setting, scan.voxel_size_mm, inversion) is None:
+        choice["reason"] = (
+            f"the scan's grid: \"auto\" zero-fills only for the {' and '.join(AUTO_ZERO_FILL_INVERSIONS)} inversion, "
+            f"whose automatic lambda follows the scan's voxels; {inversion}'s follows the grid it runs on, and "
+            "zero-filling raised chi NRMSE with it on the validation suite (a number in zero_fill_mm forces it)")
+        run.parameters["zero_fill"] = choice
+        return scan
     if setting == "auto":
         ringing = ringing_excess(scan.magnitude[0])
         choice["ringing"] = {key: (round(value, 8) if isinstance(value, float) else value)

@@ -444,6 +444,8 @@ def test_the_memory_estimate_counts_the_grid_a_coarse_scan_may_be_zero_filled_on
     assert coarse.memory_bytes() == coarse.memory_bytes(1.0) == TASK_BASE_BYTES + int(
         ZERO_FILL_MEMORY_FACTOR * 8 * (plain - TASK_BASE_BYTES))
     assert coarse.memory_bytes(1.5) < coarse.memory_bytes(1.0)
+    # "auto" zero-fills only for TFI (zero_fill.AUTO_ZERO_FILL_INVERSIONS); a number, whatever the inversion
+    assert coarse.memory_bytes("auto", "medi") == plain and coarse.memory_bytes(1.0, "medi") == coarse.memory_bytes(1.0)
     fine = acquisition((256, 256, 176), (1.0, 1.0, 1.0))
     assert fine.memory_bytes() == fine.memory_bytes(None)  # nothing to refine
     unknown = Acquisition((("sub", "01"),), ("m.nii",), ("p.nii",), n_voxels=coarse.n_voxels, n_echoes=5)

@@ -152,8 +152,9 @@ def run_cohort(
     if todo:
         import psutil
 
+        task_bytes = max(a.memory_bytes(config_dict["zero_fill_mm"], config_dict["inversion"]["method"]) for a in todo)
         plan = None if scheduler is not None else plan_local_cluster(
-            max(a.memory_bytes(config_dict["zero_fill_mm"]) for a in todo), len(todo), cpu_count=available_cores(),
+            task_bytes, len(todo), cpu_count=available_cores(),
             available_bytes=psutil.virtual_memory().available, requested_workers=n_workers,
             requested_threads=config_dict["threads"])
         if plan is not None:

@@ -137,16 +137,17 @@ class Acquisition:
         extra, suffix, extension, _ = DERIVATIVES[key]
         return self.anat_dir / bids_name({**dict(self.entities), **extra}, suffix, extension)
 
-    def memory_bytes(self, zero_fill_mm: Union[str, float, None] = "auto") -> int:
+    def memory_bytes(self, zero_fill_mm: Union[str, float, None] = "auto", inversion: str = "tfi") -> int:
         """Estimated peak memory of its task (see :data:`TASK_BYTES_PER_VOXEL`).
 
         The voxels counted are those of the grid the stages may solve on
-        (``PipelineConfig.zero_fill_mm``; with ``"auto"``, as if its data
-        were band-limited, which only its images can tell).
+        (``PipelineConfig.zero_fill_mm`` with the configuration's ``inversion``
+        method; with ``"auto"``, as if its data were band-limited, which only
+        its images can tell).
         """
         per_voxel = self.n_voxels * (TASK_BYTES_PER_VOXEL + TASK_BYTES_PER_VOXEL_ECHO * self.n_echoes)
         if len(self.grid_shape) == 3 and len(self.voxel_size_mm) == 3:
-            target = solving_voxel_mm(zero_fill_mm, self.voxel_size_mm)
+            target = solving_voxel_mm(zero_fill_mm, self.voxel_size_mm, inversion)
             fine = math.prod(solving_shape(self.grid_shape, self.voxel_size_mm, target))
             if fine > self.n_voxels:
                 per_voxel = int(ZERO_FILL_MEMORY_FACTOR * per_voxel * fine / self.n_voxels)
