@@ -642,8 +642,8 @@ def _solving_acquisition(run: _Stages, scan: MultiEchoGRE) -> MultiEchoGRE:
     if solving_voxel_mm(setting, scan.voxel_size_mm, inversion) is None:
         choice["reason"] = (
             f"the scan's grid: \"auto\" zero-fills only for the {' and '.join(AUTO_ZERO_FILL_INVERSIONS)} inversion, "
-            f"whose automatic lambda follows the scan's voxels; {inversion}'s follows the grid it runs on, and "
-            "zero-filling raised chi NRMSE with it on the validation suite (a number in zero_fill_mm forces it)")
+            f"whose automatic lambda follows the scan's voxels and which it was chosen with; {inversion}'s lambda "
+            "follows the grid it runs on (a number in zero_fill_mm zero-fills with any inversion)")
         run.parameters["zero_fill"] = choice
         return scan
     if setting == "auto":

@@ -46,11 +46,14 @@ SIGNAL_FRACTION = 0.2
 #: ``zero_fill_mm="auto"`` solves on voxels of this size (mm), or of half the scan's largest voxel when that is
 #: coarser (the grid then holds at most 8 times the scan's voxels).
 AUTO_SOLVE_VOXEL_MM = 1.0
-#: The inversions ``zero_fill_mm="auto"`` zero-fills for: their automatic lambda follows the acquired voxel on a
-#: zero-filled grid (``acquired_voxel_size_mm``). The others' lambda rules follow the grid they run on, and on
-#: the band-limited 2 mm head ``low_field_2mm_1p5T`` (consensus preset, whole pipeline; README, stop 64)
-#: zero-filling raised chi NRMSE and the worst deep grey matter ROI error: linear TV 55.03 -> 55.73 %, 30.5 ->
-#: 41.3 ppb; MEDI 43.83 -> 44.91 %, 13.3 -> 29.5 ppb (TFI: 35.71 -> 30.51 %, 6.3 -> 5.0 ppb).
+#: The inversions ``zero_fill_mm="auto"`` zero-fills for: zero-filling was chosen with TFI (eleven band-limited
+#: heads), whose automatic lambda follows the acquired voxel (``acquired_voxel_size_mm``). The others' lambda
+#: rules follow the grid they run on. On the band-limited 2 mm head ``low_field_2mm_1p5T`` (consensus preset
+#: with the inversion changed, whole pipeline; README, "Zero-filling coarse scans"), scan's grid -> 1 mm, chi
+#: NRMSE % and worst deep grey matter ROI error ppb: TFI 35.71 -> 30.51, 6.3 -> 5.0; linear TV 55.03 -> 55.73,
+#: 30.5 -> 41.3; MEDI 43.83 -> 44.91, 13.3 -> 29.5; nonlinear TV 54.15 -> 53.89, 26.5 -> 42.0; SS-TV 46.44 ->
+#: 46.23, 9.9 -> 19.5; RTS 60.26 -> 53.87, 30.1 -> 26.6; L2 82.92 -> 71.19, 34.0 -> 22.4 (one head: not enough
+#: to choose RTS's and L2's default on; a number in ``zero_fill_mm`` zero-fills with any inversion).
 AUTO_ZERO_FILL_INVERSIONS = ("tfi",)
 #: Where a k-space-recorded image rings: this far outside the head, in voxels (inner, outer distance).
 RINGING_BAND_VOXELS = (3.0, 5.0)
