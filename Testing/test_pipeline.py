@@ -124,11 +124,11 @@ def test_the_pipeline_passes_exactly_the_declared_inputs_and_records_chosen_para
     assert result.parameters["inversion"] == {"regularization": 0.5, "regularization_rule": "spy"}
     # the readout was not given, so the echoes told it (three echoes of a toy head: monopolar); the field of
     # view's coverage along B0, how the magnitude decays over the echoes and the map's sign check are always recorded;
-    # a scan of 4 mm voxels is tested for band-limited data (the toy's are not: its grid is kept)
+    # a scan of 4 mm voxels keeps its grid with an inversion other than TFI, and says why
     assert set(result.parameters) == {"bipolar", "background", "inversion", "coverage_along_b0", "sign_check",
                                       "echo_order", "zero_fill"}
     assert result.parameters["bipolar"]["readout"] == "detected monopolar"
-    assert result.parameters["zero_fill"]["ringing"]["band_limited"] is not True
+    assert "only for the tfi inversion" in result.parameters["zero_fill"]["reason"]
     assert "solving_shape" not in result.parameters["zero_fill"]
     assert result.provenance()["chosen_parameters"] == result.parameters
 
