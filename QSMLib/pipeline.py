@@ -138,9 +138,10 @@ class PipelineConfig:
         and only with the inversions in
         :data:`~QSMLib.zero_fill.AUTO_ZERO_FILL_INVERSIONS` (TFI, the default:
         its automatic lambda follows the scan's voxels; with linear TV or
-        MEDI zero-filling raised chi NRMSE). None solves on the scan's grid. On the validation suite's 1.3-2 mm
-        heads, whose data are band-limited as a scanner records them, 1 mm
-        lowered chi NRMSE by 2.2-4.2 points; on heads simulated with chi
+        MEDI zero-filling raised chi NRMSE). None solves on the scan's grid.
+        On the validation suite's 1.3-2 mm heads, whose data are
+        band-limited as a scanner records them, 1 mm lowered chi NRMSE by
+        2.2-4.2 points; on heads simulated with chi
         sampled on the output grid and on the project's box-averaged
         phantom it raised it, and there the automatic choice keeps the scan's
         grid (README, "Zero-filling coarse scans").
@@ -627,7 +628,7 @@ def run_pipeline(
 def _solving_acquisition(run: _Stages, scan: MultiEchoGRE) -> MultiEchoGRE:
     """The scan, or its echoes zero-filled onto the finer grid the configuration's ``zero_fill_mm`` asks for."""
     setting = run.config.zero_fill_mm
-    # the grid "auto" would choose for TFI, so that a run with another inversion records why it kept the scan's
+    # the grid "auto" would choose for TFI, so that a run with another inversion records why it kept the scan's grid
     solve_voxel_mm = solving_voxel_mm(setting, scan.voxel_size_mm)
     if solve_voxel_mm is None:
         return scan
