@@ -48,12 +48,15 @@ SIGNAL_FRACTION = 0.2
 AUTO_SOLVE_VOXEL_MM = 1.0
 #: The inversions ``zero_fill_mm="auto"`` zero-fills for: zero-filling was chosen with TFI (eleven band-limited
 #: heads), whose automatic lambda follows the acquired voxel (``acquired_voxel_size_mm``). The others' lambda
-#: rules follow the grid they run on. On the band-limited 2 mm head ``low_field_2mm_1p5T`` (consensus preset
-#: with the inversion changed, whole pipeline; README, "Zero-filling coarse scans"), scan's grid -> 1 mm, chi
-#: NRMSE % and worst deep grey matter ROI error ppb: TFI 35.71 -> 30.51, 6.3 -> 5.0; linear TV 55.03 -> 55.73,
-#: 30.5 -> 41.3; MEDI 43.83 -> 44.91, 13.3 -> 29.5; nonlinear TV 54.15 -> 53.89, 26.5 -> 42.0; SS-TV 46.44 ->
-#: 46.23, 9.9 -> 19.5; RTS 60.26 -> 53.87, 30.1 -> 26.6; L2 82.92 -> 71.19, 34.0 -> 22.4 (one head: not enough
-#: to choose RTS's and L2's default on; a number in ``zero_fill_mm`` zero-fills with any inversion).
+#: rules follow the grid they run on; zero-filled, linear TV's, MEDI's, nonlinear TV's and SS-TV's worst deep
+#: grey matter ROI error rose by 10-16 ppb, RTS's and L2's were mixed. On the band-limited 2 mm head
+#: ``low_field_2mm_1p5T`` (consensus preset with the inversion changed, whole pipeline; README, "Zero-filling
+#: coarse scans"), scan's grid -> 1 mm, chi NRMSE % and worst ROI error ppb: TFI 35.71 -> 30.51, 6.3 -> 5.0;
+#: linear TV 55.03 -> 55.73, 30.5 -> 41.3; MEDI 43.83 -> 44.91, 13.3 -> 29.5; nonlinear TV 54.15 -> 53.89, 26.5
+#: -> 42.0; SS-TV 46.44 -> 46.23, 9.9 -> 19.5; RTS 60.26 -> 53.87, 30.1 -> 26.6; L2 82.92 -> 71.19, 34.0 -> 22.4.
+#: On ``noisy_1p5mm_3echo`` (TFI 36.74 -> 32.08, 9.5 -> 7.8): linear TV 51.72 -> 51.71, 22.7 -> 37.1; MEDI
+#: 48.46 -> 46.61, 16.9 -> 29.2; RTS 52.96 -> 53.48, 26.7 -> 37.7; L2 81.30 -> 78.25, 79.2 -> 77.2. A number in
+#: ``zero_fill_mm`` zero-fills with any inversion.
 AUTO_ZERO_FILL_INVERSIONS = ("tfi",)
 #: Where a k-space-recorded image rings: this far outside the head, in voxels (inner, outer distance).
 RINGING_BAND_VOXELS = (3.0, 5.0)
