@@ -150,13 +150,15 @@ def run_cohort(
     description = "none (every acquisition complete or unusable)"
     client = None
     if todo:
-        import psutil
+        plan = None
+        if scheduler is None:
+            import psutil
 
-        task_bytes = max(a.memory_bytes(config_dict["zero_fill_mm"], config_dict["inversion"]["method"]) for a in todo)
-        plan = None if scheduler is not None else plan_local_cluster(
-            task_bytes, len(todo), cpu_count=available_cores(),
-            available_bytes=psutil.virtual_memory().available, requested_workers=n_workers,
-            requested_threads=config_dict["threads"])
+            task_bytes = max(a.memory_bytes(config_dict["zero_fill_mm"], config_dict["inversion"]["method"])
+                             for a in todo)
+            plan = plan_local_cluster(task_bytes, len(todo), cpu_count=available_cores(),
+                                      available_bytes=psutil.virtual_memory().available, requested_workers=n_workers,
+                                      requested_threads=config_dict["threads"])
         if plan is not None:
             config_dict["threads"] = plan.threads_per_task
             if plan.note:
