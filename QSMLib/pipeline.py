@@ -41,7 +41,7 @@ from .masking import APPENDAGE_ML, coverage_along_b0, validate_user_mask
 from .masking import METHODS as MASK_METHODS
 from .phase import BIPOLAR_METHODS, OFFSET_METHODS
 from .phase.bipolar import BIPOLAR_THRESHOLD_RAD, bipolar_score
-from .plausibility import ECHO_RISE_ALLOWED, chi_tail_asymmetry, magnitude_decay
+from .plausibility import ECHO_RISE_ALLOWED, chi_tail_asymmetry, magnitude_decay, phase_evolution
 from .referencing import METHODS as REFERENCE_METHODS
 from .relaxometry import METHODS as RELAXOMETRY_METHODS
 from .roi import roi_statistics
@@ -697,7 +697,8 @@ def _back_on_scan_grid(scan: MultiEchoGRE, fine: MultiEchoGRE, chi: np.ndarray, 
 
 
 def _check_echo_order(acquisition: MultiEchoGRE) -> dict[str, Any]:
-    """How the head's magnitude decays over the echoes, with a warning when it rises (echoes out of order)."""
+    """How the head's magnitude decays and its phase evolves over the echoes, with a warning when either shows
+    echoes out of order (the phase is judged when the magnitude passes)."""
     if acquisition.n_echoes < 2:
         return {}
     decay = magnitude_decay(acquisition.magnitude)
@@ -710,6 +711,24 @@ def _check_echo_order(acquisition: MultiEchoGRE) -> dict[str, Any]:
             "are probably not in the order of their echo times (e.g. files sorted as echo-1, echo-10, echo-2), and "
             f"the map will be wrong. Median magnitude per echo, relative to the first: {decay['relative_median']}. "
             "Give the magnitude and phase echoes in the order of the echo times.", QSMWarning, stacklevel=3)
+        return decay
+    # magnitudes in order, phases perhaps not (e.g. the two series sorted by different rules)
+    evolution = phase_evolution(acquisition.magnitude, acquisition.phase, acquisition.echo_times_s,
+                                bipolar=acquisition.bipolar)
+    decay["phase"] = evolution
+    if evolution["out_of_order"]:
+        step, reference, pair, slope = evolution["failing"]
+        times_ms = [round(1000 * t, 2) for t in acquisition.echo_times_s]
+
+        def echoes(k: int) -> str:
+            return f"echoes {k} and {k + step} ({times_ms[k - 1]:g} and {times_ms[k + step - 1]:g} ms)"
+
+        warnings.warn(
+            f"The phase does not evolve with the echo times as a field does: the frequency from {echoes(pair)} "
+            f"is {slope:.2f} times that from {echoes(reference)}, where it is 1 for echoes in order. The phase "
+            "echoes are probably not in the order of their echo times although the magnitudes are (e.g. the "
+            "phase files sorted as echo-1, echo-10, echo-2), and the map will be wrong. Give the phase echoes in "
+            "the order of the echo times.", QSMWarning, stacklevel=3)
     return decay
 
 

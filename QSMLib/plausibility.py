@@ -3,7 +3,11 @@
 Echo order: a gradient echo's magnitude decays with the echo time (T2*), so
 over the head it falls from each echo to the next. Echoes handed over out of
 order (files sorted as echo-1, echo-10, echo-2, or reversed) break that, and
-nothing else in the reconstruction says so: :func:`magnitude_decay`.
+nothing else in the reconstruction says so: :func:`magnitude_decay`. Phase
+echoes out of order behind magnitudes in order are told by how the phase
+evolves: the frequency that two echoes' phase difference gives is the same
+for every pair of echoes, and a pair taken backwards in time gives it
+negated: :func:`phase_evolution`.
 
 Sign: the phase's handedness is not stored in the images, and scanners differ
 (some GE data are left-handed). Read with the wrong sign, every field and
@@ -17,7 +21,7 @@ the brain has a long positive tail. :func:`chi_tail_asymmetry` measures it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +30,13 @@ from ._morphology import erode
 #: The largest rise of the head's median magnitude from one echo to the next that passes as noise (a fraction).
 #: On the suite's heads and slabs, the test heads and the real in-vivo crop the median fell by 8-24 % per echo.
 ECHO_RISE_ALLOWED = 0.05
+#: The band of slopes between two echo pairs' frequencies that passes as echoes in order (:func:`phase_evolution`).
+#: On 34 suite heads, slabs and stress heads (3-12 echoes, 0.7-2 mm, 1.5-7 T, monopolar and bipolar, uneven
+#: spacing, no shim) and the real in-vivo crop the slopes in order were 0.93-1.00 (the lowest with uneven spacing).
+#: On fifteen of them every reordering tried short of a reversal of evenly spaced echoes gave one outside the band
+#: (all reorderings of three or four echoes; of more, every swap of neighbours, every echo moved to the end, and
+#: the echo-1, echo-10, echo-2 sort).
+PHASE_SLOPE_BAND = (0.6, 1.6)
 #: Voxels within this distance of the mask's surface are left out (mm): the edge carries the largest errors of
 #: background removal and the inversion, of either sign.
 DEPTH_MM = 6.0
@@ -105,3 +116,82 @@ def magnitude_decay(magnitude: np.ndarray) -> dict[str, Any]:
     worst = int(np.argmax(steps)) if steps.size else 0
     return {"relative_median": [round(float(m), 3) for m in medians / medians[0]],
             "largest_rise": round(float(steps[worst]), 3) if steps.size else 0.0, "rise_after_echo": worst + 1}
+
+
+def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequence[float],
+                    bipolar: Optional[bool] = None, max_phase_rad: float = np.pi / 2) -> dict[str, Any]:
+    """Whether the phase evolves with the echo times as a field does: each echo pair's frequency against another's.
+
+    Two echoes' phase difference over their echo time difference is the
+    field (Hz) for every pair of echoes taken forwards in time, and the
+    field negated for a pair taken backwards: so, over the head, one
+    pair's frequency against another's has a slope of 1 when the echoes
+    are in order, and a slope far from 1 (often negative) when a phase
+    echo sits out of its place. The even echoes of a bipolar readout carry
+    an offset of their own, so pairs are compared with pairs that hold the
+    same echo parity: consecutive pairs with the first pair of their
+    parity, pairs two echoes apart with the first of them. With three or
+    four echoes the second pair is also compared with the first, where
+    only a negative slope counts, and not when the readout is known to be
+    bipolar (the offset can outweigh the field there). A reversal of evenly
+    spaced echoes keeps every slope at 1: :func:`magnitude_decay` and
+    :func:`chi_tail_asymmetry` tell that one.
+
+    Parameters
+    ----------
+    magnitude, phase : numpy.ndarray, shape (echo, x, y, z)
+        Magnitude (any scale) and phase (radians, wrapped or not), in the order of ``echo_times_s``.
+    echo_times_s : sequence of float
+        Echo times (s), increasing.
+    bipolar : bool, optional
+        True when the readout is known to be bipolar.
+    max_phase_rad : float
+        A voxel counts where both pairs' frequencies turn the phase by less than this over the longest echo
+        time difference compared, so that neither pair wraps (radians).
+
+    Returns
+    -------
+    dict
+        ``comparisons``: one per comparison, ``[step, reference_pair, pair, slope]`` (pairs 1-based:
+        pair k holds echoes k and k + step), ``out_of_order`` (a slope outside :data:`PHASE_SLOPE_BAND`,
+        or a negative one where the pairs' parities differ) and ``failing`` (the first comparison outside, or None).
+        Empty comparisons below three echoes. The head is the voxels of the first echo above a fifth of
+        its 99th percentile, on every second voxel along each axis.
+    """
+    times = np.asarray(echo_times_s, np.float64)
+    n = times.size
+    result: dict[str, Any] = {"comparisons": [], "out_of_order": False, "failing": None}
+    sampled_magnitude = np.asarray(magnitude)[:, ::2, ::2, ::2]
+    first = sampled_magnitude[0]
+    head = first > 0.2 * np.percentile(first, 99.0)
+    if n < 3 or not head.any():
+        return result
+    signal = (sampled_magnitude[:, head] * np.exp(1j * np.asarray(phase)[:, ::2, ::2, ::2][:, head])).astype(
+        np.complex64)
+    for step in (1, 2):
+        gaps = times[step:] - times[:-step]
+        products = signal[step:] * np.conj(signal[:-step])
+        frequency_hz = np.angle(products) / (2 * np.pi * gaps[:, None])
+        weight = np.abs(products)
+        for pair in range(1, gaps.size):
+            same_parity = pair % 2 if step == 1 else 0
+            references = [same_parity] if same_parity != pair else []
+            if step == 1 and pair == 1 and n <= 4 and not bipolar:
+                references.append(0)
+            for reference in references:
+                # both pairs small: a pair that spans more time than its echo times say wraps, and a wrapped
+                # frequency can land near zero in the other pair
+                usable = np.maximum(np.abs(frequency_hz[reference]), np.abs(frequency_hz[pair])) * 2 * np.pi * \
+                    gaps.max() < max_phase_rad
+                voxel_weight = weight[reference] * weight[pair] * usable
+                denominator = float(np.sum(voxel_weight * frequency_hz[reference] ** 2))
+                if not denominator > 0:
+                    continue
+                slope = float(np.sum(voxel_weight * frequency_hz[pair] * frequency_hz[reference])) / denominator
+                crossed = (pair - reference) % 2 == 1 and step == 1
+                bad = slope < 0 if crossed else not PHASE_SLOPE_BAND[0] < slope < PHASE_SLOPE_BAND[1]
+                comparison = [step, reference + 1, pair + 1, round(slope, 3)]
+                result["comparisons"].append(comparison)
+                if bad and not result["out_of_order"]:
+                    result.update(out_of_order=True, failing=comparison)
+    return result
