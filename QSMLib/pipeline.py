@@ -713,8 +713,7 @@ def _check_echo_order(acquisition: MultiEchoGRE) -> dict[str, Any]:
             "Give the magnitude and phase echoes in the order of the echo times.", QSMWarning, stacklevel=3)
         return decay
     # magnitudes in order, phases perhaps not (e.g. the two series sorted by different rules)
-    evolution = phase_evolution(acquisition.magnitude, acquisition.phase, acquisition.echo_times_s,
-                                bipolar=acquisition.bipolar)
+    evolution = phase_evolution(acquisition.magnitude, acquisition.phase, acquisition.echo_times_s)
     decay["phase"] = evolution
     if evolution["out_of_order"]:
         step, reference, pair, slope = evolution["failing"]

@@ -119,7 +119,7 @@ def magnitude_decay(magnitude: np.ndarray) -> dict[str, Any]:
 
 
 def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequence[float],
-                    bipolar: Optional[bool] = None, max_phase_rad: float = np.pi / 2) -> dict[str, Any]:
+                    max_phase_rad: float = np.pi / 2) -> dict[str, Any]:
     """Whether the phase evolves with the echo times as a field does: each echo pair's frequency against another's.
 
     Two echoes' phase difference over their echo time difference is the
@@ -128,14 +128,14 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
     pair's frequency against another's has a slope of 1 when the echoes
     are in order, and a slope far from 1 (often negative) when a phase
     echo sits out of its place. The even echoes of a bipolar readout carry
-    an offset of their own, so pairs are compared with pairs that hold the
-    same echo parity: consecutive pairs with the first pair of their
-    parity, pairs two echoes apart with the first of them. With three or
-    four echoes the second pair is also compared with the first, where
-    only a negative slope counts, and not when the readout is known to be
-    bipolar (the offset can outweigh the field there). A reversal of evenly
-    spaced echoes keeps every slope at 1: :func:`magnitude_decay` and
-    :func:`chi_tail_asymmetry` tell that one.
+    an offset of their own (a constant and a ramp along the readout), the
+    same in every pair of the same echo parity: consecutive pairs are
+    compared with the first pair of their parity and pairs two echoes apart
+    with the first of them, and the second pair with the first with and
+    without a constant and a linear ramp over the grid fitted out (the
+    slope nearer 1 counts). A reversal
+    of evenly spaced echoes keeps every slope at 1: :func:`magnitude_decay`
+    and :func:`chi_tail_asymmetry` tell that one.
 
     Parameters
     ----------
@@ -143,8 +143,6 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
         Magnitude (any scale) and phase (radians, wrapped or not), in the order of ``echo_times_s``.
     echo_times_s : sequence of float
         Echo times (s), increasing.
-    bipolar : bool, optional
-        True when the readout is known to be bipolar.
     max_phase_rad : float
         A voxel counts where both pairs' frequencies turn the phase by less than this over the longest echo
         time difference compared, so that neither pair wraps (radians).
@@ -153,8 +151,8 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
     -------
     dict
         ``comparisons``: one per comparison, ``[step, reference_pair, pair, slope]`` (pairs 1-based:
-        pair k holds echoes k and k + step), ``out_of_order`` (a slope outside :data:`PHASE_SLOPE_BAND`,
-        or a negative one where the pairs' parities differ) and ``failing`` (the first comparison outside, or None).
+        pair k holds echoes k and k + step), ``out_of_order`` (a slope outside :data:`PHASE_SLOPE_BAND`) and
+        ``failing`` (the first comparison outside, or None).
         Empty comparisons below three echoes. The head is the voxels of the first echo above a fifth of
         its 99th percentile, on every second voxel along each axis.
     """
@@ -168,6 +166,10 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
         return result
     signal = (sampled_magnitude[:, head] * np.exp(1j * np.asarray(phase)[:, ::2, ::2, ::2][:, head])).astype(
         np.complex64)
+    # a bipolar readout's even-echo offset: a constant and a ramp along the grid, to fit out between pairs of
+    # other parities
+    offset_terms = [np.ones(int(head.sum()))] + [
+        (axis - axis.mean()) / max(float(np.ptp(axis)), 1.0) for axis in np.nonzero(head)]
     for step in (1, 2):
         gaps = times[step:] - times[:-step]
         products = signal[step:] * np.conj(signal[:-step])
@@ -176,22 +178,36 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
         for pair in range(1, gaps.size):
             same_parity = pair % 2 if step == 1 else 0
             references = [same_parity] if same_parity != pair else []
-            if step == 1 and pair == 1 and n <= 4 and not bipolar:
+            if step == 1 and pair == 1:
                 references.append(0)
             for reference in references:
                 # both pairs small: a pair that spans more time than its echo times say wraps, and a wrapped
                 # frequency can land near zero in the other pair
                 usable = np.maximum(np.abs(frequency_hz[reference]), np.abs(frequency_hz[pair])) * 2 * np.pi * \
                     gaps.max() < max_phase_rad
-                voxel_weight = weight[reference] * weight[pair] * usable
-                denominator = float(np.sum(voxel_weight * frequency_hz[reference] ** 2))
-                if not denominator > 0:
-                    continue
-                slope = float(np.sum(voxel_weight * frequency_hz[pair] * frequency_hz[reference])) / denominator
                 crossed = (pair - reference) % 2 == 1 and step == 1
-                bad = slope < 0 if crossed else not PHASE_SLOPE_BAND[0] < slope < PHASE_SLOPE_BAND[1]
+                voxel_weight = weight[reference] * weight[pair] * usable
+                # between parities, the slope with the offset fitted out or without, whichever is nearer 1: the
+                # fit takes the field's own ramp too, which on a small crop leaves little but noise
+                slopes = [_weighted_slope(frequency_hz[pair], frequency_hz[reference], voxel_weight, terms)
+                          for terms in ([[], offset_terms] if crossed else [[]])]
+                slopes = [value for value in slopes if value is not None]
+                if not slopes:
+                    continue
+                slope = min(slopes, key=lambda value: abs(value - 1))
                 comparison = [step, reference + 1, pair + 1, round(slope, 3)]
                 result["comparisons"].append(comparison)
-                if bad and not result["out_of_order"]:
+                if not PHASE_SLOPE_BAND[0] < slope < PHASE_SLOPE_BAND[1] and not result["out_of_order"]:
                     result.update(out_of_order=True, failing=comparison)
     return result
+
+
+def _weighted_slope(values: np.ndarray, reference: np.ndarray, weight: np.ndarray,
+                    other_terms: Sequence[np.ndarray]) -> Optional[float]:
+    """The weighted least-squares coefficient of ``reference`` in ``values`` (with ``other_terms`` fitted too);
+    None where the voxels that count hold no information."""
+    design = np.stack([reference, *other_terms], axis=1) * np.sqrt(weight)[:, None]
+    if not np.any(design[:, 0]):
+        return None
+    coefficients, _, rank, _ = np.linalg.lstsq(design, values * np.sqrt(weight), rcond=None)
+    return float(coefficients[0]) if rank == design.shape[1] else None

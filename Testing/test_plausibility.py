@@ -134,19 +134,25 @@ def test_the_phase_of_a_real_scan_evolves_as_a_field_in_order_and_not_out_of_ord
     assert in_order["comparisons"] and all(abs(slope - 1) < 0.02 for *_, slope in in_order["comparisons"])
     for order, reversal in _out_of_order_phase(acquisition):
         judged = phase_evolution(acquisition.magnitude, acquisition.phase[order], acquisition.echo_times_s)
-        # measured: -0.50 to -1.98 for the four orders that are not a reversal, 0.984 reversed
+        # measured: -0.48 to -1.39 for the four orders that are not a reversal, 0.984 reversed
         assert judged["out_of_order"] is not reversal, (order, judged)
 
 
-def test_bipolar_offsets_pass_as_echoes_in_order_and_swapped_phase_echoes_do_not():
-    # six bipolar echoes: the even echoes' readout offset would bias a slope between pairs of other parities
-    head = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=(0.004, 0.008, 0.012, 0.016, 0.020, 0.024),
-                         bipolar=True, seed=5)
-    acquisition = head.acquisition
+@pytest.mark.parametrize("echo_times_s, comparisons", [((0.004, 0.008, 0.012), 1),
+                                                      ((0.004, 0.008, 0.012, 0.016, 0.020, 0.024), 7)])
+def test_bipolar_offsets_pass_as_echoes_in_order_and_swapped_phase_echoes_do_not(echo_times_s, comparisons):
+    # the even echoes' readout offset, not declared: without it fitted out, the first two pairs' slope on the
+    # three-echo head measured -0.18 (it outweighs this small head's field)
+    acquisition = simulate_head(voxel_size_mm=(4.0, 4.0, 4.0), echo_times_s=echo_times_s, bipolar=True,
+                                seed=5).acquisition
     in_order = phase_evolution(acquisition.magnitude, acquisition.phase, acquisition.echo_times_s)
     slopes = [slope for *_, slope in in_order["comparisons"]]
-    assert not in_order["out_of_order"] and len(slopes) == 6 and all(abs(slope - 1) < 0.01 for slope in slopes), \
-        in_order
+    # measured 0.994-1.001
+    assert not in_order["out_of_order"] and len(slopes) == comparisons, in_order
+    assert all(abs(slope - 1) < 0.015 for slope in slopes), in_order
+    for order, reversal in _out_of_order_phase(acquisition) if len(echo_times_s) == 3 else []:
+        judged = phase_evolution(acquisition.magnitude, acquisition.phase[order], acquisition.echo_times_s)
+        assert judged["out_of_order"] is not reversal, (order, judged)
     for first in range(acquisition.n_echoes - 1):
         order = list(range(acquisition.n_echoes))
         order[first], order[first + 1] = order[first + 1], order[first]
