@@ -133,9 +133,9 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
     compared with the first pair of their parity and pairs two echoes apart
     with the first of them, and the second pair with the first with and
     without a constant and a linear ramp over the grid fitted out (the
-    slope nearer 1 counts). A reversal
-    of evenly spaced echoes keeps every slope at 1: :func:`magnitude_decay`
-    and :func:`chi_tail_asymmetry` tell that one.
+    slope nearer 1 counts). A reversal of evenly spaced echoes keeps every
+    slope at 1: :func:`magnitude_decay` and :func:`chi_tail_asymmetry`
+    tell that one.
 
     Parameters
     ----------
@@ -161,11 +161,14 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
     result: dict[str, Any] = {"comparisons": [], "out_of_order": False, "failing": None}
     sampled_magnitude = np.asarray(magnitude)[:, ::2, ::2, ::2]
     first = sampled_magnitude[0]
-    head = first > 0.2 * np.percentile(first, 99.0)
+    bright = float(np.percentile(first, 99.0))
+    head = first > 0.2 * bright
     if n < 3 or not head.any():
         return result
-    signal = (sampled_magnitude[:, head] * np.exp(1j * np.asarray(phase)[:, ::2, ::2, ::2][:, head])).astype(
-        np.complex64)
+    # on the first echo's scale: the weights multiply four magnitudes, which in float32 underflow for the
+    # 1e-5-scaled magnitudes some scanners store
+    signal = (sampled_magnitude[:, head] / bright * np.exp(1j * np.asarray(phase)[:, ::2, ::2, ::2][:, head])
+              ).astype(np.complex64)
     # a bipolar readout's even-echo offset: a constant and a ramp along the grid, to fit out between pairs of
     # other parities
     offset_terms = [np.ones(int(head.sum()))] + [
