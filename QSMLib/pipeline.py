@@ -701,10 +701,10 @@ def _check_echo_order(acquisition: MultiEchoGRE) -> dict[str, Any]:
     echoes out of order (the phase is judged when the magnitude passes)."""
     if acquisition.n_echoes < 2:
         return {}
+    times_ms = [round(1000 * t, 2) for t in acquisition.echo_times_s]
     decay = magnitude_decay(acquisition.magnitude)
     if decay["largest_rise"] > ECHO_RISE_ALLOWED:
         k = decay["rise_after_echo"]
-        times_ms = [round(1000 * t, 2) for t in acquisition.echo_times_s]
         warnings.warn(
             f"The magnitude rises by {100 * decay['largest_rise']:.0f} % over the head from echo {k} "
             f"({times_ms[k - 1]:g} ms) to echo {k + 1} ({times_ms[k]:g} ms), where a gradient echo decays: the echoes "
@@ -717,7 +717,6 @@ def _check_echo_order(acquisition: MultiEchoGRE) -> dict[str, Any]:
     decay["phase"] = evolution
     if evolution["out_of_order"]:
         step, reference, pair, slope = evolution["failing"]
-        times_ms = [round(1000 * t, 2) for t in acquisition.echo_times_s]
 
         def echoes(k: int) -> str:
             return f"echoes {k} and {k + step} ({times_ms[k - 1]:g} and {times_ms[k + step - 1]:g} ms)"

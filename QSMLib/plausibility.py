@@ -89,6 +89,19 @@ def chi_tail_asymmetry(chi_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Seq
     return result
 
 
+def _sampled(echoes: np.ndarray) -> np.ndarray:
+    """Every second voxel along each spatial axis (the echo checks need no more)."""
+    return np.asarray(echoes)[:, ::2, ::2, ::2]
+
+
+def _head_samples(magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The sampled magnitude, the head on it (the first echo above a fifth of its 99th percentile) and that
+    percentile."""
+    sampled = _sampled(magnitude)
+    bright = float(np.percentile(sampled[0], 99.0))
+    return sampled, sampled[0] > 0.2 * bright, bright
+
+
 def magnitude_decay(magnitude: np.ndarray) -> dict[str, Any]:
     """The median magnitude of each echo over the head, relative to the first, and its largest rise.
 
@@ -106,9 +119,7 @@ def magnitude_decay(magnitude: np.ndarray) -> dict[str, Any]:
         The head is the voxels of the first echo above a fifth of its 99th
         percentile, on every second voxel along each axis.
     """
-    sampled = np.asarray(magnitude)[:, ::2, ::2, ::2]
-    first = sampled[0]
-    head = first > 0.2 * np.percentile(first, 99.0)
+    sampled, head, _ = _head_samples(magnitude)
     if not head.any():  # no signal (e.g. an all-zero magnitude): nothing to judge
         return {"relative_median": [], "largest_rise": 0.0, "rise_after_echo": 0}
     medians = np.array([np.median(echo[head]) for echo in sampled], np.float64)
@@ -159,16 +170,12 @@ def phase_evolution(magnitude: np.ndarray, phase: np.ndarray, echo_times_s: Sequ
     times = np.asarray(echo_times_s, np.float64)
     n = times.size
     result: dict[str, Any] = {"comparisons": [], "out_of_order": False, "failing": None}
-    sampled_magnitude = np.asarray(magnitude)[:, ::2, ::2, ::2]
-    first = sampled_magnitude[0]
-    bright = float(np.percentile(first, 99.0))
-    head = first > 0.2 * bright
+    sampled_magnitude, head, bright = _head_samples(magnitude)
     if n < 3 or not head.any():
         return result
     # on the first echo's scale: the weights multiply four magnitudes, which in float32 underflow for the
     # 1e-5-scaled magnitudes some scanners store
-    signal = (sampled_magnitude[:, head] / bright * np.exp(1j * np.asarray(phase)[:, ::2, ::2, ::2][:, head])
-              ).astype(np.complex64)
+    signal = (sampled_magnitude[:, head] / bright * np.exp(1j * _sampled(phase)[:, head])).astype(np.complex64)
     # a bipolar readout's even-echo offset: a constant and a ramp along the grid, to fit out between pairs of
     # other parities
     offset_terms = [np.ones(int(head.sum()))] + [
