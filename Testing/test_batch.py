@@ -28,12 +28,14 @@ from QSMLib.batch import (
 )
 from QSMLib.batch.layout import (
     TASK_BASE_BYTES,
+    TASK_BYTES_PER_FRAME_VOXEL,
     TASK_BYTES_PER_VOXEL,
     TASK_BYTES_PER_VOXEL_ECHO,
     ZERO_FILL_MEMORY_FACTOR,
 )
 from QSMLib.cli import EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, main
 from QSMLib.errors import QSMCancelled, QSMInputError
+from QSMLib.inversion.tfi import frame_voxels_estimate
 from QSMLib.io.files import file_checksum
 from QSMLib.io.nifti import read_volume, write_volume
 from QSMLib.phantom import deep_grey_matter_labels, simulate_head
@@ -435,21 +437,49 @@ def test_missing_dask_is_explained(dataset, tmp_path, monkeypatch):
 def test_the_memory_estimate_counts_the_grid_a_coarse_scan_may_be_zero_filled_onto():
     def acquisition(shape, voxel):
         return Acquisition((("sub", "01"),), ("m.nii",), ("p.nii",), n_voxels=int(np.prod(shape)), n_echoes=5,
-                           grid_shape=shape, voxel_size_mm=voxel)
+                           grid_shape=shape, voxel_size_mm=voxel, b0_axes=(False, False, True))
 
     coarse = acquisition((128, 128, 88), (2.0, 2.0, 2.0))
     plain = coarse.memory_bytes(None)
-    assert plain == TASK_BASE_BYTES + coarse.n_voxels * (TASK_BYTES_PER_VOXEL + 5 * TASK_BYTES_PER_VOXEL_ECHO)
-    # "auto" may solve it on 1 mm voxels (8 times as many), as zero_fill_mm 1.0 does; 1.5 mm voxels: 27/8 times
+    frame = frame_voxels_estimate((128, 128, 88), (2.0, 2.0, 2.0), (False, False, True))
+    assert plain == TASK_BASE_BYTES + coarse.n_voxels * (TASK_BYTES_PER_VOXEL + 5 * TASK_BYTES_PER_VOXEL_ECHO) + (
+        frame * TASK_BYTES_PER_FRAME_VOXEL)
+    # "auto" may solve it on 1 mm voxels (8 times as many), as zero_fill_mm 1.0 does, and TFI's frame with them
+    fine_frame = frame_voxels_estimate((256, 256, 176), (1.0, 1.0, 1.0), (False, False, True))
+    assert 7.5 * frame < fine_frame < 8.5 * frame
     assert coarse.memory_bytes() == coarse.memory_bytes(1.0) == TASK_BASE_BYTES + int(
-        ZERO_FILL_MEMORY_FACTOR * 8 * (plain - TASK_BASE_BYTES))
+        ZERO_FILL_MEMORY_FACTOR * 8 * coarse.n_voxels * (TASK_BYTES_PER_VOXEL + 5 * TASK_BYTES_PER_VOXEL_ECHO)
+        + fine_frame * TASK_BYTES_PER_FRAME_VOXEL)
     assert coarse.memory_bytes(1.5) < coarse.memory_bytes(1.0)
     # "auto" zero-fills only for TFI (zero_fill.AUTO_ZERO_FILL_INVERSIONS); a number, whatever the inversion
     assert coarse.memory_bytes("auto", "medi") == plain and coarse.memory_bytes(1.0, "medi") == coarse.memory_bytes(1.0)
     fine = acquisition((256, 256, 176), (1.0, 1.0, 1.0))
     assert fine.memory_bytes() == fine.memory_bytes(None)  # nothing to refine
     unknown = Acquisition((("sub", "01"),), ("m.nii",), ("p.nii",), n_voxels=coarse.n_voxels, n_echoes=5)
-    assert unknown.memory_bytes() == plain  # a header without spacing: the scan's own grid
+    assert unknown.memory_bytes() == TASK_BASE_BYTES + coarse.n_voxels * (
+        TASK_BYTES_PER_VOXEL + 5 * TASK_BYTES_PER_VOXEL_ECHO)  # a header without spacing: the scan's voxels only
+
+
+def test_the_memory_estimate_of_a_slab_counts_tfis_sources_beyond_the_faces_that_cut_the_brain():
+    # A 56 mm axial slab (the seed protocol's kind) holds a quarter of a head's voxels, but TFI solves on the
+    # brain's box with 72 mm of outside sources beyond each face that cuts the brain along B0: a cohort task
+    # peaked at 1572 MiB on it, against 850 MiB estimated from its voxels before this term (README, "Sizing").
+    def acquisition(shape, b0_axes):
+        return Acquisition((("sub", "01"),), ("m.nii",), ("p.nii",), n_voxels=int(np.prod(shape)), n_echoes=9,
+                           grid_shape=shape, voxel_size_mm=(1.0, 1.0, 1.0), b0_axes=b0_axes)
+
+    slab = acquisition((192, 224, 56), (False, False, True))
+    assert slab.memory_terms()[2] == (155 + 24) * (190 + 24) * (56 + 144) > 3 * slab.n_voxels
+    # the same grid cut across B0 (a coronal slab) has no such shell; unknown orientation takes the larger
+    coronal = acquisition((192, 224, 56), (False, True, False))
+    assert coronal.memory_terms()[2] < slab.memory_terms()[2] == acquisition((192, 224, 56), ()).memory_terms()[2]
+    # a whole head's frame is the brain's box and a shell, less than its field of view
+    head = acquisition((256, 256, 176), (False, False, True))
+    assert head.memory_terms()[2] < head.n_voxels
+    # the constants cover, by 25 %, the peaks bench_cohort_memory.py measured on that slab and a 1 mm head
+    # with 9 echoes, heldout_slab56mm_oblique_bipolar and the benchmark's head
+    mib = 2**20
+    assert slab.memory_bytes() >= 1.25 * 1572 * mib and head.memory_bytes() >= 1.25 * 2160 * mib
 
 
 def test_discovery_groups_echoes_and_parts_and_names_problems(tmp_path):
@@ -476,6 +506,7 @@ def test_discovery_groups_echoes_and_parts_and_names_problems(tmp_path):
     good = found["sub-a_run-2"]
     assert good.problem is None and good.n_echoes == 2 and good.n_voxels == 120
     assert good.grid_shape == (4, 5, 6) and good.voxel_size_mm == (4.0, 4.0, 4.0)
+    assert good.b0_axes == (False, False, True)  # array axis 2 runs along the scanner's z
     assert [Path(p).name for p in good.phase] == ["sub-a_run-2_echo-1_part-phase_MEGRE.nii.gz",
                                                   "sub-a_run-2_echo-2_part-phase_MEGRE.nii.gz"]
     assert good.output_path("chi") == Path("sub-a/anat/sub-a_run-2_Chimap.nii.gz")
@@ -484,6 +515,11 @@ def test_discovery_groups_echoes_and_parts_and_names_problems(tmp_path):
     assert "real" in found["sub-b_ses-x"].problem and "dicom2bids" in found["sub-b_ses-x"].problem
     assert "no part-phase" in found["sub-c"].problem
     assert [a.name for a in find_acquisitions(tmp_path, ["sub-c"])] == ["sub-c"]
+    # stored sagittally (the second array axis along the scanner's z, the first along y): B0 on that axis
+    affine = np.array([[0.0, 0.0, 4.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    for part in ("mag", "phase"):
+        image(f"sub-d/anat/sub-d_part-{part}_MEGRE.nii.gz")
+    assert [a.b0_axes for a in find_acquisitions(tmp_path, ["sub-d"])] == [(False, True, False)]
 
 
 def test_local_cluster_is_sized_by_cores_tasks_and_memory():

@@ -1,20 +1,26 @@
-"""Peak memory of one cohort task at a few sizes, and the memory model fitted to it.
+"""Peak memory of one cohort task on heads, slabs and cropped heads, and the memory model chosen to cover it.
 
     python benchmarks/bench_cohort_memory.py [--config consensus] [--voxel-sizes 2.0,1.5,1.0]
-        [--echoes 5,9] [--inputs DIR]
+        [--echoes 5,9] [--inputs DIR] [--cases NAME[:CROP],... --cache-dir DIR]
 
 ``qsm bids`` sizes its local Dask cluster with
 :meth:`QSMLib.batch.layout.Acquisition.memory_bytes`: ``TASK_BASE_BYTES +
-voxels * (TASK_BYTES_PER_VOXEL + TASK_BYTES_PER_VOXEL_ECHO * echoes)``. This
-benchmark measures what that model must cover. The head phantom (a 256 x 256 x
-176 mm field of view, so 1 mm gives the 256 x 256 x 176 matrix) is simulated
-at each voxel size and written as a BIDS dataset (one 3D file per echo, as
-``qsm dicom2bids`` writes them); then one task
-(:func:`QSMLib.batch.tasks.process_acquisition`, the body of a Dask task,
-with the QC figure, sidecars and provenance) runs in a fresh process per size
-and echo count, which reports its own peak resident memory (``VmHWM``). The
-model is fitted by least squares to those peaks; the constants to use are
-the fit with 25 % added, which the table compares with every measurement.
+voxels * (TASK_BYTES_PER_VOXEL + TASK_BYTES_PER_VOXEL_ECHO * echoes) + frame *
+TASK_BYTES_PER_FRAME_VOXEL``, where ``frame`` estimates the voxels of TFI's
+frame from the grid alone (:func:`QSMLib.inversion.tfi.frame_voxels_estimate`:
+on a slab several times the scan's voxels). This benchmark measures what that
+model must cover. The head phantom (a 256 x 256 x 176 mm field of view, so
+1 mm gives the 256 x 256 x 176 matrix) is simulated at each voxel size, and
+each validation suite case of ``--cases`` is loaded (``NAME:CROP``: cropped to
+its brain's box and CROP voxels, a field of view that cuts the brain); each is
+written as a BIDS dataset (one 3D file per echo, as ``qsm dicom2bids`` writes
+them); then one task (:func:`QSMLib.batch.tasks.process_acquisition`, the body
+of a Dask task, with the QC figure, sidecars and provenance) runs in a fresh
+process per dataset, which reports its own peak resident memory (``VmHWM``).
+The constants printed are the smallest (in the sum over the datasets of
+estimate over peak, a linear programme) that cover every peak by 25 %, with
+each voxel and echo costing at least what the runs with more echoes measured
+over those with fewer on the largest grid that has both.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -46,8 +56,10 @@ def _child(bids_root: str, out_dir: str, config_name: str) -> None:
         raise SystemExit(f"the task failed: {record['reason']}")
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_bytes": peak, "seconds": time.perf_counter() - began,
-                      "voxels": acquisition.n_voxels, "echoes": acquisition.n_echoes}))
+    provenance = json.loads((Path(out_dir) / acquisition.output_path("provenance")).read_text())
+    solved_on = provenance["chosen_parameters"].get("zero_fill", {}).get("solving_voxel_size_mm")
+    print(json.dumps({"peak_bytes": peak, "seconds": time.perf_counter() - began, "voxels": acquisition.n_voxels,
+                      "echoes": acquisition.n_echoes, "solving_voxel_mm": max(solved_on) if solved_on else None}))
 
 
 def _simulate(voxel_size_mm: float, echoes: int):
@@ -74,12 +86,78 @@ def _write_dataset(root: Path, acquisition, echoes: int) -> None:
                 {"EchoTime": acquisition.echo_times_s[echo], "MagneticFieldStrength": acquisition.b0_tesla}))
 
 
+def _case_acquisition(spec: str, cache_dir: str):
+    """A suite case's acquisition (``NAME``), or cropped to its brain's box and CROP voxels (``NAME:CROP``)."""
+    import numpy as np
+
+    from QSMLib.acquisition import MultiEchoGRE
+    from QSMLib.phantom.suite import load_case
+
+    name, _, crop = spec.partition(":")
+    case = load_case(name, cache_dir)
+    acquisition = case.acquisition
+    if not crop:
+        return acquisition
+    corners = np.argwhere(case.brain_mask)
+    low = np.maximum(corners.min(axis=0) - int(crop), 0)
+    high = np.minimum(corners.max(axis=0) + int(crop) + 1, case.brain_mask.shape)
+    box = (slice(None), *(slice(int(a), int(b)) for a, b in zip(low, high)))
+    affine = acquisition.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ low
+    return MultiEchoGRE(acquisition.magnitude[box].copy(), acquisition.phase[box].copy(), acquisition.echo_times_s,
+                        acquisition.b0_tesla, affine=affine)
+
+
+def _datasets(args: argparse.Namespace, inputs: Path) -> list[tuple[str, Path]]:
+    """(label, BIDS root) of every dataset to measure, written to ``inputs`` unless already there."""
+    datasets = []
+    echo_counts = sorted(int(e) for e in args.echoes.split(","))
+    for voxel_size in (float(v) for v in args.voxel_sizes.split(",") if v):
+        roots = {echoes: inputs / f"head_{voxel_size:g}mm_{echoes}echoes" for echoes in echo_counts}
+        missing = [echoes for echoes, root in roots.items() if not (root / "sub-01").is_dir()]
+        if missing:
+            acquisition = _simulate(voxel_size, max(echo_counts))
+            for echoes in missing:
+                _write_dataset(roots[echoes], acquisition, echoes)
+            del acquisition
+        datasets += [(f"head {voxel_size:g} mm", root) for root in roots.values()]
+    for spec in (s for s in (args.cases or "").split(",") if s):
+        root = inputs / f"case_{spec.replace(':', '_crop')}"
+        if not (root / "sub-01").is_dir():
+            acquisition = _case_acquisition(spec, args.cache_dir)
+            _write_dataset(root, acquisition, acquisition.n_echoes)
+            del acquisition
+        datasets.append((spec, root))
+    return datasets
+
+
+def _fit(terms: np.ndarray, peaks: np.ndarray, labels: list[str], cover: float) -> np.ndarray:
+    """Constants (base, per voxel, per voxel and echo, per frame voxel) covering every peak by ``cover``."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    # each voxel and echo costs at least what more echoes measured over fewer on the largest grid that has
+    # both (where the fixed part of a run weighs least)
+    slopes = [(terms[i, 0], (peaks[j] - peaks[i]) / (terms[j, 1] - terms[i, 1]))
+              for i in range(len(labels)) for j in range(len(labels))
+              if labels[i] == labels[j] and terms[j, 1] > terms[i, 1] and terms[j, 0] == terms[i, 0]]
+    per_echo = max(0.0, max(slopes)[1]) if slopes else 0.0
+    design = np.column_stack([np.ones(len(peaks)), terms])
+    result = linprog(c=(design / peaks[:, None]).sum(axis=0), A_ub=-design, b_ub=-cover * peaks,
+                     bounds=[(0, None), (0, None), (per_echo, None), (0, None)])
+    if not result.success:
+        raise SystemExit(f"no constants cover every peak: {result.message}")
+    return np.ceil(result.x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="consensus")
-    parser.add_argument("--voxel-sizes", default="2.0,1.5,1.0", help="mm, comma-separated")
+    parser.add_argument("--voxel-sizes", default="2.0,1.5,1.0", help="mm, comma-separated (empty: none)")
     parser.add_argument("--echoes", default="5,9", help="echo counts, comma-separated")
-    parser.add_argument("--inputs", help="folder for the simulated datasets (kept and reused)")
+    parser.add_argument("--cases", help="validation suite cases, NAME or NAME:CROP, comma-separated")
+    parser.add_argument("--cache-dir", help="the suite's case cache (QSMLib.phantom.suite.load_case)")
+    parser.add_argument("--inputs", help="folder for the written datasets (kept and reused)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -89,45 +167,41 @@ def main() -> None:
     import numpy as np
 
     sys.path.insert(0, str(REPO))
+    from QSMLib.batch.discovery import find_acquisitions
+    from QSMLib.pipeline import load_config
+
+    config = load_config(args.config).to_dict()
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    echo_counts = sorted(int(e) for e in args.echoes.split(","))
-    rows = []
+    labels, terms, peaks = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         inputs = Path(args.inputs) if args.inputs else Path(scratch)
-        for voxel_size in (float(v) for v in args.voxel_sizes.split(",")):
-            roots = {echoes: inputs / f"head_{voxel_size:g}mm_{echoes}echoes" for echoes in echo_counts}
-            missing = [echoes for echoes, root in roots.items() if not (root / "sub-01").is_dir()]
-            if missing:
-                acquisition = _simulate(voxel_size, max(echo_counts))
-                for echoes in missing:
-                    _write_dataset(roots[echoes], acquisition, echoes)
-                del acquisition
-            for echoes, root in roots.items():
-                out = Path(scratch) / f"out_{voxel_size:g}_{echoes}"
-                completed = subprocess.run(
-                    [sys.executable, __file__, "--child", str(root), str(out), args.config], cwd=REPO,
-                    capture_output=True, text=True, env=environment)
-                if completed.returncode != 0:
-                    raise SystemExit(completed.stderr[-3000:])
-                rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-                print(f"  {voxel_size:g} mm, {echoes} echoes: {rows[-1]['voxels'] / 1e6:.2f} M voxels, peak "
-                      f"{rows[-1]['peak_bytes'] / MIB:.0f} MiB, {rows[-1]['seconds']:.0f} s", flush=True)
-    voxels = np.array([r["voxels"] for r in rows], float)
-    echoes = np.array([r["echoes"] for r in rows], float)
-    peaks = np.array([r["peak_bytes"] for r in rows], float)
-    design = np.stack([np.ones_like(voxels), voxels, voxels * echoes], axis=1)
-    base, per_voxel, per_voxel_echo = np.linalg.lstsq(design, peaks, rcond=None)[0]
-    margin = 1.25
-    constants = (int(np.ceil(margin * max(base, 0) / MIB)) * MIB, int(np.ceil(margin * per_voxel)),
-                 int(np.ceil(margin * max(per_voxel_echo, 0))))
-    print(f"\nconfig {args.config!r}: fit peak = {base / MIB:.0f} MiB + voxels x ({per_voxel:.0f} + "
-          f"{per_voxel_echo:.1f} x echoes) B")
-    print(f"with 25 % added: TASK_BASE_BYTES = {constants[0] // MIB} * 2**20, TASK_BYTES_PER_VOXEL = "
-          f"{constants[1]}, TASK_BYTES_PER_VOXEL_ECHO = {constants[2]}")
-    print(f"\n  {'M voxels':>8} {'echoes':>6} {'measured MiB':>13} {'model MiB':>10}")
-    for v, e, p in zip(voxels, echoes, peaks):
-        model = constants[0] + v * (constants[1] + constants[2] * e)
-        print(f"  {v / 1e6:8.2f} {e:6.0f} {p / MIB:13.0f} {model / MIB:10.0f}")
+        for label, root in _datasets(args, inputs):
+            out = Path(scratch) / f"out_{len(labels)}"
+            completed = subprocess.run(
+                [sys.executable, __file__, "--child", str(root), str(out), args.config], cwd=REPO,
+                capture_output=True, text=True, env=environment)
+            if completed.returncode != 0:
+                raise SystemExit(completed.stderr[-3000:])
+            row = json.loads(completed.stdout.strip().splitlines()[-1])
+            [acquisition] = find_acquisitions(root)
+            labels.append(label)
+            # the model's terms for the grid the task solved on (the estimate itself takes "auto" as zero-filling
+            # every coarse scan, which only the images can tell)
+            terms.append(acquisition.memory_terms(row["solving_voxel_mm"], config["inversion"]["method"]))
+            peaks.append(row["peak_bytes"])
+            print(f"  {label}: {row['voxels'] / 1e6:.2f} M voxels, {row['echoes']} echoes, frame "
+                  f"{terms[-1][2] / 1e6:.2f} M, peak {row['peak_bytes'] / MIB:.0f} MiB, {row['seconds']:.0f} s",
+                  flush=True)
+    terms_array, peaks_array = np.array(terms, float), np.array(peaks, float)
+    constants = _fit(terms_array, peaks_array, labels, 1.25)
+    print(f"\nconfig {args.config!r}, covering every peak by 25 %: TASK_BASE_BYTES = "
+          f"{int(np.ceil(constants[0] / MIB))} * 2**20, TASK_BYTES_PER_VOXEL = {int(constants[1])}, "
+          f"TASK_BYTES_PER_VOXEL_ECHO = {int(constants[2])}, TASK_BYTES_PER_FRAME_VOXEL = {int(constants[3])}")
+    print(f"\n  {'dataset':<36} {'M voxels':>8} {'frame M':>8} {'measured MiB':>13} {'model MiB':>10} {'cover':>6}")
+    for label, term, peak in zip(labels, terms_array, peaks_array):
+        model = constants @ [1.0, *term]
+        print(f"  {label:<36} {term[0] / 1e6:8.2f} {term[2] / 1e6:8.2f} {peak / MIB:13.0f} {model / MIB:10.0f} "
+              f"{100 * (model / peak - 1):+5.0f} %")
 
 
 if __name__ == "__main__":

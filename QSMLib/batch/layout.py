@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..inversion.tfi import frame_voxels_estimate
 from ..io.bids import bids_name
 from ..zero_fill import solving_shape, solving_voxel_mm
 
@@ -49,22 +50,27 @@ SUMMARY_FILE = "summary.json"
 INDEX_FILE = "index.html"
 METHODS_FILE = "methods.md"
 
-#: Memory of one task: a fixed part for the interpreter and libraries, plus a
-#: part per voxel and per voxel and echo. Fitted to the peak RSS of
-#: :func:`process_acquisition` in a fresh process that
-#: ``python benchmarks/bench_cohort_memory.py --config consensus|fast`` measures
-#: (heads of 1.44, 3.42 and 11.5 M voxels, 5 and 9 echoes): 312 MiB + voxels x
-#: (75 + 8.2 echoes) B for ``consensus``, 307 MiB + voxels x (80 + 8.1 echoes)
-#: B for ``fast``. Each constant is the larger of the two presets' with 25 %
-#: added, which covers every measured peak by 26 % or more.
-TASK_BASE_BYTES = 391 * 2**20
-TASK_BYTES_PER_VOXEL = 101
-TASK_BYTES_PER_VOXEL_ECHO = 11
+#: Memory of one task: a fixed part for the interpreter and libraries, a part per voxel of the grid the stages
+#: solve on and per voxel and echo, and a part per voxel of TFI's frame (the brain's box and its shell of
+#: outside sources: :func:`~QSMLib.inversion.tfi.frame_voxels_estimate`), which on a slab holds three to four
+#: times the scan's voxels (72 mm of sources beyond each face that cuts the brain along B0). ``python
+#: benchmarks/bench_cohort_memory.py --cases ...`` (README, "Sizing and where it runs") measured the peak RSS
+#: of :func:`process_acquisition` (``consensus``, a fresh process each) on its head at 2, 1.5 and 1 mm with 5 and
+#: 9 echoes, four 1 mm slabs, two heads cropped to the brain and three whole suite heads; these are the smallest
+#: constants (in the sum of estimate over peak) that cover each peak by 25 % or more, each voxel and echo costing
+#: at least the 6.5 B that 9 echoes measured over 5 at 1 mm. Before the frame was counted (391 MiB + voxels x
+#: (101 + 11 echoes) B) a 56 mm slab with 9 echoes was estimated at 850 MiB and peaked at 1572, and a whole
+#: qsm-forward head at 1657 against 2263 MiB.
+TASK_BASE_BYTES = 238 * 2**20
+TASK_BYTES_PER_VOXEL = 107
+TASK_BYTES_PER_VOXEL_ECHO = 7
+TASK_BYTES_PER_FRAME_VOXEL = 195
 #: A run zero-filled onto a finer grid (``PipelineConfig.zero_fill_mm``) holds the scan's echoes and the fine
 #: grid's together: its per-voxel part, counted on the fine grid, is this much larger. ``python
 #: benchmarks/bench_cohort_memory.py --config FILE --voxel-sizes 2.0,1.5`` with ``{"zero_fill_mm": 1.0}``: the
 #: 2 mm head (1.44 M voxels, 11.5 M zero-filled) peaked at 2482 / 2743 MiB with 5 / 9 echoes, the 1.5 mm head
-#: (3.42 M, 11.5 M zero-filled) at 2608 / 2868 MiB; the model covers each by 12-26 %.
+#: (3.42 M, 11.5 M zero-filled) at 2608 / 2868 MiB (stop 62); with the frame counted the model covers each by
+#: 60-68 %, and `low_field_2mm_1p5T` zero-filled by "auto" (1836 MiB) by 82 %.
 ZERO_FILL_MEMORY_FACTOR = 1.4
 
 MISSING_DASK = (
@@ -91,6 +97,10 @@ class Acquisition:
     grid_shape, voxel_size_mm : tuple
         Its grid (array axes) and voxel size (mm), for the memory estimate of
         a run that zero-fills it (empty when the header is unreadable).
+    b0_axes : tuple of bool
+        Per array axis, whether it lies within 60 degrees of B0 (the scanner's
+        z axis, from the header's orientation), for the memory estimate of
+        TFI's frame (empty when unknown).
     problem : str or None
         Why it cannot be processed (found before any work), or None.
     """
@@ -105,6 +115,7 @@ class Acquisition:
     problem: Optional[str] = None
     grid_shape: tuple[int, ...] = ()
     voxel_size_mm: tuple[float, ...] = ()
+    b0_axes: tuple[bool, ...] = ()
 
     @property
     def name(self) -> str:
@@ -137,21 +148,29 @@ class Acquisition:
         extra, suffix, extension, _ = DERIVATIVES[key]
         return self.anat_dir / bids_name({**dict(self.entities), **extra}, suffix, extension)
 
-    def memory_bytes(self, zero_fill_mm: Union[str, float, None] = "auto", inversion: str = "tfi") -> int:
-        """Estimated peak memory of its task (see :data:`TASK_BYTES_PER_VOXEL`).
+    def memory_terms(self, zero_fill_mm: Union[str, float, None] = "auto",
+                     inversion: str = "tfi") -> tuple[float, float, int]:
+        """The voxel counts :meth:`memory_bytes` charges: per voxel, per voxel and echo, per frame voxel.
 
-        The voxels counted are those of the grid the stages may solve on
-        (``PipelineConfig.zero_fill_mm`` with the configuration's ``inversion``
-        method; with ``"auto"``, as if its data were band-limited, which only
-        its images can tell).
+        The first two are the voxels of the grid the stages may solve on (``PipelineConfig.zero_fill_mm``
+        with the configuration's ``inversion`` method; with ``"auto"``, as if its data were band-limited,
+        which only its images can tell), times :data:`ZERO_FILL_MEMORY_FACTOR` on a finer grid (the second
+        also times the echoes); the third is TFI's frame on that grid (0 when the header gave no geometry).
         """
-        per_voxel = self.n_voxels * (TASK_BYTES_PER_VOXEL + TASK_BYTES_PER_VOXEL_ECHO * self.n_echoes)
-        if len(self.grid_shape) == 3 and len(self.voxel_size_mm) == 3:
-            target = solving_voxel_mm(zero_fill_mm, self.voxel_size_mm, inversion)
-            fine = math.prod(solving_shape(self.grid_shape, self.voxel_size_mm, target))
-            if fine > self.n_voxels:
-                per_voxel = int(ZERO_FILL_MEMORY_FACTOR * per_voxel * fine / self.n_voxels)
-        return TASK_BASE_BYTES + per_voxel
+        if len(self.grid_shape) != 3 or len(self.voxel_size_mm) != 3:
+            return float(self.n_voxels), float(self.n_voxels * self.n_echoes), 0
+        target = solving_voxel_mm(zero_fill_mm, self.voxel_size_mm, inversion)
+        shape = solving_shape(self.grid_shape, self.voxel_size_mm, target)
+        fine = math.prod(shape)
+        voxels = ZERO_FILL_MEMORY_FACTOR * fine if fine > self.n_voxels else float(self.n_voxels)
+        voxel_mm = [v * n / m for v, n, m in zip(self.voxel_size_mm, self.grid_shape, shape)]
+        return voxels, voxels * self.n_echoes, frame_voxels_estimate(shape, voxel_mm, self.b0_axes)
+
+    def memory_bytes(self, zero_fill_mm: Union[str, float, None] = "auto", inversion: str = "tfi") -> int:
+        """Estimated peak memory of its task (see :data:`TASK_BYTES_PER_VOXEL` and :meth:`memory_terms`)."""
+        voxels, voxel_echoes, frame = self.memory_terms(zero_fill_mm, inversion)
+        return int(TASK_BASE_BYTES + voxels * TASK_BYTES_PER_VOXEL + voxel_echoes * TASK_BYTES_PER_VOXEL_ECHO
+                   + frame * TASK_BYTES_PER_FRAME_VOXEL)
 
 
 @dataclass

@@ -65,6 +65,7 @@ field their data terms left unexplained added back to their data, which returns 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -1189,6 +1190,49 @@ def _shell_frame(
     shape = _fft.padded_shape([max(part.stop - part.start, inner.stop - inner.start + before + after)
                                for part, inner, (before, after) in zip(box, extent, sides)], 1.0)
     return box, shape, sides, extent, at_edge
+
+
+#: Upper bounds of a brain mask's extent (mm) for :func:`frame_voxels_estimate`, which sees no image: along B0,
+#: and across it on the narrower and the wider of the other two axes (left-right, front-back). The suite's true
+#: masks span 144-151 x 180-182 x 154-155 mm.
+BRAIN_EXTENT_MM = {"along_b0": 160.0, "narrow": 155.0, "wide": 190.0}
+#: A field of view shorter than this along B0 is taken to cut the brain at both faces (a slab or a crop), a
+#: longer one at one face (a brainstem that reaches the field of view's edge).
+SLAB_FIELD_OF_VIEW_MM = 165.0
+
+
+def frame_voxels_estimate(shape: Sequence[int], voxel_size_mm: Sequence[float],
+                          b0_axes: Sequence[bool] = ()) -> int:
+    """Voxels of TFI's frame (:func:`_shell_frame`) for a grid, from its geometry alone: an upper estimate.
+
+    The frame is the mask's box and a shell of ``MARGIN_MM``, ``CUT_MARGIN_MM`` beyond a face that cuts the
+    brain along B0. Without the image the box is the field of view, at most :data:`BRAIN_EXTENT_MM`; along
+    an axis within 60 degrees of B0 (``b0_axes``; unknown: the axis that gives the largest frame) the brain
+    is taken as cut at both faces where the field of view is shorter than :data:`SLAB_FIELD_OF_VIEW_MM`,
+    else at one. For a slab the frame holds several times the scan's voxels: a cohort's memory estimate
+    counts it (:meth:`QSMLib.batch.layout.Acquisition.memory_bytes`).
+
+    Examples
+    --------
+    >>> frame_voxels_estimate((192, 224, 56), (1.0, 1.0, 1.0), (False, False, True))  # a 56 mm axial slab
+    7661200
+    """
+    if not b0_axes:
+        return max(frame_voxels_estimate(shape, voxel_size_mm, [axis == along for axis in range(3)])
+                   for along in range(3))
+    extents = [float(n) * float(v) for n, v in zip(shape, voxel_size_mm)]
+    across = sorted((axis for axis in range(3) if not b0_axes[axis]), key=lambda axis: extents[axis])
+    # the narrower of two axes across B0 takes the brain's width, the wider (or a single one) its length
+    limits = dict(zip(across, [BRAIN_EXTENT_MM["narrow"], BRAIN_EXTENT_MM["wide"]][2 - len(across):]))
+    voxels = 1
+    for axis, (extent, voxel) in enumerate(zip(extents, voxel_size_mm)):
+        if b0_axes[axis]:
+            box = min(extent, BRAIN_EXTENT_MM["along_b0"])
+            shell = 2 * CUT_MARGIN_MM if extent < SLAB_FIELD_OF_VIEW_MM else CUT_MARGIN_MM + MARGIN_MM
+        else:
+            box, shell = min(extent, limits[axis]), 2 * MARGIN_MM
+        voxels *= math.ceil((box + shell) / float(voxel))
+    return voxels
 
 
 def _outside_field(
