@@ -1203,14 +1203,16 @@ SLAB_FIELD_OF_VIEW_MM = 165.0
 
 def frame_voxels_estimate(shape: Sequence[int], voxel_size_mm: Sequence[float],
                           b0_axes: Sequence[bool] = ()) -> int:
-    """Voxels of TFI's frame (:func:`_shell_frame`) for a grid, from its geometry alone: an upper estimate.
+    """Voxels of TFI's frame (:func:`_shell_frame`) for a grid, estimated from its geometry alone.
 
     The frame is the mask's box and a shell of ``MARGIN_MM``, ``CUT_MARGIN_MM`` beyond a face that cuts the
     brain along B0. Without the image the box is the field of view, at most :data:`BRAIN_EXTENT_MM`; along
     an axis within 60 degrees of B0 (``b0_axes``; unknown: the axis that gives the largest frame) the brain
     is taken as cut at both faces where the field of view is shorter than :data:`SLAB_FIELD_OF_VIEW_MM`,
     else at one. For a slab the frame holds several times the scan's voxels: a cohort's memory estimate
-    counts it (:meth:`QSMLib.batch.layout.Acquisition.memory_bytes`).
+    counts it (:meth:`QSMLib.batch.layout.Acquisition.memory_bytes`). Measured against the frames of the
+    suite's true masks (stop 66): 7.05-8.58 M estimated against 7.46-8.75 M on four 1 mm slabs, 8.97 against
+    9.33 M on a 1.06 mm head cropped to its brain, 9.35 against 7.00 M on a whole 1 mm head.
 
     Examples
     --------
