@@ -8,9 +8,11 @@ from typing import Mapping, Optional, Sequence
 
 import SimpleITK as sitk
 
+from ..acquisition import b0_direction_from_affine
 from ..dipole import axes_along_b0
 from ..errors import QSMInputError
 from ..io.bids import parse_bids_name, sidecar_path
+from ..io.nifti import affine_from_image
 from .layout import Acquisition, PathLike
 
 
@@ -115,7 +117,7 @@ def _acquisition(key: tuple[tuple[str, str], ...], parts: dict[str, dict[Optiona
         reader = sitk.ImageFileReader()
         reader.SetFileName(magnitude[0])
         reader.ReadImageInformation()
-        size, spacing, direction = reader.GetSize(), reader.GetSpacing(), reader.GetDirection()
+        size, spacing = reader.GetSize(), reader.GetSpacing()
     except RuntimeError as error:
         return Acquisition(key, magnitude, phase, problem=f"cannot read {Path(magnitude[0]).name} "
                            f"({str(error).strip().splitlines()[-1]}).")
@@ -124,25 +126,9 @@ def _acquisition(key: tuple[tuple[str, str], ...], parts: dict[str, dict[Optiona
     labels, names, reason = _find_labels(labels_dir, dict(key)) if labels_dir else (None, None, None)
     # array axes are ITK's in reverse (the arrays are read as SimpleITK hands them over)
     grid = ((tuple(int(n) for n in size[2::-1]), tuple(float(v) for v in spacing[2::-1]),
-             _b0_axes(direction, len(size))) if len(size) >= 3 else ((), (), ()))
+             tuple(bool(along) for along in axes_along_b0(b0_direction_from_affine(affine_from_image(reader)))))
+            if len(size) >= 3 else ((), (), ()))
     return Acquisition(key, magnitude, phase, labels, names, n_voxels, n_echoes, reason, *grid)
-
-
-def _b0_axes(direction: Sequence[float], dimension: int) -> tuple[bool, ...]:
-    """Per array axis, whether it lies within 60 degrees of B0, from ITK's direction cosines (row-major).
-
-    B0 is the scanner's z axis (superior in both LPS and RAS): each image axis's z component is the last
-    row of the spatial part of the direction matrix, and the array axes are ITK's in reverse.
-
-    Examples
-    --------
-    >>> _b0_axes((1, 0, 0, 0, 1, 0, 0, 0, 1), 3)  # axial: the slices stack along B0
-    (True, False, False)
-    >>> _b0_axes((0, 0, -1, 1, 0, 0, 0, -1, 0), 3)  # sagittal: B0 runs along the image's second axis
-    (False, True, False)
-    """
-    z_components = [float(direction[2 * dimension + axis]) for axis in range(3)]
-    return tuple(bool(flag) for flag in axes_along_b0(z_components[::-1]))
 
 
 def _echo_list(files: Mapping[Optional[str], Path]) -> str:
