@@ -88,8 +88,7 @@ def _write_dataset(root: Path, acquisition, echoes: int) -> None:
 
 def _case_acquisition(spec: str, cache_dir: str):
     """A suite case's acquisition (``NAME``), or cropped to its brain's box and CROP voxels (``NAME:CROP``)."""
-    import numpy as np
-
+    from QSMLib._fft import mask_bounding_box
     from QSMLib.acquisition import MultiEchoGRE
     from QSMLib.phantom.suite import load_case
 
@@ -98,12 +97,10 @@ def _case_acquisition(spec: str, cache_dir: str):
     acquisition = case.acquisition
     if not crop:
         return acquisition
-    corners = np.argwhere(case.brain_mask)
-    low = np.maximum(corners.min(axis=0) - int(crop), 0)
-    high = np.minimum(corners.max(axis=0) + int(crop) + 1, case.brain_mask.shape)
-    box = (slice(None), *(slice(int(a), int(b)) for a, b in zip(low, high)))
+    spatial = mask_bounding_box(case.brain_mask, [int(crop)] * 3)
+    box = (slice(None), *spatial)
     affine = acquisition.affine.copy()
-    affine[:3, 3] += affine[:3, :3] @ low
+    affine[:3, 3] += affine[:3, :3] @ [part.start for part in spatial]
     return MultiEchoGRE(acquisition.magnitude[box].copy(), acquisition.phase[box].copy(), acquisition.echo_times_s,
                         acquisition.b0_tesla, affine=affine)
 
