@@ -50,27 +50,31 @@ SUMMARY_FILE = "summary.json"
 INDEX_FILE = "index.html"
 METHODS_FILE = "methods.md"
 
-#: Memory of one task: a fixed part for the interpreter and libraries, a part per voxel of the grid the stages
-#: solve on and per voxel and echo, and a part per voxel of TFI's frame (the brain's box and its shell of
-#: outside sources: :func:`~QSMLib.inversion.tfi.frame_voxels_estimate`), which on a slab holds three to four
-#: times the scan's voxels (72 mm of sources beyond each face that cuts the brain along B0). ``python
-#: benchmarks/bench_cohort_memory.py --cases ...`` (README, "Sizing and where it runs") measured the peak RSS
-#: of :func:`process_acquisition` (``consensus``, a fresh process each) on its head at 2, 1.5 and 1 mm with 5 and
-#: 9 echoes, four 1 mm slabs, two heads cropped to the brain and three whole suite heads; these are the smallest
-#: constants (in the sum of estimate over peak) that cover each peak by 25 % or more, each voxel and echo costing
-#: at least the 6.5 B that 9 echoes measured over 5 at 1 mm. Before the frame was counted (391 MiB + voxels x
-#: (101 + 11 echoes) B) a 56 mm slab with 9 echoes was estimated at 850 MiB and peaked at 1556-1572 (two runs), and a
-#: whole qsm-forward head at 1657 against 2263-2266 MiB.
-TASK_BASE_BYTES = 238 * 2**20
-TASK_BYTES_PER_VOXEL = 107
-TASK_BYTES_PER_VOXEL_ECHO = 7
-TASK_BYTES_PER_FRAME_VOXEL = 196
+#: Memory of one task, bytes: a fixed part for the interpreter and libraries, a part per voxel of the grid the
+#: stages solve on, per voxel and echo, and per voxel of the inversion's frame
+#: (:func:`~QSMLib.inversion.tfi.frame_voxels_estimate`), keyed by whose frame that is. TFI's (the ``consensus``
+#: inversion, and the bound for any inversion whose peak was not measured) is the brain's box and its shell of
+#: outside sources, which on a slab holds three to four times the scan's voxels (72 mm of sources beyond each
+#: face that cuts the brain along B0); SS-TV's (``fast``) is the brain's box and its ball's margin. ``python
+#: benchmarks/bench_cohort_memory.py --config consensus,fast --cases ...`` (README, "Sizing and where it runs")
+#: measured the peak RSS of :func:`process_acquisition` (a fresh process each) on its head at 2, 1.5 and 1 mm with
+#: 5 and 9 echoes, four 1 mm slabs, two heads cropped to the brain and three whole suite heads; for each preset
+#: these are the smallest constants (in the sum of estimate over peak) that cover each of its peaks by 25 % or
+#: more, each voxel and echo costing what 9 echoes measured over 5 at 1 mm (for ``fast`` the programme puts the
+#: per-voxel cost in the frame's, a frame about the brain's box). Before the frame was counted (391 MiB
+#: + voxels x (101 + 11 echoes) B) a 56 mm slab with 9 echoes was estimated at 850 MiB and peaked at 1556-1572
+#: (two runs), and a whole qsm-forward head at 1657 against 2263-2266 MiB; before SS-TV's frame was counted
+#: (stop 67) a ``fast`` task on that slab was estimated at 2061 MiB and peaked at 999.
+TASK_MEMORY_BYTES = {
+    "tfi": (230 * 2**20, 103, 8, 195),
+    "sstv": (603 * 2**20, 0, 9, 232),
+}
 #: A run zero-filled onto a finer grid (``PipelineConfig.zero_fill_mm``) holds the scan's echoes and the fine
 #: grid's together: its per-voxel part, counted on the fine grid, is this much larger. ``python
 #: benchmarks/bench_cohort_memory.py --config FILE --voxel-sizes 2.0,1.5`` with ``{"zero_fill_mm": 1.0}``: the
 #: 2 mm head (1.44 M voxels, 11.5 M zero-filled) peaked at 2482 / 2743 MiB with 5 / 9 echoes, the 1.5 mm head
 #: (3.42 M, 11.5 M zero-filled) at 2608 / 2868 MiB (stop 62); with the frame counted the model covers each by
-#: 60-68 %, and `low_field_2mm_1p5T` zero-filled by "auto" (1785-1836 MiB) by 82-88 %.
+#: 60-70 % (stop 67), and `low_field_2mm_1p5T` zero-filled by "auto" (1785-1836 MiB) by 81-87 %.
 ZERO_FILL_MEMORY_FACTOR = 1.4
 
 MISSING_DASK = (
@@ -155,7 +159,9 @@ class Acquisition:
         The first two are the voxels of the grid the stages may solve on (``PipelineConfig.zero_fill_mm``
         with the configuration's ``inversion`` method; with ``"auto"``, as if its data were band-limited,
         which only its images can tell), times :data:`ZERO_FILL_MEMORY_FACTOR` on a finer grid (the second
-        also times the echoes); the third is TFI's frame on that grid (0 when the header gave no geometry).
+        also times the echoes); the third is the frame of the inversion on that grid (0 when the header gave no
+        geometry): SS-TV's for ``sstv`` (the ``fast`` preset), else TFI's, the larger (no other inversion's peak
+        was measured).
         """
         if len(self.grid_shape) != 3 or len(self.voxel_size_mm) != 3:
             return float(self.n_voxels), float(self.n_voxels * self.n_echoes), 0
@@ -164,13 +170,14 @@ class Acquisition:
         fine = math.prod(shape)
         voxels = ZERO_FILL_MEMORY_FACTOR * fine if fine > self.n_voxels else float(self.n_voxels)
         voxel_mm = [v * n / m for v, n, m in zip(self.voxel_size_mm, self.grid_shape, shape)]
-        return voxels, voxels * self.n_echoes, frame_voxels_estimate(shape, voxel_mm, self.b0_axes)
+        return voxels, voxels * self.n_echoes, frame_voxels_estimate(shape, voxel_mm, self.b0_axes,
+                                                                     _frame_method(inversion))
 
     def memory_bytes(self, zero_fill_mm: Union[str, float, None] = "auto", inversion: str = "tfi") -> int:
-        """Estimated peak memory of its task (see :data:`TASK_BYTES_PER_VOXEL` and :meth:`memory_terms`)."""
+        """Estimated peak memory of its task (see :data:`TASK_MEMORY_BYTES` and :meth:`memory_terms`)."""
+        base, per_voxel, per_voxel_echo, per_frame_voxel = TASK_MEMORY_BYTES[_frame_method(inversion)]
         voxels, voxel_echoes, frame = self.memory_terms(zero_fill_mm, inversion)
-        return int(TASK_BASE_BYTES + voxels * TASK_BYTES_PER_VOXEL + voxel_echoes * TASK_BYTES_PER_VOXEL_ECHO
-                   + frame * TASK_BYTES_PER_FRAME_VOXEL)
+        return int(base + voxels * per_voxel + voxel_echoes * per_voxel_echo + frame * per_frame_voxel)
 
 
 @dataclass
@@ -185,6 +192,11 @@ class CohortSummary:
     def count(self, status: str) -> int:
         """Acquisitions with this status (``processed``, ``skipped``, ``failed``)."""
         return sum(record["status"] == status for record in self.records)
+
+
+def _frame_method(inversion: str) -> str:
+    """Whose frame a task of ``inversion`` is charged for (a key of :data:`TASK_MEMORY_BYTES`)."""
+    return "sstv" if inversion == "sstv" else "tfi"
 
 
 def empty_record(acquisition: Acquisition) -> Record:

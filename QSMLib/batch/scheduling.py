@@ -218,7 +218,7 @@ def run_tasks(client: Any, acquisitions: Sequence[Acquisition], out_dir: Path, c
                 continue
             pending.difference_update(done)
             for future in done:
-                records.append(_future_record(future, futures[future]))
+                records.append(_future_record(future, futures[future], config))
                 if on_record is not None:
                     on_record(records[-1])
                 finished = len(records)
@@ -232,13 +232,13 @@ def run_tasks(client: Any, acquisitions: Sequence[Acquisition], out_dir: Path, c
     return records
 
 
-def _future_record(future: Any, acquisition: Acquisition) -> Record:
+def _future_record(future: Any, acquisition: Acquisition, config: Mapping[str, Any]) -> Record:
     """A task's record, or a failure record when the task itself could not run or return."""
     try:
         return future.result()
     except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: reported for this acquisition only
         record = empty_record(acquisition)
-        gib = acquisition.memory_bytes() / 2**30
+        gib = acquisition.memory_bytes(config["zero_fill_mm"], config["inversion"]["method"]) / 2**30
         died = type(error).__name__ == "KilledWorker"
         record["reason"] = (f"the worker running it died (out of memory? it needs about {gib:.1f} GiB)"
                             if died else f"Dask error {type(error).__name__}: {error}")

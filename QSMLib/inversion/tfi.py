@@ -1202,37 +1202,65 @@ SLAB_FIELD_OF_VIEW_MM = 165.0
 
 
 def frame_voxels_estimate(shape: Sequence[int], voxel_size_mm: Sequence[float],
-                          b0_axes: Sequence[bool] = ()) -> int:
-    """Voxels of TFI's frame (:func:`_shell_frame`) for a grid, estimated from its geometry alone.
+                          b0_axes: Sequence[bool] = (), method: str = "tfi") -> int:
+    """Voxels of TFI's frame (:func:`_shell_frame`), or of SS-TV's (:func:`_smv_frame`), for a grid, estimated
+    from its geometry alone.
 
-    The frame is the mask's box and a shell of ``MARGIN_MM``, ``CUT_MARGIN_MM`` beyond a face that cuts the
-    brain along B0. Without the image the box is the field of view, at most :data:`BRAIN_EXTENT_MM`; along
-    an axis within 60 degrees of B0 (``b0_axes``; unknown: the axis that gives the largest frame) the brain
-    is taken as cut at both faces where the field of view is shorter than :data:`SLAB_FIELD_OF_VIEW_MM`,
-    else at one. For a slab the frame holds several times the scan's voxels: a cohort's memory estimate
-    counts it (:meth:`QSMLib.batch.layout.Acquisition.memory_bytes`). Measured against the frames of the
-    suite's true masks (stop 66): 7.05-8.58 M estimated against 7.46-8.75 M on four 1 mm slabs, 8.97 against
-    9.33 M on a 1.06 mm head cropped to its brain, 9.35 against 7.00 M on a whole 1 mm head.
+    TFI's frame is the mask's box and a shell of ``MARGIN_MM``, ``CUT_MARGIN_MM`` beyond a face that cuts the
+    brain along B0; SS-TV's is the mask's box and its ball's margin (default radius) beyond every face. Without
+    the image the box is the field of view, at most :data:`BRAIN_EXTENT_MM`; along an axis within 60 degrees of
+    B0 (``b0_axes``; unknown: the axis that gives the largest frame) the brain is taken as cut at both faces
+    where the field of view is shorter than :data:`SLAB_FIELD_OF_VIEW_MM`, else at one. For a slab TFI's frame
+    holds several times the scan's voxels and SS-TV's about as many as the scan: a cohort's memory estimate
+    counts the frame of its inversion (:meth:`QSMLib.batch.layout.Acquisition.memory_bytes`). Against the
+    frames of the suite's true masks, TFI's estimate (stop 66): 7.05-8.58 M against 7.46-8.75 M on four 1 mm
+    slabs, 8.97 against 9.33 M on a 1.06 mm head cropped to its brain, 9.35 against 7.00 M on a whole 1 mm
+    head; SS-TV's (stop 67): 1.65-2.97 M against 1.54-2.76 M on the slabs, 5.61 / 4.80 against 5.53 / 4.32 M on
+    two whole heads.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        The grid's shape (voxels per array axis).
+    voxel_size_mm : sequence of 3 float
+        Voxel size in mm per array axis.
+    b0_axes : sequence of 3 bool, optional
+        Per array axis, whether it lies within 60 degrees of B0; empty when the orientation is unknown.
+    method : {"tfi", "sstv"}
+        Whose frame.
+
+    Returns
+    -------
+    int
+        Voxels of the frame.
 
     Examples
     --------
     >>> frame_voxels_estimate((192, 224, 56), (1.0, 1.0, 1.0), (False, False, True))  # a 56 mm axial slab
     7661200
+    >>> frame_voxels_estimate((192, 224, 56), (1.0, 1.0, 1.0), (False, False, True), "sstv")  # 5 voxels a side
+    2178000
     """
+    if method not in ("tfi", "sstv"):
+        raise ValueError(f"frame_voxels_estimate: method must be 'tfi' or 'sstv', got {method!r}")
     if not b0_axes:
-        return max(frame_voxels_estimate(shape, voxel_size_mm, [axis == along for axis in range(3)])
+        return max(frame_voxels_estimate(shape, voxel_size_mm, [axis == along for axis in range(3)], method)
                    for along in range(3))
     extents = [float(n) * float(v) for n, v in zip(shape, voxel_size_mm)]
     across = sorted((axis for axis in range(3) if not b0_axes[axis]), key=lambda axis: extents[axis])
     # the narrower of two axes across B0 takes the brain's width, the wider (or a single one) its length
     limits = dict(zip(across, [BRAIN_EXTENT_MM["narrow"], BRAIN_EXTENT_MM["wide"]][2 - len(across):]))
+    radius_mm = _smv_radius(None, voxel_size_mm)
     voxels = 1
     for axis, (extent, voxel) in enumerate(zip(extents, voxel_size_mm)):
+        box = min(extent, BRAIN_EXTENT_MM["along_b0"] if b0_axes[axis] else limits[axis])
+        if method == "sstv":
+            voxels *= math.ceil(box / float(voxel)) + 2 * (math.ceil(radius_mm / float(voxel)) + 1)
+            continue
         if b0_axes[axis]:
-            box = min(extent, BRAIN_EXTENT_MM["along_b0"])
             shell = 2 * CUT_MARGIN_MM if extent < SLAB_FIELD_OF_VIEW_MM else CUT_MARGIN_MM + MARGIN_MM
         else:
-            box, shell = min(extent, limits[axis]), 2 * MARGIN_MM
+            shell = 2 * MARGIN_MM
         voxels *= math.ceil((box + shell) / float(voxel))
     return voxels
 
