@@ -502,8 +502,8 @@ def test_the_fast_presets_estimate_counts_ss_tvs_frame_which_has_no_shell_of_out
 
 
 def test_a_worker_that_died_is_reported_with_what_its_configuration_needs():
-    class KilledWorker(Exception):  # what Dask raises for a task whose worker died, e.g. out of memory
-        pass
+    class KilledWorker(Exception):
+        """What Dask raises for a task whose worker died (out of memory, for instance)."""
 
     class DeadTask:
         def result(self):

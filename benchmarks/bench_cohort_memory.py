@@ -168,16 +168,17 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from QSMLib.batch.discovery import find_acquisitions
+    from QSMLib.batch.layout import frame_method
     from QSMLib.pipeline import load_config
 
     config_names = [name for name in args.config.split(",") if name]
+    inversions = {name: load_config(name).to_dict()["inversion"]["method"] for name in config_names}
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     labels, terms, peaks = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         inputs = Path(args.inputs) if args.inputs else Path(scratch)
         datasets = _datasets(args, inputs)
         for config_name in config_names:
-            inversion = load_config(config_name).to_dict()["inversion"]["method"]
             for label, root in datasets:
                 out = Path(scratch) / f"out_{len(labels)}"
                 completed = subprocess.run(
@@ -190,7 +191,7 @@ def main() -> None:
                 labels.append(f"{config_name}: {label}")
                 # the model's terms for the grid the task solved on (the estimate itself takes "auto" as
                 # zero-filling every coarse scan, which only the images can tell)
-                terms.append(acquisition.memory_terms(row["solving_voxel_mm"], inversion))
+                terms.append(acquisition.memory_terms(row["solving_voxel_mm"], inversions[config_name]))
                 peaks.append(row["peak_bytes"])
                 print(f"  {labels[-1]}: {row['voxels'] / 1e6:.2f} M voxels, {row['echoes']} echoes, frame "
                       f"{terms[-1][2] / 1e6:.2f} M, peak {row['peak_bytes'] / MIB:.0f} MiB, {row['seconds']:.0f} s",
@@ -199,7 +200,7 @@ def main() -> None:
         rows = [i for i, label in enumerate(labels) if label.startswith(f"{config_name}: ")]
         terms_array, peaks_array = np.array([terms[i] for i in rows], float), np.array([peaks[i] for i in rows], float)
         constants = _fit(terms_array, peaks_array, [labels[i] for i in rows], 1.25)
-        frame = "sstv" if load_config(config_name).to_dict()["inversion"]["method"] == "sstv" else "tfi"
+        frame = frame_method(inversions[config_name])
         print(f"\nconfig {config_name!r}, covering every peak by 25 %: TASK_MEMORY_BYTES[{frame!r}] = "
               f"({int(np.ceil(constants[0] / MIB))} * 2**20, {int(constants[1])}, {int(constants[2])}, "
               f"{int(constants[3])})")

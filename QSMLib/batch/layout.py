@@ -171,11 +171,11 @@ class Acquisition:
         voxels = ZERO_FILL_MEMORY_FACTOR * fine if fine > self.n_voxels else float(self.n_voxels)
         voxel_mm = [v * n / m for v, n, m in zip(self.voxel_size_mm, self.grid_shape, shape)]
         return voxels, voxels * self.n_echoes, frame_voxels_estimate(shape, voxel_mm, self.b0_axes,
-                                                                     _frame_method(inversion))
+                                                                     frame_method(inversion))
 
     def memory_bytes(self, zero_fill_mm: Union[str, float, None] = "auto", inversion: str = "tfi") -> int:
         """Estimated peak memory of its task (see :data:`TASK_MEMORY_BYTES` and :meth:`memory_terms`)."""
-        base, per_voxel, per_voxel_echo, per_frame_voxel = TASK_MEMORY_BYTES[_frame_method(inversion)]
+        base, per_voxel, per_voxel_echo, per_frame_voxel = TASK_MEMORY_BYTES[frame_method(inversion)]
         voxels, voxel_echoes, frame = self.memory_terms(zero_fill_mm, inversion)
         return int(base + voxels * per_voxel + voxel_echoes * per_voxel_echo + frame * per_frame_voxel)
 
@@ -194,7 +194,7 @@ class CohortSummary:
         return sum(record["status"] == status for record in self.records)
 
 
-def _frame_method(inversion: str) -> str:
+def frame_method(inversion: str) -> str:
     """Whose frame a task of ``inversion`` is charged for (a key of :data:`TASK_MEMORY_BYTES`)."""
     return "sstv" if inversion == "sstv" else "tfi"
 
